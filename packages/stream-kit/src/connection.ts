@@ -1,0 +1,50 @@
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from './logger.ts';
+
+/** A Redis URL, or a client whose settings a new connection should copy. */
+export type Connection = string | Redis;
+
+/** Reconnect after 50 ms, doubling up to 2 s: quick after a blip, calm during an outage. */
+export function reconnectDelay(attempt: number): number {
+  return Math.min(50 * 2 ** Math.min(attempt, 6), 2_000);
+}
+
+/**
+ * A dedicated connection for a blocking reader. Commands wait through reconnects instead of
+ * failing (`maxRetriesPerRequest: null`): a reader has nothing better to do than wait.
+ */
+export function openReaderConnection(connection: Connection, logger: Logger): Redis {
+  const options: RedisOptions = {
+    maxRetriesPerRequest: null,
+    retryStrategy: reconnectDelay,
+    connectionName: 'stream-kit:reader',
+  };
+  const redis =
+    typeof connection === 'string'
+      ? new Redis(connection, options)
+      : connection.duplicate(options);
+  logConnectionState(redis, logger);
+  return redis;
+}
+
+/**
+ * Logs the first error of an outage and the recovery, not each failed reconnect attempt.
+ * Without an `error` listener ioredis would print every attempt as an unhandled error.
+ */
+export function logConnectionState(redis: Redis, logger: Logger): void {
+  let down = false;
+  redis.on('error', (err: Error) => {
+    if (down) return;
+    down = true;
+    logger.warn({ err: err.message }, 'redis connection lost, reconnecting');
+  });
+  redis.on('ready', () => {
+    if (!down) return;
+    down = false;
+    logger.info({}, 'redis connection restored');
+  });
+}
+
+export function isNoGroupError(err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('NOGROUP');
+}

@@ -1,0 +1,52 @@
+import { z } from 'zod';
+import { defineStream } from './stream.ts';
+
+/*
+ * The event catalogue: every stream the services share, with the schema of its entries.
+ * Schemas read the wire format (flat string fields, as the Java tutorial writes them) and yield
+ * typed events; `publish()` writes them back the same way.
+ */
+
+const Id = z.string().trim().min(1, 'must not be blank').max(128);
+
+/** A positive decimal such as `1000` or `12.50`, written as digits so `redis-cli` shows it as is. */
+const Price = z
+  .string()
+  .regex(/^\d+(\.\d+)?$/, 'must be a positive decimal number')
+  .transform(Number)
+  .pipe(z.number().positive('must be greater than 0').max(1e12));
+
+export const OrderCreated = z.object({
+  type: z.literal('order-created'),
+  orderId: Id,
+  userId: Id,
+  productId: Id,
+  price: Price,
+});
+export type OrderCreated = z.infer<typeof OrderCreated>;
+
+export const PaymentCompleted = z.object({
+  type: z.literal('payment-completed'),
+  orderId: Id,
+  userId: Id,
+  productId: Id,
+  price: Price,
+  paymentProcessId: Id,
+});
+export type PaymentCompleted = z.infer<typeof PaymentCompleted>;
+
+/** Orders placed; the tutorial's three-field entries read as `order-created` with their entry ID as `orderId`. */
+export const OrderEvents = defineStream({
+  name: 'order-events',
+  schema: z.discriminatedUnion('type', [OrderCreated]),
+  defaults: (entryId) => ({ type: 'order-created', orderId: entryId }),
+});
+export type OrderEvent = z.infer<typeof OrderEvents.schema>;
+
+/** Payments processed; entries without `type` (the tutorial's) read as `payment-completed`. */
+export const PaymentEvents = defineStream({
+  name: 'payment-events',
+  schema: z.discriminatedUnion('type', [PaymentCompleted]),
+  defaults: () => ({ type: 'payment-completed' }),
+});
+export type PaymentEvent = z.infer<typeof PaymentEvents.schema>;

@@ -1,0 +1,67 @@
+import { Redis } from 'ioredis';
+import { logConnectionState, reconnectDelay, type Connection } from './connection.ts';
+import { silentLogger, type Logger } from './logger.ts';
+import { encodeChecked, type EventOf, type StreamDefinition } from './stream.ts';
+
+export interface PublisherOptions {
+  /**
+   * A Redis URL (the publisher opens and owns a connection) or a client to share (the caller
+   * keeps ownership and closes it).
+   */
+  connection: Connection;
+  /** @defaultValue silent */
+  logger?: Logger;
+}
+
+export interface Publisher {
+  /**
+   * Validates `event` against the stream's schema and appends it with XADD.
+   * Resolves to the new entry ID. Throws `EventValidationError` (nothing written) if the event
+   * does not match, or the Redis error if the write failed.
+   */
+  publish<D extends StreamDefinition>(stream: D, event: EventOf<D>): Promise<string>;
+  /** Waits for publishes under way, then closes the connection if the publisher opened it. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+export function createPublisher(options: PublisherOptions): Publisher {
+  const logger = options.logger ?? silentLogger;
+  const owned = typeof options.connection === 'string';
+  const redis =
+    typeof options.connection === 'string'
+      ? // A publisher sits on request paths: fail a command after one retry instead of hanging.
+        new Redis(options.connection, {
+          maxRetriesPerRequest: 1,
+          retryStrategy: reconnectDelay,
+          connectionName: 'stream-kit:publisher',
+        })
+      : options.connection;
+  if (owned) logConnectionState(redis, logger);
+
+  const inFlight = new Set<Promise<unknown>>();
+  let closing: Promise<void> | undefined;
+
+  async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
+    if (closing) throw new Error('publisher is closed');
+    const fields = encodeChecked(stream, event);
+    const write = redis.xadd(stream.name, '*', ...Object.entries(fields).flat());
+    inFlight.add(write);
+    try {
+      const id = await write;
+      // XADD without NOMKSTREAM or a limit always answers an ID.
+      return id!;
+    } finally {
+      inFlight.delete(write);
+    }
+  }
+
+  async function shutdown() {
+    await Promise.allSettled(inFlight);
+    if (owned) await redis.quit().catch(() => redis.disconnect());
+  }
+
+  return {
+    publish,
+    close: () => (closing ??= shutdown()),
+  };
+}

@@ -1,0 +1,76 @@
+import type { z } from 'zod';
+import { EventValidationError } from './errors.ts';
+
+/** Flat string fields, as XADD writes them and XRANGE shows them. */
+export type Fields = Record<string, string>;
+
+/**
+ * A stream name bound to the zod schema of its entries. The schema reads flat string fields
+ * (its input) and yields the typed event (its output), so one schema serves both directions:
+ * `publish()` encodes an event to fields and checks that the schema reads them back.
+ */
+export interface StreamDefinition<Schema extends z.ZodType = z.ZodType> {
+  readonly name: string;
+  readonly schema: Schema;
+  /**
+   * Fields to assume when an entry lacks them, given its entry ID: entries written by older or
+   * foreign producers (the Java tutorial writes no `type`) read as the stream's default event.
+   */
+  readonly defaults?: (entryId: string) => Fields;
+}
+
+/** The event type a stream carries, as handlers receive it and `publish()` accepts it. */
+export type EventOf<D extends StreamDefinition> = z.output<D['schema']>;
+
+export function defineStream<Schema extends z.ZodType>(
+  definition: StreamDefinition<Schema>,
+): StreamDefinition<Schema> {
+  return Object.freeze({ ...definition });
+}
+
+/** Strings stay as they are, numbers and booleans print as `String()` does, nested values as JSON. */
+export function encode(event: object): Fields {
+  const fields: Fields = {};
+  for (const [key, value] of Object.entries(event)) {
+    if (value === undefined || value === null) continue;
+    fields[key] =
+      typeof value === 'string'
+        ? value
+        : typeof value === 'object'
+          ? JSON.stringify(value)
+          : String(value);
+  }
+  return fields;
+}
+
+export type Decoded<T> = { ok: true; event: T } | { ok: false; reason: string };
+
+export function decode<D extends StreamDefinition>(
+  stream: D,
+  entryId: string,
+  fields: Fields,
+): Decoded<EventOf<D>> {
+  const input = stream.defaults ? { ...stream.defaults(entryId), ...fields } : fields;
+  const result = stream.schema.safeParse(input);
+  return result.success
+    ? { ok: true, event: result.data as EventOf<D> }
+    : { ok: false, reason: describeIssues(result.error).join('; ') };
+}
+
+/** Encodes `event` and proves the stream's schema reads it back; throws otherwise. */
+export function encodeChecked<D extends StreamDefinition>(stream: D, event: EventOf<D>): Fields {
+  const fields = encode(event as object);
+  const result = stream.schema.safeParse(fields);
+  if (!result.success) throw new EventValidationError(stream.name, describeIssues(result.error));
+  return fields;
+}
+
+export function fieldsFromReply(flat: readonly string[]): Fields {
+  const fields: Fields = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+  return fields;
+}
+
+function describeIssues(error: z.ZodError): string[] {
+  return error.issues.map((issue) => `${issue.path.join('.') || '(entry)'}: ${issue.message}`);
+}

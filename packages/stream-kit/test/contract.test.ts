@@ -1,0 +1,432 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, expectTypeOf, inject, it } from 'vitest';
+import { z } from 'zod';
+import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
+import { deferred, waitFor } from '../../../test/support/wait.ts';
+import {
+  createPublisher,
+  defineStream,
+  EventValidationError,
+  NonRetryableError,
+  subscribe,
+  type DeliveryContext,
+  type Handler,
+  type Publisher,
+  type SubscribeOptions,
+  type Subscription,
+} from '../src/index.ts';
+
+const redisUrl = inject('redisUrl');
+let redis: Redis;
+let publisher: Publisher;
+const opened: Subscription[] = [];
+
+beforeAll(() => {
+  redis = new Redis(redisUrl);
+  publisher = createPublisher({ connection: redisUrl });
+});
+afterEach(async () => {
+  await Promise.all(opened.splice(0).map((s) => s.close()));
+});
+afterAll(async () => {
+  await publisher.close();
+  await redis.quit();
+});
+
+/** A fresh stream, so tests never see each other's entries. */
+function testStream() {
+  return defineStream({
+    name: `test-${randomUUID()}`,
+    schema: z.object({
+      n: z.string().regex(/^\d+$/, 'must be digits').transform(Number),
+      note: z.string().optional(),
+    }),
+  });
+}
+type TestStream = ReturnType<typeof testStream>;
+
+function start(
+  stream: TestStream,
+  handler: Handler<{ n: number; note?: string | undefined }>,
+  { group = 'g', consumer = 'c1', ...options }: Partial<SubscribeOptions> & { group?: string; consumer?: string } = {},
+) {
+  const sub = subscribe(group, consumer, stream, handler, {
+    connection: redisUrl,
+    blockMs: 200,
+    retryDelayMs: 20,
+    ...options,
+  });
+  opened.push(sub);
+  return sub;
+}
+
+async function publishRange(stream: TestStream, count: number) {
+  for (let n = 0; n < count; n += 1) await publisher.publish(stream, { n });
+}
+
+async function pendingCount(stream: TestStream, group = 'g') {
+  const [count] = (await redis.xpending(stream.name, group)) as [number];
+  return count;
+}
+
+async function deadLetters(stream: TestStream) {
+  const entries = await redis.xrange(`${stream.name}:dlq`, '-', '+');
+  return entries.map(([, flat]) => Object.fromEntries(pairs(flat)));
+}
+
+/** Resolves once a subscription has created its group, so entries published next are new to it. */
+function groupCreated(stream: TestStream) {
+  return waitFor(
+    () => redis.xinfo('GROUPS', stream.name).then((groups) => (groups as unknown[]).length > 0, () => false),
+    { what: 'the consumer group' },
+  );
+}
+
+function pairs(flat: string[]) {
+  return Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]] as const);
+}
+
+describe('publish', () => {
+  it('writes the event as flat string fields and resolves to the entry ID', async () => {
+    const stream = testStream();
+
+    const id = await publisher.publish(stream, { n: 42, note: 'hello' });
+
+    const entries = await redis.xrange(stream.name, '-', '+');
+    expect(entries).toEqual([[id, ['n', '42', 'note', 'hello']]]);
+  });
+
+  it('rejects an invalid value with a typed error and writes nothing', async () => {
+    const stream = testStream();
+
+    const attempt = publisher.publish(stream, { n: -1 });
+
+    await expect(attempt).rejects.toBeInstanceOf(EventValidationError);
+    await expect(attempt).rejects.toThrow(/n: must be digits/);
+    expect(await redis.exists(stream.name)).toBe(0);
+  });
+
+  it('refuses a wrong field at compile time', () => {
+    const stream = testStream();
+    // The assertion is the @ts-expect-error itself: `pnpm typecheck` fails if this compiles.
+    // @ts-expect-error `m` is not a field of this stream's events
+    const wrong = () => publisher.publish(stream, { m: 1 });
+    expect(wrong).toBeTypeOf('function');
+  });
+});
+
+describe('subscribe', () => {
+  it('delivers published events with the type inferred from the stream', async () => {
+    const stream = testStream();
+    const seen: number[] = [];
+    start(stream, (event, context) => {
+      expectTypeOf(event).toEqualTypeOf<{ n: number; note?: string | undefined }>();
+      expectTypeOf(context).toEqualTypeOf<DeliveryContext>();
+      seen.push(event.n);
+    });
+
+    await publishRange(stream, 5);
+
+    await waitFor(() => seen.length === 5, { what: '5 events' });
+    expect(seen).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('reads the entries published before the group existed', async () => {
+    const stream = testStream();
+    await publishRange(stream, 3);
+    const seen: number[] = [];
+
+    start(stream, (event) => void seen.push(event.n));
+
+    await waitFor(() => seen.length === 3, { what: 'the earlier entries' });
+    expect(seen).toEqual([0, 1, 2]);
+  });
+
+  it("skips earlier entries when the group starts at '$'", async () => {
+    const stream = testStream();
+    await publishRange(stream, 3);
+    const seen: number[] = [];
+    start(stream, (event) => void seen.push(event.n), { startId: '$' });
+    await groupCreated(stream);
+
+    await publisher.publish(stream, { n: 99 });
+
+    await waitFor(() => seen.length === 1);
+    expect(seen).toEqual([99]);
+  });
+
+  it('acks an entry only after its handler resolves', async () => {
+    const stream = testStream();
+    const release = deferred();
+    const started = deferred();
+    start(stream, async () => {
+      started.resolve();
+      await release.promise;
+    });
+    await publisher.publish(stream, { n: 1 });
+
+    await started.promise;
+    expect(await pendingCount(stream)).toBe(1);
+    release.resolve();
+
+    await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'the ack' });
+  });
+
+  describe('when the handler throws', () => {
+    it('leaves the entry pending and delivers it again', async () => {
+      const stream = testStream();
+      const deliveries: number[] = [];
+      start(stream, (_event, { deliveryCount }) => {
+        deliveries.push(deliveryCount);
+        if (deliveryCount < 3) throw new Error('not yet');
+      });
+
+      await publisher.publish(stream, { n: 1 });
+
+      await waitFor(() => deliveries.length === 3, { what: 'three deliveries' });
+      expect(deliveries).toEqual([1, 2, 3]);
+      await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'the ack' });
+      expect(await deadLetters(stream)).toEqual([]);
+    });
+
+    it('moves the entry to the dead-letter stream after maxDeliveries and goes on', async () => {
+      const stream = testStream();
+      const handled: number[] = [];
+      let attempts = 0;
+      start(
+        stream,
+        (event) => {
+          if (event.n === 0) {
+            attempts += 1;
+            throw new Error('payment gateway down');
+          }
+          handled.push(event.n);
+        },
+        { maxDeliveries: 3 },
+      );
+
+      const poisonId = await publisher.publish(stream, { n: 0 });
+      await publisher.publish(stream, { n: 1 });
+
+      const [dead] = await waitFor(async () => {
+        const letters = await deadLetters(stream);
+        return letters.length > 0 && letters;
+      }, { what: 'a dead letter' });
+      expect(attempts).toBe(3);
+      expect(dead).toMatchObject({
+        n: '0',
+        'dlq:id': poisonId,
+        'dlq:group': 'g',
+        'dlq:deliveries': '3',
+        'dlq:reason': 'failed 3 deliveries: payment gateway down',
+      });
+      expect(handled).toEqual([1]);
+      await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'no pending entries' });
+    });
+
+    it('moves the entry to the dead-letter stream at once for a NonRetryableError', async () => {
+      const stream = testStream();
+      let attempts = 0;
+      start(stream, () => {
+        attempts += 1;
+        throw new NonRetryableError('unknown product');
+      });
+
+      await publisher.publish(stream, { n: 7 });
+
+      const letters = await waitFor(async () => {
+        const found = await deadLetters(stream);
+        return found.length > 0 && found;
+      });
+      expect(attempts).toBe(1);
+      expect(letters[0]).toMatchObject({ n: '7', 'dlq:reason': 'non-retryable: unknown product' });
+      expect(await pendingCount(stream)).toBe(0);
+    });
+  });
+
+  describe('when an entry does not match the schema', () => {
+    it('moves it to the dead-letter stream with its reason and handles the next entries', async () => {
+      const stream = testStream();
+      const handled: number[] = [];
+      start(stream, (event) => void handled.push(event.n));
+
+      const poisonId = await redis.xadd(stream.name, '*', 'n', 'not-a-number', 'extra', 'kept');
+      await publishRange(stream, 3);
+
+      await waitFor(() => handled.length === 3, { what: 'the valid entries' });
+      expect(handled).toEqual([0, 1, 2]);
+      const letters = await deadLetters(stream);
+      expect(letters).toEqual([
+        {
+          n: 'not-a-number',
+          extra: 'kept',
+          'dlq:id': poisonId,
+          'dlq:stream': stream.name,
+          'dlq:group': 'g',
+          'dlq:consumer': 'c1',
+          'dlq:deliveries': '1',
+          'dlq:reason': 'invalid entry: n: must be digits',
+        },
+      ]);
+      await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'the poison entry acked' });
+    });
+  });
+
+  it('splits the entries between two consumers of one group, none handled twice', async () => {
+    const stream = testStream();
+    const byConsumer = { a: [] as number[], b: [] as number[] };
+    const slowly = (list: number[]) => async (event: { n: number }) => {
+      list.push(event.n);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    };
+    start(stream, slowly(byConsumer.a), { consumer: 'a' });
+    start(stream, slowly(byConsumer.b), { consumer: 'b' });
+    await groupCreated(stream);
+
+    await publishRange(stream, 200);
+
+    await waitFor(() => byConsumer.a.length + byConsumer.b.length === 200, { what: '200 events' });
+    const all = [...byConsumer.a, ...byConsumer.b].sort((x, y) => x - y);
+    expect(all).toEqual(Array.from({ length: 200 }, (_, n) => n));
+    expect(byConsumer.a.length).toBeGreaterThan(0);
+    expect(byConsumer.b.length).toBeGreaterThan(0);
+  });
+
+  it('gives every entry to each of two groups', async () => {
+    const stream = testStream();
+    const byGroup = { payments: [] as number[], notifications: [] as number[] };
+    start(stream, (event) => void byGroup.payments.push(event.n), { group: 'payments' });
+    start(stream, (event) => void byGroup.notifications.push(event.n), { group: 'notifications' });
+
+    await publishRange(stream, 20);
+
+    const expected = Array.from({ length: 20 }, (_, n) => n);
+    await waitFor(() => byGroup.payments.length === 20 && byGroup.notifications.length === 20);
+    expect(byGroup.payments).toEqual(expected);
+    expect(byGroup.notifications).toEqual(expected);
+  });
+
+  it('handles its own pending entries first when it starts again', async () => {
+    const stream = testStream();
+    await publishRange(stream, 3);
+    // A consumer that read entries and died before acking them: they sit in its pending list.
+    await redis.xgroup('CREATE', stream.name, 'g', '0');
+    await redis.xreadgroup('GROUP', 'g', 'c1', 'COUNT', 2, 'STREAMS', stream.name, '>');
+    const seen: [number, number][] = [];
+
+    start(stream, (event, { deliveryCount }) => void seen.push([event.n, deliveryCount]));
+
+    await waitFor(() => seen.length === 3);
+    expect(seen).toEqual([[0, 2], [1, 2], [2, 1]]);
+  });
+
+  describe('close()', () => {
+    it('waits for the running handler and acks its entry', async () => {
+      const stream = testStream();
+      const release = deferred();
+      const started = deferred();
+      const sub = start(stream, async () => {
+        started.resolve();
+        await release.promise;
+      });
+      await publisher.publish(stream, { n: 1 });
+      await started.promise;
+
+      let closed = false;
+      const closing = sub.close().then(() => (closed = true));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(closed).toBe(false);
+      release.resolve();
+      await closing;
+
+      expect(await pendingCount(stream)).toBe(0);
+    });
+
+    it('leaves entries not yet handled pending and calls no handler after it resolves', async () => {
+      const stream = testStream();
+      const started = deferred();
+      const release = deferred();
+      let calls = 0;
+      const sub = start(stream, async () => {
+        calls += 1;
+        started.resolve();
+        await release.promise;
+      });
+      await publishRange(stream, 5);
+      await started.promise;
+
+      const closing = sub.close();
+      release.resolve();
+      await closing;
+      const callsAtClose = calls;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+
+      expect(calls).toBe(callsAtClose);
+      expect(callsAtClose).toBe(1);
+      expect(await pendingCount(stream)).toBe(4);
+    });
+
+    it('returns promptly from a blocked read and is safe to call twice', async () => {
+      const stream = testStream();
+      const sub = start(stream, () => {}, { blockMs: 60_000 });
+      await groupCreated(stream);
+
+      const began = Date.now();
+      await Promise.all([sub.close(), sub.close()]);
+      await sub.close();
+
+      expect(Date.now() - began).toBeLessThan(5_000);
+    });
+  });
+
+  describe('when the consumer group disappears', () => {
+    it('recreates the group and keeps consuming', async () => {
+      const stream = testStream();
+      const seen: number[] = [];
+      start(stream, (event) => void seen.push(event.n));
+      await publisher.publish(stream, { n: 1 });
+      await waitFor(() => seen.length === 1);
+
+      await redis.xgroup('DESTROY', stream.name, 'g');
+      await publisher.publish(stream, { n: 2 });
+
+      await waitFor(() => seen.includes(2), { what: 'the entry after NOGROUP' });
+    });
+  });
+});
+
+describe('when Redis restarts', () => {
+  let server: RedisServer;
+  beforeAll(async () => {
+    server = await startRedisServer();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  it('reconnects, recreates the lost group and keeps consuming', async () => {
+    const stream = testStream();
+    const seen: number[] = [];
+    const sub = subscribe('g', 'c1', stream, (event) => void seen.push(event.n), {
+      connection: server.url,
+      blockMs: 200,
+    });
+    opened.push(sub);
+    const local = createPublisher({ connection: server.url });
+    try {
+      await local.publish(stream, { n: 1 });
+      await waitFor(() => seen.length === 1);
+
+      await server.restart();
+      await waitFor(() => local.publish(stream, { n: 2 }).then(() => true, () => false), {
+        what: 'Redis back',
+      });
+
+      await waitFor(() => seen.includes(2), { what: 'the entry after the restart', timeoutMs: 15_000 });
+      expect(seen).toEqual([1, 2]);
+    } finally {
+      await local.close();
+    }
+  });
+});

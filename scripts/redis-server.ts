@@ -1,0 +1,105 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/**
+ * A private `redis-server` child process: used by `pnpm dev` when no Redis answers, and by the
+ * tests, which never touch a shared Redis.
+ */
+export interface RedisServer {
+  readonly port: number;
+  readonly url: string;
+  /** Stops the server and starts it again on the same port (its data is lost unless AOF is on). */
+  restart(): Promise<void>;
+  /** Stops the server and removes its data directory. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+export interface RedisServerOptions {
+  /** @defaultValue a free port */
+  port?: number;
+  /** Extra `redis-server` arguments, e.g. `['--appendonly', 'yes']`. */
+  args?: string[];
+  /** Where redis-server's own output goes. @defaultValue 'ignore' */
+  stdio?: 'ignore' | 'inherit';
+}
+
+export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisServer> {
+  const port = options.port ?? (await freePort());
+  const dir = mkdtempSync(join(tmpdir(), 'redis-'));
+  let child: ChildProcess | undefined;
+  let stopped: Promise<void> | undefined;
+
+  async function launch() {
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
+    child = spawn('redis-server', [...args, ...(options.args ?? [])], {
+      stdio: options.stdio ?? 'ignore',
+    });
+    const exited = new Promise<never>((_, reject) => {
+      child!.once('error', reject);
+      child!.once('exit', (code) => reject(new Error(`redis-server exited with code ${code} on port ${port}`)));
+    });
+    exited.catch(() => {});
+    await Promise.race([waitForPort(port, 10_000), exited]);
+  }
+
+  async function halt() {
+    const proc = child;
+    child = undefined;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((resolve) => proc.once('exit', resolve));
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  await launch();
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    async restart() {
+      await halt();
+      await launch();
+    },
+    stop() {
+      return (stopped ??= halt().then(() => rmSync(dir, { recursive: true, force: true })));
+    },
+  };
+}
+
+/** A TCP port that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once something accepts TCP connections on `port`. */
+export async function waitForPort(port: number, timeoutMs: number, host = '127.0.0.1'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await canConnect(port, host))) {
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${host}:${port} after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+export function canConnect(port: number, host: string, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = new Socket();
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('error', () => done(false));
+    socket.connect(port, host, () => done(true));
+  });
+}
