@@ -1,0 +1,168 @@
+import { createPublisher, type Publisher } from '@msa/stream-kit';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import request from 'supertest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { freePort, startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
+import { createApp } from '../src/app.ts';
+
+// Its own Redis: these tests count the entries of the real `order-events` stream.
+let server: RedisServer;
+let redis: Redis;
+let publisher: Publisher;
+let app: ReturnType<typeof createApp>;
+const logger = pino({ level: 'silent' });
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  redis = new Redis(server.url);
+  publisher = createPublisher({ connection: server.url });
+  app = createApp({ publisher, logger });
+});
+beforeEach(async () => {
+  await redis.del('order-events');
+});
+afterAll(async () => {
+  await publisher?.close();
+  await redis?.quit();
+  await server?.stop();
+});
+
+async function orderEntries() {
+  const entries = await redis.xrange('order-events', '-', '+');
+  return entries.map(([, flat]) => Object.fromEntries(pairs(flat)));
+}
+
+function pairs(flat: string[]) {
+  return Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]] as const);
+}
+
+const valid = { userId: 'user-1', productId: 'product-9', price: 1000 };
+
+describe('POST /orders', () => {
+  it('answers 202 with the order id and publishes one order-created entry', async () => {
+    const response = await request(app).post('/orders').send(valid);
+
+    expect(response.status).toBe(202);
+    expect(response.body).toEqual({ orderId: expect.stringMatching(/^[0-9a-f-]{36}$/) });
+    expect(await orderEntries()).toEqual([
+      { type: 'order-created', orderId: response.body.orderId, userId: 'user-1', productId: 'product-9', price: '1000' },
+    ]);
+  });
+
+  it('keeps up to two decimals of the price exactly', async () => {
+    await request(app).post('/orders').send({ ...valid, price: 12.5 }).expect(202);
+
+    expect((await orderEntries())[0]?.price).toBe('12.5');
+  });
+
+  describe('rejects invalid input with 400, the field at fault, and publishes nothing', () => {
+    const cases: [string, unknown, string][] = [
+      ['a missing userId', { productId: 'p', price: 1 }, 'userId'],
+      ['a blank userId', { ...valid, userId: '   ' }, 'userId'],
+      ['a numeric productId', { ...valid, productId: 42 }, 'productId'],
+      ['a missing price', { userId: 'u', productId: 'p' }, 'price'],
+      ['a zero price', { ...valid, price: 0 }, 'price'],
+      ['a negative price', { ...valid, price: -5 }, 'price'],
+      ['a price given as a string', { ...valid, price: '1000' }, 'price'],
+      ['a non-numeric price', { ...valid, price: 'abc' }, 'price'],
+      ['a price with three decimals', { ...valid, price: 1.005 }, 'price'],
+      ['an absurdly large price', { ...valid, price: 1e15 }, 'price'],
+      ['an array instead of an object', [valid], 'body'],
+      ['a bare string', 'order', 'body'],
+      ['null', null, 'body'],
+    ];
+    it.each(cases)('%s', async (_name, body, field) => {
+      const response = await request(app)
+        .post('/orders')
+        .set('content-type', 'application/json')
+        .send(JSON.stringify(body));
+
+      expect(response.status).toBe(400);
+      expect(response.body).toMatchObject({ field, error: expect.stringContaining(field) });
+      expect(await orderEntries()).toEqual([]);
+    });
+
+    it('malformed JSON', async () => {
+      const response = await request(app)
+        .post('/orders')
+        .set('content-type', 'application/json')
+        .send('{"userId": "u1", ');
+
+      expect(response.status).toBe(400);
+      expect(response.body).toEqual({ error: 'body: malformed JSON', field: 'body' });
+      expect(await orderEntries()).toEqual([]);
+    });
+
+    it('a body that is not JSON', async () => {
+      const response = await request(app).post('/orders').set('content-type', 'text/plain').send('userId=u1');
+
+      expect(response.status).toBe(400);
+      expect(response.body.field).toBe('body');
+      expect(await orderEntries()).toEqual([]);
+    });
+  });
+
+  it('answers 413 to an oversized body and publishes nothing', async () => {
+    const response = await request(app)
+      .post('/orders')
+      .send({ ...valid, userId: 'u'.repeat(20_000) });
+
+    expect(response.status).toBe(413);
+    expect(response.body.field).toBe('body');
+    expect(await orderEntries()).toEqual([]);
+  });
+});
+
+describe('GET /order (the tutorial endpoint)', () => {
+  it("answers 'ok' and publishes the order", async () => {
+    const response = await request(app).get('/order').query({ userId: 'u1', productId: 'p1', price: '1000' });
+
+    expect(response.status).toBe(200);
+    expect(response.text).toBe('ok');
+    expect(await orderEntries()).toEqual([
+      expect.objectContaining({ type: 'order-created', userId: 'u1', productId: 'p1', price: '1000' }),
+    ]);
+  });
+
+  const cases: [string, string, string][] = [
+    ['a missing price', 'userId=u1&productId=p1', 'price'],
+    ['a zero price', 'userId=u1&productId=p1&price=0', 'price'],
+    ['a non-numeric price', 'userId=u1&productId=p1&price=abc', 'price'],
+    ['a blank userId', 'userId=&productId=p1&price=10', 'userId'],
+    ['a repeated userId', 'userId=a&userId=b&productId=p1&price=10', 'userId'],
+  ];
+  it.each(cases)('rejects %s with 400 and publishes nothing', async (_name, query, field) => {
+    const response = await request(app).get(`/order?${query}`);
+
+    expect(response.status).toBe(400);
+    expect(response.body.field).toBe(field);
+    expect(await orderEntries()).toEqual([]);
+  });
+});
+
+describe('the HTTP surface', () => {
+  it('answers /healthz', async () => {
+    await request(app).get('/healthz').expect(200, { status: 'ok' });
+  });
+
+  it('answers unknown routes with a JSON 404 and does not advertise Express', async () => {
+    const response = await request(app).get('/nope');
+
+    expect(response.status).toBe(404);
+    expect(response.body).toEqual({ error: 'not found' });
+    expect(response.headers['x-powered-by']).toBeUndefined();
+  });
+
+  it('answers 503, not 500, when Redis cannot be reached', async () => {
+    const nowhere = createPublisher({ connection: `redis://127.0.0.1:${await freePort()}` });
+    try {
+      const response = await request(createApp({ publisher: nowhere, logger })).post('/orders').send(valid);
+
+      expect(response.status).toBe(503);
+      expect(response.body.error).toMatch(/try again later/);
+    } finally {
+      await nowhere.close();
+    }
+  });
+});
