@@ -28,6 +28,21 @@ export function openReaderConnection(connection: Connection, logger: Logger): Re
 }
 
 /**
+ * A connection for request paths (publishing, queries behind HTTP routes): a command fails after
+ * one retry instead of hanging while Redis is away, so the caller can answer 503 quickly.
+ * Outages are logged once, not at every reconnect attempt.
+ */
+export function openRequestConnection(url: string, logger: Logger, name = 'stream-kit:request'): Redis {
+  const redis = new Redis(url, {
+    maxRetriesPerRequest: 1,
+    retryStrategy: reconnectDelay,
+    connectionName: name,
+  });
+  logConnectionState(redis, logger);
+  return redis;
+}
+
+/**
  * Logs the first error of an outage and the recovery, not each failed reconnect attempt.
  * Without an `error` listener ioredis would print every attempt as an unhandled error.
  */

@@ -1,5 +1,4 @@
-import { Redis } from 'ioredis';
-import { logConnectionState, reconnectDelay, type Connection } from './connection.ts';
+import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import { encodeChecked, type EventOf, type StreamDefinition } from './stream.ts';
 
@@ -29,14 +28,8 @@ export function createPublisher(options: PublisherOptions): Publisher {
   const owned = typeof options.connection === 'string';
   const redis =
     typeof options.connection === 'string'
-      ? // A publisher sits on request paths: fail a command after one retry instead of hanging.
-        new Redis(options.connection, {
-          maxRetriesPerRequest: 1,
-          retryStrategy: reconnectDelay,
-          connectionName: 'stream-kit:publisher',
-        })
+      ? openRequestConnection(options.connection, logger, 'stream-kit:publisher')
       : options.connection;
-  if (owned) logConnectionState(redis, logger);
 
   const inFlight = new Set<Promise<unknown>>();
   let closing: Promise<void> | undefined;

@@ -1,0 +1,26 @@
+import type { Logger } from 'pino';
+
+export type Channel = 'mail' | 'sms';
+
+export interface Message {
+  channel: Channel;
+  userId: string;
+  text: string;
+}
+
+/**
+ * Delivers a message to a user. Plug in a mail or SMS provider here; a send that throws leaves the
+ * event pending, so it is tried again.
+ */
+export interface NotificationSender {
+  send(message: Message): Promise<void>;
+}
+
+/** The default sender: writes each message to the log instead of a provider. */
+export function logSender(logger: Logger): NotificationSender {
+  return {
+    async send(message) {
+      logger.info(message, `${message.channel} sent`);
+    },
+  };
+}

@@ -1,0 +1,84 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { freePort } from '../../scripts/redis-server.ts';
+import { waitFor } from './wait.ts';
+
+export type ServiceName = 'order-service' | 'payment-service' | 'notification-service';
+
+/** A service started as a real process, the way `pnpm --filter ... start` starts it. */
+export interface RunningService {
+  readonly name: ServiceName;
+  readonly url: string;
+  readonly process: ChildProcess;
+  /** Everything it wrote to stdout and stderr so far. */
+  output(): string;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves to the exit code (null if killed). */
+  stop(graceMs?: number): Promise<number | null>;
+}
+
+const running = new Set<ChildProcess>();
+// Whatever happens to the test run, leave no service holding a port behind.
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+export function packageDir(name: ServiceName): string {
+  return fileURLToPath(new URL(`../../packages/${name}/`, import.meta.url));
+}
+
+/** Spawns `node --import tsx src/main.ts` in the service's package; resolves once it exits. */
+export function spawnService(name: ServiceName, env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: packageDir(name),
+    env: { ...process.env, LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  return child;
+}
+
+export function exitOf(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
+export async function startService(
+  name: ServiceName,
+  env: { REDIS_URL: string } & Record<string, string>,
+): Promise<RunningService> {
+  const port = await freePort();
+  const child = spawnService(name, { PORT: String(port), ...env });
+  let output = '';
+  child.stdout!.on('data', (chunk) => (output += chunk));
+  child.stderr!.on('data', (chunk) => (output += chunk));
+  const url = `http://127.0.0.1:${port}`;
+  const service: RunningService = {
+    name,
+    url,
+    process: child,
+    output: () => output,
+    async stop(graceMs = 10_000) {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      const exited = exitOf(child);
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+  try {
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}:\n${output}`);
+        return fetch(`${url}/healthz`).then((res) => res.ok, () => false);
+      },
+      { timeoutMs: 20_000, what: `${name} /healthz` },
+    );
+  } catch (err) {
+    await service.stop(1_000);
+    throw err;
+  }
+  return service;
+}
