@@ -1,0 +1,190 @@
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
+import { exitOf, spawnService, startService, type RunningService } from './support/services.ts';
+import { waitFor } from './support/wait.ts';
+
+/*
+ * The three services as real processes, on free ports, against their own redis-server: an order
+ * placed over HTTP must reach payment and both notifications.
+ */
+
+let redisServer: RedisServer;
+let redis: Redis;
+let order: RunningService;
+let payment: RunningService;
+let notification: RunningService;
+
+beforeAll(async () => {
+  redisServer = await startRedisServer();
+  redis = new Redis(redisServer.url);
+  const env = { REDIS_URL: redisServer.url };
+  [order, payment, notification] = await Promise.all([
+    startService('order-service', env),
+    startService('payment-service', env),
+    startService('notification-service', env),
+  ]);
+});
+
+afterAll(async () => {
+  await Promise.all([order, payment, notification].map((service) => service?.stop()));
+  await redis?.quit();
+  await redisServer?.stop();
+});
+
+afterEach(() => {
+  onTestFailed(() => {
+    for (const service of [order, payment, notification]) {
+      console.error(`--- ${service?.name} output ---\n${service?.output()}`);
+    }
+  });
+});
+
+type Notification = { channel: string; event: string; orderId: string; entryId: string; time: string };
+
+async function notificationsOf(userId: string): Promise<Notification[]> {
+  const response = await fetch(`${notification.url}/notifications?userId=${encodeURIComponent(userId)}`);
+  expect(response.status).toBe(200);
+  return (await response.json()) as Notification[];
+}
+
+async function paymentsFor(orderId: string) {
+  const entries = await redis.xrange('payment-events', '-', '+');
+  return entries
+    .map(([id, flat]) => ({ id, ...Object.fromEntries(pairs(flat)) }) as Record<string, string>)
+    .filter((entry) => entry.orderId === orderId);
+}
+
+function pairs(flat: string[]) {
+  return Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]] as const);
+}
+
+/** Both notifications for `orderId`, once both exist. */
+function bothNotifications(userId: string, orderId: string) {
+  return waitFor(
+    async () => {
+      const sent = (await notificationsOf(userId)).filter((n) => n.orderId === orderId);
+      return sent.length >= 2 && sent;
+    },
+    { timeoutMs: 15_000, what: `mail and SMS for order ${orderId}` },
+  );
+}
+
+async function placeOrder(body: object) {
+  const response = await fetch(`${order.url}/orders`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  expect(response.status).toBe(202);
+  return ((await response.json()) as { orderId: string }).orderId;
+}
+
+describe('an order placed over HTTP', () => {
+  it('is paid once and notified by mail and SMS', async () => {
+    const orderId = await placeOrder({ userId: 'alice', productId: 'book-1', price: 1000 });
+
+    const [paymentEntry] = await waitFor(async () => {
+      const found = await paymentsFor(orderId);
+      return found.length > 0 && found;
+    }, { timeoutMs: 15_000, what: 'the payment event' });
+    expect(paymentEntry).toMatchObject({
+      type: 'payment-completed',
+      orderId,
+      userId: 'alice',
+      productId: 'book-1',
+      price: '1000',
+      paymentProcessId: expect.stringMatching(/^[0-9a-f-]{36}$/),
+    });
+
+    const sent = await bothNotifications('alice', orderId);
+    expect(sent.map(({ channel, event }) => ({ channel, event })).sort((a, b) => a.channel.localeCompare(b.channel))).toEqual([
+      { channel: 'mail', event: 'order-created' },
+      { channel: 'sms', event: 'payment-completed' },
+    ]);
+    expect(await paymentsFor(orderId)).toHaveLength(1);
+  });
+
+  it('gives each payment its own paymentProcessId', async () => {
+    const orderIds = await Promise.all(
+      [1, 2, 3].map((n) => placeOrder({ userId: 'bob', productId: `p${n}`, price: n * 10 })),
+    );
+
+    const ids = await waitFor(async () => {
+      const payments = (await Promise.all(orderIds.map(paymentsFor))).flat();
+      return payments.length === 3 && payments.map((p) => p.paymentProcessId);
+    }, { timeoutMs: 15_000, what: 'three payments' });
+    expect(new Set(ids).size).toBe(3);
+  });
+});
+
+describe("an order written the Java tutorial's way (three fields, no type, no orderId)", () => {
+  it('flows through, with its entry ID as the order id', async () => {
+    const entryId = (await redis.xadd('order-events', '*', 'userId', 'carol', 'productId', 'p-7', 'price', '5000'))!;
+
+    const sent = await bothNotifications('carol', entryId);
+    expect(sent.map((n) => n.channel).sort()).toEqual(['mail', 'sms']);
+    expect(await paymentsFor(entryId)).toEqual([
+      expect.objectContaining({ userId: 'carol', productId: 'p-7', price: '5000' }),
+    ]);
+  });
+
+  it('flows through from the tutorial GET /order endpoint', async () => {
+    const response = await fetch(`${order.url}/order?userId=dave&productId=p-1&price=300`);
+    expect(await response.text()).toBe('ok');
+
+    const sent = await waitFor(async () => {
+      const found = await notificationsOf('dave');
+      return found.length >= 2 && found;
+    }, { timeoutMs: 15_000, what: "dave's notifications" });
+    expect(sent.map((n) => n.channel).sort()).toEqual(['mail', 'sms']);
+  });
+});
+
+describe('a malformed order entry', () => {
+  it('goes to the dead-letter stream for each group while later orders still flow', async () => {
+    const poisonId = await redis.xadd('order-events', '*', 'userId', 'erin', 'productId', 'p', 'price', 'free');
+    const orderId = await placeOrder({ userId: 'erin', productId: 'p', price: 1 });
+
+    await bothNotifications('erin', orderId);
+    const letters = await waitFor(async () => {
+      const entries = await redis.xrange('order-events:dlq', '-', '+');
+      const mine = entries.map(([, flat]) => Object.fromEntries(pairs(flat))).filter((f) => f['dlq:id'] === poisonId);
+      return mine.length === 2 && mine;
+    }, { what: 'two dead letters' });
+    expect(letters.map((l) => l['dlq:group']).sort()).toEqual(['notification-service-group', 'payment-service-group']);
+    expect(letters[0]?.['dlq:reason']).toMatch(/price/);
+  });
+});
+
+describe('when payment-service is down', () => {
+  it('pays the orders placed meanwhile once it is back', async () => {
+    expect(await payment.stop()).toBe(0);
+    const orderId = await placeOrder({ userId: 'frank', productId: 'p', price: 42 });
+
+    payment = await startService('payment-service', { REDIS_URL: redisServer.url });
+
+    await bothNotifications('frank', orderId);
+    expect(await paymentsFor(orderId)).toHaveLength(1);
+  });
+});
+
+describe('each service', () => {
+  it('refuses to start on a bad environment variable, naming it', async () => {
+    const child = spawnService('payment-service', { REDIS_URL: 'http://nope', PORT: 'eighty' });
+    let stderr = '';
+    child.stderr!.on('data', (chunk) => (stderr += chunk));
+
+    const code = await exitOf(child);
+
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/PORT/);
+    expect(stderr).toMatch(/REDIS_URL/);
+  });
+
+  it('stops with exit code 0 on SIGTERM', async () => {
+    const codes = await Promise.all([order, payment, notification].map((service) => service.stop()));
+
+    expect(codes).toEqual([0, 0, 0]);
+  });
+});
