@@ -1,0 +1,67 @@
+import { describe, expect, it } from 'vitest';
+import { OrderEvents, PaymentEvents, type OrderEvent } from '../src/events.ts';
+import { decode, encode } from '../src/stream.ts';
+
+const ENTRY_ID = '1700000000000-0';
+
+describe('order-events entries', () => {
+  it("read the tutorial's three fields as order-created, with the entry ID as orderId", () => {
+    const decoded = decode(OrderEvents, ENTRY_ID, { userId: 'u1', productId: 'p1', price: '1000' });
+
+    expect(decoded).toEqual({
+      ok: true,
+      event: { type: 'order-created', orderId: ENTRY_ID, userId: 'u1', productId: 'p1', price: 1000 },
+    });
+  });
+
+  it('keep the orderId they carry', () => {
+    const decoded = decode(OrderEvents, ENTRY_ID, {
+      type: 'order-created', orderId: 'o-1', userId: 'u1', productId: 'p1', price: '12.50',
+    });
+
+    expect(decoded).toMatchObject({ ok: true, event: { orderId: 'o-1', price: 12.5 } });
+  });
+
+  it('survive the round trip through encode unchanged', () => {
+    const event: OrderEvent = { type: 'order-created', orderId: 'o-1', userId: 'u', productId: 'p', price: 0.5 };
+
+    expect(encode(event)).toEqual({ type: 'order-created', orderId: 'o-1', userId: 'u', productId: 'p', price: '0.5' });
+    expect(decode(OrderEvents, ENTRY_ID, encode(event))).toEqual({ ok: true, event });
+  });
+
+  it.each([
+    ['a zero price', { price: '0' }, /price/],
+    ['a negative price', { price: '-5' }, /price/],
+    ['a non-numeric price', { price: 'free' }, /price/],
+    ['an empty price', { price: '' }, /price/],
+    ['a blank userId', { userId: '  ' }, /userId/],
+    ['an unknown event type', { type: 'order-shipped' }, /type/],
+  ])('reject %s, naming the field', (_name, override, reason) => {
+    const decoded = decode(OrderEvents, ENTRY_ID, { userId: 'u1', productId: 'p1', price: '1000', ...override });
+
+    expect(decoded.ok).toBe(false);
+    expect(!decoded.ok && decoded.reason).toMatch(reason);
+  });
+
+  it('reject an entry missing a field', () => {
+    const decoded = decode(OrderEvents, ENTRY_ID, { userId: 'u1', price: '1000' });
+
+    expect(decoded).toEqual({ ok: false, reason: expect.stringMatching(/^productId: /) });
+  });
+});
+
+describe('payment-events entries', () => {
+  it('read as payment-completed when they carry no type', () => {
+    const decoded = decode(PaymentEvents, ENTRY_ID, {
+      orderId: 'o-1', userId: 'u1', productId: 'p1', price: '1000', paymentProcessId: '7',
+    });
+
+    expect(decoded).toMatchObject({ ok: true, event: { type: 'payment-completed', paymentProcessId: '7', price: 1000 } });
+  });
+
+  it('need an orderId and a paymentProcessId', () => {
+    const decoded = decode(PaymentEvents, ENTRY_ID, { userId: 'u1', productId: 'p1', price: '1000' });
+
+    expect(decoded).toEqual({ ok: false, reason: expect.stringMatching(/orderId: .*; paymentProcessId: /) });
+  });
+});
