@@ -1,0 +1,324 @@
+/**
+ * `pnpm dev`: finds (or starts) a Redis, runs the three services with readable logs, and stops
+ * everything it started on Ctrl-C. A service that dies on its own takes the session down with
+ * exit code 1, so nothing is left half-running.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, statSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { delimiter, dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { isColorSupported, prettyFactory } from 'pino-pretty';
+import { canConnect, startRedisServer, type RedisServer } from './redis-server.ts';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
+const STOP_TIMEOUT_MS = 10_000;
+const PROBE_TIMEOUT_MS = 2_000;
+const LOCAL_HOSTS = new Set(['127.0.0.1', 'localhost', '::1']);
+const HOW_TO_GET_REDIS =
+  'start one with `docker compose up -d redis`, or install it (`sudo apt-get install redis-server` / `brew install redis`) so `pnpm dev` can start redis-server itself, or set REDIS_URL to a Redis you can reach';
+
+interface ServiceSpec {
+  name: string;
+  dir: string;
+  port: number;
+  color: number;
+}
+
+interface Service {
+  spec: ServiceSpec;
+  child: ChildProcess;
+  /** Settles once the process has exited and its output is drained; never rejects. */
+  closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  isClosed: boolean;
+}
+
+/** The Redis this session talks to; `stop()` is a no-op unless we started it. */
+interface SessionRedis {
+  url: string;
+  stop(): Promise<void>;
+}
+
+const colors = isColorSupported;
+const paint = (code: number, text: string) => (colors ? `\u001b[${code}m${text}\u001b[39m` : text);
+const prefix = (name: string, color: number) => paint(color, `${name.padEnd(13)}|`);
+const DEV_PREFIX = prefix('dev', 90);
+
+function say(line: string): void {
+  process.stdout.write(`${DEV_PREFIX} ${line}\n`);
+}
+
+/** Prints the reason and leaves; used only before any child process exists. */
+function fail(line: string): never {
+  process.stderr.write(`pnpm dev: ${line}\n`);
+  process.exit(1);
+}
+
+function serviceSpecs(env: NodeJS.ProcessEnv): ServiceSpec[] {
+  const port = (name: string, fallback: number) => {
+    const value = Number(env[name] ?? fallback);
+    if (!Number.isInteger(value) || value < 0 || value > 65_535) fail(`${name} must be a port number, got "${env[name]}"`);
+    return value;
+  };
+  return [
+    { name: 'order', dir: 'packages/order-service', port: port('ORDER_PORT', 8080), color: 36 },
+    { name: 'payment', dir: 'packages/payment-service', port: port('PAYMENT_PORT', 8081), color: 35 },
+    { name: 'notification', dir: 'packages/notification-service', port: port('NOTIFICATION_PORT', 8082), color: 33 },
+  ];
+}
+
+// ---- Redis ------------------------------------------------------------------------------------
+
+/** The URL without its password, for log lines. */
+function redact(url: URL): string {
+  if (!url.password) return url.href;
+  const copy = new URL(url.href);
+  copy.password = '***';
+  return copy.href;
+}
+
+/**
+ * What answers at `host:port`: `'redis'`, `'nothing'` (refused or unreachable), or `'other'`
+ * (something that does not reply to PING like Redis). A Redis that wants a password still counts:
+ * its `-NOAUTH` reply proves it is Redis, and the services authenticate with the URL.
+ */
+function probe(host: string, port: number, tls: boolean): Promise<'redis' | 'nothing' | 'other'> {
+  // A raw PING cannot go through TLS without a client; being reachable has to do there.
+  if (tls) return canConnect(port, host, PROBE_TIMEOUT_MS).then((ok) => (ok ? 'redis' : 'nothing'));
+  return new Promise((resolve) => {
+    const socket = new Socket();
+    let connected = false;
+    let reply = '';
+    const done = (result: 'redis' | 'nothing' | 'other') => {
+      socket.destroy();
+      resolve(result);
+    };
+    socket.setTimeout(PROBE_TIMEOUT_MS, () => done(connected ? 'other' : 'nothing'));
+    socket.once('error', () => done(connected ? 'other' : 'nothing'));
+    socket.once('close', () => done(connected ? 'other' : 'nothing'));
+    socket.on('data', (chunk) => {
+      reply += chunk.toString('latin1');
+      if (!reply.includes('\r\n')) return;
+      done(/^(\+PONG|-NOAUTH|-DENIED)/.test(reply) ? 'redis' : 'other');
+    });
+    socket.connect(port, host, () => {
+      connected = true;
+      socket.write('PING\r\n');
+    });
+  });
+}
+
+function onPath(binary: string): boolean {
+  return (process.env.PATH ?? '').split(delimiter).some((dir) => {
+    if (!dir) return false;
+    try {
+      const file = join(dir, binary);
+      accessSync(file, constants.X_OK);
+      return statSync(file).isFile();
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Uses the Redis at `rawUrl` if one answers, else starts a throw-away local one, else exits 1. */
+async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
+  let url: URL;
+  try {
+    url = new URL(rawUrl);
+  } catch {
+    fail(`REDIS_URL is not a URL: "${rawUrl}"`);
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') fail(`REDIS_URL must start with redis:// or rediss://, got "${redact(url)}"`);
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1';
+  const port = Number(url.port || 6379);
+
+  const found = await probe(host, port, url.protocol === 'rediss:');
+  if (found === 'redis') {
+    say(`using Redis at ${redact(url)}`);
+    return { url: url.href, stop: async () => {} };
+  }
+  if (found === 'other') fail(`something listens on ${host}:${port} but does not answer PING like Redis; free the port or set REDIS_URL to your Redis`);
+  if (!LOCAL_HOSTS.has(host) || !onPath('redis-server')) fail(`no Redis answers at ${redact(url)}: ${HOW_TO_GET_REDIS}`);
+
+  let server: RedisServer;
+  try {
+    server = await startRedisServer({ port });
+  } catch (err) {
+    fail(`no Redis answered at ${redact(url)} and redis-server would not start on port ${port}: ${(err as Error).message}`);
+  }
+  // The embedded server binds 127.0.0.1 and has no password; keep the database number and options.
+  const sessionUrl = new URL(url.href);
+  sessionUrl.hostname = '127.0.0.1';
+  sessionUrl.username = '';
+  sessionUrl.password = '';
+  say(`no Redis answered at ${redact(url)}; started redis-server on 127.0.0.1:${port} for this session (it keeps no data: everything is gone when pnpm dev stops)`);
+  return { url: sessionUrl.href, stop: () => server.stop() };
+}
+
+// ---- Services ---------------------------------------------------------------------------------
+
+type Prettify = (line: string) => string;
+
+/** Pretty-prints pino JSON lines; anything else passes through as it came. Every line gets `tag`. */
+function formatLine(line: string, tag: string, prettify: Prettify): string {
+  let text = line;
+  if (line.startsWith('{')) {
+    try {
+      text = prettify(line).replace(/\r?\n$/, '');
+    } catch {
+      text = line;
+    }
+  }
+  return text
+    .split('\n')
+    .map((part) => `${tag} ${part}`)
+    .join('\n')
+    .concat('\n');
+}
+
+function pipeLines(input: Readable, output: NodeJS.WritableStream, tag: string, prettify: Prettify): void {
+  createInterface({ input, crlfDelay: Infinity }).on('line', (line) => output.write(formatLine(line, tag, prettify)));
+}
+
+function startService(spec: ServiceSpec, redisUrl: string, prettify: Prettify): Service {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: join(ROOT, spec.dir),
+    env: { ...process.env, REDIS_URL: redisUrl, PORT: String(spec.port) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const tag = prefix(spec.name, spec.color);
+  pipeLines(child.stdout!, process.stdout, tag, prettify);
+  pipeLines(child.stderr!, process.stderr, tag, prettify);
+  const service: Service = {
+    spec,
+    child,
+    isClosed: false,
+    closed: new Promise((resolve) => {
+      // 'error' without 'close' means the process never started.
+      child.once('error', (err) => {
+        process.stderr.write(`${tag} could not start: ${err.message}\n`);
+        resolve({ code: null, signal: null });
+      });
+      child.once('close', (code, signal) => resolve({ code, signal }));
+    }),
+  };
+  void service.closed.then(() => (service.isClosed = true));
+  return service;
+}
+
+/** SIGTERM, then SIGKILL if the service has not exited after {@link STOP_TIMEOUT_MS}. */
+async function stopService(service: Service): Promise<void> {
+  if (service.isClosed) return;
+  service.child.kill('SIGTERM');
+  const timer = setTimeout(() => {
+    say(`${service.spec.name} did not stop within ${STOP_TIMEOUT_MS / 1000} s; killing it`);
+    service.child.kill('SIGKILL');
+  }, STOP_TIMEOUT_MS);
+  await service.closed;
+  clearTimeout(timer);
+}
+
+async function isHealthy(port: number): Promise<boolean> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) });
+    await res.body?.cancel();
+    return res.ok;
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves once every service answers /healthz; says once if that takes long, but keeps waiting. */
+async function waitUntilHealthy(specs: ServiceSpec[]): Promise<void> {
+  const slowAt = Date.now() + 30_000;
+  let saidSlow = false;
+  let pending = specs;
+  for (;;) {
+    const healthy = await Promise.all(pending.map((spec) => isHealthy(spec.port)));
+    pending = pending.filter((_, i) => !healthy[i]);
+    if (pending.length === 0) return;
+    if (!saidSlow && Date.now() > slowAt) {
+      saidSlow = true;
+      say(`still waiting for ${pending.map((spec) => `${spec.name} (:${spec.port})`).join(', ')} to answer /healthz`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+function banner(specs: ServiceSpec[], redisUrl: string): string {
+  const order = specs[0]!;
+  return [
+    'all services are up',
+    ...specs.map((spec) => `  ${spec.name.padEnd(13)} http://localhost:${spec.port}`),
+    `  ${'redis'.padEnd(13)} ${redact(new URL(redisUrl))}`,
+    'try:',
+    `  curl -X POST localhost:${order.port}/orders -H 'content-type: application/json' -d '{"userId":"u1","productId":"p1","price":1000}'`,
+    'Ctrl-C stops everything.',
+  ].join(`\n${DEV_PREFIX} `);
+}
+
+// ---- Session ----------------------------------------------------------------------------------
+
+/** Everything this run started, so that one `shutdown()` can undo it in reverse order. */
+const session: { redis?: Promise<SessionRedis>; services: Service[]; stopping?: Promise<never> } = { services: [] };
+
+/** Stops the services, then Redis (they need it to close cleanly), then exits. Safe to call twice. */
+function shutdown(code: number): Promise<never> {
+  return (session.stopping ??= (async () => {
+    await Promise.all(session.services.map(stopService));
+    try {
+      // Awaiting the start too: a signal during it must not orphan a half-started redis-server.
+      await (await session.redis)?.stop();
+    } catch (err) {
+      process.stderr.write(`pnpm dev: could not stop redis-server: ${(err as Error).message}\n`);
+      code = 1;
+    }
+    process.exit(code);
+  })());
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  if (session.stopping) {
+    // A second Ctrl-C means "now": do not wait for graceful shutdowns any more.
+    for (const service of session.services) service.child.kill('SIGKILL');
+    return;
+  }
+  say(`${signal}: stopping the services`);
+  void shutdown(0);
+}
+
+/** A service that exits while we are not stopping is a failure: take the rest down with it. */
+function watch(service: Service): void {
+  void service.closed.then(({ code, signal }) => {
+    if (session.stopping) return;
+    process.stderr.write(`pnpm dev: ${service.spec.name} exited (${signal ?? `code ${code}`}); stopping the others\n`);
+    void shutdown(1);
+  });
+}
+
+async function main(): Promise<void> {
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const specs = serviceSpecs(process.env);
+  session.redis = ensureRedis(process.env.REDIS_URL || DEFAULT_REDIS_URL);
+  const redis = await session.redis;
+  if (session.stopping) return;
+
+  const prettify = prettyFactory({ colorize: colors, translateTime: 'SYS:HH:MM:ss.l', singleLine: true, ignore: 'pid,hostname,name' });
+  for (const spec of specs) {
+    const service = startService(spec, redis.url, prettify);
+    session.services.push(service);
+    watch(service);
+  }
+  await waitUntilHealthy(specs);
+  if (!session.stopping) say(banner(specs, redis.url));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`pnpm dev: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  void shutdown(1);
+});

@@ -1,0 +1,129 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { canConnect, freePort } from '../scripts/redis-server.ts';
+import { waitFor } from './support/wait.ts';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+interface DevRun {
+  child: ChildProcess;
+  output(): { stdout: string; stderr: string };
+  /** Settles with the exit code, or rejects (with the output so far) after `timeoutMs`. */
+  exit(timeoutMs: number): Promise<number | null>;
+}
+
+const started: DevRun[] = [];
+const tempDirs: string[] = [];
+
+/** Runs `pnpm dev` as a real process, in its own process group so cleanup can kill all of it. */
+function startDev(env: NodeJS.ProcessEnv): DevRun {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/dev.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const closed = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  const run: DevRun = {
+    child,
+    output: () => ({ stdout, stderr }),
+    exit(timeoutMs) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`pnpm dev still running after ${timeoutMs} ms\nstdout:\n${stdout}\nstderr:\n${stderr}`)),
+          timeoutMs,
+        );
+      });
+      return Promise.race([closed, late]).finally(() => clearTimeout(timer));
+    },
+  };
+  started.push(run);
+  return run;
+}
+
+async function answersHealthz(port: number): Promise<boolean> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) });
+    await res.body?.cancel();
+    return res.ok;
+  } catch {
+    return false;
+  }
+}
+
+afterEach(() => {
+  // Whatever the test did, kill the whole group: dev, its services and its redis-server.
+  for (const run of started.splice(0)) {
+    try {
+      process.kill(-run.child.pid!, 'SIGKILL');
+    } catch {
+      // ESRCH: everything has already exited, which is the expected case.
+    }
+  }
+  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('pnpm dev', () => {
+  it('starts its own redis-server when none answers, and stops everything on SIGINT', { timeout: 60_000 }, async () => {
+    const [redisPort, orderPort, paymentPort, notificationPort] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
+    ]);
+    const servicePorts = [orderPort!, paymentPort!, notificationPort!];
+    const dev = startDev({
+      REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      ORDER_PORT: String(orderPort),
+      PAYMENT_PORT: String(paymentPort),
+      NOTIFICATION_PORT: String(notificationPort),
+    });
+
+    const exitedEarly = dev.exit(45_000).then((code) => {
+      throw new Error(`pnpm dev exited early with code ${code}\n${dev.output().stdout}\n${dev.output().stderr}`);
+    });
+    exitedEarly.catch(() => {});
+    await Promise.race([
+      waitFor(async () => (await Promise.all(servicePorts.map(answersHealthz))).every(Boolean), {
+        timeoutMs: 45_000,
+        intervalMs: 200,
+        what: 'all three services to answer /healthz',
+      }),
+      exitedEarly,
+    ]);
+    expect(await canConnect(redisPort!, '127.0.0.1')).toBe(true);
+
+    dev.child.kill('SIGINT');
+    const code = await dev.exit(20_000);
+
+    expect(code, dev.output().stderr).toBe(0);
+    for (const port of [redisPort!, ...servicePorts]) {
+      expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
+    }
+  });
+
+  it('says in one line how to get Redis when none answers and no redis-server is on PATH', { timeout: 60_000 }, async () => {
+    // Not the directory of node itself: on many systems that is /usr/bin, next to redis-server.
+    const bin = mkdtempSync(join(tmpdir(), 'dev-path-'));
+    tempDirs.push(bin);
+    symlinkSync(process.execPath, join(bin, 'node'));
+    const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${await freePort()}`, PATH: bin });
+
+    const code = await dev.exit(10_000);
+
+    expect(code).not.toBe(0);
+    const { stderr } = dev.output();
+    const line = stderr.split('\n').find((l) => l.includes('docker compose'));
+    expect(line, stderr).toBeDefined();
+    expect(line).toContain('redis-server');
+  });
+});
