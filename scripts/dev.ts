@@ -11,7 +11,8 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { isColorSupported, prettyFactory } from 'pino-pretty';
-import { canConnect, startRedisServer, type RedisServer } from './redis-server.ts';
+import { answersHealthz, canConnect } from './net.ts';
+import { startRedisServer, type RedisServer } from './redis-server.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
@@ -222,23 +223,13 @@ async function stopService(service: Service): Promise<void> {
   clearTimeout(timer);
 }
 
-async function isHealthy(port: number): Promise<boolean> {
-  try {
-    const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) });
-    await res.body?.cancel();
-    return res.ok;
-  } catch {
-    return false;
-  }
-}
-
 /** Resolves once every service answers /healthz; says once if that takes long, but keeps waiting. */
 async function waitUntilHealthy(specs: ServiceSpec[]): Promise<void> {
   const slowAt = Date.now() + 30_000;
   let saidSlow = false;
   let pending = specs;
   for (;;) {
-    const healthy = await Promise.all(pending.map((spec) => isHealthy(spec.port)));
+    const healthy = await Promise.all(pending.map((spec) => answersHealthz(spec.port)));
     pending = pending.filter((_, i) => !healthy[i]);
     if (pending.length === 0) return;
     if (!saidSlow && Date.now() > slowAt) {

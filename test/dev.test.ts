@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { canConnect, freePort } from '../scripts/redis-server.ts';
+import { answersHealthz, canConnect, freePort } from '../scripts/net.ts';
 import { waitFor } from './support/wait.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -48,16 +48,6 @@ function startDev(env: NodeJS.ProcessEnv): DevRun {
   };
   started.push(run);
   return run;
-}
-
-async function answersHealthz(port: number): Promise<boolean> {
-  try {
-    const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) });
-    await res.body?.cancel();
-    return res.ok;
-  } catch {
-    return false;
-  }
 }
 
 afterEach(() => {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { freePort } from '../../scripts/redis-server.ts';
+import { answersHealthz, freePort } from '../../scripts/net.ts';
 import { waitFor } from './wait.ts';
 
 export type ServiceName = 'order-service' | 'payment-service' | 'notification-service';
@@ -72,7 +72,7 @@ export async function startService(
     await waitFor(
       async () => {
         if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}:\n${output}`);
-        return fetch(`${url}/healthz`).then((res) => res.ok, () => false);
+        return answersHealthz(port);
       },
       { timeoutMs: 20_000, what: `${name} /healthz` },
     );

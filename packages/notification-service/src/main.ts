@@ -1,12 +1,13 @@
 import { OrderEvents, openRequestConnection, PaymentEvents, subscribe } from '@msa/stream-kit';
+import { closeServer, gracefulShutdown, listen } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
-import { loadConfig } from './config.ts';
+import { loadConfig, type Config } from './config.ts';
 import { orderMailHandler, paymentSmsHandler } from './notify.ts';
 import { logSender } from './sender.ts';
 import { redisSentLog } from './sent-log.ts';
 
-let config;
+let config: Config;
 try {
   config = loadConfig(process.env);
 } catch (err) {
@@ -23,35 +24,19 @@ const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),
   subscribe(GROUP, config.CONSUMER_NAME, PaymentEvents, paymentSmsHandler(deps), consumerOptions),
 ];
-const server = createApp({ sentLog: deps.sentLog, logger: logger.child({ component: 'http' }) }).listen(
-  config.PORT,
-  (err) => {
-    if (err) {
-      logger.fatal({ err, port: config.PORT }, 'cannot listen');
-      process.exit(1);
-    }
-    logger.info({ port: config.PORT, consumer: config.CONSUMER_NAME }, 'notification-service listening');
-  },
-);
+const app = createApp({ sentLog: deps.sentLog, logger: logger.child({ component: 'http' }) });
+const server = await listen(app, config.PORT).catch((err: unknown) => {
+  logger.fatal({ err, port: config.PORT }, 'cannot listen');
+  process.exit(1);
+});
+logger.info({ port: config.PORT, consumer: config.CONSUMER_NAME }, 'notification-service listening');
 
-let stopping = false;
-async function shutdown(signal: NodeJS.Signals) {
-  if (stopping) return;
-  stopping = true;
-  logger.info({ signal }, 'shutting down');
-  // If something hangs, exiting late with an error beats never exiting.
-  setTimeout(() => {
-    logger.error('shutdown timed out');
-    process.exit(1);
-  }, 15_000).unref();
-  await new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    server.closeIdleConnections();
-  });
-  await Promise.all(subscriptions.map((subscription) => subscription.close()));
-  await redis.quit().catch(() => redis.disconnect());
-  logger.info('stopped');
-  process.exit(0);
+// The subscriptions before the connection their handlers record notifications with.
+const shutdown = gracefulShutdown(logger, [
+  () => closeServer(server),
+  () => Promise.all(subscriptions.map((subscription) => subscription.close())),
+  () => redis.quit().catch(() => redis.disconnect()),
+]);
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
 }
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);

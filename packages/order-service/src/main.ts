@@ -1,9 +1,10 @@
 import { createPublisher } from '@msa/stream-kit';
+import { closeServer, gracefulShutdown, listen } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
-import { loadConfig } from './config.ts';
+import { loadConfig, type Config } from './config.ts';
 
-let config;
+let config: Config;
 try {
   config = loadConfig(process.env);
 } catch (err) {
@@ -16,34 +17,15 @@ const publisher = createPublisher({
   connection: config.REDIS_URL,
   logger: logger.child({ component: 'publisher' }),
 });
-const server = createApp({ publisher, logger: logger.child({ component: 'http' }) }).listen(
-  config.PORT,
-  (err) => {
-    if (err) {
-      logger.fatal({ err, port: config.PORT }, 'cannot listen');
-      process.exit(1);
-    }
-    logger.info({ port: config.PORT }, 'order-service listening');
-  },
-);
+const app = createApp({ publisher, logger: logger.child({ component: 'http' }) });
+const server = await listen(app, config.PORT).catch((err: unknown) => {
+  logger.fatal({ err, port: config.PORT }, 'cannot listen');
+  process.exit(1);
+});
+logger.info({ port: config.PORT }, 'order-service listening');
 
-let stopping = false;
-async function shutdown(signal: NodeJS.Signals) {
-  if (stopping) return;
-  stopping = true;
-  logger.info({ signal }, 'shutting down');
-  // If something hangs, exiting late with an error beats never exiting.
-  setTimeout(() => {
-    logger.error('shutdown timed out');
-    process.exit(1);
-  }, 15_000).unref();
-  await new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    server.closeIdleConnections();
-  });
-  await publisher.close();
-  logger.info('stopped');
-  process.exit(0);
+// HTTP first, so no request arrives to find the publisher closed.
+const shutdown = gracefulShutdown(logger, [() => closeServer(server), () => publisher.close()]);
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
 }
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);

@@ -3,7 +3,8 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { freePort, startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
+import { freePort } from '../../../scripts/net.ts';
+import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
 import { createApp } from '../src/app.ts';
 
 // Its own Redis: these tests count the entries of the real `order-events` stream.

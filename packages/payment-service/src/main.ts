@@ -1,10 +1,11 @@
 import { createPublisher, OrderEvents, subscribe } from '@msa/stream-kit';
+import { closeServer, gracefulShutdown, listen } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
-import { loadConfig } from './config.ts';
+import { loadConfig, type Config } from './config.ts';
 import { paymentHandler } from './process-payment.ts';
 
-let config;
+let config: Config;
 try {
   config = loadConfig(process.env);
 } catch (err) {
@@ -24,33 +25,18 @@ const subscription = subscribe(
   paymentHandler({ publisher, logger: logger.child({ component: 'payments' }) }),
   { connection: config.REDIS_URL, logger: logger.child({ component: 'consumer' }) },
 );
-const server = createApp().listen(config.PORT, (err) => {
-  if (err) {
-    logger.fatal({ err, port: config.PORT }, 'cannot listen');
-    process.exit(1);
-  }
-  logger.info({ port: config.PORT, consumer: config.CONSUMER_NAME }, 'payment-service listening');
+const server = await listen(createApp(), config.PORT).catch((err: unknown) => {
+  logger.fatal({ err, port: config.PORT }, 'cannot listen');
+  process.exit(1);
 });
+logger.info({ port: config.PORT, consumer: config.CONSUMER_NAME }, 'payment-service listening');
 
-let stopping = false;
-async function shutdown(signal: NodeJS.Signals) {
-  if (stopping) return;
-  stopping = true;
-  logger.info({ signal }, 'shutting down');
-  // If something hangs, exiting late with an error beats never exiting.
-  setTimeout(() => {
-    logger.error('shutdown timed out');
-    process.exit(1);
-  }, 15_000).unref();
-  await new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    server.closeIdleConnections();
-  });
-  // Finish the payment under way before the publisher it needs goes away.
-  await subscription.close();
-  await publisher.close();
-  logger.info('stopped');
-  process.exit(0);
+// The subscription before the publisher: the payment under way still needs to publish.
+const shutdown = gracefulShutdown(logger, [
+  () => closeServer(server),
+  () => subscription.close(),
+  () => publisher.close(),
+]);
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
 }
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);

@@ -1,0 +1,85 @@
+import type { Server } from 'node:http';
+import { z } from 'zod';
+import type { Logger } from './logger.ts';
+import { defaultConsumerName } from './subscriber.ts';
+
+/*
+ * What the three services share besides streams: environment parsing, listening and graceful
+ * shutdown. A separate entry point (`@msa/stream-kit/service`): the stream API does not depend on
+ * it. Nothing here touches `process`; signals and exit codes stay in each service's main.ts.
+ */
+
+/** The variables every service reads; `extend()` it with a service's own. */
+export function serviceEnv(defaultPort: number) {
+  return z.object({
+    PORT: z.coerce.number().int().min(0).max(65_535).default(defaultPort),
+    REDIS_URL: z
+      .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
+      .default('redis://127.0.0.1:6379'),
+    LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  });
+}
+
+/** This instance's name in its consumer groups: unique per running instance. */
+export const ConsumerName = z.string().trim().min(1).default(defaultConsumerName);
+
+/** Parses `env` with `schema`; the error names every bad variable. */
+export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv): z.output<S> {
+  const result = schema.safeParse(env);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
+  throw new Error(`invalid environment: ${problems.join('; ')}`);
+}
+
+/** Starts listening; rejects (EADDRINUSE, EACCES) instead of crashing the process. */
+export function listen(app: { listen(port: number, callback: (err?: Error) => void): Server }, port: number) {
+  return new Promise<Server>((resolve, reject) => {
+    const server = app.listen(port, (err) => (err ? reject(err) : resolve(server)));
+  });
+}
+
+/** Stops accepting requests and resolves once those under way are answered. */
+export function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+  });
+}
+
+/**
+ * A shutdown to run on SIGTERM/SIGINT: runs `steps` in order (each even if one before failed),
+ * and resolves to the exit code: 0 when all succeeded, 1 if one failed or they took longer than
+ * `timeoutMs`. Later calls return the first call's promise.
+ */
+export function gracefulShutdown(
+  logger: Logger,
+  steps: readonly (() => Promise<unknown>)[],
+  timeoutMs = 15_000,
+): (signal: string) => Promise<number> {
+  let done: Promise<number> | undefined;
+  async function run(signal: string) {
+    logger.info({ signal }, 'shutting down');
+    let code = 0;
+    for (const step of steps) {
+      try {
+        await step();
+      } catch (err) {
+        logger.error({ err }, 'shutdown step failed');
+        code = 1;
+      }
+    }
+    logger.info({ code }, 'stopped');
+    return code;
+  }
+  return (signal) =>
+    (done ??= Promise.race([
+      run(signal),
+      // If something hangs, exiting late with an error beats never exiting.
+      new Promise<number>((resolve) =>
+        setTimeout(() => {
+          logger.error({ timeoutMs }, 'shutdown timed out');
+          resolve(1);
+        }, timeoutMs).unref(),
+      ),
+    ]));
+}
