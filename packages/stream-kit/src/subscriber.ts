@@ -147,20 +147,23 @@ class ConsumerLoop {
   private async shutdown() {
     this.stopping = true;
     this.wakeSleeper?.();
-    if (this.handling) {
-      const timedOut = await Promise.race([
-        this.handling.then(() => false),
-        sleep(this.settings.closeTimeoutMs).then(() => true),
-      ]);
-      if (timedOut)
-        this.log.warn(
-          { ...this.where(), timeoutMs: this.settings.closeTimeoutMs },
-          'handler still running at close; its entry stays pending',
-        );
-    }
+    const timedOut = this.handling
+      ? await Promise.race([
+          this.handling.then(() => false, () => false),
+          sleep(this.settings.closeTimeoutMs).then(() => true),
+        ])
+      : false;
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.redis.disconnect();
+    if (timedOut) {
+      // The loop is still inside the handler and may never come out: do not wait for it.
+      this.log.warn(
+        { ...this.where(), timeoutMs: this.settings.closeTimeoutMs },
+        'handler still running at close; its entry stays pending',
+      );
+      return;
+    }
     await this.running;
   }
 

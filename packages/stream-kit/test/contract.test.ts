@@ -367,6 +367,23 @@ describe('subscribe', () => {
       expect(await pendingCount(stream)).toBe(4);
     });
 
+    it('gives up on a handler that outlives closeTimeoutMs and leaves its entry pending', async () => {
+      const stream = testStream();
+      const started = deferred();
+      const sub = start(stream, async () => {
+        started.resolve();
+        await new Promise(() => {});
+      }, { closeTimeoutMs: 100 });
+      await publisher.publish(stream, { n: 1 });
+      await started.promise;
+
+      const began = Date.now();
+      await sub.close();
+
+      expect(Date.now() - began).toBeLessThan(2_000);
+      expect(await pendingCount(stream)).toBe(1);
+    });
+
     it('returns promptly from a blocked read and is safe to call twice', async () => {
       const stream = testStream();
       const sub = start(stream, () => {}, { blockMs: 60_000 });
