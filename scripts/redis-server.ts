@@ -11,8 +11,11 @@ import { freePort, waitForPort } from './net.ts';
 export interface RedisServer {
   readonly port: number;
   readonly url: string;
-  /** Stops the server and starts it again on the same port (its data is lost unless AOF is on). */
-  restart(): Promise<void>;
+  /**
+   * Stops the server and starts it again on the same port, after `downMs` (its data is lost
+   * unless AOF is on).
+   */
+  restart(downMs?: number): Promise<void>;
   /** Stops the server and removes its data directory. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -60,8 +63,9 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
-    async restart() {
+    async restart(downMs = 0) {
       await halt();
+      await new Promise((resolve) => setTimeout(resolve, downMs));
       await launch();
     },
     stop() {

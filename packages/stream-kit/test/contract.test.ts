@@ -422,12 +422,15 @@ describe('when Redis restarts', () => {
     await server?.stop();
   });
 
-  it('reconnects, recreates the lost group and keeps consuming', async () => {
+  it('reconnects, recreates the lost group and keeps consuming, logging the outage once', async () => {
     const stream = testStream();
     const seen: number[] = [];
+    const warnings: string[] = [];
+    const logger = { debug() {}, info() {}, error() {}, warn: (_: object, msg?: string) => void warnings.push(msg ?? '') };
     const sub = subscribe('g', 'c1', stream, (event) => void seen.push(event.n), {
       connection: server.url,
       blockMs: 200,
+      logger,
     });
     opened.push(sub);
     const local = createPublisher({ connection: server.url });
@@ -435,13 +438,16 @@ describe('when Redis restarts', () => {
       await local.publish(stream, { n: 1 });
       await waitFor(() => seen.length === 1);
 
-      await server.restart();
+      // Down long enough for a dozen reconnect attempts.
+      await server.restart(3_000);
       await waitFor(() => local.publish(stream, { n: 2 }).then(() => true, () => false), {
         what: 'Redis back',
       });
 
       await waitFor(() => seen.includes(2), { what: 'the entry after the restart', timeoutMs: 15_000 });
       expect(seen).toEqual([1, 2]);
+      expect(warnings.filter((w) => w.includes('connection lost'))).toHaveLength(1);
+      expect(warnings.length).toBeLessThanOrEqual(3);
     } finally {
       await local.close();
     }
