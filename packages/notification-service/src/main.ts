@@ -1,5 +1,5 @@
-import { OrderEvents, openRequestConnection, PaymentEvents, subscribe } from '@msa/stream-kit';
-import { closeServer, gracefulShutdown, listen } from '@msa/stream-kit/service';
+import { OrderEvents, PaymentEvents, subscribe } from '@msa/stream-kit';
+import { closeServer, gracefulShutdown, listen, openRequestConnection } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';

@@ -36,7 +36,7 @@ export function paymentSmsHandler({ sender, sentLog }: NotifyDeps): Handler<Paym
         await sender.send({
           channel: 'sms',
           userId: payment.userId,
-          text: `Payment ${payment.paymentProcessId} of ${payment.price} for order ${payment.orderId} completed.`,
+          text: `Payment ${payment.paymentProcessId} of ${payment.price}${payment.orderId ? ` for order ${payment.orderId}` : ''} completed.`,
         });
         await sentLog.record(payment.userId, {
           channel: 'sms',

@@ -5,7 +5,8 @@ export interface SentNotification {
   channel: Channel;
   /** The event type that caused it, e.g. `order-created`. */
   event: string;
-  orderId: string;
+  /** Absent for payments written by the tutorial's Java payment-service, which has none. */
+  orderId?: string | undefined;
   /** The stream entry that caused it. */
   entryId: string;
   /** When it was sent, ISO 8601. */

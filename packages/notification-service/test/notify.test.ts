@@ -100,3 +100,20 @@ describe('GET /notifications', () => {
     expect(response.body).toEqual({ error: expect.stringContaining('userId'), field: 'userId' });
   });
 });
+
+describe("on a payment written by the tutorial's Java payment-service", () => {
+  it('texts the customer and records the SMS without an orderId', async () => {
+    const userId = `user-${randomUUID()}`;
+    const sender = recordingSender();
+
+    await paymentSmsHandler({ sender, sentLog })(
+      { type: 'payment-completed', userId, productId: 'p', price: 5, paymentProcessId: '0' },
+      context('6-0'),
+    );
+
+    expect(sender.sent).toEqual([{ channel: 'sms', userId, text: 'Payment 0 of 5 completed.' }]);
+    expect(await sentLog.list(userId)).toEqual([
+      { channel: 'sms', event: 'payment-completed', entryId: '6-0', time: expect.any(String) },
+    ]);
+  });
+});

@@ -27,7 +27,8 @@ export type OrderCreated = z.infer<typeof OrderCreated>;
 
 export const PaymentCompleted = z.object({
   type: z.literal('payment-completed'),
-  orderId: Id,
+  /** Always written by our payment-service; the tutorial's Java one does not know it. */
+  orderId: Id.optional(),
   userId: Id,
   productId: Id,
   price: Price,
@@ -43,7 +44,10 @@ export const OrderEvents = defineStream({
 });
 export type OrderEvent = z.infer<typeof OrderEvents.schema>;
 
-/** Payments processed; entries without `type` (the tutorial's) read as `payment-completed`. */
+/**
+ * Payments processed; entries without `type` (the tutorial's) read as `payment-completed`, and
+ * may lack `orderId`.
+ */
 export const PaymentEvents = defineStream({
   name: 'payment-events',
   schema: z.discriminatedUnion('type', [PaymentCompleted]),

@@ -1,4 +1,3 @@
-export { openRequestConnection } from './connection.ts';
 export type { Connection } from './connection.ts';
 export { EventValidationError, NonRetryableError } from './errors.ts';
 export type { Logger } from './logger.ts';

@@ -16,7 +16,8 @@ export interface Publisher {
   /**
    * Validates `event` against the stream's schema and appends it with XADD.
    * Resolves to the new entry ID. Throws `EventValidationError` (nothing written) if the event
-   * does not match, or the Redis error if the write failed.
+   * does not match, or the Redis error if the write failed (after one retry: publishing sits on
+   * request paths, where failing fast beats hanging). Throws after `close()`.
    */
   publish<D extends StreamDefinition>(stream: D, event: EventOf<D>): Promise<string>;
   /** Waits for publishes under way, then closes the connection if the publisher opened it. Safe to call twice. */

@@ -3,6 +3,8 @@ import { z } from 'zod';
 import type { Logger } from './logger.ts';
 import { defaultConsumerName } from './subscriber.ts';
 
+export { openRequestConnection } from './connection.ts';
+
 /*
  * What the three services share besides streams: environment parsing, listening and graceful
  * shutdown. A separate entry point (`@msa/stream-kit/service`): the stream API does not depend on

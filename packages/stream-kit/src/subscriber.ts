@@ -23,11 +23,13 @@ export interface DeliveryContext {
 /**
  * Handles one event. The outcome is the acknowledgement:
  * - resolves: the entry is acked (XACK) and never delivered to this group again;
- * - throws: the entry stays pending and is delivered again after `retryDelayMs`; once it has been
- *   delivered `maxDeliveries` times it goes to the dead-letter stream instead;
+ * - throws: the entry stays pending and is delivered again, `retryDelayMs` after its first
+ *   delivery, then after twice as long each time (at most 60 s); once it has been delivered
+ *   `maxDeliveries` times it goes to the dead-letter stream instead;
  * - throws `NonRetryableError`: the entry goes to the dead-letter stream at once.
  * Delivery is at least once: a crash between the handler's effect and the ack delivers the entry
- * again, so effects must tolerate repeats.
+ * again (to this consumer when it restarts under the same name, or to another one after
+ * `claimIdleMs`), so effects must tolerate repeats.
  */
 export type Handler<T> = (event: T, context: DeliveryContext) => Promise<void> | void;
 
@@ -42,7 +44,7 @@ export interface SubscribeOptions {
   blockMs?: number;
   /** Deliveries after which a failing entry goes to the dead-letter stream. @defaultValue 5 */
   maxDeliveries?: number;
-  /** Wait before a failed entry is delivered again, in ms. @defaultValue 1000 */
+  /** Wait before a failed entry's second delivery, in ms; it doubles for each one after. @defaultValue 1000 */
   retryDelayMs?: number;
   /**
    * Where a group created by this subscription starts: `'0'` reads the stream from its first
@@ -50,6 +52,13 @@ export interface SubscribeOptions {
    * @defaultValue '0'
    */
   startId?: '0' | '$';
+  /**
+   * An entry another consumer of the group has held this long without acking it is taken over
+   * (its process most likely crashed or restarted under a new name), in ms. Checked every
+   * `claimIdleMs / 2`, at most every 30 s. Keep it well above the longest handler run.
+   * @defaultValue 60000
+   */
+  claimIdleMs?: number;
   /** How long `close()` waits for a running handler before it gives up on it, in ms. @defaultValue 10000 */
   closeTimeoutMs?: number;
   /** @defaultValue `${stream}:dlq` */
@@ -59,8 +68,9 @@ export interface SubscribeOptions {
 export interface Subscription {
   /**
    * Stops reading, waits for the running handler (up to `closeTimeoutMs`) and its ack, then
-   * closes the connection. Entries read but not yet handled stay pending and are delivered again
-   * on restart. Safe to call twice.
+   * closes the connection. Entries read but not yet handled stay pending: a consumer of the same
+   * name handles them when it starts, any other takes them over after `claimIdleMs`. Safe to
+   * call twice.
    */
   close(): Promise<void>;
 }
@@ -70,14 +80,16 @@ export function defaultConsumerName(): string {
   return `${hostname()}-${process.pid}`;
 }
 
-type Entry = [id: string, fields: string[] | null];
+type Entry = [id: string, fields: string[]];
 type Outcome = 'done' | 'retry';
 
 /**
- * Consumes `stream` as `consumer` of `group`: creates the group if missing, first handles the
- * entries this consumer left pending, then new ones, calling `handler` for one entry at a time
- * (entries keep their order within a consumer). Entries that fail the stream's schema go to the
- * dead-letter stream at once. The loop rides out Redis restarts and recreates a lost group.
+ * Consumes `stream` as `consumer` of `group` on a connection of its own: creates the group if
+ * missing, first handles the entries this consumer left pending, then new ones, calling
+ * `handler` for one entry at a time (entries keep their order within a consumer). Entries other
+ * consumers have left pending longer than `claimIdleMs` are taken over. Entries that fail the
+ * stream's schema go to the dead-letter stream at once. The loop rides out Redis restarts and
+ * recreates a lost group.
  */
 export function subscribe<D extends StreamDefinition>(
   group: string,
@@ -101,6 +113,7 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     maxDeliveries: 5,
     retryDelayMs: 1_000,
     startId: '0',
+    claimIdleMs: 60_000,
     closeTimeoutMs: 10_000,
     deadLetterStream: `${stream.name}:dlq`,
     ...options,
@@ -109,7 +122,7 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     if (!Number.isInteger(settings[key]) || settings[key] < 1)
       throw new RangeError(`${key} must be a positive integer, got ${settings[key]}`);
   }
-  for (const key of ['retryDelayMs', 'closeTimeoutMs'] as const) {
+  for (const key of ['retryDelayMs', 'claimIdleMs', 'closeTimeoutMs'] as const) {
     if (!Number.isFinite(settings[key]) || settings[key] < 0)
       throw new RangeError(`${key} must be a non-negative number, got ${settings[key]}`);
   }
@@ -117,6 +130,11 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     throw new RangeError('deadLetterStream must differ from the stream itself');
   return settings;
 }
+
+type PendingInfo = [id: string, consumer: string, idleMs: number, deliveries: number];
+
+/** Retries wait `retryDelayMs`, doubling with each delivery, up to this. */
+const MAX_RETRY_DELAY_MS = 60_000;
 
 class ConsumerLoop {
   private readonly redis: Redis;
@@ -127,6 +145,21 @@ class ConsumerLoop {
   private handling: Promise<unknown> | undefined;
   private wakeSleeper: (() => void) | undefined;
   private readonly running: Promise<void>;
+  /**
+   * Whether to go through this consumer's own pending list before reading on: `'all'` handles
+   * every entry in it (at start, after an error), `'due'` those whose retry delay has passed.
+   */
+  private ownPending: 'all' | 'due' | undefined = 'all';
+  /** When the next failed entry is due again (0: none is waiting). */
+  private retryAt = 0;
+  /** Entries just taken over from other consumers: due at once, whatever their delivery count. */
+  private readonly claimed = new Set<string>();
+  /** When the next reclaim pass is due; the first runs at start. */
+  private claimAt = 0;
+  private readonly claimIntervalMs: number;
+  /** The last new entry read: a lost group is recreated from there, so acked entries stay acked. */
+  private lastNewId: string | undefined;
+  private readonly startedAt = Date.now();
 
   constructor(
     private readonly group: string,
@@ -136,6 +169,7 @@ class ConsumerLoop {
     private readonly settings: Settings,
   ) {
     this.log = settings.logger;
+    this.claimIntervalMs = Math.min(Math.max(settings.claimIdleMs / 2, 50), 30_000);
     this.redis = openReaderConnection(settings.connection, this.log);
     this.running = this.run();
   }
@@ -168,39 +202,21 @@ class ConsumerLoop {
   }
 
   private async run() {
-    let cursor: string | undefined = '0';
-    let retryAt = 0;
     let failures = 0;
-    await this.ensureGroup();
+    await this.ensureGroup(this.settings.startId);
     while (!this.stopping) {
       try {
-        if (cursor === undefined && retryAt !== 0 && Date.now() >= retryAt) {
-          cursor = '0';
-          retryAt = 0;
-        }
-        const entries: Entry[] =
-          cursor === undefined ? await this.readNew(retryAt) : await this.readPending(cursor);
+        await this.step();
         if (failures > 0) {
           this.log.info({ ...this.where(), failures }, 'consumer loop recovered');
           failures = 0;
         }
-        if (cursor !== undefined) {
-          // Own pending entries, re-read from `cursor` on; an empty page means we are through.
-          const last = entries.at(-1);
-          cursor = last ? last[0] : undefined;
-        }
-        const counts = cursor !== undefined ? await this.deliveryCounts(entries) : undefined;
-        for (const [id, fields] of entries) {
-          if (this.stopping) break;
-          const outcome = await this.track(this.handle(id, fields, counts?.get(id) ?? 1));
-          if (outcome === 'retry' && retryAt === 0) retryAt = Date.now() + this.settings.retryDelayMs;
-        }
       } catch (err) {
         if (this.stopping) break;
+        // Entries read before the error may sit in our pending list unhandled: go through it.
+        this.ownPending = 'all';
         if (isNoGroupError(err)) {
-          this.log.warn(this.where(), 'consumer group is gone (Redis restarted or flushed); recreating it');
-          await this.ensureGroup();
-          cursor = '0';
+          await this.recreateGroup();
           continue;
         }
         failures += 1;
@@ -212,50 +228,129 @@ class ConsumerLoop {
     }
   }
 
-  private async readPending(cursor: string): Promise<Entry[]> {
-    const reply = await this.redis.xreadgroup(
-      'GROUP', this.group, this.consumer,
-      'COUNT', this.settings.count,
-      'STREAMS', this.stream.name, cursor,
-    );
-    return entriesOf(reply);
+  /**
+   * One round: this consumer's own pending entries when some are due (left by an earlier run
+   * under the same name, or failed and due for a retry), else entries other consumers have left
+   * idle too long, else new entries.
+   */
+  private async step() {
+    if (this.ownPending === undefined && this.retryAt !== 0 && Date.now() >= this.retryAt) {
+      this.ownPending = 'due';
+      this.retryAt = 0;
+    }
+    if (this.ownPending !== undefined) {
+      const mode = this.ownPending;
+      this.ownPending = undefined;
+      await this.handleOwnPending(mode);
+    } else if (Date.now() >= this.claimAt) {
+      await this.reclaim();
+      this.claimAt = Date.now() + this.claimIntervalMs;
+    } else {
+      const entries = await this.readNew();
+      this.lastNewId = entries.at(-1)?.[0] ?? this.lastNewId;
+      for (const [id, fields] of entries) {
+        if (this.stopping) return;
+        await this.handleOne(id, fields, 1);
+      }
+    }
   }
 
-  private async readNew(retryAt: number): Promise<Entry[]> {
-    // Wake up in time for the next retry of a failed entry.
-    const block =
-      retryAt === 0
-        ? this.settings.blockMs
-        : Math.max(1, Math.min(this.settings.blockMs, retryAt - Date.now()));
+  private async readNew(): Promise<Entry[]> {
+    // Wake up in time for the next retry and the next reclaim pass.
+    const wakeAt = Math.min(this.claimAt, this.retryAt || Infinity);
+    const block = Math.max(1, Math.min(this.settings.blockMs, wakeAt - Date.now()));
     const reply = await this.redis.xreadgroup(
       'GROUP', this.group, this.consumer,
       'COUNT', this.settings.count,
       'BLOCK', block,
       'STREAMS', this.stream.name, '>',
     );
-    return entriesOf(reply);
+    const streams = reply as [stream: string, entries: Entry[]][] | null;
+    return streams?.[0]?.[1] ?? [];
   }
 
-  /** How often each re-read entry has now been delivered (XREADGROUP with an ID counts as a delivery). */
-  private async deliveryCounts(entries: Entry[]): Promise<Map<string, number>> {
-    const counts = new Map<string, number>();
-    if (entries.length === 0) return counts;
-    const pending = (await this.redis.xpending(
-      this.stream.name, this.group,
-      entries[0]![0], entries.at(-1)![0], entries.length, this.consumer,
-    )) as [id: string, consumer: string, idleMs: number, deliveries: number][];
-    for (const [id, , , deliveries] of pending) counts.set(id, deliveries);
-    return counts;
+  /**
+   * Goes through this consumer's pending list (XPENDING, a page at a time) and hands each due
+   * entry to the handler again. Each is taken with its own XCLAIM just before its handler runs,
+   * so the delivery count grows only for entries really delivered.
+   */
+  private async handleOwnPending(mode: 'all' | 'due') {
+    let start = '-';
+    for (;;) {
+      const page = (await this.redis.xpending(
+        this.stream.name, this.group, start, '+', this.settings.count, this.consumer,
+      )) as PendingInfo[];
+      for (const [id, , idleMs, deliveries] of page) {
+        if (this.stopping) return;
+        const wait = this.claimed.delete(id) || mode === 'all' ? 0 : this.retryDelay(deliveries) - idleMs;
+        if (wait > 0) {
+          this.scheduleRetry(wait);
+          continue;
+        }
+        await this.redeliver(id, deliveries);
+      }
+      if (page.length < this.settings.count) return;
+      start = `(${page.at(-1)![0]}`;
+    }
   }
 
-  private async handle(id: string, flat: string[] | null, deliveryCount: number): Promise<Outcome> {
-    if (flat === null) {
-      // Trimmed or deleted while pending: there is nothing left to handle.
-      this.log.warn({ ...this.where(), entryId: id }, 'pending entry no longer exists; acking it');
-      await this.redis.xack(this.stream.name, this.group, id);
+  private async redeliver(id: string, deliveries: number) {
+    const [entry] = (await this.redis.xclaim(this.stream.name, this.group, this.consumer, 0, id)) as Entry[];
+    if (!entry) {
+      // Trimmed or deleted while pending; XCLAIM has dropped it from the pending list.
+      this.log.warn({ ...this.where(), entryId: id }, 'pending entry no longer exists in the stream');
+      return;
+    }
+    await this.handleOne(id, entry[1], deliveries + 1);
+  }
+
+  /**
+   * Takes over, with XAUTOCLAIM, the entries other consumers of the group have held longer than
+   * `claimIdleMs` (a crashed process never acks them, and a restarted one has a new name),
+   * following the cursor through the whole pending list. JUSTID moves them to this consumer
+   * without counting a delivery; `handleOwnPending` then delivers them.
+   */
+  private async reclaim() {
+    let cursor = '0-0';
+    do {
+      const [next, ids, deleted] = (await this.redis.xautoclaim(
+        this.stream.name, this.group, this.consumer,
+        this.settings.claimIdleMs, cursor, 'COUNT', this.settings.count, 'JUSTID',
+      )) as [next: string, ids: string[], deleted?: string[]];
+      cursor = next;
+      if (deleted?.length) {
+        // XAUTOCLAIM has already dropped them from the pending list.
+        this.log.warn({ ...this.where(), entryIds: deleted }, 'pending entries no longer exist in the stream');
+      }
+      if (ids.length === 0) continue;
+      this.log.info({ ...this.where(), count: ids.length }, 'took over entries left idle by other consumers');
+      for (const id of ids) this.claimed.add(id);
+      this.ownPending ??= 'due';
+    } while (cursor !== '0-0' && !this.stopping);
+  }
+
+  private async handleOne(id: string, flat: string[], deliveryCount: number) {
+    const outcome = await this.track(this.handle(id, flat, deliveryCount));
+    if (outcome === 'retry') this.scheduleRetry(this.retryDelay(deliveryCount));
+  }
+
+  /** `retryDelayMs` after the first delivery, doubling with each one after. */
+  private retryDelay(deliveries: number): number {
+    return Math.min(this.settings.retryDelayMs * 2 ** Math.max(deliveries - 1, 0), MAX_RETRY_DELAY_MS);
+  }
+
+  private scheduleRetry(inMs: number) {
+    const at = Date.now() + inMs;
+    if (this.retryAt === 0 || at < this.retryAt) this.retryAt = at;
+  }
+
+  private async handle(id: string, flat: string[], deliveryCount: number): Promise<Outcome> {
+    const fields = fieldsFromReply(flat);
+    if (deliveryCount > this.settings.maxDeliveries) {
+      // Delivered that often yet never acked nor failed: it likely kills whichever process takes it.
+      await this.deadLetter(id, fields, `not acked after ${deliveryCount - 1} deliveries`, deliveryCount);
       return 'done';
     }
-    const fields = fieldsFromReply(flat);
     const decoded = decode(this.stream, id, fields);
     if (!decoded.ok) {
       await this.deadLetter(id, fields, `invalid entry: ${decoded.reason}`, deliveryCount);
@@ -287,7 +382,12 @@ class ConsumerLoop {
     return 'done';
   }
 
-  /** Copies the entry, with why it failed, to the dead-letter stream and acks it, in one MULTI. */
+  /**
+   * Copies the entry, with why it failed, to the dead-letter stream, then acks it. Not one MULTI:
+   * a transaction would still run the XACK after a failed XADD and lose the entry. A crash
+   * between the two leaves the entry pending, to be dead-lettered again: a duplicate dead letter,
+   * never a lost one.
+   */
   private async deadLetter(id: string, fields: Fields, reason: string, deliveryCount: number) {
     const meta: Fields = {
       'dlq:id': id,
@@ -297,24 +397,32 @@ class ConsumerLoop {
       'dlq:deliveries': String(deliveryCount),
       'dlq:reason': reason,
     };
-    const results = await this.redis
-      .multi()
-      .xadd(this.settings.deadLetterStream, '*', ...Object.entries({ ...fields, ...meta }).flat())
-      .xack(this.stream.name, this.group, id)
-      .exec();
-    const failed = results?.find(([err]) => err);
-    if (!results || failed) throw failed?.[0] ?? new Error('dead-letter transaction aborted');
+    await this.redis.xadd(this.settings.deadLetterStream, '*', ...Object.entries({ ...fields, ...meta }).flat());
+    await this.redis.xack(this.stream.name, this.group, id);
     this.log.warn(
       { ...this.where(), entryId: id, deadLetterStream: this.settings.deadLetterStream, reason },
       'entry moved to the dead-letter stream',
     );
   }
 
-  private async ensureGroup() {
+  /**
+   * After the group vanished (FLUSHALL, a restart without persistence, XGROUP DESTROY): recreate
+   * it after the last entry this consumer read, not at the start of the stream, which would hand
+   * out again every entry already handled. New entries after a flush have later IDs anyway.
+   */
+  private async recreateGroup() {
+    const from =
+      this.lastNewId ?? (this.settings.startId === '$' ? `${this.startedAt}-0` : this.settings.startId);
+    this.log.warn({ ...this.where(), from }, 'consumer group is gone (Redis restarted or flushed); recreating it');
+    this.claimed.clear();
+    await this.ensureGroup(from);
+  }
+
+  private async ensureGroup(startId: string) {
     for (let attempt = 1; !this.stopping; attempt += 1) {
       try {
-        await this.redis.xgroup('CREATE', this.stream.name, this.group, this.settings.startId, 'MKSTREAM');
-        this.log.info(this.where(), 'consumer group created');
+        await this.redis.xgroup('CREATE', this.stream.name, this.group, startId, 'MKSTREAM');
+        this.log.info({ ...this.where(), startId }, 'consumer group created');
         return;
       } catch (err) {
         if (err instanceof Error && err.message.startsWith('BUSYGROUP')) return;
@@ -347,11 +455,6 @@ class ConsumerLoop {
   private where() {
     return { stream: this.stream.name, group: this.group, consumer: this.consumer };
   }
-}
-
-function entriesOf(reply: unknown): Entry[] {
-  const streams = reply as [stream: string, entries: Entry[]][] | null;
-  return streams?.[0]?.[1] ?? [];
 }
 
 function describe(err: unknown): string {

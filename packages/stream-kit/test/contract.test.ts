@@ -245,6 +245,47 @@ describe('subscribe', () => {
     });
   });
 
+  describe('when a handler keeps failing', () => {
+    it('waits retryDelayMs before the second delivery, doubling after each one', async () => {
+      const stream = testStream();
+      const at: number[] = [];
+      start(stream, () => {
+        at.push(Date.now());
+        if (at.length < 4) throw new Error('still down');
+      }, { retryDelayMs: 100 });
+
+      await publisher.publish(stream, { n: 1 });
+
+      await waitFor(() => at.length === 4, { what: 'four deliveries' });
+      const gaps = at.slice(1).map((t, i) => t - at[i]!);
+      expect(gaps[0]).toBeGreaterThanOrEqual(100);
+      expect(gaps[1]).toBeGreaterThanOrEqual(200);
+      expect(gaps[2]).toBeGreaterThanOrEqual(400);
+    });
+  });
+
+  describe('when the dead-letter stream cannot be written', () => {
+    it('keeps the entry pending, dead-letters it once it can, and handles the entries after it', async () => {
+      const stream = testStream();
+      const dlq = `${stream.name}:dlq`;
+      await redis.set(dlq, 'not a stream');
+      const handled: number[] = [];
+      start(stream, (event) => void handled.push(event.n));
+
+      await redis.xadd(stream.name, '*', 'n', 'poison');
+      await publishRange(stream, 3);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(await pendingCount(stream)).toBeGreaterThanOrEqual(1);
+
+      await redis.del(dlq);
+
+      await waitFor(() => handled.length === 3, { what: 'the entries after the poison one' });
+      await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'nothing pending' });
+      expect(handled).toEqual([0, 1, 2]);
+      expect(await deadLetters(stream)).toEqual([expect.objectContaining({ n: 'poison' })]);
+    });
+  });
+
   describe('when an entry does not match the schema', () => {
     it('moves it to the dead-letter stream with its reason and handles the next entries', async () => {
       const stream = testStream();
@@ -321,6 +362,72 @@ describe('subscribe', () => {
     expect(seen).toEqual([[0, 2], [1, 2], [2, 1]]);
   });
 
+  describe('when another consumer of the group crashed holding entries', () => {
+    /** A consumer that read three entries and died without acking them. */
+    async function crashedConsumerHolding(stream: TestStream) {
+      await redis.xgroup('CREATE', stream.name, 'g', '0', 'MKSTREAM');
+      await publishRange(stream, 3);
+      await redis.xreadgroup('GROUP', 'g', 'crashed', 'COUNT', 3, 'STREAMS', stream.name, '>');
+    }
+
+    it('takes its entries over once they have been idle claimIdleMs', async () => {
+      const stream = testStream();
+      await crashedConsumerHolding(stream);
+      const seen: [number, number][] = [];
+
+      start(stream, (event, { deliveryCount }) => void seen.push([event.n, deliveryCount]), { claimIdleMs: 100 });
+
+      await waitFor(() => seen.length === 3, { what: 'the crashed consumer\'s entries' });
+      expect(seen).toEqual([[0, 2], [1, 2], [2, 2]]);
+      await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'nothing pending' });
+    });
+
+    it('leaves them alone while they have been idle less than claimIdleMs', async () => {
+      const stream = testStream();
+      await crashedConsumerHolding(stream);
+      const seen: number[] = [];
+
+      start(stream, (event) => void seen.push(event.n), { claimIdleMs: 60_000 });
+      await publisher.publish(stream, { n: 99 });
+
+      await waitFor(() => seen.length === 1);
+      expect(seen).toEqual([99]);
+      const [, , , perConsumer] = (await redis.xpending(stream.name, 'g')) as [number, string, string, [string, string][]];
+      expect(perConsumer).toContainEqual(['crashed', '3']);
+    });
+
+    it('drops entries deleted from the stream meanwhile without calling the handler', async () => {
+      const stream = testStream();
+      await crashedConsumerHolding(stream);
+      const [[firstId]] = (await redis.xrange(stream.name, '-', '+', 'COUNT', 1)) as [[string, string[]]];
+      await redis.xdel(stream.name, firstId);
+      const seen: number[] = [];
+
+      start(stream, (event) => void seen.push(event.n), { claimIdleMs: 100 });
+
+      await waitFor(() => seen.length === 2);
+      await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'nothing pending' });
+      expect(seen).toEqual([1, 2]);
+    });
+
+    it('dead-letters an entry delivered more than maxDeliveries times without an ack', async () => {
+      const stream = testStream();
+      await crashedConsumerHolding(stream);
+      const [[firstId]] = (await redis.xrange(stream.name, '-', '+', 'COUNT', 1)) as [[string, string[]]];
+      // Each XCLAIM counts a delivery: this entry took down four more consumers after the first.
+      for (let i = 0; i < 4; i += 1) await redis.xclaim(stream.name, 'g', `crashed-${i}`, 0, firstId);
+      const seen: number[] = [];
+
+      start(stream, (event) => void seen.push(event.n), { claimIdleMs: 100, maxDeliveries: 5 });
+
+      await waitFor(() => seen.length === 2);
+      expect(seen).toEqual([1, 2]);
+      expect(await deadLetters(stream)).toEqual([
+        expect.objectContaining({ n: '0', 'dlq:id': firstId, 'dlq:reason': 'not acked after 5 deliveries' }),
+      ]);
+    });
+  });
+
   describe('close()', () => {
     it('waits for the running handler and acks its entry', async () => {
       const stream = testStream();
@@ -348,12 +455,13 @@ describe('subscribe', () => {
       const started = deferred();
       const release = deferred();
       let calls = 0;
+      // Published first, so the subscription reads all five in its first batch.
+      await publishRange(stream, 5);
       const sub = start(stream, async () => {
         calls += 1;
         started.resolve();
         await release.promise;
       });
-      await publishRange(stream, 5);
       await started.promise;
 
       const closing = sub.close();
@@ -398,7 +506,7 @@ describe('subscribe', () => {
   });
 
   describe('when the consumer group disappears', () => {
-    it('recreates the group and keeps consuming', async () => {
+    it('recreates the group where it was and keeps consuming', async () => {
       const stream = testStream();
       const seen: number[] = [];
       start(stream, (event) => void seen.push(event.n));
@@ -409,6 +517,8 @@ describe('subscribe', () => {
       await publisher.publish(stream, { n: 2 });
 
       await waitFor(() => seen.includes(2), { what: 'the entry after NOGROUP' });
+      // Recreated after the last entry read, not at the start: entry 1 is not handled again.
+      expect(seen).toEqual([1, 2]);
     });
   });
 });
