@@ -102,7 +102,10 @@ describe('an order placed over HTTP', () => {
       { channel: 'mail', event: 'order-created' },
       { channel: 'sms', event: 'payment-completed' },
     ]);
+    // Time for a duplicate, had there been one, to show up.
+    await new Promise((resolve) => setTimeout(resolve, 500));
     expect(await paymentsFor(orderId)).toHaveLength(1);
+    expect((await notificationsOf('alice')).filter((n) => n.orderId === orderId)).toHaveLength(2);
   });
 
   it('gives each payment its own paymentProcessId', async () => {
