@@ -61,13 +61,19 @@ function fail(line: string): never {
 function serviceSpecs(env: NodeJS.ProcessEnv): ServiceSpec[] {
   const port = (name: string, fallback: number) => {
     const value = Number(env[name] ?? fallback);
-    if (!Number.isInteger(value) || value < 0 || value > 65_535) fail(`${name} must be a port number, got "${env[name]}"`);
+    if (!Number.isInteger(value) || value < 0 || value > 65_535)
+      fail(`${name} must be a port number, got "${env[name]}"`);
     return value;
   };
   return [
     { name: 'order', dir: 'packages/order-service', port: port('ORDER_PORT', 8080), color: 36 },
     { name: 'payment', dir: 'packages/payment-service', port: port('PAYMENT_PORT', 8081), color: 35 },
-    { name: 'notification', dir: 'packages/notification-service', port: port('NOTIFICATION_PORT', 8082), color: 33 },
+    {
+      name: 'notification',
+      dir: 'packages/notification-service',
+      port: port('NOTIFICATION_PORT', 8082),
+      color: 33,
+    },
   ];
 }
 
@@ -133,7 +139,8 @@ async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
   } catch {
     fail(`REDIS_URL is not a URL: "${rawUrl}"`);
   }
-  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') fail(`REDIS_URL must start with redis:// or rediss://, got "${redact(url)}"`);
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:')
+    fail(`REDIS_URL must start with redis:// or rediss://, got "${redact(url)}"`);
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1';
   const port = Number(url.port || 6379);
 
@@ -142,21 +149,29 @@ async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
     say(`using Redis at ${redact(url)}`);
     return { url: url.href, stop: async () => {} };
   }
-  if (found === 'other') fail(`something listens on ${host}:${port} but does not answer PING like Redis; free the port or set REDIS_URL to your Redis`);
-  if (!LOCAL_HOSTS.has(host) || !onPath('redis-server')) fail(`no Redis answers at ${redact(url)}: ${HOW_TO_GET_REDIS}`);
+  if (found === 'other')
+    fail(
+      `something listens on ${host}:${port} but does not answer PING like Redis; free the port or set REDIS_URL to your Redis`,
+    );
+  if (!LOCAL_HOSTS.has(host) || !onPath('redis-server'))
+    fail(`no Redis answers at ${redact(url)}: ${HOW_TO_GET_REDIS}`);
 
   let server: RedisServer;
   try {
     server = await startRedisServer({ port });
   } catch (err) {
-    fail(`no Redis answered at ${redact(url)} and redis-server would not start on port ${port}: ${(err as Error).message}`);
+    fail(
+      `no Redis answered at ${redact(url)} and redis-server would not start on port ${port}: ${(err as Error).message}`,
+    );
   }
   // The embedded server binds 127.0.0.1 and has no password; keep the database number and options.
   const sessionUrl = new URL(url.href);
   sessionUrl.hostname = '127.0.0.1';
   sessionUrl.username = '';
   sessionUrl.password = '';
-  say(`no Redis answered at ${redact(url)}; started redis-server on 127.0.0.1:${port} for this session (it keeps no data: everything is gone when pnpm dev stops)`);
+  say(
+    `no Redis answered at ${redact(url)}; started redis-server on 127.0.0.1:${port} for this session (it keeps no data: everything is gone when pnpm dev stops)`,
+  );
   return { url: sessionUrl.href, stop: () => server.stop() };
 }
 
@@ -182,7 +197,9 @@ function formatLine(line: string, tag: string, prettify: Prettify): string {
 }
 
 function pipeLines(input: Readable, output: NodeJS.WritableStream, tag: string, prettify: Prettify): void {
-  createInterface({ input, crlfDelay: Infinity }).on('line', (line) => output.write(formatLine(line, tag, prettify)));
+  createInterface({ input, crlfDelay: Infinity }).on('line', (line) =>
+    output.write(formatLine(line, tag, prettify)),
+  );
 }
 
 function startService(spec: ServiceSpec, redisUrl: string, prettify: Prettify): Service {
@@ -234,7 +251,9 @@ async function waitUntilHealthy(specs: ServiceSpec[]): Promise<void> {
     if (pending.length === 0) return;
     if (!saidSlow && Date.now() > slowAt) {
       saidSlow = true;
-      say(`still waiting for ${pending.map((spec) => `${spec.name} (:${spec.port})`).join(', ')} to answer /healthz`);
+      say(
+        `still waiting for ${pending.map((spec) => `${spec.name} (:${spec.port})`).join(', ')} to answer /healthz`,
+      );
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
@@ -255,7 +274,9 @@ function banner(specs: ServiceSpec[], redisUrl: string): string {
 // ---- Session ----------------------------------------------------------------------------------
 
 /** Everything this run started, so that one `shutdown()` can undo it in reverse order. */
-const session: { redis?: Promise<SessionRedis>; services: Service[]; stopping?: Promise<never> } = { services: [] };
+const session: { redis?: Promise<SessionRedis>; services: Service[]; stopping?: Promise<never> } = {
+  services: [],
+};
 
 /** Stops the services, then Redis (they need it to close cleanly), then exits. Safe to call twice. */
 function shutdown(code: number): Promise<never> {
@@ -286,7 +307,9 @@ function onSignal(signal: NodeJS.Signals): void {
 function watch(service: Service): void {
   void service.closed.then(({ code, signal }) => {
     if (session.stopping) return;
-    process.stderr.write(`pnpm dev: ${service.spec.name} exited (${signal ?? `code ${code}`}); stopping the others\n`);
+    process.stderr.write(
+      `pnpm dev: ${service.spec.name} exited (${signal ?? `code ${code}`}); stopping the others\n`,
+    );
     void shutdown(1);
   });
 }
@@ -299,7 +322,12 @@ async function main(): Promise<void> {
   const redis = await session.redis;
   if (session.stopping) return;
 
-  const prettify = prettyFactory({ colorize: colors, translateTime: 'SYS:HH:MM:ss.l', singleLine: true, ignore: 'pid,hostname,name' });
+  const prettify = prettyFactory({
+    colorize: colors,
+    translateTime: 'SYS:HH:MM:ss.l',
+    singleLine: true,
+    ignore: 'pid,hostname,name',
+  });
   for (const spec of specs) {
     const service = startService(spec, redis.url, prettify);
     session.services.push(service);

@@ -36,13 +36,26 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
   let stopped: Promise<void> | undefined;
 
   async function launch() {
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
+    const args = [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      dir,
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+    ];
     child = spawn('redis-server', [...args, ...(options.args ?? [])], {
       stdio: options.stdio ?? 'ignore',
     });
     const exited = new Promise<never>((_, reject) => {
       child!.once('error', reject);
-      child!.once('exit', (code) => reject(new Error(`redis-server exited with code ${code} on port ${port}`)));
+      child!.once('exit', (code) =>
+        reject(new Error(`redis-server exited with code ${code} on port ${port}`)),
+      );
     });
     exited.catch(() => {});
     await Promise.race([waitForPort(port, 10_000), exited]);

@@ -65,9 +65,12 @@ function hasOption(command: string[], flag: string, value: string): boolean {
 
 describe('docker-compose.yml', () => {
   it('defines Redis and the three services, and nothing else', () => {
-    expect(Object.keys(compose.services).sort()).toEqual(
-      ['notification-service', 'order-service', 'payment-service', 'redis'],
-    );
+    expect(Object.keys(compose.services).sort()).toEqual([
+      'notification-service',
+      'order-service',
+      'payment-service',
+      'redis',
+    ]);
   });
 
   it('runs Redis with AOF persistence and a ping healthcheck', () => {

@@ -39,7 +39,12 @@ function startDev(env: NodeJS.ProcessEnv): DevRun {
       let timer: NodeJS.Timeout | undefined;
       const late = new Promise<never>((_, reject) => {
         timer = setTimeout(
-          () => reject(new Error(`pnpm dev still running after ${timeoutMs} ms\nstdout:\n${stdout}\nstderr:\n${stderr}`)),
+          () =>
+            reject(
+              new Error(
+                `pnpm dev still running after ${timeoutMs} ms\nstdout:\n${stdout}\nstderr:\n${stderr}`,
+              ),
+            ),
           timeoutMs,
         );
       });
@@ -63,57 +68,67 @@ afterEach(() => {
 });
 
 describe('pnpm dev', () => {
-  it('starts its own redis-server when none answers, and stops everything on SIGINT', { timeout: 60_000 }, async () => {
-    const [redisPort, orderPort, paymentPort, notificationPort] = await Promise.all([
-      freePort(),
-      freePort(),
-      freePort(),
-      freePort(),
-    ]);
-    const servicePorts = [orderPort!, paymentPort!, notificationPort!];
-    const dev = startDev({
-      REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-      ORDER_PORT: String(orderPort),
-      PAYMENT_PORT: String(paymentPort),
-      NOTIFICATION_PORT: String(notificationPort),
-    });
+  it(
+    'starts its own redis-server when none answers, and stops everything on SIGINT',
+    { timeout: 60_000 },
+    async () => {
+      const [redisPort, orderPort, paymentPort, notificationPort] = await Promise.all([
+        freePort(),
+        freePort(),
+        freePort(),
+        freePort(),
+      ]);
+      const servicePorts = [orderPort!, paymentPort!, notificationPort!];
+      const dev = startDev({
+        REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        ORDER_PORT: String(orderPort),
+        PAYMENT_PORT: String(paymentPort),
+        NOTIFICATION_PORT: String(notificationPort),
+      });
 
-    const exitedEarly = dev.exit(45_000).then((code) => {
-      throw new Error(`pnpm dev exited early with code ${code}\n${dev.output().stdout}\n${dev.output().stderr}`);
-    });
-    exitedEarly.catch(() => {});
-    await Promise.race([
-      waitFor(async () => (await Promise.all(servicePorts.map(answersHealthz))).every(Boolean), {
-        timeoutMs: 45_000,
-        intervalMs: 200,
-        what: 'all three services to answer /healthz',
-      }),
-      exitedEarly,
-    ]);
-    expect(await canConnect(redisPort!, '127.0.0.1')).toBe(true);
+      const exitedEarly = dev.exit(45_000).then((code) => {
+        throw new Error(
+          `pnpm dev exited early with code ${code}\n${dev.output().stdout}\n${dev.output().stderr}`,
+        );
+      });
+      exitedEarly.catch(() => {});
+      await Promise.race([
+        waitFor(async () => (await Promise.all(servicePorts.map(answersHealthz))).every(Boolean), {
+          timeoutMs: 45_000,
+          intervalMs: 200,
+          what: 'all three services to answer /healthz',
+        }),
+        exitedEarly,
+      ]);
+      expect(await canConnect(redisPort!, '127.0.0.1')).toBe(true);
 
-    dev.child.kill('SIGINT');
-    const code = await dev.exit(20_000);
+      dev.child.kill('SIGINT');
+      const code = await dev.exit(20_000);
 
-    expect(code, dev.output().stderr).toBe(0);
-    for (const port of [redisPort!, ...servicePorts]) {
-      expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
-    }
-  });
+      expect(code, dev.output().stderr).toBe(0);
+      for (const port of [redisPort!, ...servicePorts]) {
+        expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
+      }
+    },
+  );
 
-  it('says in one line how to get Redis when none answers and no redis-server is on PATH', { timeout: 60_000 }, async () => {
-    // Not the directory of node itself: on many systems that is /usr/bin, next to redis-server.
-    const bin = mkdtempSync(join(tmpdir(), 'dev-path-'));
-    tempDirs.push(bin);
-    symlinkSync(process.execPath, join(bin, 'node'));
-    const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${await freePort()}`, PATH: bin });
+  it(
+    'says in one line how to get Redis when none answers and no redis-server is on PATH',
+    { timeout: 60_000 },
+    async () => {
+      // Not the directory of node itself: on many systems that is /usr/bin, next to redis-server.
+      const bin = mkdtempSync(join(tmpdir(), 'dev-path-'));
+      tempDirs.push(bin);
+      symlinkSync(process.execPath, join(bin, 'node'));
+      const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${await freePort()}`, PATH: bin });
 
-    const code = await dev.exit(10_000);
+      const code = await dev.exit(10_000);
 
-    expect(code).not.toBe(0);
-    const { stderr } = dev.output();
-    const line = stderr.split('\n').find((l) => l.includes('docker compose'));
-    expect(line, stderr).toBeDefined();
-    expect(line).toContain('redis-server');
-  });
+      expect(code).not.toBe(0);
+      const { stderr } = dev.output();
+      const line = stderr.split('\n').find((l) => l.includes('docker compose'));
+      expect(line, stderr).toBeDefined();
+      expect(line).toContain('redis-server');
+    },
+  );
 });

@@ -84,10 +84,13 @@ describe('an order placed over HTTP', () => {
   it('is paid once and notified by mail and SMS', async () => {
     const orderId = await placeOrder({ userId: 'alice', productId: 'book-1', price: 1000 });
 
-    const [paymentEntry] = await waitFor(async () => {
-      const found = await paymentsFor(orderId);
-      return found.length > 0 && found;
-    }, { timeoutMs: 15_000, what: 'the payment event' });
+    const [paymentEntry] = await waitFor(
+      async () => {
+        const found = await paymentsFor(orderId);
+        return found.length > 0 && found;
+      },
+      { timeoutMs: 15_000, what: 'the payment event' },
+    );
     expect(paymentEntry).toMatchObject({
       type: 'payment-completed',
       orderId,
@@ -98,7 +101,11 @@ describe('an order placed over HTTP', () => {
     });
 
     const sent = await bothNotifications('alice', orderId);
-    expect(sent.map(({ channel, event }) => ({ channel, event })).sort((a, b) => a.channel.localeCompare(b.channel))).toEqual([
+    expect(
+      sent
+        .map(({ channel, event }) => ({ channel, event }))
+        .sort((a, b) => a.channel.localeCompare(b.channel)),
+    ).toEqual([
       { channel: 'mail', event: 'order-created' },
       { channel: 'sms', event: 'payment-completed' },
     ]);
@@ -113,17 +120,29 @@ describe('an order placed over HTTP', () => {
       [1, 2, 3].map((n) => placeOrder({ userId: 'bob', productId: `p${n}`, price: n * 10 })),
     );
 
-    const ids = await waitFor(async () => {
-      const payments = (await Promise.all(orderIds.map(paymentsFor))).flat();
-      return payments.length === 3 && payments.map((p) => p.paymentProcessId);
-    }, { timeoutMs: 15_000, what: 'three payments' });
+    const ids = await waitFor(
+      async () => {
+        const payments = (await Promise.all(orderIds.map(paymentsFor))).flat();
+        return payments.length === 3 && payments.map((p) => p.paymentProcessId);
+      },
+      { timeoutMs: 15_000, what: 'three payments' },
+    );
     expect(new Set(ids).size).toBe(3);
   });
 });
 
 describe("an order written the Java tutorial's way (three fields, no type, no orderId)", () => {
   it('flows through, with its entry ID as the order id', async () => {
-    const entryId = (await redis.xadd('order-events', '*', 'userId', 'carol', 'productId', 'p-7', 'price', '5000'))!;
+    const entryId = (await redis.xadd(
+      'order-events',
+      '*',
+      'userId',
+      'carol',
+      'productId',
+      'p-7',
+      'price',
+      '5000',
+    ))!;
 
     const sent = await bothNotifications('carol', entryId);
     expect(sent.map((n) => n.channel).sort()).toEqual(['mail', 'sms']);
@@ -136,26 +155,46 @@ describe("an order written the Java tutorial's way (three fields, no type, no or
     const response = await fetch(`${order.url}/order?userId=dave&productId=p-1&price=300`);
     expect(await response.text()).toBe('ok');
 
-    const sent = await waitFor(async () => {
-      const found = await notificationsOf('dave');
-      return found.length >= 2 && found;
-    }, { timeoutMs: 15_000, what: "dave's notifications" });
+    const sent = await waitFor(
+      async () => {
+        const found = await notificationsOf('dave');
+        return found.length >= 2 && found;
+      },
+      { timeoutMs: 15_000, what: "dave's notifications" },
+    );
     expect(sent.map((n) => n.channel).sort()).toEqual(['mail', 'sms']);
   });
 });
 
 describe('a malformed order entry', () => {
   it('goes to the dead-letter stream for each group while later orders still flow', async () => {
-    const poisonId = await redis.xadd('order-events', '*', 'userId', 'erin', 'productId', 'p', 'price', 'free');
+    const poisonId = await redis.xadd(
+      'order-events',
+      '*',
+      'userId',
+      'erin',
+      'productId',
+      'p',
+      'price',
+      'free',
+    );
     const orderId = await placeOrder({ userId: 'erin', productId: 'p', price: 1 });
 
     await bothNotifications('erin', orderId);
-    const letters = await waitFor(async () => {
-      const entries = await redis.xrange('order-events:dlq', '-', '+');
-      const mine = entries.map(([, flat]) => Object.fromEntries(pairs(flat))).filter((f) => f['dlq:id'] === poisonId);
-      return mine.length === 2 && mine;
-    }, { what: 'two dead letters' });
-    expect(letters.map((l) => l['dlq:group']).sort()).toEqual(['notification-service-group', 'payment-service-group']);
+    const letters = await waitFor(
+      async () => {
+        const entries = await redis.xrange('order-events:dlq', '-', '+');
+        const mine = entries
+          .map(([, flat]) => Object.fromEntries(pairs(flat)))
+          .filter((f) => f['dlq:id'] === poisonId);
+        return mine.length === 2 && mine;
+      },
+      { what: 'two dead letters' },
+    );
+    expect(letters.map((l) => l['dlq:group']).sort()).toEqual([
+      'notification-service-group',
+      'payment-service-group',
+    ]);
     expect(letters[0]?.['dlq:reason']).toMatch(/price/);
   });
 });

@@ -17,7 +17,11 @@ try {
 
 const GROUP = 'notification-service-group';
 const logger = pino({ name: 'notification-service', level: config.LOG_LEVEL });
-const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'notification-service');
+const redis = openRequestConnection(
+  config.REDIS_URL,
+  logger.child({ component: 'redis' }),
+  'notification-service',
+);
 const deps = { sender: logSender(logger.child({ component: 'sender' })), sentLog: redisSentLog(redis) };
 const consumerOptions = { connection: config.REDIS_URL, logger: logger.child({ component: 'consumer' }) };
 const subscriptions = [

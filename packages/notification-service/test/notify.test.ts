@@ -65,12 +65,21 @@ describe('on payment-completed', () => {
     const sender = recordingSender();
 
     await paymentSmsHandler({ sender, sentLog })(
-      { type: 'payment-completed', orderId: 'o-3', userId, productId: 'p', price: 5, paymentProcessId: 'pay-9' },
+      {
+        type: 'payment-completed',
+        orderId: 'o-3',
+        userId,
+        productId: 'p',
+        price: 5,
+        paymentProcessId: 'pay-9',
+      },
       context('3-0'),
     );
 
     expect(sender.sent).toEqual([{ channel: 'sms', userId, text: expect.stringContaining('pay-9') }]);
-    expect(await sentLog.list(userId)).toMatchObject([{ channel: 'sms', event: 'payment-completed', orderId: 'o-3' }]);
+    expect(await sentLog.list(userId)).toMatchObject([
+      { channel: 'sms', event: 'payment-completed', orderId: 'o-3' },
+    ]);
   });
 });
 

@@ -47,12 +47,21 @@ describe('POST /orders', () => {
     expect(response.status).toBe(202);
     expect(response.body).toEqual({ orderId: expect.stringMatching(/^[0-9a-f-]{36}$/) });
     expect(await orderEntries()).toEqual([
-      { type: 'order-created', orderId: response.body.orderId, userId: 'user-1', productId: 'product-9', price: '1000' },
+      {
+        type: 'order-created',
+        orderId: response.body.orderId,
+        userId: 'user-1',
+        productId: 'product-9',
+        price: '1000',
+      },
     ]);
   });
 
   it('keeps up to two decimals of the price exactly', async () => {
-    await request(app).post('/orders').send({ ...valid, price: 12.5 }).expect(202);
+    await request(app)
+      .post('/orders')
+      .send({ ...valid, price: 12.5 })
+      .expect(202);
 
     expect((await orderEntries())[0]?.price).toBe('12.5');
   });
@@ -158,7 +167,9 @@ describe('the HTTP surface', () => {
   it('answers 503, not 500, when Redis cannot be reached', async () => {
     const nowhere = createPublisher({ connection: `redis://127.0.0.1:${await freePort()}` });
     try {
-      const response = await request(createApp({ publisher: nowhere, logger })).post('/orders').send(valid);
+      const response = await request(createApp({ publisher: nowhere, logger }))
+        .post('/orders')
+        .send(valid);
 
       expect(response.status).toBe(503);
       expect(response.body.error).toMatch(/try again later/);

@@ -20,11 +20,18 @@ afterAll(async () => {
 async function paymentsFor(orderId: string) {
   const entries = await redis.xrange('payment-events', '-', '+');
   return entries
-    .map(([, flat]) => Object.fromEntries(Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]])))
+    .map(([, flat]) =>
+      Object.fromEntries(Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]])),
+    )
     .filter((fields) => fields.orderId === orderId);
 }
 
-const context: DeliveryContext = { id: '1-0', stream: 'order-events', group: 'payment-service-group', deliveryCount: 1 };
+const context: DeliveryContext = {
+  id: '1-0',
+  stream: 'order-events',
+  group: 'payment-service-group',
+  deliveryCount: 1,
+};
 
 describe('on order-created', () => {
   it('publishes payment-completed with the order fields and a payment process ID', async () => {
@@ -51,7 +58,10 @@ describe('on order-created', () => {
     const instances = [1, 2].map(() => paymentHandler({ publisher, logger: pino({ level: 'silent' }) }));
 
     for (const [i, orderId] of orderIds.entries()) {
-      await instances[i % 2]!({ type: 'order-created', orderId, userId: 'u', productId: 'p', price: 1 }, context);
+      await instances[i % 2]!(
+        { type: 'order-created', orderId, userId: 'u', productId: 'p', price: 1 },
+        context,
+      );
     }
 
     const ids = (await Promise.all(orderIds.map(paymentsFor))).flat().map((p) => p.paymentProcessId);

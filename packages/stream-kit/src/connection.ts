@@ -20,9 +20,7 @@ export function openReaderConnection(connection: Connection, logger: Logger): Re
     connectionName: 'stream-kit:reader',
   };
   const redis =
-    typeof connection === 'string'
-      ? new Redis(connection, options)
-      : connection.duplicate(options);
+    typeof connection === 'string' ? new Redis(connection, options) : connection.duplicate(options);
   logConnectionState(redis, logger);
   return redis;
 }

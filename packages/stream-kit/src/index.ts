@@ -7,10 +7,5 @@ export { defineStream } from './stream.ts';
 export type { EventOf, Fields, StreamDefinition } from './stream.ts';
 export { defaultConsumerName, subscribe } from './subscriber.ts';
 export type { DeliveryContext, Handler, SubscribeOptions, Subscription } from './subscriber.ts';
-export {
-  OrderCreated,
-  OrderEvents,
-  PaymentCompleted,
-  PaymentEvents,
-} from './events.ts';
+export { OrderCreated, OrderEvents, PaymentCompleted, PaymentEvents } from './events.ts';
 export type { OrderEvent, PaymentEvent } from './events.ts';

@@ -34,11 +34,7 @@ export function encode(event: object): Fields {
   for (const [key, value] of Object.entries(event)) {
     if (value === undefined || value === null) continue;
     fields[key] =
-      typeof value === 'string'
-        ? value
-        : typeof value === 'object'
-          ? JSON.stringify(value)
-          : String(value);
+      typeof value === 'string' ? value : typeof value === 'object' ? JSON.stringify(value) : String(value);
   }
   return fields;
 }

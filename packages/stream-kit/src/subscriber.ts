@@ -3,13 +3,7 @@ import type { Redis } from 'ioredis';
 import { isNoGroupError, openReaderConnection, type Connection } from './connection.ts';
 import { NonRetryableError } from './errors.ts';
 import { silentLogger, type Logger } from './logger.ts';
-import {
-  decode,
-  fieldsFromReply,
-  type EventOf,
-  type Fields,
-  type StreamDefinition,
-} from './stream.ts';
+import { decode, fieldsFromReply, type EventOf, type Fields, type StreamDefinition } from './stream.ts';
 
 export interface DeliveryContext {
   /** The entry ID, e.g. `1700000000000-0`; unique within the stream. */
@@ -183,7 +177,7 @@ class ConsumerLoop {
     this.wakeSleeper?.();
     const timedOut = this.handling
       ? await Promise.race([
-          this.handling.then(() => false, () => false),
+          this.handling.catch(() => {}).then(() => false),
           sleep(this.settings.closeTimeoutMs).then(() => true),
         ])
       : false;
@@ -259,6 +253,7 @@ class ConsumerLoop {
     // Wake up in time for the next retry and the next reclaim pass.
     const wakeAt = Math.min(this.claimAt, this.retryAt || Infinity);
     const block = Math.max(1, Math.min(this.settings.blockMs, wakeAt - Date.now()));
+    // prettier-ignore
     const reply = await this.redis.xreadgroup(
       'GROUP', this.group, this.consumer,
       'COUNT', this.settings.count,
@@ -277,6 +272,7 @@ class ConsumerLoop {
   private async handleOwnPending(mode: 'all' | 'due') {
     let start = '-';
     for (;;) {
+      // prettier-ignore
       const page = (await this.redis.xpending(
         this.stream.name, this.group, start, '+', this.settings.count, this.consumer,
       )) as PendingInfo[];
@@ -313,6 +309,7 @@ class ConsumerLoop {
   private async reclaim() {
     let cursor = '0-0';
     do {
+      // prettier-ignore
       const [next, ids, deleted] = (await this.redis.xautoclaim(
         this.stream.name, this.group, this.consumer,
         this.settings.claimIdleMs, cursor, 'COUNT', this.settings.count, 'JUSTID',
@@ -320,7 +317,10 @@ class ConsumerLoop {
       cursor = next;
       if (deleted?.length) {
         // XAUTOCLAIM has already dropped them from the pending list.
-        this.log.warn({ ...this.where(), entryIds: deleted }, 'pending entries no longer exist in the stream');
+        this.log.warn(
+          { ...this.where(), entryIds: deleted },
+          'pending entries no longer exist in the stream',
+        );
       }
       if (ids.length === 0) continue;
       this.log.info({ ...this.where(), count: ids.length }, 'took over entries left idle by other consumers');
@@ -369,7 +369,12 @@ class ConsumerLoop {
         return 'done';
       }
       if (deliveryCount >= this.settings.maxDeliveries) {
-        await this.deadLetter(id, fields, `failed ${deliveryCount} deliveries: ${describe(err)}`, deliveryCount);
+        await this.deadLetter(
+          id,
+          fields,
+          `failed ${deliveryCount} deliveries: ${describe(err)}`,
+          deliveryCount,
+        );
         return 'done';
       }
       this.log.warn(
@@ -397,7 +402,11 @@ class ConsumerLoop {
       'dlq:deliveries': String(deliveryCount),
       'dlq:reason': reason,
     };
-    await this.redis.xadd(this.settings.deadLetterStream, '*', ...Object.entries({ ...fields, ...meta }).flat());
+    await this.redis.xadd(
+      this.settings.deadLetterStream,
+      '*',
+      ...Object.entries({ ...fields, ...meta }).flat(),
+    );
     await this.redis.xack(this.stream.name, this.group, id);
     this.log.warn(
       { ...this.where(), entryId: id, deadLetterStream: this.settings.deadLetterStream, reason },
@@ -413,7 +422,10 @@ class ConsumerLoop {
   private async recreateGroup() {
     const from =
       this.lastNewId ?? (this.settings.startId === '$' ? `${this.startedAt}-0` : this.settings.startId);
-    this.log.warn({ ...this.where(), from }, 'consumer group is gone (Redis restarted or flushed); recreating it');
+    this.log.warn(
+      { ...this.where(), from },
+      'consumer group is gone (Redis restarted or flushed); recreating it',
+    );
     this.claimed.clear();
     await this.ensureGroup(from);
   }
@@ -427,7 +439,8 @@ class ConsumerLoop {
       } catch (err) {
         if (err instanceof Error && err.message.startsWith('BUSYGROUP')) return;
         if (this.stopping) return;
-        if (attempt === 1) this.log.warn({ ...this.where(), err: describe(err) }, 'cannot create consumer group; retrying');
+        if (attempt === 1)
+          this.log.warn({ ...this.where(), err: describe(err) }, 'cannot create consumer group; retrying');
         await this.sleep(Math.min(100 * 2 ** attempt, 5_000));
       }
     }

@@ -49,7 +49,11 @@ type TestStream = ReturnType<typeof testStream>;
 function start(
   stream: TestStream,
   handler: Handler<{ n: number; note?: string | undefined }>,
-  { group = 'g', consumer = 'c1', ...options }: Partial<SubscribeOptions> & { group?: string; consumer?: string } = {},
+  {
+    group = 'g',
+    consumer = 'c1',
+    ...options
+  }: Partial<SubscribeOptions> & { group?: string; consumer?: string } = {},
 ) {
   const sub = subscribe(group, consumer, stream, handler, {
     connection: redisUrl,
@@ -78,7 +82,11 @@ async function deadLetters(stream: TestStream) {
 /** Resolves once a subscription has created its group, so entries published next are new to it. */
 function groupCreated(stream: TestStream) {
   return waitFor(
-    () => redis.xinfo('GROUPS', stream.name).then((groups) => (groups as unknown[]).length > 0, () => false),
+    () =>
+      redis.xinfo('GROUPS', stream.name).then(
+        (groups) => (groups as unknown[]).length > 0,
+        () => false,
+      ),
     { what: 'the consumer group' },
   );
 }
@@ -214,10 +222,13 @@ describe('subscribe', () => {
       const poisonId = await publisher.publish(stream, { n: 0 });
       await publisher.publish(stream, { n: 1 });
 
-      const [dead] = await waitFor(async () => {
-        const letters = await deadLetters(stream);
-        return letters.length > 0 && letters;
-      }, { what: 'a dead letter' });
+      const [dead] = await waitFor(
+        async () => {
+          const letters = await deadLetters(stream);
+          return letters.length > 0 && letters;
+        },
+        { what: 'a dead letter' },
+      );
       expect(attempts).toBe(3);
       expect(dead).toMatchObject({
         n: '0',
@@ -254,10 +265,14 @@ describe('subscribe', () => {
     it('waits retryDelayMs before the second delivery, doubling after each one', async () => {
       const stream = testStream();
       const at: number[] = [];
-      start(stream, () => {
-        at.push(Date.now());
-        if (at.length < 4) throw new Error('still down');
-      }, { retryDelayMs: 100 });
+      start(
+        stream,
+        () => {
+          at.push(Date.now());
+          if (at.length < 4) throw new Error('still down');
+        },
+        { retryDelayMs: 100 },
+      );
 
       await publisher.publish(stream, { n: 1 });
 
@@ -366,7 +381,11 @@ describe('subscribe', () => {
     start(stream, (event, { deliveryCount }) => void seen.push([event.n, deliveryCount]));
 
     await waitFor(() => seen.length === 3);
-    expect(seen).toEqual([[0, 2], [1, 2], [2, 1]]);
+    expect(seen).toEqual([
+      [0, 2],
+      [1, 2],
+      [2, 1],
+    ]);
   });
 
   describe('when another consumer of the group crashed holding entries', () => {
@@ -382,10 +401,16 @@ describe('subscribe', () => {
       await crashedConsumerHolding(stream);
       const seen: [number, number][] = [];
 
-      start(stream, (event, { deliveryCount }) => void seen.push([event.n, deliveryCount]), { claimIdleMs: 100 });
+      start(stream, (event, { deliveryCount }) => void seen.push([event.n, deliveryCount]), {
+        claimIdleMs: 100,
+      });
 
-      await waitFor(() => seen.length === 3, { what: 'the crashed consumer\'s entries' });
-      expect(seen).toEqual([[0, 2], [1, 2], [2, 2]]);
+      await waitFor(() => seen.length === 3, { what: "the crashed consumer's entries" });
+      expect(seen).toEqual([
+        [0, 2],
+        [1, 2],
+        [2, 2],
+      ]);
       await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'nothing pending' });
     });
 
@@ -399,7 +424,12 @@ describe('subscribe', () => {
 
       await waitFor(() => seen.length === 1);
       expect(seen).toEqual([99]);
-      const [, , , perConsumer] = (await redis.xpending(stream.name, 'g')) as [number, string, string, [string, string][]];
+      const [, , , perConsumer] = (await redis.xpending(stream.name, 'g')) as [
+        number,
+        string,
+        string,
+        [string, string][],
+      ];
       expect(perConsumer).toContainEqual(['crashed', '3']);
     });
 
@@ -485,10 +515,14 @@ describe('subscribe', () => {
     it('gives up on a handler that outlives closeTimeoutMs and leaves its entry pending', async () => {
       const stream = testStream();
       const started = deferred();
-      const sub = start(stream, async () => {
-        started.resolve();
-        await new Promise(() => {});
-      }, { closeTimeoutMs: 100 });
+      const sub = start(
+        stream,
+        async () => {
+          started.resolve();
+          await new Promise(() => {});
+        },
+        { closeTimeoutMs: 100 },
+      );
       await publisher.publish(stream, { n: 1 });
       await started.promise;
 
@@ -543,7 +577,12 @@ describe('when Redis restarts', () => {
     const stream = testStream();
     const seen: number[] = [];
     const warnings: string[] = [];
-    const logger = { debug() {}, info() {}, error() {}, warn: (_: object, msg?: string) => void warnings.push(msg ?? '') };
+    const logger = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (_: object, msg?: string) => void warnings.push(msg ?? ''),
+    };
     const sub = subscribe('g', 'c1', stream, (event) => void seen.push(event.n), {
       connection: server.url,
       blockMs: 200,
@@ -557,9 +596,16 @@ describe('when Redis restarts', () => {
 
       // Down long enough for a dozen reconnect attempts.
       await server.restart(3_000);
-      await waitFor(() => local.publish(stream, { n: 2 }).then(() => true, () => false), {
-        what: 'Redis back',
-      });
+      await waitFor(
+        () =>
+          local.publish(stream, { n: 2 }).then(
+            () => true,
+            () => false,
+          ),
+        {
+          what: 'Redis back',
+        },
+      );
 
       await waitFor(() => seen.includes(2), { what: 'the entry after the restart', timeoutMs: 15_000 });
       expect(seen).toEqual([1, 2]);

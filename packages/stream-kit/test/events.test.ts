@@ -16,16 +16,32 @@ describe('order-events entries', () => {
 
   it('keep the orderId they carry', () => {
     const decoded = decode(OrderEvents, ENTRY_ID, {
-      type: 'order-created', orderId: 'o-1', userId: 'u1', productId: 'p1', price: '12.50',
+      type: 'order-created',
+      orderId: 'o-1',
+      userId: 'u1',
+      productId: 'p1',
+      price: '12.50',
     });
 
     expect(decoded).toMatchObject({ ok: true, event: { orderId: 'o-1', price: 12.5 } });
   });
 
   it('survive the round trip through encode unchanged', () => {
-    const event: OrderEvent = { type: 'order-created', orderId: 'o-1', userId: 'u', productId: 'p', price: 0.5 };
+    const event: OrderEvent = {
+      type: 'order-created',
+      orderId: 'o-1',
+      userId: 'u',
+      productId: 'p',
+      price: 0.5,
+    };
 
-    expect(encode(event)).toEqual({ type: 'order-created', orderId: 'o-1', userId: 'u', productId: 'p', price: '0.5' });
+    expect(encode(event)).toEqual({
+      type: 'order-created',
+      orderId: 'o-1',
+      userId: 'u',
+      productId: 'p',
+      price: '0.5',
+    });
     expect(decode(OrderEvents, ENTRY_ID, encode(event))).toEqual({ ok: true, event });
   });
 
@@ -37,7 +53,12 @@ describe('order-events entries', () => {
     ['a blank userId', { userId: '  ' }, /userId/],
     ['an unknown event type', { type: 'order-shipped' }, /type/],
   ])('reject %s, naming the field', (_name, override, reason) => {
-    const decoded = decode(OrderEvents, ENTRY_ID, { userId: 'u1', productId: 'p1', price: '1000', ...override });
+    const decoded = decode(OrderEvents, ENTRY_ID, {
+      userId: 'u1',
+      productId: 'p1',
+      price: '1000',
+      ...override,
+    });
 
     expect(decoded.ok).toBe(false);
     expect(!decoded.ok && decoded.reason).toMatch(reason);
@@ -53,14 +74,26 @@ describe('order-events entries', () => {
 describe('payment-events entries', () => {
   it('read as payment-completed when they carry no type', () => {
     const decoded = decode(PaymentEvents, ENTRY_ID, {
-      orderId: 'o-1', userId: 'u1', productId: 'p1', price: '1000', paymentProcessId: '7',
+      orderId: 'o-1',
+      userId: 'u1',
+      productId: 'p1',
+      price: '1000',
+      paymentProcessId: '7',
     });
 
-    expect(decoded).toMatchObject({ ok: true, event: { type: 'payment-completed', paymentProcessId: '7', price: 1000 } });
+    expect(decoded).toMatchObject({
+      ok: true,
+      event: { type: 'payment-completed', paymentProcessId: '7', price: 1000 },
+    });
   });
 
   it("accept the tutorial's Java entries, which carry no orderId", () => {
-    const decoded = decode(PaymentEvents, ENTRY_ID, { userId: 'u1', productId: 'p1', price: '1000', paymentProcessId: '0' });
+    const decoded = decode(PaymentEvents, ENTRY_ID, {
+      userId: 'u1',
+      productId: 'p1',
+      price: '1000',
+      paymentProcessId: '0',
+    });
 
     expect(decoded).toEqual({
       ok: true,
@@ -69,7 +102,12 @@ describe('payment-events entries', () => {
   });
 
   it('need a paymentProcessId', () => {
-    const decoded = decode(PaymentEvents, ENTRY_ID, { orderId: 'o-1', userId: 'u1', productId: 'p1', price: '1000' });
+    const decoded = decode(PaymentEvents, ENTRY_ID, {
+      orderId: 'o-1',
+      userId: 'u1',
+      productId: 'p1',
+      price: '1000',
+    });
 
     expect(decoded).toEqual({ ok: false, reason: expect.stringMatching(/^paymentProcessId: /) });
   });
