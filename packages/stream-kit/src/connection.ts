@@ -6,18 +6,19 @@ export type Connection = string | Redis;
 
 /** Reconnect after 50 ms, doubling up to 2 s: quick after a blip, calm during an outage. */
 export function reconnectDelay(attempt: number): number {
-  return Math.min(50 * 2 ** Math.min(attempt, 6), 2_000);
+  return Math.min(50 * 2 ** Math.min(attempt - 1, 6), 2_000);
 }
 
 /**
  * A dedicated connection for a blocking reader. Commands wait through reconnects instead of
  * failing (`maxRetriesPerRequest: null`): a reader has nothing better to do than wait.
  */
-export function openReaderConnection(connection: Connection, logger: Logger): Redis {
+export function openReaderConnection(connection: Connection, logger: Logger, name: string): Redis {
   const options: RedisOptions = {
     maxRetriesPerRequest: null,
     retryStrategy: reconnectDelay,
-    connectionName: 'stream-kit:reader',
+    // CLIENT SETNAME takes no spaces.
+    connectionName: name.replace(/\s/g, '_'),
   };
   const redis =
     typeof connection === 'string' ? new Redis(connection, options) : connection.duplicate(options);

@@ -116,7 +116,9 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     if (!Number.isInteger(settings[key]) || settings[key] < 1)
       throw new RangeError(`${key} must be a positive integer, got ${settings[key]}`);
   }
-  for (const key of ['retryDelayMs', 'claimIdleMs', 'closeTimeoutMs'] as const) {
+  if (!Number.isFinite(settings.claimIdleMs) || settings.claimIdleMs < 1)
+    throw new RangeError(`claimIdleMs must be at least 1, got ${settings.claimIdleMs}`);
+  for (const key of ['retryDelayMs', 'closeTimeoutMs'] as const) {
     if (!Number.isFinite(settings[key]) || settings[key] < 0)
       throw new RangeError(`${key} must be a non-negative number, got ${settings[key]}`);
   }
@@ -126,6 +128,14 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
 }
 
 type PendingInfo = [id: string, consumer: string, idleMs: number, deliveries: number];
+
+/** The dead-letter stream refused a write: retry the entry later rather than stop the loop. */
+class DeadLetterError extends Error {
+  constructor(cause: unknown) {
+    super('dead-letter write failed', { cause });
+    this.name = new.target.name;
+  }
+}
 
 /** Retries wait `retryDelayMs`, doubling with each delivery, up to this. */
 const MAX_RETRY_DELAY_MS = 60_000;
@@ -138,6 +148,9 @@ class ConsumerLoop {
   /** The handler and ack under way, if any: what `close()` waits for. */
   private handling: Promise<unknown> | undefined;
   private wakeSleeper: (() => void) | undefined;
+  /** Resolves once `close()` has dropped the connection: the loop stops waiting on Redis. */
+  private readonly stopped: Promise<void>;
+  private markStopped!: () => void;
   private readonly running: Promise<void>;
   /**
    * Whether to go through this consumer's own pending list before reading on: `'all'` handles
@@ -164,7 +177,9 @@ class ConsumerLoop {
   ) {
     this.log = settings.logger;
     this.claimIntervalMs = Math.min(Math.max(settings.claimIdleMs / 2, 50), 30_000);
-    this.redis = openReaderConnection(settings.connection, this.log);
+    // Named so that CLIENT LIST tells which subscription a connection serves.
+    this.redis = openReaderConnection(settings.connection, this.log, `stream-kit:${group}:${consumer}`);
+    this.stopped = new Promise((resolve) => (this.markStopped = resolve));
     this.running = this.run();
   }
 
@@ -184,6 +199,9 @@ class ConsumerLoop {
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.redis.disconnect();
+    // While ioredis is between reconnect attempts, disconnect() leaves queued commands hanging:
+    // the loop must not wait on them.
+    this.markStopped();
     if (timedOut) {
       // The loop is still inside the handler and may never come out: do not wait for it.
       this.log.warn(
@@ -197,10 +215,10 @@ class ConsumerLoop {
 
   private async run() {
     let failures = 0;
-    await this.ensureGroup(this.settings.startId);
+    await this.unlessStopped(this.start());
     while (!this.stopping) {
       try {
-        await this.step();
+        await this.unlessStopped(this.step());
         if (failures > 0) {
           this.log.info({ ...this.where(), failures }, 'consumer loop recovered');
           failures = 0;
@@ -218,6 +236,24 @@ class ConsumerLoop {
         const level = failures === 1 ? 'warn' : 'debug';
         this.log[level]({ ...this.where(), err: describe(err), failures }, 'consumer loop failed; retrying');
         await this.sleep(Math.min(100 * 2 ** failures, 5_000));
+      }
+    }
+  }
+
+  /** Resolves with `work`, or as soon as the subscription is closed, abandoning `work`. */
+  private unlessStopped(work: Promise<void>): Promise<void> {
+    work.catch(() => {}); // an abandoned command may still fail later; nobody is listening then
+    return Promise.race([work, this.stopped]);
+  }
+
+  private async start() {
+    await this.ensureGroup(this.settings.startId);
+    // Where the group stands, in case it is lost before this subscription reads anything new.
+    const groups = (await this.redis.xinfo('GROUPS', this.stream.name)) as string[][];
+    for (const flat of groups) {
+      const info = fieldsFromReply(flat.map(String));
+      if (info.name === this.group && info['last-delivered-id'] !== '0-0') {
+        this.lastNewId = info['last-delivered-id'];
       }
     }
   }
@@ -242,11 +278,49 @@ class ConsumerLoop {
     } else {
       const entries = await this.readNew();
       this.lastNewId = entries.at(-1)?.[0] ?? this.lastNewId;
-      for (const [id, fields] of entries) {
-        if (this.stopping) return;
-        await this.handleOne(id, fields, 1);
-      }
+      await this.handleBatch(entries);
     }
+  }
+
+  /**
+   * Handles freshly read entries in order. The ones still waiting sit idle in our pending list,
+   * where another consumer's reclaim pass would take them after `claimIdleMs`: so when the batch
+   * has been waiting a third of that, renew the lease on what is left, and drop from the batch any
+   * entry another consumer has taken meanwhile (it handles it; we must not as well).
+   */
+  private async handleBatch(entries: Entry[]) {
+    let leaseFrom = Date.now();
+    for (let i = 0; i < entries.length; i += 1) {
+      if (this.stopping) return;
+      const [id, fields] = entries[i]!;
+      if (Date.now() - leaseFrom > this.settings.claimIdleMs / 3) {
+        const mine = await this.renewLease(
+          entries.slice(i).map(([rest]) => rest),
+          leaseFrom,
+        );
+        leaseFrom = Date.now();
+        entries = [...entries.slice(0, i), ...entries.slice(i).filter(([rest]) => mine.has(rest))];
+        if (entries[i]?.[0] !== id) {
+          i -= 1;
+          continue;
+        }
+      }
+      await this.handleOne(id, fields, 1);
+    }
+  }
+
+  /**
+   * XCLAIM JUSTID resets the idle time of `ids` without counting a delivery. The minimum idle
+   * time makes it claim only entries nobody touched since `since`: still ours, that is.
+   */
+  private async renewLease(ids: string[], since: number): Promise<Set<string>> {
+    // 2 ms under the idle time they have if still ours: Redis and Date.now() round apart.
+    const minIdle = Math.max(0, Date.now() - since - 2);
+    // prettier-ignore
+    const kept = (await this.redis.xclaim(
+      this.stream.name, this.group, this.consumer, minIdle, ...ids, 'JUSTID',
+    )) as string[];
+    return new Set(kept);
   }
 
   private async readNew(): Promise<Entry[]> {
@@ -283,18 +357,25 @@ class ConsumerLoop {
           this.scheduleRetry(wait);
           continue;
         }
-        await this.redeliver(id, deliveries);
+        await this.redeliver(id, idleMs, deliveries);
       }
       if (page.length < this.settings.count) return;
       start = `(${page.at(-1)![0]}`;
     }
   }
 
-  private async redeliver(id: string, deliveries: number) {
-    const [entry] = (await this.redis.xclaim(this.stream.name, this.group, this.consumer, 0, id)) as Entry[];
+  /**
+   * Takes the entry with XCLAIM (which counts the delivery) and handles it. The minimum idle time
+   * is the one just seen: if another consumer has taken the entry since, it is not ours to handle.
+   */
+  private async redeliver(id: string, idleMs: number, deliveries: number) {
+    // prettier-ignore
+    const [entry] = (await this.redis.xclaim(
+      this.stream.name, this.group, this.consumer, idleMs, id,
+    )) as Entry[];
     if (!entry) {
-      // Trimmed or deleted while pending; XCLAIM has dropped it from the pending list.
-      this.log.warn({ ...this.where(), entryId: id }, 'pending entry no longer exists in the stream');
+      // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
+      this.log.debug({ ...this.where(), entryId: id }, 'pending entry no longer ours to handle');
       return;
     }
     await this.handleOne(id, entry[1], deliveries + 1);
@@ -345,6 +426,20 @@ class ConsumerLoop {
   }
 
   private async handle(id: string, flat: string[], deliveryCount: number): Promise<Outcome> {
+    try {
+      return await this.process(id, flat, deliveryCount);
+    } catch (err) {
+      if (!(err instanceof DeadLetterError)) throw err;
+      // The entry stays pending and comes back; the entries behind it go on meanwhile.
+      this.log.warn(
+        { ...this.where(), entryId: id, err: describe(err.cause) },
+        'cannot write to the dead-letter stream; entry stays pending',
+      );
+      return 'retry';
+    }
+  }
+
+  private async process(id: string, flat: string[], deliveryCount: number): Promise<Outcome> {
     const fields = fieldsFromReply(flat);
     if (deliveryCount > this.settings.maxDeliveries) {
       // Delivered that often yet never acked nor failed: it likely kills whichever process takes it.
@@ -402,11 +497,9 @@ class ConsumerLoop {
       'dlq:deliveries': String(deliveryCount),
       'dlq:reason': reason,
     };
-    await this.redis.xadd(
-      this.settings.deadLetterStream,
-      '*',
-      ...Object.entries({ ...fields, ...meta }).flat(),
-    );
+    await this.redis
+      .xadd(this.settings.deadLetterStream, '*', ...Object.entries({ ...fields, ...meta }).flat())
+      .catch((err: unknown) => Promise.reject(new DeadLetterError(err)));
     await this.redis.xack(this.stream.name, this.group, id);
     this.log.warn(
       { ...this.where(), entryId: id, deadLetterStream: this.settings.deadLetterStream, reason },

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, expectTypeOf, inject, it } from 'vitest';
 import { z } from 'zod';
+import { freePort } from '../../../scripts/net.ts';
 import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
 import { deferred, waitFor } from '../../../test/support/wait.ts';
 import {
@@ -124,7 +125,7 @@ describe('publish', () => {
     const stream = testStream();
     // The assertion is the @ts-expect-error itself: `pnpm typecheck` fails if this compiles.
     // @ts-expect-error `m` is not a field of this stream's events
-    const wrong = () => publisher.publish(stream, { m: 1 });
+    const wrong = () => publisher.publish(stream, { n: 1, m: 1 });
     expect(wrong).toBeTypeOf('function');
   });
 });
@@ -294,12 +295,11 @@ describe('subscribe', () => {
 
       await redis.xadd(stream.name, '*', 'n', 'poison');
       await publishRange(stream, 3);
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      expect(await pendingCount(stream)).toBeGreaterThanOrEqual(1);
+      await waitFor(() => handled.length === 3, { what: 'the entries after the poison one' });
+      expect(await pendingCount(stream)).toBe(1);
 
       await redis.del(dlq);
 
-      await waitFor(() => handled.length === 3, { what: 'the entries after the poison one' });
       await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'nothing pending' });
       expect(handled).toEqual([0, 1, 2]);
       expect(await deadLetters(stream)).toEqual([expect.objectContaining({ n: 'poison' })]);
@@ -433,6 +433,27 @@ describe('subscribe', () => {
       expect(perConsumer).toContainEqual(['crashed', '3']);
     });
 
+    it('keeps the lease on entries waiting in its batch, so no entry is handled twice', async () => {
+      const stream = testStream();
+      const handled: string[] = [];
+      const slow = async (event: { n: number }) => {
+        handled.push(`${event.n}`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      };
+      // A batch of 10 at 100 ms each waits far longer than claimIdleMs.
+      start(stream, slow, { consumer: 'a', claimIdleMs: 250 });
+      start(stream, slow, { consumer: 'b', claimIdleMs: 250 });
+      await groupCreated(stream);
+
+      await publishRange(stream, 20);
+
+      await waitFor(() => handled.length >= 20, { what: '20 events', timeoutMs: 15_000 });
+      await settle();
+      expect(handled.sort((x, y) => Number(x) - Number(y))).toEqual(
+        Array.from({ length: 20 }, (_, n) => `${n}`),
+      );
+    });
+
     it('drops entries deleted from the stream meanwhile without calling the handler', async () => {
       const stream = testStream();
       await crashedConsumerHolding(stream);
@@ -533,6 +554,18 @@ describe('subscribe', () => {
       expect(await pendingCount(stream)).toBe(1);
     });
 
+    it('returns promptly when Redis cannot be reached', async () => {
+      const sub = subscribe('g', 'c1', testStream(), () => {}, {
+        connection: `redis://127.0.0.1:${await freePort()}`,
+      });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+
+      const began = Date.now();
+      await sub.close();
+
+      expect(Date.now() - began).toBeLessThan(2_000);
+    });
+
     it('returns promptly from a blocked read and is safe to call twice', async () => {
       const stream = testStream();
       const sub = start(stream, () => {}, { blockMs: 60_000 });
@@ -544,6 +577,17 @@ describe('subscribe', () => {
 
       expect(Date.now() - began).toBeLessThan(5_000);
     });
+  });
+
+  it('refuses options out of range', () => {
+    const stream = testStream();
+    const options = { connection: redisUrl };
+
+    expect(() => subscribe('g', 'c', stream, () => {}, { ...options, claimIdleMs: 0 })).toThrow(RangeError);
+    expect(() => subscribe('g', 'c', stream, () => {}, { ...options, count: 0 })).toThrow(/count/);
+    expect(() =>
+      subscribe('g', 'c', stream, () => {}, { ...options, deadLetterStream: stream.name }),
+    ).toThrow(/deadLetterStream/);
   });
 
   describe('when the consumer group disappears', () => {
@@ -560,6 +604,36 @@ describe('subscribe', () => {
       await waitFor(() => seen.includes(2), { what: 'the entry after NOGROUP' });
       // Recreated after the last entry read, not at the start: entry 1 is not handled again.
       expect(seen).toEqual([1, 2]);
+    });
+
+    it('recreates it where the group stood even before reading anything new', async () => {
+      const stream = testStream();
+      await publishRange(stream, 3);
+      const handledByFirst: number[] = [];
+      const first = start(stream, (event) => void handledByFirst.push(event.n), { consumer: 'first' });
+      await waitFor(() => handledByFirst.length === 3);
+      await waitFor(async () => {
+        const [group] = (await redis.xinfo('GROUPS', stream.name)) as string[][];
+        return group?.includes('0-0') === false;
+      });
+      await first.close();
+      const seen: number[] = [];
+      start(stream, (event) => void seen.push(event.n), { consumer: 'second' });
+      // Its connection blocked in XREADGROUP shows it is past start-up and waiting for new entries.
+      await waitFor(
+        async () =>
+          ((await redis.client('LIST')) as string)
+            .split('\n')
+            .some((line) => line.includes(' name=stream-kit:g:second ') && line.includes('cmd=xreadgroup')),
+        { what: 'the second subscription to start reading' },
+      );
+
+      await redis.xgroup('DESTROY', stream.name, 'g');
+      await publisher.publish(stream, { n: 3 });
+
+      await waitFor(() => seen.length > 0, { what: 'the entry after NOGROUP' });
+      await settle();
+      expect(seen).toEqual([3]);
     });
   });
 });
