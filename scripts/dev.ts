@@ -60,9 +60,10 @@ function fail(line: string): never {
 
 function serviceSpecs(env: NodeJS.ProcessEnv): ServiceSpec[] {
   const port = (name: string, fallback: number) => {
-    const value = Number(env[name] ?? fallback);
-    if (!Number.isInteger(value) || value < 0 || value > 65_535)
-      fail(`${name} must be a port number, got "${env[name]}"`);
+    // An empty variable means unset; 0 would let the service pick a port nobody knows.
+    const value = Number(env[name] || fallback);
+    if (!Number.isInteger(value) || value < 1 || value > 65_535)
+      fail(`${name} must be a port number from 1 to 65535, got "${env[name]}"`);
     return value;
   };
   return [
@@ -158,7 +159,8 @@ async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
 
   let server: RedisServer;
   try {
-    server = await startRedisServer({ port });
+    // Out of the terminal's process group: Ctrl-C stops the services first, and them only.
+    server = await startRedisServer({ port, detached: true });
   } catch (err) {
     fail(
       `no Redis answered at ${redact(url)} and redis-server would not start on port ${port}: ${(err as Error).message}`,

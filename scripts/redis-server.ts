@@ -27,6 +27,11 @@ export interface RedisServerOptions {
   args?: string[];
   /** Where redis-server's own output goes. @defaultValue 'ignore' */
   stdio?: 'ignore' | 'inherit';
+  /**
+   * Run it in a process group of its own, so that Ctrl-C in a terminal does not reach it and its
+   * owner can stop it last, after the clients that need it. @defaultValue false
+   */
+  detached?: boolean;
 }
 
 export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisServer> {
@@ -50,6 +55,7 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
     ];
     child = spawn('redis-server', [...args, ...(options.args ?? [])], {
       stdio: options.stdio ?? 'ignore',
+      detached: options.detached ?? false,
     });
     const exited = new Promise<never>((_, reject) => {
       child!.once('error', reject);

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +19,8 @@ interface DevRun {
 
 const started: DevRun[] = [];
 const tempDirs: string[] = [];
+/** Ports of redis-servers `pnpm dev` may have started: they run in a process group of their own. */
+const redisPorts: number[] = [];
 
 /** Runs `pnpm dev` as a real process, in its own process group so cleanup can kill all of it. */
 function startDev(env: NodeJS.ProcessEnv): DevRun {
@@ -55,8 +58,8 @@ function startDev(env: NodeJS.ProcessEnv): DevRun {
   return run;
 }
 
-afterEach(() => {
-  // Whatever the test did, kill the whole group: dev, its services and its redis-server.
+afterEach(async () => {
+  // Whatever the test did, kill the whole group: dev and its services...
   for (const run of started.splice(0)) {
     try {
       process.kill(-run.child.pid!, 'SIGKILL');
@@ -64,12 +67,23 @@ afterEach(() => {
       // ESRCH: everything has already exited, which is the expected case.
     }
   }
+  // ...and the redis-server, which is in a group of its own.
+  for (const port of redisPorts.splice(0)) await shutdownRedis(port);
   for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
+/** SHUTDOWN NOSAVE to whatever Redis listens on `port`, if any. */
+function shutdownRedis(port: number): Promise<void> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1', () => socket.end('SHUTDOWN NOSAVE\r\n'));
+    socket.on('error', () => resolve());
+    socket.on('close', () => resolve());
+  });
+}
+
 describe('pnpm dev', () => {
   it(
-    'starts its own redis-server when none answers, and stops everything on SIGINT',
+    'starts its own redis-server when none answers, and stops everything on Ctrl-C',
     { timeout: 60_000 },
     async () => {
       const [redisPort, orderPort, paymentPort, notificationPort] = await Promise.all([
@@ -79,6 +93,7 @@ describe('pnpm dev', () => {
         freePort(),
       ]);
       const servicePorts = [orderPort!, paymentPort!, notificationPort!];
+      redisPorts.push(redisPort!);
       const dev = startDev({
         REDIS_URL: `redis://127.0.0.1:${redisPort}`,
         ORDER_PORT: String(orderPort),
@@ -102,10 +117,12 @@ describe('pnpm dev', () => {
       ]);
       expect(await canConnect(redisPort!, '127.0.0.1')).toBe(true);
 
-      dev.child.kill('SIGINT');
+      // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+      process.kill(-dev.child.pid!, 'SIGINT');
       const code = await dev.exit(20_000);
 
       expect(code, dev.output().stderr).toBe(0);
+      expect(dev.output().stdout).not.toMatch(/shutdown timed out|did not stop/);
       for (const port of [redisPort!, ...servicePorts]) {
         expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
       }
