@@ -59,6 +59,10 @@ export function logConnectionState(redis: Redis, logger: Logger): void {
   });
 }
 
+/**
+ * The group (or its stream) is gone: NOGROUP, or, for a read blocked at that moment, UNBLOCKED
+ * (FLUSHALL or DEL of the stream key).
+ */
 export function isNoGroupError(err: unknown): boolean {
-  return err instanceof Error && err.message.startsWith('NOGROUP');
+  return err instanceof Error && /^(NOGROUP|UNBLOCKED)/.test(err.message);
 }

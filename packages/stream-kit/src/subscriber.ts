@@ -159,8 +159,12 @@ class ConsumerLoop {
   private ownPending: 'all' | 'due' | undefined = 'all';
   /** When the next failed entry is due again (0: none is waiting). */
   private retryAt = 0;
-  /** Entries just taken over from other consumers: due at once, whatever their delivery count. */
-  private readonly claimed = new Set<string>();
+  /**
+   * When each entry waiting in our pending list is due for its next delivery. Kept here, not read
+   * off the idle time, which any XAUTOCLAIM pass (ours included) resets. A lost group is
+   * recreated before the first of them.
+   */
+  private readonly retryDue = new Map<string, number>();
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
   private readonly claimIntervalMs: number;
@@ -228,7 +232,7 @@ class ConsumerLoop {
         // Entries read before the error may sit in our pending list unhandled: go through it.
         this.ownPending = 'all';
         if (isNoGroupError(err)) {
-          await this.recreateGroup();
+          await this.unlessStopped(this.recreateGroup());
           continue;
         }
         failures += 1;
@@ -249,7 +253,7 @@ class ConsumerLoop {
   private async start() {
     await this.ensureGroup(this.settings.startId);
     // Where the group stands, in case it is lost before this subscription reads anything new.
-    const groups = (await this.redis.xinfo('GROUPS', this.stream.name)) as string[][];
+    const groups = (await this.redis.xinfo('GROUPS', this.stream.name).catch(() => [])) as string[][];
     for (const flat of groups) {
       const info = fieldsFromReply(flat.map(String));
       if (info.name === this.group && info['last-delivered-id'] !== '0-0') {
@@ -350,14 +354,21 @@ class ConsumerLoop {
       const page = (await this.redis.xpending(
         this.stream.name, this.group, start, '+', this.settings.count, this.consumer,
       )) as PendingInfo[];
+      const fetchedAt = Date.now();
       for (const [id, , idleMs, deliveries] of page) {
         if (this.stopping) return;
-        const wait = this.claimed.delete(id) || mode === 'all' ? 0 : this.retryDelay(deliveries) - idleMs;
-        if (wait > 0) {
-          this.scheduleRetry(wait);
+        // Idle time goes on growing while earlier entries of the page are handled.
+        const idleNow = idleMs + Date.now() - fetchedAt;
+        let due = this.retryDue.get(id);
+        if (due === undefined) {
+          due = Date.now() + this.retryDelay(deliveries) - idleNow;
+          this.retryDue.set(id, due);
+        }
+        if (mode === 'due' && due > Date.now()) {
+          this.scheduleRetry(due - Date.now());
           continue;
         }
-        await this.redeliver(id, idleMs, deliveries);
+        await this.redeliver(id, idleNow, deliveries);
       }
       if (page.length < this.settings.count) return;
       start = `(${page.at(-1)![0]}`;
@@ -366,14 +377,16 @@ class ConsumerLoop {
 
   /**
    * Takes the entry with XCLAIM (which counts the delivery) and handles it. The minimum idle time
-   * is the one just seen: if another consumer has taken the entry since, it is not ours to handle.
+   * is the one it has if nobody touched it since XPENDING (2 ms under, as Redis and Date.now()
+   * round apart): if another consumer has taken it since, it is not ours to handle.
    */
   private async redeliver(id: string, idleMs: number, deliveries: number) {
     // prettier-ignore
     const [entry] = (await this.redis.xclaim(
-      this.stream.name, this.group, this.consumer, idleMs, id,
+      this.stream.name, this.group, this.consumer, Math.max(0, idleMs - 2), id,
     )) as Entry[];
     if (!entry) {
+      this.retryDue.delete(id);
       // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
       this.log.debug({ ...this.where(), entryId: id }, 'pending entry no longer ours to handle');
       return;
@@ -385,7 +398,9 @@ class ConsumerLoop {
    * Takes over, with XAUTOCLAIM, the entries other consumers of the group have held longer than
    * `claimIdleMs` (a crashed process never acks them, and a restarted one has a new name),
    * following the cursor through the whole pending list. JUSTID moves them to this consumer
-   * without counting a delivery; `handleOwnPending` then delivers them.
+   * without counting a delivery; `handleOwnPending` then delivers them after the retry delay their
+   * delivery count calls for. (It may take this consumer's own entries too, which only resets
+   * their idle time: their retry times are kept in `retryDue`.)
    */
   private async reclaim() {
     let cursor = '0-0';
@@ -405,14 +420,19 @@ class ConsumerLoop {
       }
       if (ids.length === 0) continue;
       this.log.info({ ...this.where(), count: ids.length }, 'took over entries left idle by other consumers');
-      for (const id of ids) this.claimed.add(id);
       this.ownPending ??= 'due';
     } while (cursor !== '0-0' && !this.stopping);
   }
 
   private async handleOne(id: string, flat: string[], deliveryCount: number) {
     const outcome = await this.track(this.handle(id, flat, deliveryCount));
-    if (outcome === 'retry') this.scheduleRetry(this.retryDelay(deliveryCount));
+    if (outcome === 'retry') {
+      const wait = this.retryDelay(deliveryCount);
+      this.retryDue.set(id, Date.now() + wait);
+      this.scheduleRetry(wait);
+    } else {
+      this.retryDue.delete(id);
+    }
   }
 
   /** `retryDelayMs` after the first delivery, doubling with each one after. */
@@ -509,17 +529,20 @@ class ConsumerLoop {
 
   /**
    * After the group vanished (FLUSHALL, a restart without persistence, XGROUP DESTROY): recreate
-   * it after the last entry this consumer read, not at the start of the stream, which would hand
-   * out again every entry already handled. New entries after a flush have later IDs anyway.
+   * it where it stood, not at the start of the stream, which would hand out again every entry
+   * already handled. That is after the last entry this consumer read, or just before the first
+   * one still waiting for a retry (handing some out again beats losing that one). New entries
+   * after a flush have later IDs anyway.
    */
   private async recreateGroup() {
-    const from =
-      this.lastNewId ?? (this.settings.startId === '$' ? `${this.startedAt}-0` : this.settings.startId);
+    const waiting = [...this.retryDue.keys()].sort(compareIds)[0];
+    const after = this.lastNewId ?? (this.settings.startId === '$' ? `${this.startedAt}-0` : undefined);
+    const from = waiting && (!after || compareIds(waiting, after) <= 0) ? idBefore(waiting) : (after ?? '0');
     this.log.warn(
       { ...this.where(), from },
       'consumer group is gone (Redis restarted or flushed); recreating it',
     );
-    this.claimed.clear();
+    this.retryDue.clear();
     await this.ensureGroup(from);
   }
 
@@ -561,6 +584,19 @@ class ConsumerLoop {
   private where() {
     return { stream: this.stream.name, group: this.group, consumer: this.consumer };
   }
+}
+
+/** Orders stream entry IDs (`<ms>-<seq>`) as Redis does. */
+function compareIds(a: string, b: string): number {
+  const [aMs, aSeq] = a.split('-').map(BigInt) as [bigint, bigint];
+  const [bMs, bSeq] = b.split('-').map(BigInt) as [bigint, bigint];
+  return aMs !== bMs ? (aMs < bMs ? -1 : 1) : aSeq === bSeq ? 0 : aSeq < bSeq ? -1 : 1;
+}
+
+/** The greatest entry ID below `id`: a group created there reads `id` next. */
+function idBefore(id: string): string {
+  const [ms, seq] = id.split('-').map(BigInt) as [bigint, bigint];
+  return seq > 0n ? `${ms}-${seq - 1n}` : `${ms - 1n}-18446744073709551615`;
 }
 
 function describe(err: unknown): string {

@@ -285,6 +285,29 @@ describe('subscribe', () => {
     });
   });
 
+  describe('when retry delays outlast claimIdleMs', () => {
+    it('still waits the full, doubling delay between deliveries', async () => {
+      const stream = testStream();
+      const at: number[] = [];
+      start(
+        stream,
+        () => {
+          at.push(Date.now());
+          if (at.length < 4) throw new Error('still down');
+        },
+        { retryDelayMs: 100, claimIdleMs: 150 },
+      );
+
+      await publisher.publish(stream, { n: 1 });
+
+      await waitFor(() => at.length === 4, { what: 'four deliveries' });
+      const gaps = at.slice(1).map((t, i) => t - at[i]!);
+      expect(gaps[0]).toBeGreaterThanOrEqual(100);
+      expect(gaps[1]).toBeGreaterThanOrEqual(200);
+      expect(gaps[2]).toBeGreaterThanOrEqual(400);
+    });
+  });
+
   describe('when the dead-letter stream cannot be written', () => {
     it('keeps the entry pending, dead-letters it once it can, and handles the entries after it', async () => {
       const stream = testStream();
@@ -454,6 +477,33 @@ describe('subscribe', () => {
       );
     });
 
+    it('does not handle an entry a second consumer took while it worked through its own pending list', async () => {
+      const stream = testStream();
+      await redis.xgroup('CREATE', stream.name, 'g', '0', 'MKSTREAM');
+      await publishRange(stream, 20);
+      // 'a' read 20 entries and restarted under the same name; 'b' takes over what 'a' leaves idle.
+      await redis.xreadgroup('GROUP', 'g', 'a', 'COUNT', 20, 'STREAMS', stream.name, '>');
+      const running = new Set<number>();
+      const overlaps: number[] = [];
+      const handledCount = new Map<number, number>();
+      const slow = async (event: { n: number }) => {
+        if (running.has(event.n)) overlaps.push(event.n);
+        running.add(event.n);
+        handledCount.set(event.n, (handledCount.get(event.n) ?? 0) + 1);
+        await new Promise((resolve) => setTimeout(resolve, 150));
+        running.delete(event.n);
+      };
+
+      start(stream, slow, { consumer: 'a', claimIdleMs: 500 });
+      start(stream, slow, { consumer: 'b', claimIdleMs: 500 });
+
+      await waitFor(async () => handledCount.size === 20 && (await pendingCount(stream)) === 0, {
+        what: 'all 20 handled',
+        timeoutMs: 20_000,
+      });
+      expect(overlaps).toEqual([]);
+    });
+
     it('drops entries deleted from the stream meanwhile without calling the handler', async () => {
       const stream = testStream();
       await crashedConsumerHolding(stream);
@@ -478,11 +528,15 @@ describe('subscribe', () => {
 
       start(stream, (event) => void seen.push(event.n), { claimIdleMs: 100, maxDeliveries: 5 });
 
-      await waitFor(() => seen.length === 2);
-      expect(seen).toEqual([1, 2]);
-      expect(await deadLetters(stream)).toEqual([
+      const letters = await waitFor(async () => {
+        const found = await deadLetters(stream);
+        return found.length > 0 && found;
+      });
+      expect(letters).toEqual([
         expect.objectContaining({ n: '0', 'dlq:id': firstId, 'dlq:reason': 'not acked after 5 deliveries' }),
       ]);
+      await waitFor(() => seen.length === 2);
+      expect(seen).toEqual([1, 2]);
     });
   });
 
@@ -606,6 +660,27 @@ describe('subscribe', () => {
       expect(seen).toEqual([1, 2]);
     });
 
+    it('recreates it before an entry still waiting for a retry, so that entry is not lost', async () => {
+      const stream = testStream();
+      const attempts: number[] = [];
+      start(
+        stream,
+        (event) => {
+          attempts.push(event.n);
+          if (event.n === 0 && attempts.filter((n) => n === 0).length === 1) throw new Error('once');
+        },
+        { retryDelayMs: 500 },
+      );
+      await publishRange(stream, 2);
+      await waitFor(() => attempts.includes(1));
+
+      await redis.xgroup('DESTROY', stream.name, 'g');
+      await publisher.publish(stream, { n: 2 });
+
+      await waitFor(() => attempts.filter((n) => n === 0).length === 2, { what: 'entry 0 again' });
+      await waitFor(() => attempts.includes(2));
+    });
+
     it('recreates it where the group stood even before reading anything new', async () => {
       const stream = testStream();
       await publishRange(stream, 3);
@@ -638,13 +713,48 @@ describe('subscribe', () => {
   });
 });
 
-describe('when Redis restarts', () => {
+describe('when Redis restarts or is flushed', () => {
   let server: RedisServer;
   beforeAll(async () => {
     server = await startRedisServer();
   });
   afterAll(async () => {
     await server?.stop();
+  });
+
+  it('takes a FLUSHALL during a blocked read as a lost group, not as a failure', async () => {
+    const stream = testStream();
+    const seen: number[] = [];
+    const warnings: string[] = [];
+    const logger = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (_: object, msg?: string) => void warnings.push(msg ?? ''),
+    };
+    const sub = subscribe('g', 'c1', stream, (event) => void seen.push(event.n), {
+      connection: server.url,
+      blockMs: 5_000,
+      logger,
+    });
+    opened.push(sub);
+    const admin = new Redis(server.url);
+    const local = createPublisher({ connection: admin });
+    try {
+      await local.publish(stream, { n: 1 });
+      await waitFor(() => seen.length === 1);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+
+      await admin.flushall();
+      await local.publish(stream, { n: 2 });
+
+      await waitFor(() => seen.includes(2), { what: 'the entry after FLUSHALL' });
+      expect(warnings.filter((w) => w.includes('consumer loop failed'))).toEqual([]);
+      expect(warnings.some((w) => w.includes('consumer group is gone'))).toBe(true);
+    } finally {
+      await local.close();
+      await admin.quit();
+    }
   });
 
   it('reconnects, recreates the lost group and keeps consuming, logging the outage once', async () => {
