@@ -425,6 +425,9 @@ class ConsumerLoop {
   }
 
   private async handleOne(id: string, flat: string[], deliveryCount: number) {
+    // close() may have come while we were reading or claiming: its connection is gone, so a
+    // handler started now could not be acked and its entry would be handled again elsewhere.
+    if (this.stopping) return;
     const outcome = await this.track(this.handle(id, flat, deliveryCount));
     if (outcome === 'retry') {
       const wait = this.retryDelay(deliveryCount);

@@ -463,9 +463,9 @@ describe('subscribe', () => {
         handled.push(`${event.n}`);
         await new Promise((resolve) => setTimeout(resolve, 100));
       };
-      // A batch of 10 at 100 ms each waits far longer than claimIdleMs.
-      start(stream, slow, { consumer: 'a', claimIdleMs: 250 });
-      start(stream, slow, { consumer: 'b', claimIdleMs: 250 });
+      // A batch of 10 at 100 ms each waits longer than claimIdleMs; one handler run stays well under it.
+      start(stream, slow, { consumer: 'a', claimIdleMs: 600 });
+      start(stream, slow, { consumer: 'b', claimIdleMs: 600 });
       await groupCreated(stream);
 
       await publishRange(stream, 20);
@@ -494,8 +494,8 @@ describe('subscribe', () => {
         running.delete(event.n);
       };
 
-      start(stream, slow, { consumer: 'a', claimIdleMs: 500 });
-      start(stream, slow, { consumer: 'b', claimIdleMs: 500 });
+      start(stream, slow, { consumer: 'a', claimIdleMs: 800 });
+      start(stream, slow, { consumer: 'b', claimIdleMs: 800 });
 
       await waitFor(async () => handledCount.size === 20 && (await pendingCount(stream)) === 0, {
         what: 'all 20 handled',
