@@ -9,7 +9,7 @@ import { waitFor } from './support/wait.ts';
 
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
 // Inside stream-kit's package, so that `@msa/stream-kit` and `zod` resolve as for any dependant.
-const sampleFile = new URL('../packages/stream-kit/test/.readme-sample.ts', import.meta.url);
+const sampleFile = new URL(`../packages/stream-kit/test/.readme-sample-${process.pid}.ts`, import.meta.url);
 
 let redis: RedisServer;
 beforeAll(async () => {
