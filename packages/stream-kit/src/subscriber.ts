@@ -293,22 +293,20 @@ class ConsumerLoop {
    * entry another consumer has taken meanwhile (it handles it; we must not as well).
    */
   private async handleBatch(entries: Entry[]) {
+    let waiting = entries;
     let leaseFrom = Date.now();
-    for (let i = 0; i < entries.length; i += 1) {
-      if (this.stopping) return;
-      const [id, fields] = entries[i]!;
+    while (waiting.length > 0 && !this.stopping) {
       if (Date.now() - leaseFrom > this.settings.claimIdleMs / 3) {
         const mine = await this.renewLease(
-          entries.slice(i).map(([rest]) => rest),
+          waiting.map(([id]) => id),
           leaseFrom,
         );
         leaseFrom = Date.now();
-        entries = [...entries.slice(0, i), ...entries.slice(i).filter(([rest]) => mine.has(rest))];
-        if (entries[i]?.[0] !== id) {
-          i -= 1;
-          continue;
-        }
+        waiting = waiting.filter(([id]) => mine.has(id));
+        continue;
       }
+      const [[id, fields], ...rest] = waiting as [Entry, ...Entry[]];
+      waiting = rest;
       await this.handleOne(id, fields, 1);
     }
   }

@@ -92,6 +92,18 @@ function groupCreated(stream: TestStream) {
   );
 }
 
+/** A logger that keeps the messages of its warnings. */
+function recordingLogger() {
+  const warnings: string[] = [];
+  const logger = {
+    debug() {},
+    info() {},
+    error() {},
+    warn: (_: object, msg?: string) => void warnings.push(msg ?? ''),
+  };
+  return { logger, warnings };
+}
+
 /** Gives a late duplicate delivery the time to show up before the final assertions. */
 function settle() {
   return new Promise((resolve) => setTimeout(resolve, 300));
@@ -725,13 +737,7 @@ describe('when Redis restarts or is flushed', () => {
   it('takes a FLUSHALL during a blocked read as a lost group, not as a failure', async () => {
     const stream = testStream();
     const seen: number[] = [];
-    const warnings: string[] = [];
-    const logger = {
-      debug() {},
-      info() {},
-      error() {},
-      warn: (_: object, msg?: string) => void warnings.push(msg ?? ''),
-    };
+    const { logger, warnings } = recordingLogger();
     const sub = subscribe('g', 'c1', stream, (event) => void seen.push(event.n), {
       connection: server.url,
       blockMs: 5_000,
@@ -760,13 +766,7 @@ describe('when Redis restarts or is flushed', () => {
   it('reconnects, recreates the lost group and keeps consuming, logging the outage once', async () => {
     const stream = testStream();
     const seen: number[] = [];
-    const warnings: string[] = [];
-    const logger = {
-      debug() {},
-      info() {},
-      error() {},
-      warn: (_: object, msg?: string) => void warnings.push(msg ?? ''),
-    };
+    const { logger, warnings } = recordingLogger();
     const sub = subscribe('g', 'c1', stream, (event) => void seen.push(event.n), {
       connection: server.url,
       blockMs: 200,
