@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
 import { exitOf, spawnService, startService, type RunningService } from './support/services.ts';
+import { entryFields } from './support/streams.ts';
 import { waitFor } from './support/wait.ts';
 
 /*
@@ -49,14 +50,7 @@ async function notificationsOf(userId: string): Promise<Notification[]> {
 }
 
 async function paymentsFor(orderId: string) {
-  const entries = await redis.xrange('payment-events', '-', '+');
-  return entries
-    .map(([id, flat]) => ({ id, ...Object.fromEntries(pairs(flat)) }) as Record<string, string>)
-    .filter((entry) => entry.orderId === orderId);
-}
-
-function pairs(flat: string[]) {
-  return Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]] as const);
+  return (await entryFields(redis, 'payment-events')).filter((entry) => entry.orderId === orderId);
 }
 
 /** Both notifications for `orderId`, once both exist. */
@@ -183,10 +177,7 @@ describe('a malformed order entry', () => {
     await bothNotifications('erin', orderId);
     const letters = await waitFor(
       async () => {
-        const entries = await redis.xrange('order-events:dlq', '-', '+');
-        const mine = entries
-          .map(([, flat]) => Object.fromEntries(pairs(flat)))
-          .filter((f) => f['dlq:id'] === poisonId);
+        const mine = (await entryFields(redis, 'order-events:dlq')).filter((f) => f['dlq:id'] === poisonId);
         return mine.length === 2 && mine;
       },
       { what: 'two dead letters' },

@@ -5,6 +5,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { freePort } from '../../../scripts/net.ts';
 import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
+import { entryFields } from '../../../test/support/streams.ts';
 import { createApp } from '../src/app.ts';
 
 // Its own Redis: these tests count the entries of the real `order-events` stream.
@@ -29,14 +30,7 @@ afterAll(async () => {
   await server?.stop();
 });
 
-async function orderEntries() {
-  const entries = await redis.xrange('order-events', '-', '+');
-  return entries.map(([, flat]) => Object.fromEntries(pairs(flat)));
-}
-
-function pairs(flat: string[]) {
-  return Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]] as const);
-}
+const orderEntries = () => entryFields(redis, 'order-events');
 
 const valid = { userId: 'user-1', productId: 'product-9', price: 1000 };
 

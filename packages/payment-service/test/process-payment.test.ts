@@ -3,6 +3,7 @@ import { createPublisher, type DeliveryContext, type Publisher } from '@msa/stre
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { entryFields } from '../../../test/support/streams.ts';
 import { paymentHandler } from '../src/process-payment.ts';
 
 let redis: Redis;
@@ -18,12 +19,7 @@ afterAll(async () => {
 });
 
 async function paymentsFor(orderId: string) {
-  const entries = await redis.xrange('payment-events', '-', '+');
-  return entries
-    .map(([, flat]) =>
-      Object.fromEntries(Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]])),
-    )
-    .filter((fields) => fields.orderId === orderId);
+  return (await entryFields(redis, 'payment-events')).filter((fields) => fields.orderId === orderId);
 }
 
 const context: DeliveryContext = {

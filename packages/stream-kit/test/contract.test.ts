@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, expectTypeOf, inject,
 import { z } from 'zod';
 import { freePort } from '../../../scripts/net.ts';
 import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
+import { entryFields } from '../../../test/support/streams.ts';
 import { deferred, waitFor } from '../../../test/support/wait.ts';
 import {
   createPublisher,
@@ -76,8 +77,7 @@ async function pendingCount(stream: TestStream, group = 'g') {
 }
 
 async function deadLetters(stream: TestStream) {
-  const entries = await redis.xrange(`${stream.name}:dlq`, '-', '+');
-  return entries.map(([, flat]) => Object.fromEntries(pairs(flat)));
+  return entryFields(redis, `${stream.name}:dlq`);
 }
 
 /** Resolves once a subscription has created its group, so entries published next are new to it. */
@@ -107,10 +107,6 @@ function recordingLogger() {
 /** Gives a late duplicate delivery the time to show up before the final assertions. */
 function settle() {
   return new Promise((resolve) => setTimeout(resolve, 300));
-}
-
-function pairs(flat: string[]) {
-  return Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i], flat[2 * i + 1]] as const);
 }
 
 describe('publish', () => {
