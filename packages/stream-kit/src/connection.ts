@@ -26,9 +26,13 @@ export function openReaderConnection(connection: Connection, logger: Logger, nam
   return redis;
 }
 
+/** The longest a command on a request connection may take before it fails. */
+export const REQUEST_TIMEOUT_MS = 2_000;
+
 /**
  * A connection for request paths (publishing, queries behind HTTP routes): a command fails after
- * one retry instead of hanging while Redis is away, so the caller can answer 503 quickly.
+ * one retry instead of hanging while Redis is away, and after `REQUEST_TIMEOUT_MS` at most, so
+ * the caller can answer 503 quickly.
  * Outages are logged once, not at every reconnect attempt.
  */
 export function openRequestConnection(url: string, logger: Logger, name = 'stream-kit:request'): Redis {
@@ -36,6 +40,11 @@ export function openRequestConnection(url: string, logger: Logger, name = 'strea
     maxRetriesPerRequest: 1,
     retryStrategy: reconnectDelay,
     connectionName: name,
+    // A Redis that accepts the connection but never answers (paused, overloaded, a half-open
+    // socket) would otherwise hold the request forever. A command that timed out may still have
+    // run: callers that retry need an idempotency key.
+    commandTimeout: REQUEST_TIMEOUT_MS,
+    connectTimeout: REQUEST_TIMEOUT_MS,
   });
   logConnectionState(redis, logger);
   return redis;

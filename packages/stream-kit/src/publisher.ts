@@ -1,6 +1,6 @@
 import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
-import { encodeChecked, type EventOf, type StreamDefinition } from './stream.ts';
+import { xaddArguments, type EventOf, type StreamDefinition } from './stream.ts';
 
 export interface PublisherOptions {
   /**
@@ -14,7 +14,8 @@ export interface PublisherOptions {
 
 export interface Publisher {
   /**
-   * Validates `event` against the stream's schema and appends it with XADD.
+   * Validates `event` against the stream's schema and appends it with XADD, trimming the stream
+   * as its `retention` says.
    * Resolves to the new entry ID. Throws `EventValidationError` (nothing written) if the event
    * does not match, or the Redis error if the write failed (after one retry: publishing sits on
    * request paths, where failing fast beats hanging). Throws after `close()`.
@@ -37,8 +38,8 @@ export function createPublisher(options: PublisherOptions): Publisher {
 
   async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
     if (closing) throw new Error('publisher is closed');
-    const fields = encodeChecked(stream, event);
-    const write = redis.xadd(stream.name, '*', ...Object.entries(fields).flat());
+    const args = xaddArguments(stream, event);
+    const write = redis.xadd(stream.name, ...(args as ['*', ...string[]]));
     inFlight.add(write);
     try {
       const id = await write;

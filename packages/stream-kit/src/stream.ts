@@ -17,7 +17,22 @@ export interface StreamDefinition<Schema extends z.ZodType = z.ZodType> {
    * foreign producers (the Java tutorial writes no `type`) read as the stream's default event.
    */
   readonly defaults?: (entryId: string) => Fields;
+  /**
+   * How much of the stream every XADD keeps (trimmed with `~`, so Redis drops whole nodes,
+   * cheaply). Trimming ignores consumer groups: keep entries well past the longest time a
+   * consumer may be down, or it loses what it has not read yet.
+   * @defaultValue `{ maxAgeMs: 7 days }`
+   */
+  readonly retention?: Retention;
 }
+
+/**
+ * `maxLen`: about the last N entries (XADD MAXLEN ~). `maxAgeMs`: entries younger than this, by
+ * the time in their ID (XADD MINID ~). `'keep-all'`: never trim.
+ */
+export type Retention = { maxLen: number } | { maxAgeMs: number } | 'keep-all';
+
+export const DEFAULT_RETENTION: Retention = { maxAgeMs: 7 * 24 * 60 * 60 * 1000 };
 
 /** The event type a stream carries, as handlers receive it and `publish()` accepts it. */
 export type EventOf<D extends StreamDefinition> = z.output<D['schema']>;
@@ -25,7 +40,31 @@ export type EventOf<D extends StreamDefinition> = z.output<D['schema']>;
 export function defineStream<Schema extends z.ZodType>(
   definition: StreamDefinition<Schema>,
 ): StreamDefinition<Schema> {
-  return Object.freeze({ ...definition });
+  const retention = definition.retention ?? DEFAULT_RETENTION;
+  if (retention !== 'keep-all') {
+    const [key, value] = Object.entries(retention)[0] as [string, number];
+    if (!Number.isInteger(value) || value < 1)
+      throw new RangeError(`retention.${key} must be a positive integer, got ${value}`);
+  }
+  return Object.freeze({ ...definition, retention });
+}
+
+/** The XADD arguments that trim `stream` as its retention says, before the ID. */
+export function trimArguments(stream: StreamDefinition, now = Date.now()): string[] {
+  const retention = stream.retention ?? DEFAULT_RETENTION;
+  if (retention === 'keep-all') return [];
+  if ('maxLen' in retention) return ['MAXLEN', '~', String(retention.maxLen)];
+  return ['MINID', '~', `${Math.max(0, now - retention.maxAgeMs)}-0`];
+}
+
+/**
+ * Everything XADD needs after the key to append `event` to `stream`: the trim its retention
+ * calls for, `*`, and the fields, checked as `publish()` checks them (throws
+ * `EventValidationError`). For writing an event inside your own Lua script or MULTI, atomically
+ * with other effects: `redis.call('XADD', KEYS[1], unpack(ARGV))`.
+ */
+export function xaddArguments<D extends StreamDefinition>(stream: D, event: EventOf<D>): string[] {
+  return [...trimArguments(stream), '*', ...Object.entries(encodeChecked(stream, event)).flat()];
 }
 
 /** Strings stay as they are, numbers and booleans print as `String()` does, nested values as JSON. */
