@@ -13,12 +13,22 @@ export function reconnectDelay(attempt: number): number {
  * A dedicated connection for a blocking reader. Commands wait through reconnects instead of
  * failing (`maxRetriesPerRequest: null`): a reader has nothing better to do than wait.
  */
-export function openReaderConnection(connection: Connection, logger: Logger, name: string): Redis {
+export function openReaderConnection(
+  connection: Connection,
+  logger: Logger,
+  name: string,
+  blockMs: number,
+): Redis {
   const options: RedisOptions = {
     maxRetriesPerRequest: null,
     retryStrategy: reconnectDelay,
     // CLIENT SETNAME takes no spaces.
     connectionName: name.replace(/\s/g, '_'),
+    // The read watchdog. A blocked read always gets its answer within BLOCK; if none comes within
+    // twice that (a second at least), the socket is dead without TCP knowing it (a peer gone after a failover or a
+    // NAT timeout): ioredis destroys it, the read fails, and the loop reconnects and reads again.
+    socketTimeout: blockMs + Math.max(blockMs, 1_000),
+    keepAlive: 10_000,
   };
   const redis =
     typeof connection === 'string' ? new Redis(connection, options) : connection.duplicate(options);

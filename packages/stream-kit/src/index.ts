@@ -3,6 +3,8 @@ export { EventValidationError, NonRetryableError } from './errors.ts';
 export type { Logger } from './logger.ts';
 export { createPublisher } from './publisher.ts';
 export type { Publisher, PublisherOptions } from './publisher.ts';
+export { listDeadLetters, replayDeadLetters } from './dead-letters.ts';
+export type { DeadLetter, DeadLetterOptions, ListOptions, Replayed } from './dead-letters.ts';
 export { defineStream, xaddArguments } from './stream.ts';
 export type { EventOf, Fields, Retention, StreamDefinition } from './stream.ts';
 export { defaultConsumerName, subscribe } from './subscriber.ts';

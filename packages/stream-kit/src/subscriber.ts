@@ -1,9 +1,11 @@
+import { isUtf8 } from 'node:buffer';
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { isNoGroupError, openReaderConnection, type Connection } from './connection.ts';
 import { NonRetryableError } from './errors.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import { decode, fieldsFromReply, type EventOf, type Fields, type StreamDefinition } from './stream.ts';
+import { DELETE_IDLE_CONSUMERS } from './scripts.ts';
 
 export interface DeliveryContext {
   /** The entry ID, e.g. `1700000000000-0`; unique within the stream. */
@@ -49,10 +51,18 @@ export interface SubscribeOptions {
   /**
    * An entry another consumer of the group has held this long without acking it is taken over
    * (its process most likely crashed or restarted under a new name), in ms. Checked every
-   * `claimIdleMs / 2`, at most every 30 s. Keep it well above the longest handler run.
+   * `claimIdleMs / 2`, at most every 30 s. While a handler runs, its entry's lease is renewed
+   * every `claimIdleMs / 3`, so a slow but live handler keeps it.
    * @defaultValue 60000
    */
   claimIdleMs?: number;
+  /**
+   * A consumer of the group that holds no pending entries and has not been seen for this long is
+   * removed from the group (XGROUP DELCONSUMER), so that consumers of processes long gone do not
+   * pile up. Checked with each reclaim pass; a consumer that still holds entries is never
+   * removed (that would lose them). @defaultValue 3600000 (1 hour)
+   */
+  deleteIdleConsumersAfterMs?: number;
   /** How long `close()` waits for a running handler before it gives up on it, in ms. @defaultValue 10000 */
   closeTimeoutMs?: number;
   /** @defaultValue `${stream}:dlq` */
@@ -74,7 +84,8 @@ export function defaultConsumerName(): string {
   return `${hostname()}-${process.pid}`;
 }
 
-type Entry = [id: string, fields: string[]];
+/** As Redis sends it: field names and values stay bytes until checked to be UTF-8. */
+type Entry = [id: string, fields: Buffer[]];
 type Outcome = 'done' | 'retry';
 
 /**
@@ -108,6 +119,7 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     retryDelayMs: 1_000,
     startId: '0',
     claimIdleMs: 60_000,
+    deleteIdleConsumersAfterMs: 3_600_000,
     closeTimeoutMs: 10_000,
     deadLetterStream: `${stream.name}:dlq`,
     ...options,
@@ -116,8 +128,10 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     if (!Number.isInteger(settings[key]) || settings[key] < 1)
       throw new RangeError(`${key} must be a positive integer, got ${settings[key]}`);
   }
-  if (!Number.isFinite(settings.claimIdleMs) || settings.claimIdleMs < 1)
-    throw new RangeError(`claimIdleMs must be at least 1, got ${settings.claimIdleMs}`);
+  for (const key of ['claimIdleMs', 'deleteIdleConsumersAfterMs'] as const) {
+    if (!Number.isFinite(settings[key]) || settings[key] < 1)
+      throw new RangeError(`${key} must be at least 1, got ${settings[key]}`);
+  }
   for (const key of ['retryDelayMs', 'closeTimeoutMs'] as const) {
     if (!Number.isFinite(settings[key]) || settings[key] < 0)
       throw new RangeError(`${key} must be a non-negative number, got ${settings[key]}`);
@@ -165,6 +179,16 @@ class ConsumerLoop {
    * recreated before the first of them.
    */
   private readonly retryDue = new Map<string, number>();
+  /**
+   * The entries this consumer is working on (the batch being handled, the entry being
+   * redelivered), with when we last touched each in Redis: their leases are renewed every
+   * `claimIdleMs / 3` while they are here. An entry whose lease another consumer took is dropped.
+   */
+  private readonly held = new Map<string, number>();
+  private readonly leaseTimer: NodeJS.Timeout;
+  private renewing = false;
+  /** The entry whose handler is running. */
+  private current: string | undefined;
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
   private readonly claimIntervalMs: number;
@@ -182,7 +206,17 @@ class ConsumerLoop {
     this.log = settings.logger;
     this.claimIntervalMs = Math.min(Math.max(settings.claimIdleMs / 2, 50), 30_000);
     // Named so that CLIENT LIST tells which subscription a connection serves.
-    this.redis = openReaderConnection(settings.connection, this.log, `stream-kit:${group}:${consumer}`);
+    this.redis = openReaderConnection(
+      settings.connection,
+      this.log,
+      `stream-kit:${group}:${consumer}`,
+      settings.blockMs,
+    );
+    // A read that Redis served just as the connection died delivered entries whose reply never
+    // came: they sit in our pending list, and only a pass through it finds them.
+    this.redis.on('close', () => (this.ownPending = 'all'));
+    this.leaseTimer = setInterval(() => void this.renewLeases(), Math.max(settings.claimIdleMs / 3, 10));
+    this.leaseTimer.unref();
     this.stopped = new Promise((resolve) => (this.markStopped = resolve));
     this.running = this.run();
   }
@@ -194,6 +228,7 @@ class ConsumerLoop {
   private async shutdown() {
     this.stopping = true;
     this.wakeSleeper?.();
+    clearInterval(this.leaseTimer);
     const timedOut = this.handling
       ? await Promise.race([
           this.handling.catch(() => {}).then(() => false),
@@ -286,43 +321,59 @@ class ConsumerLoop {
     }
   }
 
-  /**
-   * Handles freshly read entries in order. The ones still waiting sit idle in our pending list,
-   * where another consumer's reclaim pass would take them after `claimIdleMs`: so when the batch
-   * has been waiting a third of that, renew the lease on what is left, and drop from the batch any
-   * entry another consumer has taken meanwhile (it handles it; we must not as well).
-   */
+  /** Handles freshly read entries in order, skipping any whose lease another consumer took meanwhile. */
   private async handleBatch(entries: Entry[]) {
-    let waiting = entries;
-    let leaseFrom = Date.now();
-    while (waiting.length > 0 && !this.stopping) {
-      if (Date.now() - leaseFrom > this.settings.claimIdleMs / 3) {
-        const mine = await this.renewLease(
-          waiting.map(([id]) => id),
-          leaseFrom,
-        );
-        leaseFrom = Date.now();
-        waiting = waiting.filter(([id]) => mine.has(id));
-        continue;
-      }
-      const [[id, fields], ...rest] = waiting as [Entry, ...Entry[]];
-      waiting = rest;
-      await this.handleOne(id, fields, 1);
+    const readAt = Date.now();
+    for (const [id] of entries) this.held.set(id, readAt);
+    for (const [id, fields] of entries) {
+      if (this.stopping) break;
+      if (this.held.has(id)) await this.handleOne(id, fields, 1);
     }
+    this.held.clear();
   }
 
   /**
-   * XCLAIM JUSTID resets the idle time of `ids` without counting a delivery. The minimum idle
-   * time makes it claim only entries nobody touched since `since`: still ours, that is.
+   * Renews the lease on the entries in `held`: XCLAIM JUSTID to ourselves resets their idle time
+   * without counting a delivery, and its minimum idle time (the time since we last touched them)
+   * makes it claim only entries nobody touched since: still ours, that is. Ones it does not
+   * claim were taken over by another consumer, which now handles them.
    */
-  private async renewLease(ids: string[], since: number): Promise<Set<string>> {
-    // 2 ms under the idle time they have if still ours: Redis and Date.now() round apart.
-    const minIdle = Math.max(0, Date.now() - since - 2);
-    // prettier-ignore
-    const kept = (await this.redis.xclaim(
-      this.stream.name, this.group, this.consumer, minIdle, ...ids, 'JUSTID',
-    )) as string[];
-    return new Set(kept);
+  private async renewLeases() {
+    if (this.renewing || this.held.size === 0 || this.stopping) return;
+    this.renewing = true;
+    try {
+      const byTouch = new Map<number, string[]>();
+      for (const [id, at] of this.held) byTouch.set(at, [...(byTouch.get(at) ?? []), id]);
+      for (const [touchedAt, ids] of byTouch) {
+        const now = Date.now();
+        // 2 ms under the idle time they have if still ours: Redis and Date.now() round apart.
+        const minIdle = Math.max(0, now - touchedAt - 2);
+        // prettier-ignore
+        const kept = new Set((await this.redis.xclaim(
+          this.stream.name, this.group, this.consumer, minIdle, ...ids, 'JUSTID',
+        )) as string[]);
+        for (const id of ids) {
+          if (!this.held.has(id)) continue; // handled meanwhile
+          if (kept.has(id)) {
+            this.held.set(id, now);
+          } else {
+            this.held.delete(id);
+            const running = id === this.current;
+            this.log[running ? 'warn' : 'info'](
+              { ...this.where(), entryId: id },
+              running
+                ? 'lost the lease on the entry being handled (the process stalled longer than claimIdleMs); another consumer may handle it too'
+                : 'entry taken over by another consumer before its turn; skipping it',
+            );
+          }
+        }
+      }
+    } catch (err) {
+      // The next renewal, a third of claimIdleMs later, tries again.
+      this.log.debug({ ...this.where(), err: describe(err) }, 'cannot renew leases');
+    } finally {
+      this.renewing = false;
+    }
   }
 
   private async readNew(): Promise<Entry[]> {
@@ -330,14 +381,14 @@ class ConsumerLoop {
     const wakeAt = Math.min(this.claimAt, this.retryAt || Infinity);
     const block = Math.max(1, Math.min(this.settings.blockMs, wakeAt - Date.now()));
     // prettier-ignore
-    const reply = await this.redis.xreadgroup(
-      'GROUP', this.group, this.consumer,
+    const reply = await this.redis.callBuffer(
+      'XREADGROUP', 'GROUP', this.group, this.consumer,
       'COUNT', this.settings.count,
       'BLOCK', block,
       'STREAMS', this.stream.name, '>',
     );
-    const streams = reply as [stream: string, entries: Entry[]][] | null;
-    return streams?.[0]?.[1] ?? [];
+    const streams = reply as [stream: Buffer, entries: [Buffer, Buffer[]][]][] | null;
+    return (streams?.[0]?.[1] ?? []).map(([id, fields]) => [id.toString(), fields]);
   }
 
   /**
@@ -380,16 +431,21 @@ class ConsumerLoop {
    */
   private async redeliver(id: string, idleMs: number, deliveries: number) {
     // prettier-ignore
-    const [entry] = (await this.redis.xclaim(
-      this.stream.name, this.group, this.consumer, Math.max(0, idleMs - 2), id,
-    )) as Entry[];
+    const [entry] = (await this.redis.callBuffer(
+      'XCLAIM', this.stream.name, this.group, this.consumer, Math.max(0, idleMs - 2), id,
+    )) as [Buffer, Buffer[]][];
     if (!entry) {
       this.retryDue.delete(id);
       // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
       this.log.debug({ ...this.where(), entryId: id }, 'pending entry no longer ours to handle');
       return;
     }
-    await this.handleOne(id, entry[1], deliveries + 1);
+    this.held.set(id, Date.now());
+    try {
+      await this.handleOne(id, entry[1], deliveries + 1);
+    } finally {
+      this.held.delete(id);
+    }
   }
 
   /**
@@ -410,23 +466,42 @@ class ConsumerLoop {
       )) as [next: string, ids: string[], deleted?: string[]];
       cursor = next;
       if (deleted?.length) {
-        // XAUTOCLAIM has already dropped them from the pending list.
+        // Trimmed while pending: nothing is left to handle. Redis 7 has already dropped them from
+        // the pending list; the XACK makes sure of it.
+        await this.redis.xack(this.stream.name, this.group, ...deleted);
         this.log.warn(
           { ...this.where(), entryIds: deleted },
-          'pending entries no longer exist in the stream',
+          'pending entries were trimmed from the stream before anyone handled them; acked',
         );
       }
       if (ids.length === 0) continue;
       this.log.info({ ...this.where(), count: ids.length }, 'took over entries left idle by other consumers');
       this.ownPending ??= 'due';
     } while (cursor !== '0-0' && !this.stopping);
+    await this.deleteIdleConsumers();
   }
 
-  private async handleOne(id: string, flat: string[], deliveryCount: number) {
+  /** Removes, in one atomic script, the group's consumers that are long idle and hold nothing. */
+  private async deleteIdleConsumers() {
+    // prettier-ignore
+    const removed = (await this.redis.eval(
+      DELETE_IDLE_CONSUMERS, 1, this.stream.name, this.group, this.settings.deleteIdleConsumersAfterMs, this.consumer,
+    )) as string[];
+    if (removed.length > 0)
+      this.log.info({ ...this.where(), removed }, 'removed idle consumers that held no entries');
+  }
+
+  private async handleOne(id: string, flat: Buffer[], deliveryCount: number) {
     // close() may have come while we were reading or claiming: its connection is gone, so a
     // handler started now could not be acked and its entry would be handled again elsewhere.
     if (this.stopping) return;
-    const outcome = await this.track(this.handle(id, flat, deliveryCount));
+    this.current = id;
+    let outcome: Outcome;
+    try {
+      outcome = await this.track(this.handle(id, flat, deliveryCount));
+    } finally {
+      this.current = undefined;
+    }
     if (outcome === 'retry') {
       const wait = this.retryDelay(deliveryCount);
       this.retryDue.set(id, Date.now() + wait);
@@ -446,7 +521,7 @@ class ConsumerLoop {
     if (this.retryAt === 0 || at < this.retryAt) this.retryAt = at;
   }
 
-  private async handle(id: string, flat: string[], deliveryCount: number): Promise<Outcome> {
+  private async handle(id: string, flat: Buffer[], deliveryCount: number): Promise<Outcome> {
     try {
       return await this.process(id, flat, deliveryCount);
     } catch (err) {
@@ -460,16 +535,21 @@ class ConsumerLoop {
     }
   }
 
-  private async process(id: string, flat: string[], deliveryCount: number): Promise<Outcome> {
-    const fields = fieldsFromReply(flat);
+  private async process(id: string, flat: Buffer[], deliveryCount: number): Promise<Outcome> {
     if (deliveryCount > this.settings.maxDeliveries) {
       // Delivered that often yet never acked nor failed: it likely kills whichever process takes it.
-      await this.deadLetter(id, fields, `not acked after ${deliveryCount - 1} deliveries`, deliveryCount);
+      await this.deadLetter(id, flat, `not acked after ${deliveryCount - 1} deliveries`, deliveryCount);
       return 'done';
     }
-    const decoded = decode(this.stream, id, fields);
+    const notText = flat.findIndex((bytes) => !isUtf8(bytes));
+    if (notText !== -1) {
+      const what = notText % 2 === 0 ? 'a field name' : `field ${JSON.stringify(String(flat[notText - 1]))}`;
+      await this.deadLetter(id, flat, `invalid entry: ${what} is not valid UTF-8`, deliveryCount);
+      return 'done';
+    }
+    const decoded = decode(this.stream, id, fieldsFromReply(flat.map(String)));
     if (!decoded.ok) {
-      await this.deadLetter(id, fields, `invalid entry: ${decoded.reason}`, deliveryCount);
+      await this.deadLetter(id, flat, `invalid entry: ${decoded.reason}`, deliveryCount);
       return 'done';
     }
     try {
@@ -481,13 +561,13 @@ class ConsumerLoop {
       });
     } catch (err) {
       if (err instanceof NonRetryableError) {
-        await this.deadLetter(id, fields, `non-retryable: ${err.message}`, deliveryCount);
+        await this.deadLetter(id, flat, `non-retryable: ${err.message}`, deliveryCount);
         return 'done';
       }
       if (deliveryCount >= this.settings.maxDeliveries) {
         await this.deadLetter(
           id,
-          fields,
+          flat,
           `failed ${deliveryCount} deliveries: ${describe(err)}`,
           deliveryCount,
         );
@@ -499,17 +579,20 @@ class ConsumerLoop {
       );
       return 'retry';
     }
+    // Done with it: a lease renewal sent after the ack would find it gone and call it lost.
+    this.held.delete(id);
     await this.redis.xack(this.stream.name, this.group, id);
     return 'done';
   }
 
   /**
-   * Copies the entry, with why it failed, to the dead-letter stream, then acks it. Not one MULTI:
+   * Copies the entry (its bytes as they are), with why it failed, to the dead-letter stream, then
+   * acks it. Not one MULTI:
    * a transaction would still run the XACK after a failed XADD and lose the entry. A crash
    * between the two leaves the entry pending, to be dead-lettered again: a duplicate dead letter,
    * never a lost one.
    */
-  private async deadLetter(id: string, fields: Fields, reason: string, deliveryCount: number) {
+  private async deadLetter(id: string, flat: Buffer[], reason: string, deliveryCount: number) {
     const meta: Fields = {
       'dlq:id': id,
       'dlq:stream': this.stream.name,
@@ -519,8 +602,9 @@ class ConsumerLoop {
       'dlq:reason': reason,
     };
     await this.redis
-      .xadd(this.settings.deadLetterStream, '*', ...Object.entries({ ...fields, ...meta }).flat())
+      .xadd(this.settings.deadLetterStream, '*', ...flat, ...Object.entries(meta).flat())
       .catch((err: unknown) => Promise.reject(new DeadLetterError(err)));
+    this.held.delete(id);
     await this.redis.xack(this.stream.name, this.group, id);
     this.log.warn(
       { ...this.where(), entryId: id, deadLetterStream: this.settings.deadLetterStream, reason },

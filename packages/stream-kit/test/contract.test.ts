@@ -5,12 +5,15 @@ import { z } from 'zod';
 import { freePort } from '../../../scripts/net.ts';
 import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
 import { entryFields } from '../../../test/support/streams.ts';
+import { startProxy } from '../../../test/support/proxy.ts';
 import { deferred, waitFor } from '../../../test/support/wait.ts';
 import {
   createPublisher,
   defineStream,
   EventValidationError,
+  listDeadLetters,
   NonRetryableError,
+  replayDeadLetters,
   subscribe,
   type DeliveryContext,
   type Handler,
@@ -526,6 +529,20 @@ describe('subscribe', () => {
       expect(seen).toEqual([1, 2]);
     });
 
+    it('acks, and logs, entries trimmed from the stream while they were pending', async () => {
+      const stream = testStream();
+      await crashedConsumerHolding(stream);
+      await redis.xtrim(stream.name, 'MAXLEN', 0);
+      const seen: number[] = [];
+      const { logger, warnings } = recordingLogger();
+
+      start(stream, (event) => void seen.push(event.n), { claimIdleMs: 100, logger });
+
+      await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'nothing pending' });
+      expect(warnings).toContainEqual(expect.stringContaining('trimmed from the stream'));
+      expect(seen).toEqual([]);
+    });
+
     it('dead-letters an entry delivered more than maxDeliveries times without an ack', async () => {
       const stream = testStream();
       await crashedConsumerHolding(stream);
@@ -718,6 +735,236 @@ describe('subscribe', () => {
       await settle();
       expect(seen).toEqual([3]);
     });
+  });
+});
+
+describe('when a handler runs longer than claimIdleMs', () => {
+  it('keeps renewing its lease, so no other consumer takes the entry while it runs', async () => {
+    const stream = testStream();
+    const starts: [number, string, number][] = [];
+    const handler = (consumer: string) => async (event: { n: number }, context: DeliveryContext) => {
+      starts.push([event.n, consumer, context.deliveryCount]);
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+    };
+    // Both reclaim every 150 ms; the handler runs five times claimIdleMs.
+    start(stream, handler('a'), { consumer: 'a', claimIdleMs: 300 });
+    start(stream, handler('b'), { consumer: 'b', claimIdleMs: 300 });
+    await groupCreated(stream);
+
+    await publisher.publish(stream, { n: 1 });
+
+    await waitFor(async () => starts.length > 0 && (await pendingCount(stream)) === 0, {
+      what: 'the slow entry acked',
+    });
+    await settle();
+    expect(starts).toEqual([[1, expect.any(String), 1]]);
+  });
+});
+
+describe('housekeeping', () => {
+  it('removes consumers long idle that hold no entries, never one that still holds entries', async () => {
+    const stream = testStream();
+    await redis.xgroup('CREATE', stream.name, 'g', '0', 'MKSTREAM');
+    await publishRange(stream, 2);
+    // 'gone' handled its entry and left; 'holder' read one and died holding it.
+    const [[, [[doneId]]]] = (await redis.xreadgroup(
+      'GROUP', 'g', 'gone', 'COUNT', 1, 'STREAMS', stream.name, '>',
+    )) as [[string, [[string, string[]]]]]; // prettier-ignore
+    await redis.xack(stream.name, 'g', doneId);
+    await redis.xreadgroup('GROUP', 'g', 'holder', 'COUNT', 1, 'STREAMS', stream.name, '>');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const consumers = async () =>
+      ((await redis.xinfo('CONSUMERS', stream.name, 'g')) as string[][]).map((info) => info[1]);
+
+    start(stream, () => {}, { claimIdleMs: 60_000, deleteIdleConsumersAfterMs: 50 });
+
+    await waitFor(async () => !(await consumers()).includes('gone'), { what: "'gone' removed" });
+    expect(await consumers()).toContain('holder');
+    expect(await pendingCount(stream)).toBe(1);
+  });
+});
+
+describe('when an entry is not valid UTF-8', () => {
+  it('dead-letters it byte for byte with its reason and handles the entries around it', async () => {
+    const stream = testStream();
+    const seen: number[] = [];
+    start(stream, (event) => void seen.push(event.n));
+    await groupCreated(stream);
+    const bad = Buffer.from([0x31, 0xff, 0xfe]);
+
+    await publisher.publish(stream, { n: 1 });
+    await redis.xadd(stream.name, '*', 'n', '2', 'note', bad);
+    await publisher.publish(stream, { n: 3 });
+
+    await waitFor(() => seen.length === 2);
+    expect(seen).toEqual([1, 3]);
+    const [[, flat]] = (await redis.xrangeBuffer(`${stream.name}:dlq`, '-', '+')) as [[Buffer, Buffer[]]];
+    const fields = new Map<string, Buffer>();
+    for (let i = 0; i < flat.length; i += 2) fields.set(String(flat[i]), flat[i + 1]!);
+    expect(fields.get('note')).toEqual(bad);
+    expect(String(fields.get('dlq:reason'))).toBe('invalid entry: field "note" is not valid UTF-8');
+  });
+});
+
+describe('when its connection goes silent without closing', () => {
+  it('gives up a read that gets no answer, reconnects, and handles what the lost read delivered', async () => {
+    const stream = testStream();
+    const proxy = await startProxy(Number(new URL(redisUrl).port));
+    try {
+      const seen: number[] = [];
+      const { logger, warnings } = recordingLogger();
+      start(stream, (event) => void seen.push(event.n), {
+        connection: `redis://127.0.0.1:${proxy.port}`,
+        logger,
+      });
+      await groupCreated(stream);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+
+      proxy.silenceOpenConnections();
+      await publisher.publish(stream, { n: 1 });
+
+      // BLOCK 200 ms: the watchdog gives up on a read after 1.2 s.
+      await waitFor(() => seen.length === 1, { what: 'the entry, read on a new connection' });
+      expect(warnings).toContainEqual(expect.stringContaining('connection lost'));
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
+describe('dead letters', () => {
+  /** A stream whose entries may lack `origin`: they get their entry ID, as tutorial orders get their orderId. */
+  function streamWithDefaults() {
+    return defineStream({
+      name: `test-${randomUUID()}`,
+      schema: z.object({ n: z.string().regex(/^\d+$/).transform(Number), origin: z.string() }),
+      defaults: (entryId) => ({ origin: entryId }),
+    });
+  }
+
+  it('lists each dead letter with its reason and the fields it was published with', async () => {
+    const stream = testStream();
+    start(stream, () => {
+      throw new NonRetryableError('card declined');
+    });
+    const id = await publisher.publish(stream, { n: 7, note: 'x' });
+
+    const letters = await waitFor(async () => {
+      const found = await listDeadLetters(redis, stream);
+      return found.length > 0 && found;
+    });
+
+    expect(letters).toEqual([
+      {
+        id: expect.any(String),
+        entryId: id,
+        group: 'g',
+        consumer: 'c1',
+        deliveries: 1,
+        reason: 'non-retryable: card declined',
+        fields: { n: '7', note: 'x' },
+      },
+    ]);
+  });
+
+  it('replays a dead letter to its stream once, even when replayed twice at once, keeping its identity', async () => {
+    const stream = streamWithDefaults();
+    const seen: [number, string][] = [];
+    let failing = true;
+    opened.push(
+      subscribe(
+        'g',
+        'c1',
+        stream,
+        (event) => {
+          if (failing) throw new NonRetryableError('not yet');
+          seen.push([event.n, event.origin]);
+        },
+        { connection: redisUrl, blockMs: 200 },
+      ),
+    );
+    const firstId = (await redis.xadd(stream.name, '*', 'n', '5'))!;
+    const [letter] = await waitFor(async () => {
+      const found = await listDeadLetters(redis, stream);
+      return found.length > 0 && found;
+    });
+    failing = false;
+
+    const [a, b] = await Promise.all([
+      replayDeadLetters(redis, stream, [letter!.id]),
+      replayDeadLetters(redis, stream, [letter!.id]),
+    ]);
+
+    const entryIds = [a![0]!.entryId, b![0]!.entryId].filter(Boolean);
+    expect(entryIds).toHaveLength(1);
+    await waitFor(() => seen.length === 1);
+    await settle();
+    expect(seen).toEqual([[5, firstId]]);
+    expect(await listDeadLetters(redis, stream)).toEqual([]);
+  });
+});
+
+describe('retention', () => {
+  it('trims the stream to about maxLen entries as it publishes', async () => {
+    const stream = defineStream({ ...testStream(), retention: { maxLen: 100 } });
+
+    for (let n = 0; n < 1_000; n += 1) await publisher.publish(stream, { n });
+
+    // `~` trims whole nodes of 100 entries: between 100 and 200 remain.
+    const length = await redis.xlen(stream.name);
+    expect(length).toBeGreaterThanOrEqual(100);
+    expect(length).toBeLessThan(200);
+  });
+
+  it('drops entries older than maxAgeMs as it publishes', async () => {
+    const stream = defineStream({ ...testStream(), retention: { maxAgeMs: 60_000 } });
+    // 250 entries from 1970: two full nodes of old entries, and half a node.
+    for (let seq = 0; seq < 250; seq += 1) await redis.xadd(stream.name, `1-${seq}`, 'n', '0');
+
+    await publisher.publish(stream, { n: 1 });
+
+    expect(await redis.xlen(stream.name)).toBe(51);
+  });
+
+  it('keeps every entry with keep-all, and refuses a retention out of range', async () => {
+    const stream = defineStream({ ...testStream(), retention: 'keep-all' });
+    for (let seq = 0; seq < 250; seq += 1) await redis.xadd(stream.name, `1-${seq}`, 'n', '0');
+
+    await publisher.publish(stream, { n: 1 });
+
+    expect(await redis.xlen(stream.name)).toBe(251);
+    expect(() => defineStream({ ...testStream(), retention: { maxLen: 0 } })).toThrow(/maxLen/);
+  });
+});
+
+describe('close() under load', () => {
+  it('acks every entry whose handler finished and leaves the rest to another consumer, none handled twice', async () => {
+    const stream = testStream();
+    await publishRange(stream, 60);
+    const finished: number[] = [];
+    const slow = (into: number[]) => async (event: { n: number }) => {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      into.push(event.n);
+    };
+    const first = start(stream, slow(finished), { consumer: 'first', count: 20 });
+    await waitFor(() => finished.length >= 15);
+
+    await first.close();
+
+    const stillPending = await pendingCount(stream);
+    const afterwards: number[] = [];
+    start(stream, slow(afterwards), { consumer: 'second', claimIdleMs: 100 });
+    await waitFor(
+      async () => finished.length + afterwards.length === 60 && (await pendingCount(stream)) === 0,
+      {
+        what: 'all 60 handled',
+      },
+    );
+    await settle();
+    expect(stillPending).toBeGreaterThan(0);
+    expect([...finished, ...afterwards].sort((x, y) => x - y)).toEqual(
+      Array.from({ length: 60 }, (_, n) => n),
+    );
   });
 });
 

@@ -1,0 +1,106 @@
+import type { Redis } from 'ioredis';
+import { REPLAY_DEAD_LETTER } from './scripts.ts';
+import {
+  decode,
+  fieldsFromReply,
+  trimArguments,
+  xaddArguments,
+  type Fields,
+  type StreamDefinition,
+} from './stream.ts';
+
+/** An entry a subscription gave up on, as it sits in the dead-letter stream. */
+export interface DeadLetter {
+  /** Its ID in the dead-letter stream: what `replayDeadLetters` takes. */
+  readonly id: string;
+  /** Its ID in the stream it came from. */
+  readonly entryId: string;
+  readonly group: string;
+  readonly consumer: string;
+  readonly deliveries: number;
+  /** Why it was given up on, e.g. `invalid entry: price: must be a positive decimal number`. */
+  readonly reason: string;
+  /** The entry's own fields, as it was published. */
+  readonly fields: Fields;
+}
+
+export interface DeadLetterOptions {
+  /** @defaultValue `${stream.name}:dlq`, as `subscribe()` writes it */
+  deadLetterStream?: string;
+}
+
+export interface ListOptions extends DeadLetterOptions {
+  /** @defaultValue 100 */
+  count?: number;
+  /** List the dead letters after this dead-letter ID (for paging). @defaultValue from the first */
+  after?: string;
+}
+
+const META = 'dlq:';
+
+/** The dead letters of `stream`, oldest first. */
+export async function listDeadLetters(
+  redis: Redis,
+  stream: StreamDefinition,
+  { count = 100, after, deadLetterStream = `${stream.name}:dlq` }: ListOptions = {},
+): Promise<DeadLetter[]> {
+  const entries = await redis.xrange(deadLetterStream, after ? `(${after}` : '-', '+', 'COUNT', count);
+  return entries.map(([id, flat]) => toDeadLetter(id, flat));
+}
+
+function toDeadLetter(id: string, flat: string[]): DeadLetter {
+  const all = fieldsFromReply(flat);
+  const fields: Fields = {};
+  for (const [name, value] of Object.entries(all)) if (!name.startsWith(META)) fields[name] = value;
+  return {
+    id,
+    entryId: all['dlq:id'] ?? '',
+    group: all['dlq:group'] ?? '',
+    consumer: all['dlq:consumer'] ?? '',
+    deliveries: Number(all['dlq:deliveries'] ?? 0),
+    reason: all['dlq:reason'] ?? '',
+    fields,
+  };
+}
+
+export interface Replayed {
+  /** The dead letter's ID. */
+  readonly id: string;
+  /** The new entry in the original stream, or `undefined` if the dead letter was already gone. */
+  readonly entryId: string | undefined;
+}
+
+/**
+ * Puts dead letters back on `stream` (once their cause is fixed) and removes them from the
+ * dead-letter stream, each in one atomic step: a dead letter is replayed once, even if two
+ * operators replay it at the same time. The new entry reaches every group of the stream again,
+ * not only the one that gave up on it; the services' effects are idempotent per order, so the
+ * groups that had handled it do nothing twice. It keeps its identity: an entry that reads as an
+ * event is written back as that event (a tutorial entry keeps, as `orderId`, the entry ID it was
+ * first published under); one that still does not read is written back as it was, and will be
+ * dead-lettered again.
+ */
+export async function replayDeadLetters(
+  redis: Redis,
+  stream: StreamDefinition,
+  ids: readonly string[],
+  { deadLetterStream = `${stream.name}:dlq` }: DeadLetterOptions = {},
+): Promise<Replayed[]> {
+  const replayed: Replayed[] = [];
+  for (const id of ids) {
+    const [found] = await redis.xrange(deadLetterStream, id, id);
+    if (!found) {
+      replayed.push({ id, entryId: undefined });
+      continue;
+    }
+    const letter = toDeadLetter(id, found[1]);
+    const decoded = decode(stream, letter.entryId, letter.fields);
+    const args = decoded.ok
+      ? xaddArguments(stream, decoded.event)
+      : [...trimArguments(stream), '*', ...Object.entries(letter.fields).flat()];
+    const entryId = (await redis.eval(REPLAY_DEAD_LETTER, 2, deadLetterStream, stream.name, id, ...args)) as
+      string | null;
+    replayed.push({ id, entryId: entryId ?? undefined });
+  }
+  return replayed;
+}
