@@ -1,4 +1,6 @@
 import express from 'express';
+import { probeRedis } from '@msa/stream-kit/service';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { SentLog } from './sent-log.ts';
@@ -7,15 +9,22 @@ const Query = z.object({ userId: z.string('userId: required').trim().min(1, 'use
 
 export interface AppDeps {
   sentLog: SentLog;
+  /** For the readiness probe. */
+  redis: Redis;
   logger: Logger;
 }
 
-export function createApp({ sentLog, logger }: AppDeps) {
+export function createApp({ sentLog, redis, logger }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
+  });
+
+  app.get('/readyz', async (_req, res) => {
+    const readiness = await probeRedis(redis);
+    res.status(readiness.ready ? 200 : 503).json(readiness);
   });
 
   /** What was sent to a user, oldest first: for people and tests to see the flow's outcome. */

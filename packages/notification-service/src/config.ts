@@ -1,7 +1,7 @@
-import { ConsumerName, parseEnv, serviceEnv } from '@msa/stream-kit/service';
+import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
 import type { z } from 'zod';
 
-const Config = serviceEnv(8082).extend({ CONSUMER_NAME: ConsumerName });
+const Config = consumerEnv(8082);
 export type Config = z.infer<typeof Config>;
 
 /** Parses the environment once, at start-up; throws naming each bad variable. */

@@ -22,13 +22,21 @@ const redis = openRequestConnection(
   logger.child({ component: 'redis' }),
   'notification-service',
 );
-const deps = { sender: logSender(logger.child({ component: 'sender' })), sentLog: redisSentLog(redis) };
-const consumerOptions = { connection: config.REDIS_URL, logger: logger.child({ component: 'consumer' }) };
+const deps = {
+  sender: logSender(logger.child({ component: 'sender' })),
+  // Shorter than claimIdleMs: an event taken over from a crashed instance finds its lease expired.
+  sentLog: redisSentLog(redis, { leaseMs: config.CLAIM_IDLE_MS / 2 }),
+};
+const consumerOptions = {
+  connection: config.REDIS_URL,
+  logger: logger.child({ component: 'consumer' }),
+  claimIdleMs: config.CLAIM_IDLE_MS,
+};
 const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),
   subscribe(GROUP, config.CONSUMER_NAME, PaymentEvents, paymentSmsHandler(deps), consumerOptions),
 ];
-const app = createApp({ sentLog: deps.sentLog, logger: logger.child({ component: 'http' }) });
+const app = createApp({ sentLog: deps.sentLog, redis, logger: logger.child({ component: 'http' }) });
 const server = await listen(app, config.PORT).catch((err: unknown) => {
   logger.fatal({ err, port: config.PORT }, 'cannot listen');
   process.exit(1);

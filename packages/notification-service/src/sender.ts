@@ -6,6 +6,12 @@ export interface Message {
   channel: Channel;
   userId: string;
   text: string;
+  /**
+   * The same for every attempt at this notification, e.g. `mail:<orderId>`: pass it to the
+   * provider as its idempotency key, and it drops the one duplicate notification-service cannot
+   * (a crash after the provider accepted the message, before it was recorded).
+   */
+  idempotencyKey: string;
 }
 
 /**

@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import type { DeliveryContext } from '@msa/stream-kit';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
 
@@ -13,22 +15,114 @@ export interface SentNotification {
   time: string;
 }
 
-/** Every notification sent, per user, in notification-service's own Redis keys. */
+export interface Once {
+  /**
+   * What makes this notification one, e.g. `mail:<orderId>`: a second event with the same key is
+   * not sent again. Also the idempotency key to hand the provider.
+   */
+  key: string;
+  userId: string;
+  notification: SentNotification;
+  /** The delivery it answers: its entry is acked in the same step as the record. */
+  context: DeliveryContext;
+}
+
+/**
+ * Every notification sent, per user, and the guard that sends each one once across processes.
+ * All in notification-service's own keys.
+ */
 export interface SentLog {
-  record(userId: string, notification: SentNotification): Promise<void>;
+  /**
+   * Calls `send` unless the notification was sent already, then records it and acks its entry in
+   * one atomic step. While `send` runs, the notification is leased to this consumer for `leaseMs`,
+   * so another process that gets the same event waits (the call throws, and the entry is retried)
+   * instead of sending it too. A crash between `send` and the record sends it again once the lease
+   * expires: the one duplicate that no Redis step can rule out, which is why providers get `key`
+   * as their idempotency key. Resolves to whether it was sent now.
+   */
+  sendOnce(once: Once, send: () => Promise<void>): Promise<boolean>;
   /** Oldest first. */
   list(userId: string): Promise<SentNotification[]>;
 }
 
-const key = (userId: string) => `notification-service:sent:${userId}`;
+const logKey = (userId: string) => `notification-service:sent:${userId}`;
+export const markerKey = (key: string) => `notification-service:once:${key}`;
 
-export function redisSentLog(redis: Redis): SentLog {
+/** How long a sent notification is remembered, so a late duplicate of its event is not sent again. */
+export const REMEMBER_SENT_MS = 30 * 24 * 60 * 60 * 1000;
+
+/**
+ * KEYS: marker, stream. ARGV: group, entry ID, this consumer's lease prefix, token, lease ms.
+ * 'sent': done before (the entry is acked now). 'busy': another consumer holds the lease.
+ * 'claimed': ours to send. A lease held under our own consumer name is an earlier run of this
+ * consumer that died while sending: a consumer name is never used by two live processes.
+ */
+const CLAIM = `
+local state = redis.call('GET', KEYS[1])
+if state == 'sent' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  return 'sent'
+end
+if state and string.sub(state, 1, #ARGV[3]) ~= ARGV[3] then return 'busy' end
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+return 'claimed'
+`;
+
+/** KEYS: marker, user's log, stream. ARGV: record, group, entry ID, remember ms. */
+const COMPLETE = `
+if redis.call('GET', KEYS[1]) ~= 'sent' then
+  redis.call('SET', KEYS[1], 'sent', 'PX', ARGV[4])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+end
+redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
+return 1
+`;
+
+/** KEYS: marker. ARGV: token. Gives the lease up after a failed send, so a retry need not wait. */
+const RELEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+`;
+
+interface Scripts {
+  claimOnce(...args: (string | number)[]): Promise<'sent' | 'busy' | 'claimed'>;
+  completeOnce(...args: (string | number)[]): Promise<number>;
+  releaseOnce(...args: (string | number)[]): Promise<number>;
+}
+
+/** A sent log on `redis` (the service's own connection: the scripts are defined on it). */
+export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
+  redis.defineCommand('claimOnce', { numberOfKeys: 2, lua: CLAIM });
+  redis.defineCommand('completeOnce', { numberOfKeys: 3, lua: COMPLETE });
+  redis.defineCommand('releaseOnce', { numberOfKeys: 1, lua: RELEASE });
+  const scripts = redis as unknown as Scripts;
+
   return {
-    async record(userId, notification) {
-      await redis.rpush(key(userId), JSON.stringify(notification));
+    async sendOnce({ key, userId, notification, context }, send) {
+      const marker = markerKey(key);
+      const prefix = `sending:${context.consumer}:`;
+      const token = `${prefix}${randomUUID()}`;
+      // prettier-ignore
+      const state = await scripts.claimOnce(
+        marker, context.stream, context.group, context.id, prefix, token, leaseMs,
+      );
+      if (state === 'sent') return false;
+      if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
+      try {
+        await send();
+      } catch (err) {
+        await scripts.releaseOnce(marker, token).catch(() => {});
+        throw err;
+      }
+      // prettier-ignore
+      await scripts.completeOnce(
+        marker, logKey(userId), context.stream,
+        JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
+      );
+      return true;
     },
     async list(userId) {
-      const items = await redis.lrange(key(userId), 0, -1);
+      const items = await redis.lrange(logKey(userId), 0, -1);
       return items.map((item) => JSON.parse(item) as SentNotification);
     },
   };

@@ -4,10 +4,11 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { freePort } from '../../../scripts/net.ts';
 import { createApp } from '../src/app.ts';
 import { orderMailHandler, paymentSmsHandler } from '../src/notify.ts';
 import type { Message, NotificationSender } from '../src/sender.ts';
-import { redisSentLog, type SentLog } from '../src/sent-log.ts';
+import { markerKey, redisSentLog, type SentLog } from '../src/sent-log.ts';
 
 let redis: Redis;
 let sentLog: SentLog;
@@ -27,58 +28,168 @@ function recordingSender(): NotificationSender & { sent: Message[] } {
   return { sent, send: async (message) => void sent.push(message) };
 }
 
-const context = (id: string): DeliveryContext => ({ id, stream: 's', group: 'g', deliveryCount: 1 });
+/** An entry of a stream of its own, delivered to `consumer` as the subscription would. */
+async function delivered(consumer = 'c1'): Promise<DeliveryContext> {
+  const stream = `test-${randomUUID()}`;
+  await redis.xgroup('CREATE', stream, 'g', '$', 'MKSTREAM');
+  const id = (await redis.xadd(stream, '*', 'any', 'thing'))!;
+  await redis.xreadgroup('GROUP', 'g', consumer, 'STREAMS', stream, '>');
+  return { id, stream, group: 'g', consumer, deliveryCount: 1 };
+}
+
+async function pending({ stream, group }: DeliveryContext) {
+  const [count] = (await redis.xpending(stream, group)) as [number];
+  return count;
+}
+
+const order = (userId: string, orderId: string = randomUUID()) =>
+  ({ type: 'order-created', orderId, userId, productId: 'p-1', price: 1000 }) as const;
 
 describe('on order-created', () => {
-  it('mails the customer and records the mail', async () => {
+  it('mails the customer, records the mail and acks the entry', async () => {
     const userId = `user-${randomUUID()}`;
     const sender = recordingSender();
+    const context = await delivered();
 
-    await orderMailHandler({ sender, sentLog })(
-      { type: 'order-created', orderId: 'o-1', userId, productId: 'p-1', price: 1000 },
-      context('1-0'),
-    );
+    await orderMailHandler({ sender, sentLog })(order(userId, 'o-1'), context);
 
-    expect(sender.sent).toEqual([{ channel: 'mail', userId, text: expect.stringContaining('o-1') }]);
-    expect(await sentLog.list(userId)).toEqual([
-      { channel: 'mail', event: 'order-created', orderId: 'o-1', entryId: '1-0', time: expect.any(String) },
+    expect(sender.sent).toEqual([
+      { channel: 'mail', userId, text: expect.stringContaining('o-1'), idempotencyKey: 'mail:o-1' },
     ]);
+    expect(await sentLog.list(userId)).toEqual([
+      {
+        channel: 'mail',
+        event: 'order-created',
+        orderId: 'o-1',
+        entryId: context.id,
+        time: expect.any(String),
+      },
+    ]);
+    expect(await pending(context)).toBe(0);
   });
 
-  it('records nothing when the sender fails, so the event is delivered again', async () => {
+  it('records nothing when the sender fails, and a retry sends at once', async () => {
     const userId = `user-${randomUUID()}`;
     const failing: NotificationSender = { send: async () => Promise.reject(new Error('SMTP down')) };
+    const event = order(userId);
+    const context = await delivered();
 
-    const handling = orderMailHandler({ sender: failing, sentLog })(
-      { type: 'order-created', orderId: 'o-2', userId, productId: 'p', price: 1 },
-      context('2-0'),
-    );
+    const handling = orderMailHandler({ sender: failing, sentLog })(event, context);
 
     await expect(handling).rejects.toThrow('SMTP down');
     expect(await sentLog.list(userId)).toEqual([]);
+    expect(await pending(context)).toBe(1);
+    const sender = recordingSender();
+    await orderMailHandler({ sender, sentLog })(event, { ...context, deliveryCount: 2 });
+    expect(sender.sent).toHaveLength(1);
+  });
+
+  it('mails once when the order is delivered again, or to two instances at once', async () => {
+    const userId = `user-${randomUUID()}`;
+    const sender = recordingSender();
+    const event = order(userId);
+    const context = await delivered();
+    const handle = orderMailHandler({ sender, sentLog });
+
+    const outcomes = await Promise.allSettled([
+      handle(event, { ...context, consumer: 'a' }),
+      handle(event, { ...context, consumer: 'b' }),
+    ]);
+    await handle(event, { ...context, consumer: 'c', deliveryCount: 2 });
+
+    expect(sender.sent).toHaveLength(1);
+    expect(await sentLog.list(userId)).toHaveLength(1);
+    // One instance sent; the other found the mail leased and will see it sent on its retry.
+    expect(outcomes.map((outcome) => outcome.status).sort()).toEqual(['fulfilled', 'rejected']);
+    expect(await pending(context)).toBe(0);
+  });
+
+  it("waits while another consumer's lease on the mail is live, and takes over once it expires", async () => {
+    const userId = `user-${randomUUID()}`;
+    const event = order(userId);
+    const context = await delivered('b');
+    // 'a' claimed the mail and died before sending it.
+    await redis.set(markerKey(`mail:${event.orderId}`), 'sending:a:1', 'PX', 300);
+    const sender = recordingSender();
+    const handle = orderMailHandler({ sender, sentLog });
+
+    await expect(handle(event, context)).rejects.toThrow(/being sent by another consumer/);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    await handle(event, { ...context, deliveryCount: 2 });
+
+    expect(sender.sent).toHaveLength(1);
+  });
+
+  it('takes over at once a lease left by an earlier run of the same consumer', async () => {
+    const userId = `user-${randomUUID()}`;
+    const event = order(userId);
+    const context = await delivered('a');
+    await redis.set(markerKey(`mail:${event.orderId}`), 'sending:a:earlier-run', 'PX', 60_000);
+    const sender = recordingSender();
+
+    await orderMailHandler({ sender, sentLog })(event, context);
+
+    expect(sender.sent).toHaveLength(1);
   });
 });
 
 describe('on payment-completed', () => {
-  it('texts the customer and records the SMS', async () => {
+  it('texts the customer once per order and records the SMS', async () => {
     const userId = `user-${randomUUID()}`;
     const sender = recordingSender();
+    const payment = {
+      type: 'payment-completed',
+      orderId: `o-${randomUUID()}`,
+      userId,
+      productId: 'p',
+      price: 5,
+      paymentProcessId: 'pay-9',
+    } as const;
+    const handle = paymentSmsHandler({ sender, sentLog });
 
-    await paymentSmsHandler({ sender, sentLog })(
+    await handle(payment, await delivered());
+    await handle(payment, await delivered());
+
+    expect(sender.sent).toEqual([
       {
-        type: 'payment-completed',
-        orderId: 'o-3',
+        channel: 'sms',
         userId,
-        productId: 'p',
-        price: 5,
-        paymentProcessId: 'pay-9',
+        text: expect.stringContaining('pay-9'),
+        idempotencyKey: `sms:${payment.orderId}`,
       },
-      context('3-0'),
-    );
-
-    expect(sender.sent).toEqual([{ channel: 'sms', userId, text: expect.stringContaining('pay-9') }]);
+    ]);
     expect(await sentLog.list(userId)).toMatchObject([
-      { channel: 'sms', event: 'payment-completed', orderId: 'o-3' },
+      { channel: 'sms', event: 'payment-completed', orderId: payment.orderId },
+    ]);
+  });
+});
+
+describe("on a payment written by the tutorial's Java payment-service", () => {
+  it('texts the customer once per entry and records the SMS without an orderId', async () => {
+    const userId = `user-${randomUUID()}`;
+    const sender = recordingSender();
+    const context = await delivered();
+    const payment = {
+      type: 'payment-completed',
+      userId,
+      productId: 'p',
+      price: 5,
+      paymentProcessId: '0',
+    } as const;
+
+    await paymentSmsHandler({ sender, sentLog })(payment, context);
+    await paymentSmsHandler({ sender, sentLog })(payment, { ...context, deliveryCount: 2 });
+
+    expect(sender.sent).toEqual([
+      {
+        channel: 'sms',
+        userId,
+        text: 'Payment 0 of 5 completed.',
+        idempotencyKey: `sms:${context.stream}/${context.id}`,
+      },
+    ]);
+    expect(await sentLog.list(userId)).toEqual([
+      { channel: 'sms', event: 'payment-completed', entryId: context.id, time: expect.any(String) },
     ]);
   });
 });
@@ -87,42 +198,43 @@ describe('GET /notifications', () => {
   it("lists a user's notifications, oldest first", async () => {
     const userId = `user-${randomUUID()}`;
     const sender = recordingSender();
-    await orderMailHandler({ sender, sentLog })(
-      { type: 'order-created', orderId: 'o-4', userId, productId: 'p', price: 1 },
-      context('4-0'),
-    );
+    const placed = order(userId);
+    await orderMailHandler({ sender, sentLog })(placed, await delivered());
     await paymentSmsHandler({ sender, sentLog })(
-      { type: 'payment-completed', orderId: 'o-4', userId, productId: 'p', price: 1, paymentProcessId: 'x' },
-      context('5-0'),
+      { ...placed, type: 'payment-completed', paymentProcessId: 'x' },
+      await delivered(),
     );
 
-    const response = await request(createApp({ sentLog, logger })).get('/notifications').query({ userId });
+    const response = await request(createApp({ sentLog, redis, logger }))
+      .get('/notifications')
+      .query({ userId });
 
     expect(response.status).toBe(200);
     expect(response.body.map((n: { channel: string }) => n.channel)).toEqual(['mail', 'sms']);
   });
 
   it('answers 400 naming userId when it is missing', async () => {
-    const response = await request(createApp({ sentLog, logger })).get('/notifications');
+    const response = await request(createApp({ sentLog, redis, logger })).get('/notifications');
 
     expect(response.status).toBe(400);
     expect(response.body).toEqual({ error: expect.stringContaining('userId'), field: 'userId' });
   });
 });
 
-describe("on a payment written by the tutorial's Java payment-service", () => {
-  it('texts the customer and records the SMS without an orderId', async () => {
-    const userId = `user-${randomUUID()}`;
-    const sender = recordingSender();
+describe('GET /readyz', () => {
+  it('is ready while Redis answers, and says why not when it does not', async () => {
+    const unreachable = new Redis(await freePort(), { lazyConnect: true, maxRetriesPerRequest: 0 });
+    unreachable.on('error', () => {});
+    try {
+      const ready = await request(createApp({ sentLog, redis, logger })).get('/readyz');
+      const notReady = await request(createApp({ sentLog, redis: unreachable, logger })).get('/readyz');
+      const health = await request(createApp({ sentLog, redis: unreachable, logger })).get('/healthz');
 
-    await paymentSmsHandler({ sender, sentLog })(
-      { type: 'payment-completed', userId, productId: 'p', price: 5, paymentProcessId: '0' },
-      context('6-0'),
-    );
-
-    expect(sender.sent).toEqual([{ channel: 'sms', userId, text: 'Payment 0 of 5 completed.' }]);
-    expect(await sentLog.list(userId)).toEqual([
-      { channel: 'sms', event: 'payment-completed', entryId: '6-0', time: expect.any(String) },
-    ]);
+      expect([ready.status, ready.body]).toEqual([200, { ready: true }]);
+      expect([notReady.status, notReady.body]).toEqual([503, { ready: false, reason: expect.any(String) }]);
+      expect(health.status).toBe(200);
+    } finally {
+      unreachable.disconnect();
+    }
   });
 });

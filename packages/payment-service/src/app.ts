@@ -1,11 +1,17 @@
 import express from 'express';
+import { probeRedis } from '@msa/stream-kit/service';
+import type { Redis } from 'ioredis';
 
-/** payment-service works off the stream; its HTTP surface is for health checks. */
-export function createApp() {
+/** payment-service works off the stream; its HTTP surface is for health and readiness checks. */
+export function createApp({ redis }: { redis: Redis }) {
   const app = express();
   app.disable('x-powered-by');
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    const readiness = await probeRedis(redis);
+    res.status(readiness.ready ? 200 : 503).json(readiness);
   });
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });

@@ -1,5 +1,5 @@
-import { createPublisher, OrderEvents, subscribe } from '@msa/stream-kit';
-import { closeServer, gracefulShutdown, listen } from '@msa/stream-kit/service';
+import { OrderEvents, subscribe } from '@msa/stream-kit';
+import { closeServer, gracefulShutdown, listen, openRequestConnection } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -14,28 +14,33 @@ try {
 }
 
 const logger = pino({ name: 'payment-service', level: config.LOG_LEVEL });
-const publisher = createPublisher({
-  connection: config.REDIS_URL,
-  logger: logger.child({ component: 'publisher' }),
-});
+const redis = openRequestConnection(
+  config.REDIS_URL,
+  logger.child({ component: 'redis' }),
+  'payment-service',
+);
 const subscription = subscribe(
   'payment-service-group',
   config.CONSUMER_NAME,
   OrderEvents,
-  paymentHandler({ publisher, logger: logger.child({ component: 'payments' }) }),
-  { connection: config.REDIS_URL, logger: logger.child({ component: 'consumer' }) },
+  paymentHandler({ redis, logger: logger.child({ component: 'payments' }) }),
+  {
+    connection: config.REDIS_URL,
+    logger: logger.child({ component: 'consumer' }),
+    claimIdleMs: config.CLAIM_IDLE_MS,
+  },
 );
-const server = await listen(createApp(), config.PORT).catch((err: unknown) => {
+const server = await listen(createApp({ redis }), config.PORT).catch((err: unknown) => {
   logger.fatal({ err, port: config.PORT }, 'cannot listen');
   process.exit(1);
 });
 logger.info({ port: config.PORT, consumer: config.CONSUMER_NAME }, 'payment-service listening');
 
-// The subscription before the publisher: the payment under way still needs to publish.
+// The subscription before the connection: the payment under way still needs it.
 const shutdown = gracefulShutdown(logger, [
   () => closeServer(server),
   () => subscription.close(),
-  () => publisher.close(),
+  () => redis.quit().catch(() => redis.disconnect()),
 ]);
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));

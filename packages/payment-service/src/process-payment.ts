@@ -1,34 +1,91 @@
 import { randomUUID } from 'node:crypto';
-import { PaymentEvents, type Handler, type OrderEvent, type Publisher } from '@msa/stream-kit';
+import {
+  OrderEvents,
+  PaymentEvents,
+  xaddArguments,
+  type DeliveryContext,
+  type Handler,
+  type OrderEvent,
+} from '@msa/stream-kit';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
+/** The payment record of an order: written once, with its `payment-events` entry. */
+export interface Payment {
+  paymentProcessId: string;
+  /** The `order-events` entry it pays for. */
+  orderEntryId: string;
+  /** Its `payment-events` entry. */
+  paymentEntryId: string;
+  /** ISO 8601. */
+  paidAt: string;
+}
+
+/** The record of the payment for `orderId`: one hash per order, kept for good. */
+export const paymentKey = (orderId: string) => `payment-service:payment:${orderId}`;
+
+/*
+ * One atomic step: the payment record, its payment-events entry and the XACK of the order entry.
+ * A crash before it leaves the order pending, to be paid on redelivery; a crash after it leaves
+ * nothing to do. A redelivered order (reclaim, restart, a lost ack) finds the record and is only
+ * acked. No command in it can fail on keys of the right type, and Redis runs a script whole.
+ *
+ * KEYS: payment record, payment-events, order-events.
+ * ARGV: group, order entry ID, paymentProcessId, paidAt, then the XADD arguments.
+ */
+const PAY_ONCE = `
+local existing = redis.call('HGET', KEYS[1], 'paymentProcessId')
+if existing then
+  redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+  return {0, existing}
+end
+local entryId = redis.call('XADD', KEYS[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'paymentProcessId', ARGV[3], 'orderEntryId', ARGV[2],
+  'paymentEntryId', entryId, 'paidAt', ARGV[4])
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+return {1, ARGV[3]}
+`;
+
 export interface PaymentDeps {
-  publisher: Publisher;
+  /** payment-service's own connection; the script is defined on it. */
+  redis: Redis;
   logger: Logger;
 }
 
 /**
- * Pays for each order and announces it on `payment-events`. The payment process ID is a UUID, not
- * the tutorial's in-memory counter, so it stays unique across restarts and across instances.
+ * Pays for each order once and announces it on `payment-events`, however often the order is
+ * delivered. The payment process ID is a UUID, not the tutorial's in-memory counter, so it stays
+ * unique across restarts and instances.
  */
-export function paymentHandler({ publisher, logger }: PaymentDeps): Handler<OrderEvent> {
-  return async (order, { id }) => {
+export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEvent> {
+  redis.defineCommand('payOnce', { numberOfKeys: 3, lua: PAY_ONCE });
+  const payOnce = (redis as unknown as PayOnce).payOnce.bind(redis);
+
+  return async (order, context: DeliveryContext) => {
     switch (order.type) {
       case 'order-created': {
-        const paymentProcessId = randomUUID();
-        const entryId = await publisher.publish(PaymentEvents, {
-          type: 'payment-completed',
+        const event = {
+          type: 'payment-completed' as const,
           orderId: order.orderId,
           userId: order.userId,
           productId: order.productId,
           price: order.price,
-          paymentProcessId,
-        });
-        logger.info(
-          { orderId: order.orderId, orderEntryId: id, paymentProcessId, entryId },
-          'payment completed',
+          paymentProcessId: randomUUID(),
+        };
+        // prettier-ignore
+        const [created, paymentProcessId] = await payOnce(
+          paymentKey(order.orderId), PaymentEvents.name, OrderEvents.name,
+          context.group, context.id, event.paymentProcessId, new Date().toISOString(),
+          ...xaddArguments(PaymentEvents, event),
         );
+        const where = { orderId: order.orderId, orderEntryId: context.id, paymentProcessId };
+        if (created === 1) logger.info(where, 'payment completed');
+        else logger.info(where, 'order already paid; acknowledged again');
       }
     }
   };
+}
+
+interface PayOnce {
+  payOnce(...args: (string | number)[]): Promise<[created: 0 | 1, paymentProcessId: string]>;
 }

@@ -1,20 +1,18 @@
 import { randomUUID } from 'node:crypto';
-import { createPublisher, type DeliveryContext, type Publisher } from '@msa/stream-kit';
+import type { DeliveryContext, OrderEvent } from '@msa/stream-kit';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { entryFields } from '../../../test/support/streams.ts';
-import { paymentHandler } from '../src/process-payment.ts';
+import { paymentHandler, paymentKey } from '../src/process-payment.ts';
 
 let redis: Redis;
-let publisher: Publisher;
+const logger = pino({ level: 'silent' });
 
 beforeAll(() => {
   redis = new Redis(inject('redisUrl'));
-  publisher = createPublisher({ connection: redis });
 });
 afterAll(async () => {
-  await publisher.close();
   await redis.quit();
 });
 
@@ -22,45 +20,85 @@ async function paymentsFor(orderId: string) {
   return (await entryFields(redis, 'payment-events')).filter((fields) => fields.orderId === orderId);
 }
 
-const context: DeliveryContext = {
-  id: '1-0',
-  stream: 'order-events',
-  group: 'payment-service-group',
-  deliveryCount: 1,
-};
+/**
+ * An order entry delivered to a group of its own (other test files consume `order-events` too),
+ * as the subscription would hand it to the handler.
+ */
+async function deliveredOrder(): Promise<[OrderEvent & { type: 'order-created' }, DeliveryContext]> {
+  const group = `test-${randomUUID()}`;
+  await redis.xgroup('CREATE', 'order-events', group, '$', 'MKSTREAM');
+  const order = {
+    type: 'order-created' as const,
+    orderId: randomUUID(),
+    userId: 'u1',
+    productId: 'p1',
+    price: 1000,
+  };
+  const id = (await redis.xadd('order-events', '*', ...Object.entries(order).flat().map(String)))!;
+  await redis.xreadgroup('GROUP', group, 'c', 'STREAMS', 'order-events', '>');
+  return [order, { id, stream: 'order-events', group, consumer: 'c', deliveryCount: 1 }];
+}
+
+async function pending(context: DeliveryContext) {
+  const [count] = (await redis.xpending('order-events', context.group)) as [number];
+  return count;
+}
 
 describe('on order-created', () => {
-  it('publishes payment-completed with the order fields and a payment process ID', async () => {
-    const orderId = randomUUID();
-    const handle = paymentHandler({ publisher, logger: pino({ level: 'silent' }) });
+  it('publishes payment-completed, records the payment and acks the order, all at once', async () => {
+    const [order, context] = await deliveredOrder();
 
-    await handle({ type: 'order-created', orderId, userId: 'u1', productId: 'p1', price: 1000 }, context);
+    await paymentHandler({ redis, logger })(order, context);
 
-    expect(await paymentsFor(orderId)).toEqual([
-      {
-        type: 'payment-completed',
-        orderId,
-        userId: 'u1',
-        productId: 'p1',
-        price: '1000',
-        paymentProcessId: expect.stringMatching(/^[0-9a-f-]{36}$/),
-      },
-    ]);
+    const [payment] = await paymentsFor(order.orderId);
+    expect(payment).toEqual({
+      type: 'payment-completed',
+      orderId: order.orderId,
+      userId: 'u1',
+      productId: 'p1',
+      price: '1000',
+      paymentProcessId: expect.stringMatching(/^[0-9a-f-]{36}$/),
+    });
+    expect(await redis.hgetall(paymentKey(order.orderId))).toEqual({
+      paymentProcessId: payment!.paymentProcessId,
+      orderEntryId: context.id,
+      paymentEntryId: expect.stringMatching(/^\d+-\d+$/),
+      paidAt: expect.any(String),
+    });
+    expect(await pending(context)).toBe(0);
+  });
+
+  it('pays an order delivered again (or to two instances at once) only once', async () => {
+    const [order, context] = await deliveredOrder();
+    const instances = [1, 2, 3].map(() => paymentHandler({ redis, logger }));
+
+    await Promise.all(instances.map((handle) => handle(order, context)));
+    await instances[0]!(order, { ...context, deliveryCount: 2 });
+
+    expect(await paymentsFor(order.orderId)).toHaveLength(1);
+    expect(await pending(context)).toBe(0);
+  });
+
+  it('only acks an order whose payment was recorded before a crash lost the ack', async () => {
+    const [order, context] = await deliveredOrder();
+    await redis.hset(paymentKey(order.orderId), 'paymentProcessId', 'paid-before-the-crash');
+
+    await paymentHandler({ redis, logger })(order, context);
+
+    expect(await paymentsFor(order.orderId)).toEqual([]);
+    expect(await pending(context)).toBe(0);
   });
 
   it('gives every payment a new ID, even from two separate instances', async () => {
-    const orderIds = [randomUUID(), randomUUID(), randomUUID()];
+    const orders = await Promise.all([1, 2, 3].map(() => deliveredOrder()));
     // Two handlers stand for two instances, or one instance before and after a restart.
-    const instances = [1, 2].map(() => paymentHandler({ publisher, logger: pino({ level: 'silent' }) }));
+    const instances = [1, 2].map(() => paymentHandler({ redis, logger }));
 
-    for (const [i, orderId] of orderIds.entries()) {
-      await instances[i % 2]!(
-        { type: 'order-created', orderId, userId: 'u', productId: 'p', price: 1 },
-        context,
-      );
-    }
+    for (const [i, [order, context]] of orders.entries()) await instances[i % 2]!(order, context);
 
-    const ids = (await Promise.all(orderIds.map(paymentsFor))).flat().map((p) => p.paymentProcessId);
+    const ids = (await Promise.all(orders.map(([order]) => paymentsFor(order.orderId))))
+      .flat()
+      .map((p) => p.paymentProcessId);
     expect(ids).toHaveLength(3);
     expect(new Set(ids).size).toBe(3);
   });

@@ -1,4 +1,5 @@
 import type { Server } from 'node:http';
+import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Logger } from './logger.ts';
 import { defaultConsumerName } from './subscriber.ts';
@@ -25,12 +26,47 @@ export function serviceEnv(defaultPort: number) {
 /** This instance's name in its consumer groups: unique per running instance. */
 export const ConsumerName = z.string().trim().min(1).default(defaultConsumerName);
 
+/** The variables of a service that consumes streams; `extend()` it with its own. */
+export function consumerEnv(defaultPort: number) {
+  return serviceEnv(defaultPort).extend({
+    CONSUMER_NAME: ConsumerName,
+    /** `subscribe()`'s `claimIdleMs`: how long a crashed instance's entries wait for another to take them. */
+    CLAIM_IDLE_MS: z.coerce.number().int().min(100).default(60_000),
+  });
+}
+
 /** Parses `env` with `schema`; the error names every bad variable. */
 export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv): z.output<S> {
   const result = schema.safeParse(env);
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
   throw new Error(`invalid environment: ${problems.join('; ')}`);
+}
+
+export type Readiness = { ready: true } | { ready: false; reason: string };
+
+/**
+ * Whether `redis` answers PING within `timeoutMs`: what `GET /readyz` reports. Never throws, and
+ * never waits longer, whatever state the connection is in.
+ */
+export async function probeRedis(redis: Redis, timeoutMs = 1_000): Promise<Readiness> {
+  if (redis.status !== 'ready') return { ready: false, reason: `redis connection is ${redis.status}` };
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<Readiness>((resolve) => {
+    timer = setTimeout(
+      () => resolve({ ready: false, reason: 'redis did not answer PING in time' }),
+      timeoutMs,
+    );
+  });
+  const ping = redis.ping().then(
+    (): Readiness => ({ ready: true }),
+    (err: unknown): Readiness => ({ ready: false, reason: `redis: ${(err as Error).message}` }),
+  );
+  try {
+    return await Promise.race([ping, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Starts listening; rejects (EADDRINUSE, EACCES) instead of crashing the process. */

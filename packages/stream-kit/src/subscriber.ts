@@ -12,6 +12,8 @@ export interface DeliveryContext {
   readonly id: string;
   readonly stream: string;
   readonly group: string;
+  /** The consumer it was delivered to: this subscription's. */
+  readonly consumer: string;
   /** 1 on the first delivery; grows each time the entry is delivered again. */
   readonly deliveryCount: number;
 }
@@ -557,6 +559,7 @@ class ConsumerLoop {
         id,
         stream: this.stream.name,
         group: this.group,
+        consumer: this.consumer,
         deliveryCount,
       });
     } catch (err) {
