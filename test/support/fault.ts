@@ -1,0 +1,328 @@
+import { randomUUID } from 'node:crypto';
+import type { ChildProcess } from 'node:child_process';
+import { Redis } from 'ioredis';
+import { startRedisServer, type RedisServer } from '../../scripts/redis-server.ts';
+import { exitOf, spawnService, startService, type RunningService, type ServiceName } from './services.ts';
+import { waitFor } from './wait.ts';
+
+/*
+ * The fault run: orders placed over HTTP while payment-service and notification-service, two
+ * instances each, are killed with SIGKILL and restarted at random, and Redis (AOF, fsync always)
+ * is restarted once. Then every accepted order must have exactly one payment, one mail and one
+ * SMS, nothing may be left pending, and the dead-letter streams must be empty.
+ */
+
+export interface FaultOptions {
+  /** Orders to place. */
+  orders: number;
+  /** Requests in flight at once. @defaultValue 16 */
+  concurrency?: number;
+  /** Seed of the kill schedule, printed so a failing run can be replayed. @defaultValue random */
+  seed?: number;
+  /** Mean time between two kills, in ms. @defaultValue 700 */
+  killEveryMs?: number;
+  /** How long to wait, once the orders are in, for the system to settle. @defaultValue 120000 */
+  settleTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface FaultReport {
+  seed: number;
+  ordersAccepted: number;
+  /** Requests answered with something other than 202 (or not at all) and sent again with the same key. */
+  retriedRequests: number;
+  kills: number;
+  redisRestarts: number;
+  /** `payment-events` entries per accepted order: all must be 1. */
+  payments: Histogram;
+  mails: Histogram;
+  sms: Histogram;
+  /** Payments, mails or SMS for orders nobody placed. */
+  strays: number;
+  pending: Record<string, number>;
+  deadLetters: Record<string, number>;
+  durationMs: number;
+}
+
+/** How many orders had 0, 1, 2... of something. */
+export type Histogram = Record<number, number>;
+
+const GROUPS = [
+  ['order-events', 'payment-service-group'],
+  ['order-events', 'notification-service-group'],
+  ['payment-events', 'notification-service-group'],
+] as const;
+const USERS = 50;
+
+/** A consumer instance that can be killed and started again. */
+class Instance {
+  private child: ChildProcess | undefined;
+  private tail = '';
+
+  constructor(
+    readonly service: ServiceName,
+    /** A fixed consumer name (a restart picks up its own pending entries at once), or none (a new `hostname-pid`). */
+    private readonly consumerName: string | undefined,
+    private readonly env: Record<string, string>,
+  ) {}
+
+  start() {
+    this.child = spawnService(this.service, {
+      ...this.env,
+      PORT: '0',
+      ...(this.consumerName ? { CONSUMER_NAME: this.consumerName } : {}),
+    });
+    // Keep the pipes drained (a full pipe would stall the process) and the last lines for failures.
+    for (const stream of [this.child.stdout!, this.child.stderr!]) {
+      stream.on('data', (chunk: Buffer) => (this.tail = (this.tail + chunk.toString()).slice(-4_000)));
+    }
+  }
+
+  async kill() {
+    const child = this.child;
+    if (!child) return;
+    child.kill('SIGKILL');
+    await exitOf(child);
+  }
+
+  describe() {
+    return `--- ${this.service} (${this.consumerName ?? 'pid name'}) ---\n${this.tail}`;
+  }
+}
+
+export async function runFault(options: FaultOptions): Promise<FaultReport> {
+  const log = options.log ?? (() => {});
+  const seed = options.seed ?? Math.floor(Math.random() * 2 ** 31);
+  const random = mulberry32(seed);
+  const began = Date.now();
+  log(`fault run: ${options.orders} orders, seed ${seed}`);
+
+  const server: RedisServer = await startRedisServer({
+    args: ['--appendonly', 'yes', '--appendfsync', 'always'],
+  });
+  const redis = new Redis(server.url, { maxRetriesPerRequest: null });
+  redis.on('error', () => {});
+  const env = { REDIS_URL: server.url, LOG_LEVEL: 'warn', CLAIM_IDLE_MS: '1000' };
+  let order: RunningService | undefined;
+  const instances = [
+    new Instance('payment-service', 'payment-1', env),
+    new Instance('payment-service', undefined, env),
+    new Instance('notification-service', 'notification-1', env),
+    new Instance('notification-service', undefined, env),
+  ];
+  let chaos = true;
+  let kills = 0;
+  let redisRestarts = 0;
+  try {
+    order = await startService('order-service', { ...env, LOG_LEVEL: 'error' });
+    for (const instance of instances) instance.start();
+
+    const placing = placeOrders(order.url, options.orders, options.concurrency ?? 16);
+    const killing = (async () => {
+      const every = options.killEveryMs ?? 700;
+      while (chaos) {
+        await sleep(every * (0.5 + random()));
+        if (!chaos) break;
+        const victim = instances[Math.floor(random() * instances.length)]!;
+        await victim.kill();
+        kills += 1;
+        await sleep(random() * 300);
+        victim.start();
+      }
+    })();
+    // Redis goes down once, a third of the way in, while everything is busy.
+    const restarting = (async () => {
+      await waitFor(() => placing.accepted.size >= options.orders / 3, { timeoutMs: 600_000 });
+      log('restarting redis');
+      await server.restart(500);
+      redisRestarts += 1;
+    })();
+
+    await Promise.all([placing.done, restarting]);
+    chaos = false;
+    await killing;
+    log(
+      `${placing.accepted.size} orders accepted (${placing.retried} requests retried), ${kills} kills; settling`,
+    );
+
+    const accepted = placing.accepted;
+    const settled = async () => {
+      const pending = await pendingCounts(redis);
+      const payments = await redis.xlen('payment-events');
+      const sent = await sentCount(redis);
+      return (
+        Object.values(pending).every((count) => count === 0) &&
+        payments >= accepted.size &&
+        sent >= 2 * accepted.size
+      );
+    };
+    await waitFor(settled, {
+      timeoutMs: options.settleTimeoutMs ?? 120_000,
+      intervalMs: 250,
+      what: 'the system to settle',
+    }).catch(async (err: Error) => {
+      throw new Error(
+        `${err.message}\n${JSON.stringify(await pendingCounts(redis))}\n${instances.map((i) => i.describe()).join('\n')}`,
+      );
+    });
+    // Late duplicates, if any, would show up now.
+    await sleep(1_500);
+
+    const payments = countBy(
+      accepted,
+      (await readStream(redis, 'payment-events')).map((fields) => fields.orderId),
+    );
+    const notifications = await readSentLogs(redis);
+    const mails = countBy(
+      accepted,
+      notifications.filter((n) => n.channel === 'mail').map((n) => n.orderId),
+    );
+    const sms = countBy(
+      accepted,
+      notifications.filter((n) => n.channel === 'sms').map((n) => n.orderId),
+    );
+    const deadLetters: Record<string, number> = {};
+    for (const stream of ['order-events:dlq', 'payment-events:dlq'])
+      deadLetters[stream] = await redis.xlen(stream);
+    return {
+      seed,
+      ordersAccepted: accepted.size,
+      retriedRequests: placing.retried,
+      kills,
+      redisRestarts,
+      payments: payments.histogram,
+      mails: mails.histogram,
+      sms: sms.histogram,
+      strays: payments.strays + mails.strays + sms.strays,
+      pending: await pendingCounts(redis),
+      deadLetters,
+      durationMs: Date.now() - began,
+    };
+  } finally {
+    chaos = false;
+    await Promise.all(instances.map((instance) => instance.kill()));
+    await order?.stop(5_000);
+    redis.disconnect();
+    await server.stop();
+  }
+}
+
+/**
+ * Places `count` orders, `concurrency` at a time. Each has its own Idempotency-Key and is sent
+ * again with it until it gets a 202, as a careful client does: so no order is placed twice, and
+ * none is given up on.
+ */
+function placeOrders(url: string, count: number, concurrency: number) {
+  const accepted = new Set<string>();
+  const state = { accepted, retried: 0, done: Promise.resolve() };
+  let next = 0;
+  async function worker() {
+    while (next < count) {
+      const n = next++;
+      const key = randomUUID();
+      const body = JSON.stringify({
+        userId: `fault-${n % USERS}`,
+        productId: `p-${n}`,
+        price: 10 + (n % 90),
+      });
+      for (let attempt = 1; ; attempt += 1) {
+        const response = await fetch(`${url}/orders`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'idempotency-key': key },
+          body,
+          signal: AbortSignal.timeout(10_000),
+        }).catch(() => undefined);
+        if (response?.status === 202) {
+          accepted.add(((await response.json()) as { orderId: string }).orderId);
+          break;
+        }
+        await response?.body?.cancel();
+        state.retried += 1;
+        if (attempt > 100) throw new Error(`order ${n} not accepted after ${attempt} attempts`);
+        await sleep(50 * Math.min(attempt, 10));
+      }
+    }
+  }
+  state.done = Promise.all(Array.from({ length: concurrency }, worker)).then(() => {});
+  return state;
+}
+
+async function pendingCounts(redis: Redis): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const [stream, group] of GROUPS) {
+    const [count] = (await redis.xpending(stream, group).catch(() => [-1])) as [number];
+    counts[`${stream}/${group}`] = count;
+  }
+  return counts;
+}
+
+async function sentCount(redis: Redis): Promise<number> {
+  let total = 0;
+  for (let user = 0; user < USERS; user += 1)
+    total += await redis.llen(`notification-service:sent:fault-${user}`);
+  return total;
+}
+
+async function readSentLogs(redis: Redis): Promise<{ channel: string; orderId?: string }[]> {
+  const all: { channel: string; orderId?: string }[] = [];
+  for (let user = 0; user < USERS; user += 1) {
+    const items = await redis.lrange(`notification-service:sent:fault-${user}`, 0, -1);
+    all.push(...items.map((item) => JSON.parse(item) as { channel: string; orderId?: string }));
+  }
+  return all;
+}
+
+async function readStream(redis: Redis, stream: string): Promise<Record<string, string>[]> {
+  const entries = await redis.xrange(stream, '-', '+');
+  return entries.map(([, flat]) => {
+    const fields: Record<string, string> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+    return fields;
+  });
+}
+
+/** For each accepted order, how many of `orderIds` name it; and how many name no accepted order. */
+function countBy(accepted: Set<string>, orderIds: (string | undefined)[]) {
+  const perOrder = new Map<string, number>([...accepted].map((id) => [id, 0]));
+  let strays = 0;
+  for (const id of orderIds) {
+    if (id !== undefined && perOrder.has(id)) perOrder.set(id, perOrder.get(id)! + 1);
+    else strays += 1;
+  }
+  const histogram: Histogram = {};
+  for (const count of perOrder.values()) histogram[count] = (histogram[count] ?? 0) + 1;
+  return { histogram, strays };
+}
+
+/** A small seeded generator, so a run's kill schedule can be replayed from its seed. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The report as a few lines of text. */
+export function formatReport(report: FaultReport): string {
+  const show = (h: Histogram) =>
+    Object.entries(h)
+      .map(([times, orders]) => `${orders} orders x${times}`)
+      .join(', ');
+  return [
+    `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s`,
+    `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)`,
+    `faults: ${report.kills} SIGKILLs of consumer instances, ${report.redisRestarts} Redis restart`,
+    `payments per order: ${show(report.payments)}`,
+    `mails per order:    ${show(report.mails)}`,
+    `SMS per order:      ${show(report.sms)}`,
+    `strays: ${report.strays}; pending: ${JSON.stringify(report.pending)}; dead letters: ${JSON.stringify(report.deadLetters)}`,
+  ].join('\n');
+}
