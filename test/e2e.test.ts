@@ -160,33 +160,50 @@ describe("an order written the Java tutorial's way (three fields, no type, no or
   });
 });
 
-describe('a malformed order entry', () => {
-  it('goes to the dead-letter stream for each group while later orders still flow', async () => {
-    const poisonId = await redis.xadd(
-      'order-events',
-      '*',
-      'userId',
-      'erin',
-      'productId',
-      'p',
-      'price',
-      'free',
-    );
-    const orderId = await placeOrder({ userId: 'erin', productId: 'p', price: 1 });
+describe('malformed order entries', () => {
+  /** Entries of every wrong shape, each with what its dead letter's reason must name. */
+  const wrongShapes: [what: string, fields: (string | Buffer)[], reason: RegExp][] = [
+    ['a price that is no number', ['userId', 'erin', 'productId', 'p', 'price', 'free'], /price/],
+    ['a negative price', ['userId', 'erin', 'productId', 'p', 'price', '-5'], /price/],
+    ['a missing userId', ['productId', 'p', 'price', '10'], /userId/],
+    ['a blank productId', ['userId', 'erin', 'productId', '   ', 'price', '10'], /productId/],
+    ['a huge userId', ['userId', 'x'.repeat(1_000_000), 'productId', 'p', 'price', '10'], /userId/],
+    [
+      'an unknown event type',
+      ['type', 'order-teleported', 'userId', 'erin', 'productId', 'p', 'price', '1'],
+      /type/,
+    ],
+    ['no fields that mean anything', ['hello', 'world'], /userId/],
+    ['invalid UTF-8', ['userId', Buffer.from([0xc3, 0x28]), 'productId', 'p', 'price', '10'], /UTF-8/],
+  ];
 
-    await bothNotifications('erin', orderId);
+  it('go to the dead-letter stream, once per group and with their reason, while the orders around them flow', async () => {
+    const before = await placeOrder({ userId: 'erin', productId: 'before', price: 1 });
+    const poisonIds: string[] = [];
+    for (const [, fields] of wrongShapes) poisonIds.push((await redis.xadd('order-events', '*', ...fields))!);
+    const after = await placeOrder({ userId: 'erin', productId: 'after', price: 2 });
+
+    await bothNotifications('erin', before);
+    await bothNotifications('erin', after);
     const letters = await waitFor(
       async () => {
-        const mine = (await entryFields(redis, 'order-events:dlq')).filter((f) => f['dlq:id'] === poisonId);
-        return mine.length === 2 && mine;
+        const mine = (await entryFields(redis, 'order-events:dlq')).filter((f) =>
+          poisonIds.includes(f['dlq:id']!),
+        );
+        return mine.length === 2 * poisonIds.length && mine;
       },
-      { what: 'two dead letters' },
+      { what: 'two dead letters per malformed entry' },
     );
-    expect(letters.map((l) => l['dlq:group']).sort()).toEqual([
-      'notification-service-group',
-      'payment-service-group',
-    ]);
-    expect(letters[0]?.['dlq:reason']).toMatch(/price/);
+    for (const [i, [what, , reason]] of wrongShapes.entries()) {
+      const forEntry = letters.filter((letter) => letter['dlq:id'] === poisonIds[i]);
+      expect(forEntry.map((l) => l['dlq:group']).sort(), what).toEqual([
+        'notification-service-group',
+        'payment-service-group',
+      ]);
+      expect(forEntry[0]?.['dlq:reason'], what).toMatch(reason);
+    }
+    expect(await paymentsFor(before)).toHaveLength(1);
+    expect(await paymentsFor(after)).toHaveLength(1);
   });
 });
 

@@ -7,8 +7,8 @@ import { waitFor } from './wait.ts';
 
 /*
  * The fault run: orders placed over HTTP while payment-service and notification-service, two
- * instances each, are killed with SIGKILL and restarted at random, and Redis (AOF, fsync always)
- * is restarted once. Then every accepted order must have exactly one payment, one mail and one
+ * instances each, are killed with SIGKILL (or stopped with SIGTERM) and restarted at random, and
+ * Redis (AOF, fsync always) is restarted once. Then every accepted order must have exactly one payment, one mail and one
  * SMS, nothing may be left pending, and the dead-letter streams must be empty.
  */
 
@@ -31,7 +31,10 @@ export interface FaultReport {
   ordersAccepted: number;
   /** Requests answered with something other than 202 (or not at all) and sent again with the same key. */
   retriedRequests: number;
+  /** SIGKILLs of consumer instances. */
   kills: number;
+  /** SIGTERMs of consumer instances: graceful stops in the middle of the work. */
+  terms: number;
   redisRestarts: number;
   /** `payment-events` entries per accepted order: all must be 1. */
   payments: Histogram;
@@ -78,11 +81,14 @@ class Instance {
     }
   }
 
-  async kill() {
+  /** SIGKILL, or SIGTERM for a graceful stop (which acks what finished and leaves the rest pending). */
+  async kill(signal: 'SIGKILL' | 'SIGTERM' = 'SIGKILL') {
     const child = this.child;
     if (!child) return;
-    child.kill('SIGKILL');
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
     await exitOf(child);
+    clearTimeout(timer);
   }
 
   describe() {
@@ -112,6 +118,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   ];
   let chaos = true;
   let kills = 0;
+  let terms = 0;
   let redisRestarts = 0;
   try {
     order = await startService('order-service', { ...env, LOG_LEVEL: 'error' });
@@ -124,8 +131,14 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         await sleep(every * (0.5 + random()));
         if (!chaos) break;
         const victim = instances[Math.floor(random() * instances.length)]!;
-        await victim.kill();
-        kills += 1;
+        // Two in three are crashes, the rest graceful stops.
+        if (random() < 2 / 3) {
+          await victim.kill('SIGKILL');
+          kills += 1;
+        } else {
+          await victim.kill('SIGTERM');
+          terms += 1;
+        }
         await sleep(random() * 300);
         victim.start();
       }
@@ -189,6 +202,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       ordersAccepted: accepted.size,
       retriedRequests: placing.retried,
       kills,
+      terms,
       redisRestarts,
       payments: payments.histogram,
       mails: mails.histogram,
@@ -319,7 +333,7 @@ export function formatReport(report: FaultReport): string {
   return [
     `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s`,
     `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)`,
-    `faults: ${report.kills} SIGKILLs of consumer instances, ${report.redisRestarts} Redis restart`,
+    `faults: ${report.kills} SIGKILLs and ${report.terms} SIGTERMs of consumer instances, ${report.redisRestarts} Redis restart`,
     `payments per order: ${show(report.payments)}`,
     `mails per order:    ${show(report.mails)}`,
     `SMS per order:      ${show(report.sms)}`,
