@@ -1,5 +1,6 @@
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import { freePort } from '../scripts/net.ts';
 import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
 import { exitOf, spawnService, startService, type RunningService } from './support/services.ts';
 import { entryFields } from './support/streams.ts';
@@ -216,6 +217,64 @@ describe('when payment-service is down', () => {
 
     await bothNotifications('frank', orderId);
     expect(await paymentsFor(orderId)).toHaveLength(1);
+  });
+});
+
+describe('when Redis is unreachable', () => {
+  it('the services start, report not ready, refuse orders with a quick 503, and recover once Redis is up', async () => {
+    const port = await freePort();
+    const env = { REDIS_URL: `redis://127.0.0.1:${port}` };
+    const services = await Promise.all([
+      startService('order-service', env),
+      startService('payment-service', env),
+      startService('notification-service', env),
+    ]);
+    let late: RedisServer | undefined;
+    try {
+      for (const service of services) {
+        expect((await fetch(`${service.url}/healthz`)).status, service.name).toBe(200);
+        expect((await fetch(`${service.url}/readyz`)).status, service.name).toBe(503);
+      }
+      const began = Date.now();
+      const refused = await fetch(`${services[0].url}/orders`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ userId: 'gina', productId: 'p', price: 3 }),
+      });
+      expect(refused.status).toBe(503);
+      expect(await refused.json()).toEqual({ error: expect.any(String) });
+      expect(Date.now() - began).toBeLessThan(5_000);
+
+      late = await startRedisServer({ port });
+
+      for (const service of services) {
+        await waitFor(async () => (await fetch(`${service.url}/readyz`)).status === 200, {
+          what: `${service.name} ready`,
+          timeoutMs: 15_000,
+        });
+      }
+      const response = await fetch(`${services[0].url}/orders`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ userId: 'gina', productId: 'p', price: 3 }),
+      });
+      expect(response.status).toBe(202);
+      const { orderId } = (await response.json()) as { orderId: string };
+      const local = new Redis(late.url);
+      try {
+        await waitFor(
+          async () =>
+            (await entryFields(local, 'payment-events')).some((entry) => entry.orderId === orderId) &&
+            (await local.llen('notification-service:sent:gina')) === 2,
+          { what: 'payment and notifications after recovery', timeoutMs: 15_000 },
+        );
+      } finally {
+        local.disconnect();
+      }
+    } finally {
+      await Promise.all(services.map((service) => service.stop()));
+      await late?.stop();
+    }
   });
 });
 
