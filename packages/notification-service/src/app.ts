@@ -1,5 +1,5 @@
 import express from 'express';
-import { probeRedis } from '@msa/stream-kit/service';
+import { readinessHandler } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -22,10 +22,7 @@ export function createApp({ sentLog, redis, logger }: AppDeps) {
     res.json({ status: 'ok' });
   });
 
-  app.get('/readyz', async (_req, res) => {
-    const readiness = await probeRedis(redis);
-    res.status(readiness.ready ? 200 : 503).json(readiness);
-  });
+  app.get('/readyz', readinessHandler(redis));
 
   /** What was sent to a user, oldest first: for people and tests to see the flow's outcome. */
   app.get('/notifications', async (req, res) => {

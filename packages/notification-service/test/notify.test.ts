@@ -230,8 +230,11 @@ describe('GET /readyz', () => {
       const notReady = await request(createApp({ sentLog, redis: unreachable, logger })).get('/readyz');
       const health = await request(createApp({ sentLog, redis: unreachable, logger })).get('/healthz');
 
-      expect([ready.status, ready.body]).toEqual([200, { ready: true }]);
-      expect([notReady.status, notReady.body]).toEqual([503, { ready: false, reason: expect.any(String) }]);
+      expect([ready.status, ready.body]).toEqual([200, { status: 'ready' }]);
+      expect([notReady.status, notReady.body]).toEqual([
+        503,
+        { status: 'not ready', reason: expect.any(String) },
+      ]);
       expect(health.status).toBe(200);
     } finally {
       unreachable.disconnect();

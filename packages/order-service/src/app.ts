@@ -1,8 +1,10 @@
 import express, { type ErrorRequestHandler, type Request } from 'express';
 import { EventValidationError, OrderCreated, type Publisher } from '@msa/stream-kit';
+import { readinessHandler } from '@msa/stream-kit/service';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { placeOrder, type OrderInput, type PlacedOrder } from './place-order.ts';
+import { IdempotencyConflictError, placeOrder, type OrderInput, type PlacedOrder } from './place-order.ts';
 
 /** Amounts in plain digits with at most two decimals, so they cross the wire exactly as sent. */
 const DECIMAL = /^\d+(\.\d{1,2})?$/;
@@ -28,12 +30,33 @@ const OrderQuery = OrderBody.extend({
     .pipe(z.number().positive(PRICE_MESSAGE).max(1e12)),
 });
 
+/** Printable ASCII, as the header may carry it: a UUID or any other client-chosen token. */
+const IDEMPOTENCY_KEY = /^[\x20-\x7e]{1,255}$/;
+const IDEMPOTENCY_FIELD = 'Idempotency-Key';
+
 export interface AppDeps {
+  /** Publishes orders placed without an idempotency key. */
   publisher: Publisher;
+  /** A request connection (`openRequestConnection`): idempotent orders and `/readyz`. */
+  redis: Redis;
   logger: Logger;
 }
 
-export function createApp({ publisher, logger }: AppDeps) {
+/**
+ * The order-service HTTP API:
+ *
+ * - `POST /orders` (JSON `userId`, `productId`, `price`) → 202 `{orderId}`. With an
+ *   `Idempotency-Key` header (1 to 255 printable ASCII characters, else 400), the order is placed
+ *   once per key: the same key with the same order (after validation) answers 202 with the same
+ *   `orderId` and publishes nothing more, for 24 h after the first request; the same key with
+ *   another order answers 409 `{error, field: 'Idempotency-Key'}`.
+ * - `GET /order?userId=&productId=&price=` → 200 `ok` (the tutorial's endpoint).
+ * - `GET /healthz` → 200 while the process runs; `GET /readyz` → 200 `{status: 'ready'}` when
+ *   Redis answers PING within a second, else 503 `{status: 'not ready', reason}`.
+ *
+ * Bad input gets 4xx `{error, field}`; Redis unreachable or too slow gets 503.
+ */
+export function createApp({ publisher, redis, logger }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
 
@@ -41,17 +64,23 @@ export function createApp({ publisher, logger }: AppDeps) {
     res.json({ status: 'ok' });
   });
 
-  async function accept(input: OrderInput) {
+  app.get('/readyz', readinessHandler(redis));
+
+  async function accept(input: OrderInput, idempotencyKey?: string) {
     let order: PlacedOrder;
     try {
-      order = await placeOrder(input, { publisher });
+      order = await placeOrder(input, { publisher, redis }, idempotencyKey);
     } catch (err) {
+      if (err instanceof IdempotencyConflictError)
+        throw new RequestError(409, err.message, IDEMPOTENCY_FIELD);
       // The catalogue may be stricter than the route's schema in some corner: still bad input.
       if (err instanceof EventValidationError) throw new RequestError(400, err.message);
       logger.warn({ err }, 'cannot publish the order');
       throw new RequestError(503, 'orders cannot be accepted right now, try again later');
     }
-    logger.info({ orderId: order.orderId, entryId: order.entryId }, 'order accepted');
+    const { orderId, entryId } = order;
+    if (order.replayed) logger.info({ orderId, entryId }, 'order replayed for its idempotency key');
+    else logger.info({ orderId, entryId }, 'order accepted');
     return order;
   }
 
@@ -61,7 +90,8 @@ export function createApp({ publisher, logger }: AppDeps) {
   });
 
   app.post('/orders', express.json({ limit: '16kb' }), async (req: Request, res) => {
-    const { orderId } = await accept(parse(OrderBody, req.body, 'body'));
+    const idempotencyKey = idempotencyKeyOf(req);
+    const { orderId } = await accept(parse(OrderBody, req.body, 'body'), idempotencyKey);
     res.status(202).json({ orderId });
   });
 
@@ -92,21 +122,50 @@ function parse<S extends z.ZodType>(schema: S, value: unknown, where: 'body' | '
   throw new RequestError(400, `${field}: ${issue?.message ?? 'invalid'}`, field);
 }
 
-/** Express's body parser marks its own errors with a `type` and the status to answer. */
+/** The request's `Idempotency-Key`, if it has one; throws a 400 if it is not a valid key. */
+function idempotencyKeyOf(req: Request): string | undefined {
+  const values = req.headersDistinct['idempotency-key'];
+  if (values === undefined) return undefined;
+  if (values.length !== 1)
+    throw new RequestError(400, `${IDEMPOTENCY_FIELD}: must be given once`, IDEMPOTENCY_FIELD);
+  const [key] = values;
+  if (!IDEMPOTENCY_KEY.test(key!))
+    throw new RequestError(
+      400,
+      `${IDEMPOTENCY_FIELD}: must be 1 to 255 printable ASCII characters`,
+      IDEMPOTENCY_FIELD,
+    );
+  return key;
+}
+
+/**
+ * Express's body parser fails with the status to answer (4xx) and, mostly, a `type`. A body that
+ * does not inflate as its Content-Encoding says has no `type`: zlib's error, with status 400.
+ */
 const BODY_PARSER_ERRORS: Record<string, string> = {
   'entity.parse.failed': 'body: malformed JSON',
   'entity.too.large': 'body: too large (16 kB at most)',
   'encoding.unsupported': 'body: unsupported content encoding',
   'charset.unsupported': 'body: unsupported charset',
   'request.aborted': 'body: request aborted',
+  'request.size.invalid': 'body: size does not match Content-Length',
 };
+
+/** The client's fault, as the body parser saw it: its status and a message naming the body. */
+function bodyParserError(err: unknown): { status: number; message: string } | undefined {
+  const { status, type } = (err ?? {}) as { status?: unknown; type?: unknown };
+  if (typeof status !== 'number' || status < 400 || status > 499) return undefined;
+  const known = typeof type === 'string' && Object.hasOwn(BODY_PARSER_ERRORS, type);
+  return { status, message: known ? BODY_PARSER_ERRORS[type]! : 'body: cannot be decoded' };
+}
 
 function errorHandler(logger: Logger): ErrorRequestHandler {
   return (err, _req, res, _next) => {
+    const bodyError = bodyParserError(err);
     if (err instanceof RequestError) {
       res.status(err.status).json({ error: err.message, field: err.field });
-    } else if (typeof err?.type === 'string' && err.type in BODY_PARSER_ERRORS) {
-      res.status(err.status ?? 400).json({ error: BODY_PARSER_ERRORS[err.type], field: 'body' });
+    } else if (bodyError) {
+      res.status(bodyError.status).json({ error: bodyError.message, field: 'body' });
     } else {
       logger.error({ err }, 'unexpected error');
       res.status(500).json({ error: 'internal error' });

@@ -1,5 +1,5 @@
 import { createPublisher } from '@msa/stream-kit';
-import { closeServer, gracefulShutdown, listen } from '@msa/stream-kit/service';
+import { closeServer, gracefulShutdown, listen, openRequestConnection } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -13,19 +13,24 @@ try {
 }
 
 const logger = pino({ name: 'order-service', level: config.LOG_LEVEL });
-const publisher = createPublisher({
-  connection: config.REDIS_URL,
-  logger: logger.child({ component: 'publisher' }),
-});
-const app = createApp({ publisher, logger: logger.child({ component: 'http' }) });
+// One request connection for everything: the publisher, the idempotent-order script and /readyz.
+// Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
+const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');
+const publisher = createPublisher({ connection: redis, logger: logger.child({ component: 'publisher' }) });
+const app = createApp({ publisher, redis, logger: logger.child({ component: 'http' }) });
 const server = await listen(app, config.PORT).catch((err: unknown) => {
   logger.fatal({ err, port: config.PORT }, 'cannot listen');
   process.exit(1);
 });
 logger.info({ port: config.PORT }, 'order-service listening');
 
-// HTTP first, so no request arrives to find the publisher closed.
-const shutdown = gracefulShutdown(logger, [() => closeServer(server), () => publisher.close()]);
+// HTTP first, so no request arrives to find the publisher closed; the publisher waits for its
+// publishes under way, then the connection it shares goes.
+const shutdown = gracefulShutdown(logger, [
+  () => closeServer(server),
+  () => publisher.close(),
+  () => redis.quit().catch(() => redis.disconnect()),
+]);
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
 }

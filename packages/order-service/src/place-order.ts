@@ -1,5 +1,6 @@
-import { randomUUID } from 'node:crypto';
-import { OrderEvents, type Publisher } from '@msa/stream-kit';
+import { createHash, randomUUID } from 'node:crypto';
+import { OrderEvents, xaddArguments, type Publisher } from '@msa/stream-kit';
+import type { Redis } from 'ioredis';
 
 export interface OrderInput {
   userId: string;
@@ -11,11 +12,106 @@ export interface PlacedOrder {
   orderId: string;
   /** The `order-events` entry that carries it. */
   entryId: string;
+  /** True when an earlier request with the same idempotency key placed it; nothing was published now. */
+  replayed: boolean;
 }
 
-/** Accepts an order by publishing `order-created`; payment and notification follow from the event. */
-export async function placeOrder(input: OrderInput, deps: { publisher: Publisher }): Promise<PlacedOrder> {
-  const orderId = randomUUID();
-  const entryId = await deps.publisher.publish(OrderEvents, { type: 'order-created', orderId, ...input });
-  return { orderId, entryId };
+export interface PlaceOrderDeps {
+  /** Publishes orders placed without an idempotency key. */
+  publisher: Publisher;
+  /** Runs the idempotent placement script; a request connection, so a command fails fast. */
+  redis: Redis;
+}
+
+/** How long an idempotency key is remembered after the order it placed: 24 hours. */
+export const IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60;
+
+/** Where the outcome of an idempotency key is kept: a hash of `bodyHash`, `orderId`, `entryId`. */
+const redisKey = (idempotencyKey: string) => `order-service:idempotency:${idempotencyKey}`;
+
+/** The idempotency key was used before for an order with another body; nothing was published. */
+export class IdempotencyConflictError extends Error {
+  constructor(readonly key: string) {
+    super('Idempotency-Key: already used for an order with another body');
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * Accepts an order by publishing `order-created`; payment and notification follow from the event.
+ *
+ * With `idempotencyKey`, the order is placed at most once per key: the first call publishes it and
+ * remembers the key for {@link IDEMPOTENCY_TTL_SECONDS} (24 h); a later call with the same key and
+ * the same order resolves to the same `orderId` (with `replayed: true`) and publishes nothing.
+ * The check and the publish run in one Lua script, so concurrent calls with one key publish once.
+ * After the TTL the key is forgotten and places a new order.
+ *
+ * Throws `IdempotencyConflictError` (nothing published) if the key was used for another order,
+ * `EventValidationError` if the order does not fit the event catalogue, or the Redis error if
+ * Redis cannot be reached or does not answer in time (the order may or may not be placed: retry
+ * with the same key to find out).
+ */
+export async function placeOrder(
+  input: OrderInput,
+  deps: PlaceOrderDeps,
+  idempotencyKey?: string,
+): Promise<PlacedOrder> {
+  const event = { type: 'order-created' as const, orderId: randomUUID(), ...input };
+  if (idempotencyKey === undefined) {
+    const entryId = await deps.publisher.publish(OrderEvents, event);
+    return { orderId: event.orderId, entryId, replayed: false };
+  }
+  const reply = await idempotentXadd(deps.redis)(
+    redisKey(idempotencyKey),
+    OrderEvents.name,
+    bodyHash(input),
+    event.orderId,
+    IDEMPOTENCY_TTL_SECONDS,
+    ...xaddArguments(OrderEvents, event),
+  );
+  const [outcome, orderId, entryId] = reply;
+  if (outcome === 'conflict') throw new IdempotencyConflictError(idempotencyKey);
+  return { orderId: orderId!, entryId: entryId!, replayed: outcome === 'replayed' };
+}
+
+/** SHA-256 of the validated order, its fields in a fixed order: equal orders hash equal. */
+function bodyHash({ userId, productId, price }: OrderInput): string {
+  return createHash('sha256')
+    .update(JSON.stringify([userId, productId, price]))
+    .digest('hex');
+}
+
+/*
+ * KEYS[1] the idempotency key, KEYS[2] the stream; ARGV[1] body hash, ARGV[2] the new order's ID,
+ * ARGV[3] TTL in seconds, ARGV[4..] the XADD arguments after the key.
+ * Returns {'replayed', orderId, entryId}, {'conflict'} or {'created', orderId, entryId}.
+ */
+const PLACE_ORDER_ONCE = `
+local stored = redis.call('HMGET', KEYS[1], 'bodyHash', 'orderId', 'entryId')
+if stored[1] then
+  if stored[1] == ARGV[1] then return {'replayed', stored[2], stored[3]} end
+  return {'conflict'}
+end
+local entryId = redis.call('XADD', KEYS[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'bodyHash', ARGV[1], 'orderId', ARGV[2], 'entryId', entryId)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {'created', ARGV[2], entryId}
+`;
+
+const COMMAND = 'orderServicePlaceOrderOnce';
+
+type PlaceOrderOnce = (
+  key: string,
+  stream: string,
+  bodyHash: string,
+  orderId: string,
+  ttlSeconds: number,
+  ...xaddArgs: string[]
+) => Promise<['replayed' | 'created', string, string] | ['conflict']>;
+
+/** The script as a command of `redis` (EVALSHA, EVAL the first time on each connection). */
+function idempotentXadd(redis: Redis): PlaceOrderOnce {
+  const client = redis as Redis & Partial<Record<typeof COMMAND, PlaceOrderOnce>>;
+  if (!client[COMMAND]) client.defineCommand(COMMAND, { numberOfKeys: 2, lua: PLACE_ORDER_ONCE });
+  return client[COMMAND]!.bind(client);
 }

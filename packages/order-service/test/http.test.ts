@@ -1,4 +1,5 @@
 import { createPublisher, type Publisher } from '@msa/stream-kit';
+import { openRequestConnection } from '@msa/stream-kit/service';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
@@ -11,6 +12,7 @@ import { createApp } from '../src/app.ts';
 // Its own Redis: these tests count the entries of the real `order-events` stream.
 let server: RedisServer;
 let redis: Redis;
+let appRedis: Redis;
 let publisher: Publisher;
 let app: ReturnType<typeof createApp>;
 const logger = pino({ level: 'silent' });
@@ -18,14 +20,16 @@ const logger = pino({ level: 'silent' });
 beforeAll(async () => {
   server = await startRedisServer();
   redis = new Redis(server.url);
-  publisher = createPublisher({ connection: server.url });
-  app = createApp({ publisher, logger });
+  appRedis = openRequestConnection(server.url, logger);
+  publisher = createPublisher({ connection: appRedis });
+  app = createApp({ publisher, redis: appRedis, logger });
 });
 beforeEach(async () => {
   await redis.del('order-events');
 });
 afterAll(async () => {
   await publisher?.close();
+  await appRedis?.quit();
   await redis?.quit();
   await server?.stop();
 });
@@ -98,6 +102,18 @@ describe('POST /orders', () => {
       expect(await orderEntries()).toEqual([]);
     });
 
+    it('a body that does not inflate as its Content-Encoding says', async () => {
+      const response = await request(app)
+        .post('/orders')
+        .set('content-type', 'application/json')
+        .set('content-encoding', 'gzip')
+        .send(JSON.stringify(valid));
+
+      expect(response.status).toBe(400);
+      expect(response.body).toEqual({ error: 'body: cannot be decoded', field: 'body' });
+      expect(await orderEntries()).toEqual([]);
+    });
+
     it('a body that is not JSON', async () => {
       const response = await request(app).post('/orders').set('content-type', 'text/plain').send('userId=u1');
 
@@ -159,16 +175,18 @@ describe('the HTTP surface', () => {
   });
 
   it('answers 503, not 500, when Redis cannot be reached', async () => {
-    const nowhere = createPublisher({ connection: `redis://127.0.0.1:${await freePort()}` });
+    const nowhere = openRequestConnection(`redis://127.0.0.1:${await freePort()}`, logger);
     try {
-      const response = await request(createApp({ publisher: nowhere, logger }))
+      const response = await request(
+        createApp({ publisher: createPublisher({ connection: nowhere }), redis: nowhere, logger }),
+      )
         .post('/orders')
         .send(valid);
 
       expect(response.status).toBe(503);
       expect(response.body.error).toMatch(/try again later/);
     } finally {
-      await nowhere.close();
+      nowhere.disconnect();
     }
   });
 });

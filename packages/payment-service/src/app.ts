@@ -1,5 +1,5 @@
 import express from 'express';
-import { probeRedis } from '@msa/stream-kit/service';
+import { readinessHandler } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 
 /** payment-service works off the stream; its HTTP surface is for health and readiness checks. */
@@ -9,10 +9,7 @@ export function createApp({ redis }: { redis: Redis }) {
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
-  app.get('/readyz', async (_req, res) => {
-    const readiness = await probeRedis(redis);
-    res.status(readiness.ready ? 200 : 503).json(readiness);
-  });
+  app.get('/readyz', readinessHandler(redis));
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });
   });

@@ -43,30 +43,39 @@ export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv)
   throw new Error(`invalid environment: ${problems.join('; ')}`);
 }
 
-export type Readiness = { ready: true } | { ready: false; reason: string };
+export type Readiness = { status: 'ready' } | { status: 'not ready'; reason: string };
 
 /**
  * Whether `redis` answers PING within `timeoutMs`: what `GET /readyz` reports. Never throws, and
  * never waits longer, whatever state the connection is in.
  */
 export async function probeRedis(redis: Redis, timeoutMs = 1_000): Promise<Readiness> {
-  if (redis.status !== 'ready') return { ready: false, reason: `redis connection is ${redis.status}` };
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<Readiness>((resolve) => {
-    timer = setTimeout(
-      () => resolve({ ready: false, reason: 'redis did not answer PING in time' }),
-      timeoutMs,
-    );
+    const reason = `redis: no answer to PING within ${timeoutMs} ms`;
+    timer = setTimeout(() => resolve({ status: 'not ready', reason }), timeoutMs);
   });
   const ping = redis.ping().then(
-    (): Readiness => ({ ready: true }),
-    (err: unknown): Readiness => ({ ready: false, reason: `redis: ${(err as Error).message}` }),
+    (): Readiness => ({ status: 'ready' }),
+    (err: unknown): Readiness => ({ status: 'not ready', reason: `redis: ${(err as Error).message}` }),
   );
   try {
     return await Promise.race([ping, timeout]);
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * `GET /readyz` for Express: 200 `{status: 'ready'}` while `redis` answers PING within a
+ * second, else 503 `{status: 'not ready', reason}`. Liveness (`/healthz`) stays apart: a service
+ * without Redis is alive, and recovers by itself, but should get no traffic.
+ */
+export function readinessHandler(redis: Redis) {
+  return async (_req: unknown, res: { status(code: number): { json(body: unknown): unknown } }) => {
+    const readiness = await probeRedis(redis);
+    res.status(readiness.status === 'ready' ? 200 : 503).json(readiness);
+  };
 }
 
 /** Starts listening; rejects (EADDRINUSE, EACCES) instead of crashing the process. */
