@@ -1,5 +1,11 @@
 import { OrderEvents, PaymentEvents, subscribe } from '@msa/stream-kit';
-import { closeServer, gracefulShutdown, listen, openRequestConnection } from '@msa/stream-kit/service';
+import {
+  closeServer,
+  gracefulShutdown,
+  listen,
+  LOG_REDACT,
+  openRequestConnection,
+} from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -16,7 +22,7 @@ try {
 }
 
 const GROUP = 'notification-service-group';
-const logger = pino({ name: 'notification-service', level: config.LOG_LEVEL });
+const logger = pino({ name: 'notification-service', level: config.LOG_LEVEL, redact: LOG_REDACT });
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),

@@ -1,5 +1,11 @@
 import { createPublisher } from '@msa/stream-kit';
-import { closeServer, gracefulShutdown, listen, openRequestConnection } from '@msa/stream-kit/service';
+import {
+  closeServer,
+  gracefulShutdown,
+  listen,
+  LOG_REDACT,
+  openRequestConnection,
+} from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -12,7 +18,7 @@ try {
   process.exit(1);
 }
 
-const logger = pino({ name: 'order-service', level: config.LOG_LEVEL });
+const logger = pino({ name: 'order-service', level: config.LOG_LEVEL, redact: LOG_REDACT });
 // One request connection for everything: the publisher, the idempotent-order script and /readyz.
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
 const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');

@@ -23,6 +23,25 @@ export function serviceEnv(defaultPort: number) {
   });
 }
 
+/**
+ * pino's `redact` paths for every service: secrets that could reach a log line through an error
+ * or a request are replaced by `[Redacted]`. No code logs them on purpose (the Redis URL is never
+ * logged, request bodies neither); this is the net under that.
+ */
+export const LOG_REDACT = [
+  'password',
+  '*.password',
+  'redisUrl',
+  '*.redisUrl',
+  'REDIS_URL',
+  '*.REDIS_URL',
+  'req.headers.authorization',
+  'req.headers.cookie',
+  '*.headers.authorization',
+  '*.headers.cookie',
+  '*.options.password',
+];
+
 /** This instance's name in its consumer groups: unique per running instance. */
 export const ConsumerName = z.string().trim().min(1).default(defaultConsumerName);
 
