@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { REPLAY_DEAD_LETTER } from './scripts.ts';
+import { REPLAY_DEAD_LETTERS } from './scripts.ts';
 import {
   decode,
   fieldsFromReply,
@@ -66,19 +66,23 @@ function toDeadLetter(id: string, flat: string[]): DeadLetter {
 export interface Replayed {
   /** The dead letter's ID. */
   readonly id: string;
-  /** The new entry in the original stream, or `undefined` if the dead letter was already gone. */
+  /**
+   * The new entry in the original stream, or `undefined` if the dead letter was already gone.
+   * Dead letters of one entry (one per group that gave up on it) share it: the entry is put back
+   * once.
+   */
   readonly entryId: string | undefined;
 }
 
 /**
  * Puts dead letters back on `stream` (once their cause is fixed) and removes them from the
- * dead-letter stream, each in one atomic step: a dead letter is replayed once, even if two
- * operators replay it at the same time. The new entry reaches every group of the stream again,
- * not only the one that gave up on it; the services' effects are idempotent per order, so the
- * groups that had handled it do nothing twice. It keeps its identity: an entry that reads as an
- * event is written back as that event (a tutorial entry keeps, as `orderId`, the entry ID it was
- * first published under); one that still does not read is written back as it was, and will be
- * dead-lettered again.
+ * dead-letter stream, in one atomic step per original entry: an entry is put back once, even if
+ * several groups dead-lettered it, and even if two operators replay it at the same time. The new
+ * entry reaches every group of the stream again, not only the ones that gave up on it; the
+ * services' effects are idempotent per order, so groups that had handled it do nothing twice. It
+ * keeps its identity: an entry that reads as an event is written back as that event (a tutorial
+ * entry keeps, as `orderId`, the entry ID it was first published under); one that still does not
+ * read is written back as it was, and will be dead-lettered again.
  */
 export async function replayDeadLetters(
   redis: Redis,
@@ -86,21 +90,30 @@ export async function replayDeadLetters(
   ids: readonly string[],
   { deadLetterStream = `${stream.name}:dlq` }: DeadLetterOptions = {},
 ): Promise<Replayed[]> {
-  const replayed: Replayed[] = [];
-  for (const id of ids) {
+  const byEntry = new Map<string, DeadLetter[]>();
+  const missing: string[] = [];
+  for (const id of new Set(ids)) {
     const [found] = await redis.xrange(deadLetterStream, id, id);
     if (!found) {
-      replayed.push({ id, entryId: undefined });
+      missing.push(id);
       continue;
     }
     const letter = toDeadLetter(id, found[1]);
-    const decoded = decode(stream, letter.entryId, letter.fields);
+    byEntry.set(letter.entryId, [...(byEntry.get(letter.entryId) ?? []), letter]);
+  }
+  const replayed: Replayed[] = missing.map((id) => ({ id, entryId: undefined }));
+  for (const letters of byEntry.values()) {
+    const [first] = letters as [DeadLetter];
+    const decoded = decode(stream, first.entryId, first.fields);
     const args = decoded.ok
       ? xaddArguments(stream, decoded.event)
-      : [...trimArguments(stream), '*', ...Object.entries(letter.fields).flat()];
-    const entryId = (await redis.eval(REPLAY_DEAD_LETTER, 2, deadLetterStream, stream.name, id, ...args)) as
-      string | null;
-    replayed.push({ id, entryId: entryId ?? undefined });
+      : [...trimArguments(stream), '*', ...Object.entries(first.fields).flat()];
+    const letterIds = letters.map((letter) => letter.id);
+    // prettier-ignore
+    const entryId = (await redis.eval(
+      REPLAY_DEAD_LETTERS, 2, deadLetterStream, stream.name, letterIds.length, ...letterIds, ...args,
+    )) as string | null;
+    for (const id of letterIds) replayed.push({ id, entryId: entryId ?? undefined });
   }
   return replayed;
 }

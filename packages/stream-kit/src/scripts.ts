@@ -22,13 +22,18 @@ return removed
 `;
 
 /**
- * KEYS[1] dead-letter stream, KEYS[2] stream; ARGV[1] dead letter's ID, ARGV[2..] the XADD
- * arguments after the key. Appends the entry to the stream and deletes the dead letter, or does
- * nothing (returns false) if the dead letter is already gone: replayed by someone else.
+ * KEYS[1] dead-letter stream, KEYS[2] stream; ARGV[1] n, ARGV[2..n+1] dead letters of one entry,
+ * then the XADD arguments after the key. Appends the entry to the stream once and deletes the dead
+ * letters, or does nothing (returns false) if they are all gone already: replayed by someone else.
  */
-export const REPLAY_DEAD_LETTER = `
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
-local id = redis.call('XADD', KEYS[2], unpack(ARGV, 2))
-redis.call('XDEL', KEYS[1], ARGV[1])
+export const REPLAY_DEAD_LETTERS = `
+local n = tonumber(ARGV[1])
+local present = {}
+for i = 2, n + 1 do
+  if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then present[#present + 1] = ARGV[i] end
+end
+if #present == 0 then return false end
+local id = redis.call('XADD', KEYS[2], unpack(ARGV, n + 2))
+redis.call('XDEL', KEYS[1], unpack(present))
 return id
 `;

@@ -902,6 +902,33 @@ describe('dead letters', () => {
     expect(seen).toEqual([[5, firstId]]);
     expect(await listDeadLetters(redis, stream)).toEqual([]);
   });
+
+  it('puts an entry that two groups dead-lettered back once, and removes both dead letters', async () => {
+    const stream = testStream();
+    const refuse = () => {
+      throw new NonRetryableError('no');
+    };
+    start(stream, refuse, { group: 'g1' });
+    start(stream, refuse, { group: 'g2' });
+    await groupCreated(stream);
+    await publisher.publish(stream, { n: 3 });
+    const letters = await waitFor(async () => {
+      const found = await listDeadLetters(redis, stream);
+      return found.length === 2 && found;
+    });
+
+    const replayed = await replayDeadLetters(
+      redis,
+      stream,
+      letters.map((letter) => letter.id),
+    );
+
+    const [first, second] = replayed.map((r) => r.entryId);
+    expect(first).toBeDefined();
+    expect(second).toBe(first);
+    expect((await redis.xrange(stream.name, '-', '+')).map(([id]) => id)).toContain(first);
+    expect(await redis.xlen(stream.name)).toBe(2);
+  });
 });
 
 describe('retention', () => {

@@ -1,0 +1,78 @@
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
+
+/* `pnpm dlq`, run as a real process against a Redis of its own. */
+
+const run = promisify(execFile);
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+let server: RedisServer;
+let redis: Redis;
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  redis = new Redis(server.url);
+});
+afterAll(async () => {
+  redis?.disconnect();
+  await server?.stop();
+});
+
+function dlq(...args: string[]) {
+  return run(process.execPath, ['--import', 'tsx', 'scripts/dlq.ts', ...args], {
+    cwd: ROOT,
+    env: { ...process.env, REDIS_URL: server.url },
+  });
+}
+
+it('lists the dead letters of a stream and replays them all, once per original entry', async () => {
+  // A tutorial-style order both groups gave up on.
+  const dead = ['userId', 'u1', 'productId', 'p1', 'price', '10'];
+  const meta = (group: string) => ['dlq:id', '5-0', 'dlq:stream', 'order-events', 'dlq:group', group];
+  await redis.xadd('order-events:dlq', '*', ...dead, ...meta('payment-service-group'), 'dlq:reason', 'r1');
+  await redis.xadd(
+    'order-events:dlq',
+    '*',
+    ...dead,
+    ...meta('notification-service-group'),
+    'dlq:reason',
+    'r2',
+  );
+
+  const listed = (await dlq('list', 'order-events')).stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line));
+  const replayed = (await dlq('replay', 'order-events', '--all')).stdout;
+
+  expect(listed).toMatchObject([
+    { entryId: '5-0', group: 'payment-service-group', reason: 'r1', fields: { userId: 'u1', price: '10' } },
+    { entryId: '5-0', group: 'notification-service-group', reason: 'r2' },
+  ]);
+  expect(replayed).toMatch(/replayed as order-events/);
+  expect(await redis.xlen('order-events:dlq')).toBe(0);
+  const entries = await redis.xrange('order-events', '-', '+');
+  expect(entries).toHaveLength(1);
+  // Written back as the event it reads as: it keeps its first entry ID as orderId.
+  expect(entries[0]![1]).toEqual([
+    'type',
+    'order-created',
+    'orderId',
+    '5-0',
+    'userId',
+    'u1',
+    'productId',
+    'p1',
+    'price',
+    '10',
+  ]);
+});
+
+it('explains its usage and exits 2 when called wrong', async () => {
+  const failure = await dlq('replay', 'no-such-stream').catch((err: { code: number; stderr: string }) => err);
+
+  expect(failure).toMatchObject({ code: 2, stderr: expect.stringContaining('usage: pnpm dlq') });
+});
