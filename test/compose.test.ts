@@ -1,6 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { startRedisServer } from '../scripts/redis-server.ts';
 
 /** The parts of the Compose file format these tests look at. */
 interface Healthcheck {
@@ -73,7 +77,7 @@ describe('docker-compose.yml', () => {
     ]);
   });
 
-  it('runs Redis with AOF persistence and a ping healthcheck', () => {
+  it('runs Redis with AOF persistence and a healthcheck that pings as the admin user', () => {
     const redis = service('redis');
     expect(redis.image).toBe('redis:7-alpine');
 
@@ -82,7 +86,7 @@ describe('docker-compose.yml', () => {
     const args = command as string[];
     expect(args[0]).toBe('redis-server');
     expect(hasOption(args, '--appendonly', 'yes')).toBe(true);
-    expect(hasOption(args, '--appendfsync', 'everysec')).toBe(true);
+    expect(hasOption(args, '--appendfsync', 'always')).toBe(true);
 
     // /data (where the AOF lives) is a named volume, declared at the top level.
     const dataVolume = (redis.volumes ?? []).find((v) => v.endsWith(':/data'));
@@ -93,8 +97,11 @@ describe('docker-compose.yml', () => {
 
     expect(redis.ports).toContain('6379:6379');
 
+    // redis-cli exits 0 whatever Redis answers (NOAUTH included): the check must look for PONG.
     const healthcheck = redis.healthcheck;
-    expect(healthcheck?.test).toEqual(['CMD', 'redis-cli', 'ping']);
+    const [kind, script] = healthcheck?.test as string[];
+    expect(kind).toBe('CMD-SHELL');
+    expect(script).toMatch(/^redis-cli --user admin --pass \S+ --no-auth-warning ping \| grep -qx PONG$/);
     expect(healthcheck?.interval).toMatch(/^\d+s$/);
     expect(healthcheck?.timeout).toMatch(/^\d+s$/);
     expect(healthcheck?.start_period).toMatch(/^\d+s$/);
@@ -111,8 +118,53 @@ describe('docker-compose.yml', () => {
     for (const { name, port } of appServices) {
       const svc = service(name);
       expect(svc.ports, name).toEqual([`${port}:${port}`]);
-      expect(svc.environment?.REDIS_URL, name).toBe('redis://redis:6379');
+      const url = new URL(String(svc.environment?.REDIS_URL));
+      expect(`${url.protocol}//${url.host}${url.pathname}`, name).toBe('redis://redis:6379');
       expect(String(svc.environment?.PORT), name).toBe(String(port));
+    }
+  });
+
+  it('loads the ACL file from the repository, read-only, and logs each service in as its own user', () => {
+    const redis = service('redis');
+    const args = redis.command ?? [];
+    const aclPath = args[args.indexOf('--aclfile') + 1];
+    expect(args).toContain('--aclfile');
+    expect(aclPath).toMatch(/^\/.+\.acl$/);
+    expect(redis.volumes).toContain(`./redis/users.acl:${aclPath}:ro`);
+    expect(existsSync(new URL('redis/users.acl', repoRoot))).toBe(true);
+
+    for (const { name } of appServices) {
+      const url = new URL(String(service(name).environment?.REDIS_URL));
+      expect(url.username, name).toBe(name);
+      expect(url.password, name).not.toBe('');
+    }
+  });
+
+  it('works against a redis-server loading redis/users.acl: healthcheck, and each service URL', async () => {
+    const aclFile = fileURLToPath(new URL('redis/users.acl', repoRoot));
+    const server = await startRedisServer({ args: ['--aclfile', aclFile] });
+    const clients: Redis[] = [];
+    try {
+      // The healthcheck as the container runs it, pointed at this server instead of 6379.
+      const [, script] = service('redis').healthcheck?.test as string[];
+      const healthcheck = (command: string) =>
+        execFileSync('sh', ['-c', command.replace(/^redis-cli /, `redis-cli -p ${server.port} `)], {
+          stdio: 'pipe',
+        });
+      expect(() => healthcheck(script!)).not.toThrow();
+      expect(() => healthcheck(script!.replace(/--pass \S+/, '--pass wrong'))).toThrow();
+
+      for (const { name } of appServices) {
+        const url = new URL(String(service(name).environment?.REDIS_URL));
+        url.host = `127.0.0.1:${server.port}`;
+        const client = new Redis(url.href, { maxRetriesPerRequest: 0, retryStrategy: () => null });
+        clients.push(client);
+        // Logged in as the user the URL names (the default user is off), with its password.
+        expect(await client.ping(), name).toBe('PONG');
+      }
+    } finally {
+      for (const client of clients) client.disconnect();
+      await server.stop();
     }
   });
 

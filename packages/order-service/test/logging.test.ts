@@ -16,7 +16,10 @@ it('keeps passwords, Redis URLs and auth headers out of log lines, wherever they
   logger.info({ password: 's3cret-1' }, 'top level');
   logger.info({ config: { REDIS_URL: 'redis://u:s3cret-2@h:6379', password: 's3cret-3' } }, 'nested');
   logger.warn({ req: { headers: { authorization: 'Bearer s3cret-4', cookie: 'sid=s3cret-5' } } }, 'request');
-  logger.error({ err: { options: { password: 's3cret-6' } } }, 'client error');
+  logger.error(
+    { err: { options: { password: 's3cret-6' }, command: { name: 'auth', args: ['s3cret-7'] } } },
+    'client error',
+  );
 
   expect(output.split('\n').filter(Boolean)).toHaveLength(4);
   expect(output).not.toMatch(/s3cret/);

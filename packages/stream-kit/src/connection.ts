@@ -24,6 +24,8 @@ export function openReaderConnection(
     retryStrategy: reconnectDelay,
     // CLIENT SETNAME takes no spaces.
     connectionName: name.replace(/\s/g, '_'),
+    // CLIENT SETINFO is not in the services' ACL (Redis 7.0 does not know it): do not send it.
+    disableClientInfo: true,
     // The read watchdog. A blocked read always gets its answer within BLOCK; if none comes within
     // twice that (a second at least), the socket is dead without TCP knowing it (a peer gone after a failover or a
     // NAT timeout): ioredis destroys it, the read fails, and the loop reconnects and reads again.
@@ -50,6 +52,7 @@ export function openRequestConnection(url: string, logger: Logger, name = 'strea
     maxRetriesPerRequest: 1,
     retryStrategy: reconnectDelay,
     connectionName: name,
+    disableClientInfo: true,
     // A Redis that accepts the connection but never answers (paused, overloaded, a half-open
     // socket) would otherwise hold the request forever. A command that timed out may still have
     // run: callers that retry need an idempotency key.

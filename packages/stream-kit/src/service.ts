@@ -40,6 +40,8 @@ export const LOG_REDACT = [
   '*.headers.authorization',
   '*.headers.cookie',
   '*.options.password',
+  // ioredis attaches the failed command to its error: for AUTH, its arguments are the password.
+  '*.command.args',
 ];
 
 /** This instance's name in its consumer groups: unique per running instance. */

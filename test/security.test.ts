@@ -1,0 +1,532 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Redis, type RedisOptions } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
+import { startService, type RunningService, type ServiceName } from './support/services.ts';
+import { entryFields } from './support/streams.ts';
+import { createTestCertificates, startTlsRedisServer, type TestCertificates } from './support/tls.ts';
+import { waitFor } from './support/wait.ts';
+
+/*
+ * Redis connections the services can be trusted with: behind a password, as one ACL user per
+ * service allowed only the commands and keys it needs (redis/users.acl), over TLS, and with no
+ * password in their logs. Each describe runs its own redis-server and the services as real
+ * processes, and stops them all in afterAll.
+ */
+
+const SERVICES: readonly ServiceName[] = ['order-service', 'payment-service', 'notification-service'];
+const ACL_FILE = fileURLToPath(new URL('../redis/users.acl', import.meta.url));
+
+/**
+ * The development passwords whose SHA-256 hashes redis/users.acl holds, for local use only
+ * (docker-compose.yml lists them too: a Redis 7 ACL file cannot carry comments).
+ */
+const DEV_PASSWORDS = {
+  admin: 'admin-dev-password',
+  'order-service': 'order-service-dev-password',
+  'payment-service': 'payment-service-dev-password',
+  'notification-service': 'notification-service-dev-password',
+} as const;
+type AclUser = keyof typeof DEV_PASSWORDS;
+
+/** What one describe runs. Everything in it is stopped in afterAll, whatever failed. */
+interface Stack {
+  redisServer?: RedisServer;
+  /** A client allowed everything, to look at the streams and at Redis itself. */
+  admin?: Redis;
+  services: Partial<Record<ServiceName, RunningService>>;
+  /** Further clients tests open. */
+  clients: Redis[];
+  /** Run last, after Redis has stopped. */
+  cleanups: (() => void)[];
+}
+
+function useStack(): Stack {
+  const stack: Stack = { services: {}, clients: [], cleanups: [] };
+  afterEach(() => {
+    onTestFailed(() => {
+      for (const service of Object.values(stack.services)) {
+        console.error(`--- ${service.name} output ---\n${service.output()}`);
+      }
+    });
+  });
+  afterAll(async () => {
+    await Promise.allSettled(Object.values(stack.services).map((service) => service.stop()));
+    for (const client of [stack.admin, ...stack.clients]) client?.disconnect();
+    await stack.redisServer?.stop();
+    for (const cleanup of stack.cleanups) cleanup();
+  });
+  return stack;
+}
+
+/** Starts the three services, each with the environment `envOf` gives it, after stopping any running. */
+async function startServices(
+  stack: Stack,
+  envOf: (name: ServiceName) => { REDIS_URL: string } & Record<string, string>,
+): Promise<void> {
+  await stopServices(stack);
+  const results = await Promise.allSettled(
+    SERVICES.map(async (name) => (stack.services[name] = await startService(name, envOf(name)))),
+  );
+  const failure = results.find((result) => result.status === 'rejected');
+  if (failure) throw failure.reason;
+}
+
+async function stopServices(stack: Stack): Promise<void> {
+  await Promise.all(Object.values(stack.services).map((service) => service.stop()));
+}
+
+function serviceOf(stack: Stack, name: ServiceName): RunningService {
+  const service = stack.services[name];
+  if (!service) throw new Error(`${name} is not running`);
+  return service;
+}
+
+/** A client that tries once: a refused connection or command fails instead of being retried. */
+function oneShotClient(stack: Stack, url: string, options: RedisOptions = {}): Redis {
+  const client = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    ...options,
+  });
+  client.on('error', () => {}); // the commands' rejections carry the errors the tests look at
+  stack.clients.push(client);
+  return client;
+}
+
+function postOrder(stack: Stack, userId: string, headers: Record<string, string> = {}) {
+  return fetch(`${serviceOf(stack, 'order-service').url}/orders`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ userId, productId: 'book-1', price: 1000 }),
+  });
+}
+
+/**
+ * Places an order over HTTP and waits for what must follow: its payment-events entry and its mail
+ * and SMS. Resolves to the order ID.
+ */
+async function expectOrderCarriedThrough(
+  stack: Stack,
+  userId: string,
+  headers: Record<string, string> = {},
+): Promise<string> {
+  const response = await postOrder(stack, userId, headers);
+  expect(response.status).toBe(202);
+  const { orderId } = (await response.json()) as { orderId: string };
+
+  const payment = await waitFor(
+    async () =>
+      (await entryFields(stack.admin!, 'payment-events')).find((entry) => entry.orderId === orderId),
+    { timeoutMs: 15_000, what: `the payment of order ${orderId}` },
+  );
+  expect(payment).toMatchObject({ type: 'payment-completed', userId, price: '1000' });
+
+  const notifications = `${serviceOf(stack, 'notification-service').url}/notifications?userId=${userId}`;
+  const sent = await waitFor(
+    async () => {
+      const all = (await (await fetch(notifications)).json()) as { channel: string; orderId: string }[];
+      const mine = all.filter((notification) => notification.orderId === orderId);
+      return mine.length >= 2 && mine;
+    },
+    { timeoutMs: 15_000, what: `mail and SMS for order ${orderId}` },
+  );
+  expect(sent.map((notification) => notification.channel).sort()).toEqual(['mail', 'sms']);
+  return orderId;
+}
+
+/** The lines of `output` that contain `secret`: what a failed assertion should show. */
+function linesWith(output: string, secret: string): string[] {
+  return output.split('\n').filter((line) => line.includes(secret));
+}
+
+/** Each service's log lines that contain one of `secrets`. */
+function leaks(stack: Stack, ...secrets: string[]): Record<string, string[]> {
+  return Object.fromEntries(
+    Object.values(stack.services).map((service) => [
+      service.name,
+      secrets.flatMap((secret) => linesWith(service.output(), secret)),
+    ]),
+  );
+}
+const noLeaks = Object.fromEntries(SERVICES.map((name) => [name, []]));
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+describe('with a Redis password (requirepass)', () => {
+  const stack = useStack();
+  const password = randomBytes(16).toString('hex');
+
+  beforeAll(async () => {
+    stack.redisServer = await startRedisServer({ args: ['--requirepass', password] });
+    const url = `redis://:${password}@127.0.0.1:${stack.redisServer.port}`;
+    stack.admin = new Redis(url);
+    await startServices(stack, () => ({ REDIS_URL: url }));
+  });
+
+  it('carries an order from order-service to payment and both notifications', async () => {
+    await expectOrderCarriedThrough(stack, 'password-alice');
+  });
+
+  it('turns away a client without the password', async () => {
+    const anonymous = oneShotClient(stack, stack.redisServer!.url);
+
+    await expect(anonymous.ping()).rejects.toThrow(/NOAUTH/);
+  });
+
+  it('never shows the password in the services’ logs', async () => {
+    await stopServices(stack);
+
+    expect(leaks(stack, password)).toEqual(noLeaks);
+  });
+});
+
+describe('under redis/users.acl, each service logged in as its own user', () => {
+  const stack = useStack();
+  const urlAs = (user: AclUser) =>
+    `redis://${user}:${DEV_PASSWORDS[user]}@127.0.0.1:${stack.redisServer!.port}`;
+  const clientAs = (user: AclUser) => oneShotClient(stack, urlAs(user));
+
+  beforeAll(async () => {
+    // redis-server only reads the file (ACL SAVE would write it): the repository's own file will do.
+    stack.redisServer = await startRedisServer({ args: ['--aclfile', ACL_FILE] });
+    stack.admin = new Redis(urlAs('admin'));
+    await stack.admin.call('ACL', 'LOG', 'RESET');
+    // A short claimIdleMs runs stream-kit's reclaim pass (XAUTOCLAIM, the idle-consumer script)
+    // every 250 ms, so the flow below uses it too (ACL DRYRUN checks the rest, XCLAIM included).
+    await startServices(stack, (name) => ({ REDIS_URL: urlAs(name), CLAIM_IDLE_MS: '500' }));
+  });
+
+  it('stores each password as a SHA-256 hash only, and keeps the default user off', () => {
+    const lines = readFileSync(ACL_FILE, 'utf8').split('\n').filter(Boolean);
+    const rulesOf = new Map(lines.map((line) => [line.split(' ')[1], line.split(' ')]));
+
+    expect([...rulesOf.keys()].sort()).toEqual([
+      'admin',
+      'default',
+      'notification-service',
+      'order-service',
+      'payment-service',
+    ]);
+    expect(rulesOf.get('default')).toEqual(expect.arrayContaining(['off', '-@all']));
+    expect(rulesOf.get('default')!.filter((rule) => /^(on|nopass|[#>])/.test(rule))).toEqual([]);
+    for (const [user, password] of Object.entries(DEV_PASSWORDS)) {
+      const rules = rulesOf.get(user)!;
+      expect(rules, user).toContain(`#${sha256(password)}`);
+      expect(
+        rules.filter((rule) => rule === 'nopass' || rule.startsWith('>')),
+        user,
+      ).toEqual([]);
+    }
+  });
+
+  it('carries an order end to end, with and without an Idempotency-Key', async () => {
+    await expectOrderCarriedThrough(stack, 'acl-alice');
+
+    const key = `key-${randomBytes(8).toString('hex')}`;
+    const orderId = await expectOrderCarriedThrough(stack, 'acl-bob', { 'idempotency-key': key });
+    const replay = await postOrder(stack, 'acl-bob', { 'idempotency-key': key });
+    expect(replay.status).toBe(202);
+    expect(await replay.json()).toEqual({ orderId });
+  });
+
+  it('lets each consumer group dead-letter a malformed entry', async () => {
+    const poisonId = await stack.admin!.xadd(
+      'order-events',
+      '*',
+      'userId',
+      'u',
+      'productId',
+      'p',
+      'price',
+      'free',
+    );
+
+    const letters = await waitFor(
+      async () => {
+        const mine = (await entryFields(stack.admin!, 'order-events:dlq')).filter(
+          (f) => f['dlq:id'] === poisonId,
+        );
+        return mine.length === 2 && mine;
+      },
+      { timeoutMs: 15_000, what: 'a dead letter from each group' },
+    );
+    expect(letters.map((letter) => letter['dlq:group']).sort()).toEqual([
+      'notification-service-group',
+      'payment-service-group',
+    ]);
+  });
+
+  it('refused none of the commands the services sent meanwhile', async () => {
+    const log = (await stack.admin!.call('ACL', 'LOG')) as (string | number)[][];
+    const denials = log
+      .map((flat) => {
+        const entry = new Map<string, string>();
+        for (let i = 0; i + 1 < flat.length; i += 2) entry.set(String(flat[i]), String(flat[i + 1]));
+        return entry;
+      })
+      // ioredis names itself with CLIENT SETINFO on Redis 7.2+, a subcommand the ACL file cannot
+      // grant while it must load on Redis 7.0 too; ioredis ignores the refusal.
+      .filter((entry) => entry.get('object') !== 'client|setinfo')
+      .map(
+        (entry) =>
+          `${entry.get('username')}: ${entry.get('reason')} ${entry.get('object')} (${entry.get('context')})`,
+      );
+
+    expect(denials).toEqual([]);
+    for (const name of SERVICES) {
+      expect(linesWith(serviceOf(stack, name).output(), 'NOPERM'), name).toEqual([]);
+    }
+  });
+
+  describe('each service user', () => {
+    /** ACL DRYRUN's answer for each command: `OK`, or why it would be refused. */
+    async function dryRun(user: AclUser, commands: string[][]): Promise<Record<string, string>> {
+      const answers: Record<string, string> = {};
+      for (const command of commands) {
+        answers[command.join(' ')] = String(await stack.admin!.call('ACL', 'DRYRUN', user, ...command));
+      }
+      return answers;
+    }
+
+    const anySha = '0123456789abcdef0123456789abcdef01234567';
+    const everyone = [['PING'], ['INFO'], ['CLIENT', 'SETNAME', 'stream-kit:group:consumer']];
+    // What stream-kit's subscribe() sends for one stream, its dead letters and its EVAL included.
+    const consumer = (stream: string, group: string) => [
+      ['XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM'],
+      ['XINFO', 'GROUPS', stream],
+      ['XINFO', 'CONSUMERS', stream, group],
+      ['XREADGROUP', 'GROUP', group, 'c1', 'COUNT', '10', 'BLOCK', '2000', 'STREAMS', stream, '>'],
+      ['XPENDING', stream, group, '-', '+', '10', 'c1'],
+      ['XCLAIM', stream, group, 'c1', '0', '1-0', 'JUSTID'],
+      ['XAUTOCLAIM', stream, group, 'c1', '60000', '0-0', 'COUNT', '10', 'JUSTID'],
+      ['XACK', stream, group, '1-0'],
+      ['XGROUP', 'DELCONSUMER', stream, group, 'c0'],
+      ['EVAL', 'return {}', '1', stream, group],
+      ['XADD', `${stream}:dlq`, '*', 'dlq:id', '1-0'],
+    ];
+    const needs: Record<ServiceName, string[][]> = {
+      'order-service': [
+        ...everyone,
+        ['XADD', 'order-events', 'MINID', '~', '0-0', '*', 'type', 'order-created'],
+        ['EVALSHA', anySha, '2', 'order-service:idempotency:k1', 'order-events', 'hash', 'o1', '86400'],
+        ['HMGET', 'order-service:idempotency:k1', 'bodyHash', 'orderId', 'entryId'],
+        ['HSET', 'order-service:idempotency:k1', 'bodyHash', 'h', 'orderId', 'o1', 'entryId', '1-0'],
+        ['EXPIRE', 'order-service:idempotency:k1', '86400'],
+      ],
+      'payment-service': [
+        ...everyone,
+        ...consumer('order-events', 'payment-service-group'),
+        ['EVALSHA', anySha, '3', 'payment-service:payment:o1', 'payment-events', 'order-events'],
+        ['HGET', 'payment-service:payment:o1', 'paymentProcessId'],
+        ['HSET', 'payment-service:payment:o1', 'paymentProcessId', 'p1'],
+        ['XADD', 'payment-events', 'MINID', '~', '0-0', '*', 'type', 'payment-completed'],
+      ],
+      'notification-service': [
+        ...everyone,
+        ...consumer('order-events', 'notification-service-group'),
+        ...consumer('payment-events', 'notification-service-group'),
+        ['EVALSHA', anySha, '2', 'notification-service:once:mail:o1', 'order-events'],
+        [
+          'EVALSHA',
+          anySha,
+          '3',
+          'notification-service:once:sms:o1',
+          'notification-service:sent:u1',
+          'payment-events',
+        ],
+        ['GET', 'notification-service:once:mail:o1'],
+        ['SET', 'notification-service:once:mail:o1', 'sent', 'PX', '1000'],
+        ['DEL', 'notification-service:once:mail:o1'],
+        ['RPUSH', 'notification-service:sent:u1', '{}'],
+        ['LRANGE', 'notification-service:sent:u1', '0', '-1'],
+      ],
+    };
+    const refusedToAll = [
+      ['FLUSHALL'],
+      ['CONFIG', 'GET', '*'],
+      ['KEYS', '*'],
+      ['SCAN', '0'],
+      ['SELECT', '1'],
+      ['ACL', 'LIST'],
+      ['CLIENT', 'KILL', 'ID', '1'],
+      ['SCRIPT', 'FLUSH'],
+      ['SHUTDOWN'],
+      ['PUBLISH', 'order-events', 'x'],
+      ['DEL', 'order-events'],
+      ['XTRIM', 'order-events', 'MAXLEN', '0'],
+      ['XGROUP', 'DESTROY', 'order-events', 'payment-service-group'],
+      ['GET', 'some-other-key'],
+    ];
+    const refused: Record<ServiceName, string[][]> = {
+      'order-service': [
+        ...refusedToAll,
+        ['XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', 'order-events', '>'],
+        ['XACK', 'order-events', 'payment-service-group', '1-0'],
+        ['XADD', 'payment-events', '*', 'type', 'payment-completed'],
+        ['HSET', 'payment-service:payment:o1', 'paymentProcessId', 'p1'],
+        ['RPUSH', 'notification-service:sent:u1', '{}'],
+        ['HSET', 'order-service:other', 'f', 'v'],
+      ],
+      'payment-service': [
+        ...refusedToAll,
+        ['XADD', 'order-events', '*', 'type', 'order-created'],
+        ['XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', 'payment-events', '>'],
+        ['XACK', 'payment-events', 'notification-service-group', '1-0'],
+        ['XADD', 'payment-events:dlq', '*', 'dlq:id', '1-0'],
+        ['HMGET', 'order-service:idempotency:k1', 'orderId'],
+        ['RPUSH', 'notification-service:sent:u1', '{}'],
+        ['DEL', 'payment-service:payment:o1'],
+        ['EVAL', 'return 1', '1', 'notification-service:sent:u1'],
+      ],
+      'notification-service': [
+        ...refusedToAll,
+        ['XADD', 'order-events', '*', 'type', 'order-created'],
+        ['XADD', 'payment-events', '*', 'type', 'payment-completed'],
+        ['HGET', 'payment-service:payment:o1', 'paymentProcessId'],
+        ['HSET', 'order-service:idempotency:k1', 'orderId', 'o1'],
+        ['DEL', 'notification-service:sent:u1'],
+        ['LPUSH', 'notification-service:sent:u1', '{}'],
+        ['EVAL', 'return 1', '1', 'payment-service:payment:o1'],
+      ],
+    };
+
+    it.each(SERVICES)('%s may run every command its code sends', async (name) => {
+      const answers = await dryRun(name, needs[name]);
+
+      expect(Object.entries(answers).filter(([, answer]) => answer !== 'OK')).toEqual([]);
+    });
+
+    it.each(SERVICES)('%s is refused the commands and keys it does not need', async (name) => {
+      const answers = await dryRun(name, refused[name]);
+
+      expect(Object.entries(answers).filter(([, answer]) => answer === 'OK')).toEqual([]);
+    });
+
+    it('refuses payment-service an XADD to order-events, directly or from a script', async () => {
+      const payment = clientAs('payment-service');
+
+      await expect(payment.xadd('order-events', '*', 'type', 'order-created')).rejects.toThrow(/NOPERM/);
+      // Commands a script runs are checked against the user that runs it: EVAL is no way round.
+      await expect(
+        payment.eval("return redis.call('XADD', KEYS[1], '*', 'type', 'order-created')", 1, 'order-events'),
+      ).rejects.toThrow(/NOPERM|user executing the script can't/);
+      expect(await stack.admin!.xlen('order-events')).toBeGreaterThan(0);
+    });
+
+    it('refuses notification-service an XADD to either stream', async () => {
+      const notification = clientAs('notification-service');
+
+      await expect(notification.xadd('order-events', '*', 'type', 'order-created')).rejects.toThrow(/NOPERM/);
+      await expect(notification.xadd('payment-events', '*', 'type', 'payment-completed')).rejects.toThrow(
+        /NOPERM/,
+      );
+    });
+
+    it('refuses order-service reading order-events as a consumer group', async () => {
+      const order = clientAs('order-service');
+
+      await expect(
+        order.xreadgroup('GROUP', 'payment-service-group', 'intruder', 'STREAMS', 'order-events', '>'),
+      ).rejects.toThrow(/NOPERM/);
+    });
+
+    it.each(SERVICES)('refuses %s FLUSHALL, CONFIG and KEYS', async (name) => {
+      const client = clientAs(name);
+
+      await expect(client.flushall()).rejects.toThrow(/NOPERM/);
+      await expect(client.config('GET', '*')).rejects.toThrow(/NOPERM/);
+      await expect(client.keys('*')).rejects.toThrow(/NOPERM/);
+      expect(await stack.admin!.exists('order-events')).toBe(1);
+    });
+
+    it('turns away a client that does not log in: the default user is off', async () => {
+      const anonymous = oneShotClient(stack, stack.redisServer!.url);
+
+      await expect(anonymous.ping()).rejects.toThrow(/NOAUTH/);
+    });
+  });
+});
+
+describe('over TLS (rediss://), the private CA trusted through NODE_EXTRA_CA_CERTS', () => {
+  const stack = useStack();
+  let certs: TestCertificates;
+
+  beforeAll(async () => {
+    certs = createTestCertificates();
+    stack.cleanups.push(() => certs.remove());
+    stack.redisServer = await startTlsRedisServer(certs);
+    stack.admin = new Redis(stack.redisServer.url, { tls: { ca: readFileSync(certs.caCert) } });
+    const url = stack.redisServer.url;
+    expect(url).toMatch(/^rediss:\/\/127\.0\.0\.1:\d+$/);
+    // Node's own way to trust another CA: the services need no TLS settings of their own.
+    await startServices(stack, () => ({ REDIS_URL: url, NODE_EXTRA_CA_CERTS: certs.caCert }));
+  });
+
+  it('carries an order end to end', async () => {
+    await expectOrderCarriedThrough(stack, 'tls-alice');
+  });
+
+  it('lets no plain redis:// client through, and listens on no plain port', async () => {
+    const plain = oneShotClient(stack, `redis://127.0.0.1:${stack.redisServer!.port}`, {
+      connectTimeout: 2_000,
+    });
+
+    await expect(plain.ping()).rejects.toThrow();
+    expect(await stack.admin!.config('GET', 'port')).toEqual(['port', '0']);
+  });
+
+  it('is refused by a client that does not trust the CA', async () => {
+    const untrusting = oneShotClient(stack, stack.redisServer!.url);
+    const errors: string[] = [];
+    untrusting.on('error', (err: Error) => errors.push(err.message));
+
+    await expect(untrusting.ping()).rejects.toThrow();
+    expect(errors.join('\n')).toMatch(/certificate/);
+  });
+});
+
+describe('the services’ logs, when the Redis password is wrong', () => {
+  const stack = useStack();
+  const password = randomBytes(16).toString('hex');
+  const wrongPassword = randomBytes(16).toString('hex');
+  const urlWith = (secret: string) => `redis://:${secret}@127.0.0.1:${stack.redisServer!.port}`;
+
+  beforeAll(async () => {
+    stack.redisServer = await startRedisServer({ args: ['--requirepass', password] });
+    stack.admin = new Redis(urlWith(password));
+  });
+
+  it('never show it, through failed logins and failed requests', async () => {
+    await startServices(stack, () => ({ REDIS_URL: urlWith(wrongPassword) }));
+    const notification = serviceOf(stack, 'notification-service');
+
+    // Requests while the login fails, a few times over the reconnect cycle: the paths that log
+    // what went wrong with Redis. Their answers must not carry the password either.
+    const answers: string[] = [];
+    const answer = async (request: Promise<Response>) => {
+      const response = await request;
+      answers.push(await response.text());
+      return response.status;
+    };
+    for (let round = 0; round < 3; round += 1) {
+      const statuses = await Promise.all([
+        answer(postOrder(stack, 'logs-alice')),
+        answer(postOrder(stack, 'logs-alice', { 'idempotency-key': 'logs-key' })),
+        answer(fetch(`${notification.url}/notifications?userId=logs-alice`)),
+        ...Object.values(stack.services).map((service) => answer(fetch(`${service.url}/readyz`))),
+      ]);
+      expect(statuses).toEqual([503, 503, 503, 503, 503, 503]);
+    }
+    const loggedFailedLogin = () =>
+      Object.values(stack.services).every((service) => /WRONGPASS/.test(service.output()));
+    await waitFor(loggedFailedLogin, { what: 'every service to log the failed login' });
+    await stopServices(stack);
+
+    expect(leaks(stack, wrongPassword, password)).toEqual(noLeaks);
+    expect(answers.filter((text) => text.includes(wrongPassword) || text.includes(password))).toEqual([]);
+  });
+});
