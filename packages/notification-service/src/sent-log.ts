@@ -36,7 +36,8 @@ export interface SentLog {
    * Calls `send` unless the notification was sent already, then records it and acks its entry in
    * one atomic step. While `send` runs, the notification is leased to this consumer for `leaseMs`,
    * so another process that gets the same event waits (the call throws, and the entry is retried)
-   * instead of sending it too. A crash between `send` and the record sends it again once the lease
+   * instead of sending it too. If the record fails after a send, the call throws and the next
+   * delivery only records. A crash between `send` and the record sends it again once the lease
    * expires: the one duplicate that no Redis step can rule out, which is why providers get `key`
    * as their idempotency key. Resolves to whether it was sent now.
    */
@@ -96,29 +97,38 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
   redis.defineCommand('completeOnce', { numberOfKeys: 3, lua: COMPLETE });
   redis.defineCommand('releaseOnce', { numberOfKeys: 1, lua: RELEASE });
   const scripts = redis as unknown as Scripts;
+  /**
+   * Sent by this process, not recorded yet: the record failed (Redis away a moment), and the
+   * entry comes back for it. Its next delivery only records: sending again would be a duplicate.
+   */
+  const unrecorded = new Set<string>();
 
   return {
     async sendOnce({ key, userId, notification, context }, send) {
       const marker = markerKey(key);
-      const prefix = `sending:${context.consumer}:`;
-      const token = `${prefix}${randomUUID()}`;
-      // prettier-ignore
-      const state = await scripts.claimOnce(
-        marker, context.stream, context.group, context.id, prefix, token, leaseMs,
-      );
-      if (state === 'sent') return false;
-      if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
-      try {
-        await send();
-      } catch (err) {
-        await scripts.releaseOnce(marker, token).catch(() => {});
-        throw err;
+      if (!unrecorded.has(marker)) {
+        const prefix = `sending:${context.consumer}:`;
+        const token = `${prefix}${randomUUID()}`;
+        // prettier-ignore
+        const state = await scripts.claimOnce(
+          marker, context.stream, context.group, context.id, prefix, token, leaseMs,
+        );
+        if (state === 'sent') return false;
+        if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
+        try {
+          await send();
+        } catch (err) {
+          await scripts.releaseOnce(marker, token).catch(() => {});
+          throw err;
+        }
+        unrecorded.add(marker);
       }
       // prettier-ignore
       await scripts.completeOnce(
         marker, logKey(userId), context.stream,
         JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
       );
+      unrecorded.delete(marker);
       return true;
     },
     async list(userId) {

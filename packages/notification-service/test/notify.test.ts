@@ -84,6 +84,33 @@ describe('on order-created', () => {
     expect(sender.sent).toHaveLength(1);
   });
 
+  it('does not mail again when the record failed after the send, only records it', async () => {
+    const own = new Redis(inject('redisUrl'));
+    try {
+      const log = redisSentLog(own);
+      const scripts = own as unknown as { completeOnce: (...args: unknown[]) => Promise<number> };
+      const complete = scripts.completeOnce.bind(own);
+      let failures = 1;
+      // Redis goes away just after the provider accepted the mail.
+      scripts.completeOnce = (...args) =>
+        failures-- > 0 ? Promise.reject(new Error('Connection is closed.')) : complete(...args);
+      const userId = `user-${randomUUID()}`;
+      const sender = recordingSender();
+      const context = await delivered();
+      const handle = orderMailHandler({ sender, sentLog: log });
+      const event = order(userId);
+
+      await expect(handle(event, context)).rejects.toThrow('Connection is closed.');
+      await handle(event, { ...context, deliveryCount: 2 });
+
+      expect(sender.sent).toHaveLength(1);
+      expect(await log.list(userId)).toHaveLength(1);
+      expect(await pending(context)).toBe(0);
+    } finally {
+      own.disconnect();
+    }
+  });
+
   it('mails once when the order is delivered again, or to two instances at once', async () => {
     const userId = `user-${randomUUID()}`;
     const sender = recordingSender();

@@ -17,7 +17,7 @@ export function openReaderConnection(
   connection: Connection,
   logger: Logger,
   name: string,
-  blockMs: number,
+  commandTimeoutMs: number,
 ): Redis {
   const options: RedisOptions = {
     maxRetriesPerRequest: null,
@@ -26,10 +26,9 @@ export function openReaderConnection(
     connectionName: name.replace(/\s/g, '_'),
     // CLIENT SETINFO is not in the services' ACL (Redis 7.0 does not know it): do not send it.
     disableClientInfo: true,
-    // The read watchdog. A blocked read always gets its answer within BLOCK; if none comes within
-    // twice that (a second at least), the socket is dead without TCP knowing it (a peer gone after a failover or a
-    // NAT timeout): ioredis destroys it, the read fails, and the loop reconnects and reads again.
-    socketTimeout: blockMs + Math.max(blockMs, 1_000),
+    // Longer than the longest command the reader sends, its blocked read.
+    commandTimeout: commandTimeoutMs,
+    // TCP keepalive probes after 10 s of silence: the OS notices a dead peer on an idle connection.
     keepAlive: 10_000,
   };
   const redis =

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import type { Redis } from 'ioredis';
 import { REPLAY_DEAD_LETTERS } from './scripts.ts';
 import {
@@ -20,7 +21,10 @@ export interface DeadLetter {
   readonly deliveries: number;
   /** Why it was given up on, e.g. `invalid entry: price: must be a positive decimal number`. */
   readonly reason: string;
-  /** The entry's own fields, as it was published. */
+  /**
+   * The entry's own fields, as it was published (bytes that are not UTF-8 show as U+FFFD here;
+   * replay writes back the bytes themselves).
+   */
   readonly fields: Fields;
 }
 
@@ -82,7 +86,7 @@ export interface Replayed {
  * services' effects are idempotent per order, so groups that had handled it do nothing twice. It
  * keeps its identity: an entry that reads as an event is written back as that event (a tutorial
  * entry keeps, as `orderId`, the entry ID it was first published under); one that still does not
- * read is written back as it was, and will be dead-lettered again.
+ * read (or is not UTF-8) is written back byte for byte, and will be dead-lettered again.
  */
 export async function replayDeadLetters(
   redis: Redis,
@@ -90,25 +94,33 @@ export async function replayDeadLetters(
   ids: readonly string[],
   { deadLetterStream = `${stream.name}:dlq` }: DeadLetterOptions = {},
 ): Promise<Replayed[]> {
-  const byEntry = new Map<string, DeadLetter[]>();
+  const byEntry = new Map<string, { ids: string[]; raw: Buffer[] }>();
   const missing: string[] = [];
   for (const id of new Set(ids)) {
-    const [found] = await redis.xrange(deadLetterStream, id, id);
+    const [found] = await redis.xrangeBuffer(deadLetterStream, id, id);
     if (!found) {
       missing.push(id);
       continue;
     }
-    const letter = toDeadLetter(id, found[1]);
-    byEntry.set(letter.entryId, [...(byEntry.get(letter.entryId) ?? []), letter]);
+    // The entry's own fields as bytes, apart from the dlq:* ones.
+    const raw: Buffer[] = [];
+    let entryId = '';
+    const flat = found[1];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const name = flat[i]!.toString();
+      if (name === 'dlq:id') entryId = flat[i + 1]!.toString();
+      else if (!name.startsWith(META)) raw.push(flat[i]!, flat[i + 1]!);
+    }
+    const group = byEntry.get(entryId) ?? { ids: [], raw };
+    group.ids.push(id);
+    byEntry.set(entryId, group);
   }
   const replayed: Replayed[] = missing.map((id) => ({ id, entryId: undefined }));
-  for (const letters of byEntry.values()) {
-    const [first] = letters as [DeadLetter];
-    const decoded = decode(stream, first.entryId, first.fields);
-    const args = decoded.ok
-      ? xaddArguments(stream, decoded.event)
-      : [...trimArguments(stream), '*', ...Object.entries(first.fields).flat()];
-    const letterIds = letters.map((letter) => letter.id);
+  for (const [originalId, { ids: letterIds, raw }] of byEntry) {
+    const decoded = raw.every((bytes) => isUtf8(bytes))
+      ? decode(stream, originalId, fieldsFromReply(raw.map(String)))
+      : undefined;
+    const args = decoded?.ok ? xaddArguments(stream, decoded.event) : [...trimArguments(stream), '*', ...raw];
     // prettier-ignore
     const entryId = (await redis.eval(
       REPLAY_DEAD_LETTERS, 2, deadLetterStream, stream.name, letterIds.length, ...letterIds, ...args,

@@ -212,7 +212,8 @@ class ConsumerLoop {
       settings.connection,
       this.log,
       `stream-kit:${group}:${consumer}`,
-      settings.blockMs,
+      // The watchdog (see `giveUpOnSocket`): the longest command, a blocked read, answers within BLOCK.
+      settings.blockMs + Math.max(settings.blockMs, 1_000),
     );
     // A read that Redis served just as the connection died delivered entries whose reply never
     // came: they sit in our pending list, and only a pass through it finds them.
@@ -266,6 +267,7 @@ class ConsumerLoop {
         }
       } catch (err) {
         if (this.stopping) break;
+        this.giveUpOnSocket(err);
         // Entries read before the error may sit in our pending list unhandled: go through it.
         this.ownPending = 'all';
         if (isNoGroupError(err)) {
@@ -279,6 +281,22 @@ class ConsumerLoop {
         await this.sleep(Math.min(100 * 2 ** failures, 5_000));
       }
     }
+  }
+
+  /**
+   * The watchdog. Every command on this connection has `commandTimeout`, twice BLOCK: a command
+   * that got no answer in that time means a socket dead without TCP knowing it (a peer gone in a
+   * failover, a NAT timeout), where every later command would hang too. Destroying the socket makes
+   * ioredis reconnect and resend what is queued; the 'close' listener sends us through our pending
+   * list, where a read whose answer was lost left its entries.
+   */
+  private giveUpOnSocket(err: unknown) {
+    if (!(err instanceof Error) || err.message !== 'Command timed out') return;
+    // Between reconnect attempts commands wait in the offline queue and time out there: nothing
+    // to give up on, and the outage is logged already.
+    if (this.redis.status !== 'ready') return;
+    this.log.warn({ ...this.where() }, 'redis did not answer; reconnecting');
+    this.redis.stream?.destroy();
   }
 
   /** Resolves with `work`, or as soon as the subscription is closed, abandoning `work`. */
@@ -354,10 +372,13 @@ class ConsumerLoop {
         const kept = new Set((await this.redis.xclaim(
           this.stream.name, this.group, this.consumer, minIdle, ...ids, 'JUSTID',
         )) as string[]);
+        // Redis reset their idle time somewhere between `now` and this moment: taking this
+        // moment keeps the next minimum idle time at or under their real idle time.
+        const renewedAt = Date.now();
         for (const id of ids) {
           if (!this.held.has(id)) continue; // handled meanwhile
           if (kept.has(id)) {
-            this.held.set(id, now);
+            this.held.set(id, renewedAt);
           } else {
             this.held.delete(id);
             const running = id === this.current;
@@ -371,6 +392,7 @@ class ConsumerLoop {
         }
       }
     } catch (err) {
+      this.giveUpOnSocket(err);
       // The next renewal, a third of claimIdleMs later, tries again.
       this.log.debug({ ...this.where(), err: describe(err) }, 'cannot renew leases');
     } finally {
@@ -400,6 +422,7 @@ class ConsumerLoop {
    */
   private async handleOwnPending(mode: 'all' | 'due') {
     let start = '-';
+    const listed = new Set<string>();
     for (;;) {
       // prettier-ignore
       const page = (await this.redis.xpending(
@@ -407,6 +430,7 @@ class ConsumerLoop {
       )) as PendingInfo[];
       const fetchedAt = Date.now();
       for (const [id, , idleMs, deliveries] of page) {
+        listed.add(id);
         if (this.stopping) return;
         // Idle time goes on growing while earlier entries of the page are handled.
         const idleNow = idleMs + Date.now() - fetchedAt;
@@ -421,9 +445,13 @@ class ConsumerLoop {
         }
         await this.redeliver(id, idleNow, deliveries);
       }
-      if (page.length < this.settings.count) return;
+      if (page.length < this.settings.count) break;
       start = `(${page.at(-1)![0]}`;
     }
+    // Entries that failed here but are no longer ours (taken over and handled elsewhere, acked by
+    // the handler's own script, trimmed): forget their retry times, or the map only grows, and a
+    // lost group would be recreated before one of them.
+    for (const id of this.retryDue.keys()) if (!listed.has(id)) this.retryDue.delete(id);
   }
 
   /**
