@@ -93,6 +93,8 @@ async function sendAndCheck(sent: Sent, canonical?: string) {
   if (response.status >= 400) {
     expect(response.headers.get('content-type'), context).toMatch(/^application\/json/);
     expect(JSON.parse(text), context).toMatchObject({ error: expect.any(String) });
+    // No stack trace, no file path: nothing about the code behind the answer.
+    expect(text, context).not.toMatch(/\n\s+at |node_modules|\.ts:\d+|Error:/);
     expect(entries, context).toEqual([]);
     if (response.status === 409) expect(before, `${context}: a conflict with no order before`).toBeDefined();
     return { status: response.status };
