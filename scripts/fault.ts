@@ -4,7 +4,7 @@
  * left pending and no dead letters.
  */
 import { parseArgs } from 'node:util';
-import { formatReport, runFault } from '../test/support/fault.ts';
+import { formatReport, problemsOf, runFault } from '../test/support/fault.ts';
 
 const { values } = parseArgs({
   options: { orders: { type: 'string', default: '5000' }, seed: { type: 'string' } },
@@ -16,13 +16,6 @@ const report = await runFault({
   log: (line) => console.log(line),
 });
 console.log(formatReport(report));
-const once = (histogram: Record<number, number>) => Object.keys(histogram).join() === '1';
-const ok =
-  once(report.payments) &&
-  once(report.mails) &&
-  once(report.sms) &&
-  report.strays === 0 &&
-  Object.values(report.pending).every((n) => n === 0) &&
-  Object.values(report.deadLetters).every((n) => n === 0);
-console.log(ok ? 'OK: exactly once' : 'FAILED');
-process.exit(ok ? 0 : 1);
+const problems = problemsOf(report);
+console.log(problems.length === 0 ? 'OK: exactly once' : `FAILED:\n${problems.join('\n')}`);
+process.exit(problems.length === 0 ? 0 : 1);

@@ -42,6 +42,13 @@ export interface FaultReport {
   sms: Histogram;
   /** Payments, mails or SMS for orders nobody placed. */
   strays: number;
+  /**
+   * Calls to the sender per (order, channel). More than one is allowed only when a process was
+   * SIGKILLed between the provider's answer and the record: at most one per such kill.
+   */
+  sends: Histogram;
+  /** SIGKILLs of notification-service instances. */
+  notificationKills: number;
   pending: Record<string, number>;
   deadLetters: Record<string, number>;
   durationMs: number;
@@ -61,12 +68,15 @@ const USERS = 50;
 class Instance {
   private child: ChildProcess | undefined;
   private tail = '';
+  kills = 0;
 
   constructor(
     readonly service: ServiceName,
     /** A fixed consumer name (a restart picks up its own pending entries at once), or none (a new `hostname-pid`). */
     private readonly consumerName: string | undefined,
     private readonly env: Record<string, string>,
+    /** Called with each JSON log line the instance writes. */
+    private readonly onLog: (line: { msg?: string; idempotencyKey?: string }) => void = () => {},
   ) {}
 
   start() {
@@ -76,9 +86,19 @@ class Instance {
       ...(this.consumerName ? { CONSUMER_NAME: this.consumerName } : {}),
     });
     // Keep the pipes drained (a full pipe would stall the process) and the last lines for failures.
-    for (const stream of [this.child.stdout!, this.child.stderr!]) {
-      stream.on('data', (chunk: Buffer) => (this.tail = (this.tail + chunk.toString()).slice(-4_000)));
-    }
+    this.child.stderr!.on(
+      'data',
+      (chunk: Buffer) => (this.tail = (this.tail + chunk.toString()).slice(-4_000)),
+    );
+    let partial = '';
+    this.child.stdout!.on('data', (chunk: Buffer) => {
+      const lines = (partial + chunk.toString()).split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) {
+        this.tail = (this.tail + line + '\n').slice(-4_000);
+        if (line.startsWith('{')) this.onLog(JSON.parse(line) as { msg?: string });
+      }
+    });
   }
 
   /** SIGKILL, or SIGTERM for a graceful stop (which acks what finished and leaves the rest pending). */
@@ -86,6 +106,7 @@ class Instance {
     const child = this.child;
     if (!child) return;
     child.kill(signal);
+    if (signal === 'SIGKILL') this.kills += 1;
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
     await exitOf(child);
     clearTimeout(timer);
@@ -110,11 +131,19 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   redis.on('error', () => {});
   const env = { REDIS_URL: server.url, LOG_LEVEL: 'warn', CLAIM_IDLE_MS: '1000' };
   let order: RunningService | undefined;
+  // What the notification instances hand their sender (it logs each message at info): the real
+  // sends, beside what the sent log recorded.
+  const sends = new Map<string, number>();
+  const countSend = ({ msg, idempotencyKey }: { msg?: string; idempotencyKey?: string }) => {
+    if ((msg === 'mail sent' || msg === 'sms sent') && idempotencyKey)
+      sends.set(idempotencyKey, (sends.get(idempotencyKey) ?? 0) + 1);
+  };
+  const notifying = { ...env, LOG_LEVEL: 'info' };
   const instances = [
     new Instance('payment-service', 'payment-1', env),
     new Instance('payment-service', undefined, env),
-    new Instance('notification-service', 'notification-1', env),
-    new Instance('notification-service', undefined, env),
+    new Instance('notification-service', 'notification-1', notifying, countSend),
+    new Instance('notification-service', undefined, notifying, countSend),
   ];
   let chaos = true;
   let kills = 0;
@@ -194,6 +223,10 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       accepted,
       notifications.filter((n) => n.channel === 'sms').map((n) => n.orderId),
     );
+    const sendCounts = [...accepted].flatMap((id) => [
+      sends.get(`mail:${id}`) ?? 0,
+      sends.get(`sms:${id}`) ?? 0,
+    ]);
     const deadLetters: Record<string, number> = {};
     for (const stream of ['order-events:dlq', 'payment-events:dlq'])
       deadLetters[stream] = await redis.xlen(stream);
@@ -208,6 +241,11 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       mails: mails.histogram,
       sms: sms.histogram,
       strays: payments.strays + mails.strays + sms.strays,
+      sends: histogramOf(sendCounts),
+      notificationKills: instances.reduce(
+        (sum, i) => sum + (i.service === 'notification-service' ? i.kills : 0),
+        0,
+      ),
       pending: await pendingCounts(redis),
       deadLetters,
       durationMs: Date.now() - began,
@@ -303,9 +341,13 @@ function countBy(accepted: Set<string>, orderIds: (string | undefined)[]) {
     if (id !== undefined && perOrder.has(id)) perOrder.set(id, perOrder.get(id)! + 1);
     else strays += 1;
   }
+  return { histogram: histogramOf(perOrder.values()), strays };
+}
+
+function histogramOf(counts: Iterable<number>): Histogram {
   const histogram: Histogram = {};
-  for (const count of perOrder.values()) histogram[count] = (histogram[count] ?? 0) + 1;
-  return { histogram, strays };
+  for (const count of counts) histogram[count] = (histogram[count] ?? 0) + 1;
+  return histogram;
 }
 
 /** A small seeded generator, so a run's kill schedule can be replayed from its seed. */
@@ -324,6 +366,34 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * What is wrong with a run, as sentences; empty when every accepted order was paid, mailed and
+ * texted exactly once, each notification reached the sender (twice only where a SIGKILL hit the
+ * window the Guarantees leave open), nothing is pending and no entry was dead-lettered.
+ */
+export function problemsOf(report: FaultReport): string[] {
+  const problems: string[] = [];
+  const onlyOnce = (histogram: Histogram) => Object.keys(histogram).join() === '1';
+  for (const what of ['payments', 'mails', 'sms'] as const) {
+    if (!onlyOnce(report[what])) problems.push(`${what} per order: ${JSON.stringify(report[what])}`);
+  }
+  if (report.strays > 0) problems.push(`${report.strays} effects for orders nobody placed`);
+  if (report.sends[0]) problems.push(`${report.sends[0]} notifications never reached the sender`);
+  const extra = Object.entries(report.sends).reduce(
+    (sum, [times, n]) => sum + Math.max(0, Number(times) - 1) * n,
+    0,
+  );
+  if (extra > report.notificationKills)
+    problems.push(
+      `${extra} repeated sends, more than the ${report.notificationKills} SIGKILLs that could cause them`,
+    );
+  for (const [where, count] of Object.entries(report.pending))
+    if (count !== 0) problems.push(`${count} pending in ${where}`);
+  for (const [stream, count] of Object.entries(report.deadLetters))
+    if (count !== 0) problems.push(`${count} in ${stream}`);
+  return problems;
+}
+
 /** The report as a few lines of text. */
 export function formatReport(report: FaultReport): string {
   const show = (h: Histogram) =>
@@ -337,6 +407,7 @@ export function formatReport(report: FaultReport): string {
     `payments per order: ${show(report.payments)}`,
     `mails per order:    ${show(report.mails)}`,
     `SMS per order:      ${show(report.sms)}`,
+    `sender calls per (order, channel): ${show(report.sends).replaceAll('orders', 'notifications')} (${report.notificationKills} notification-service SIGKILLs)`,
     `strays: ${report.strays}; pending: ${JSON.stringify(report.pending)}; dead letters: ${JSON.stringify(report.deadLetters)}`,
   ].join('\n');
 }
