@@ -7,7 +7,7 @@ export { listDeadLetters, replayDeadLetters } from './dead-letters.ts';
 export type { DeadLetter, DeadLetterOptions, ListOptions, Replayed } from './dead-letters.ts';
 export { defineStream, xaddArguments } from './stream.ts';
 export type { EventOf, Fields, Retention, StreamDefinition } from './stream.ts';
-export { defaultConsumerName, subscribe } from './subscriber.ts';
+export { subscribe } from './subscriber.ts';
 export type { DeliveryContext, Handler, SubscribeOptions, Subscription } from './subscriber.ts';
 export { OrderCreated, OrderEvents, PaymentCompleted, PaymentEvents } from './events.ts';
 export type { OrderEvent, PaymentEvent } from './events.ts';

@@ -106,10 +106,24 @@ export function listen(app: { listen(port: number, callback: (err?: Error) => vo
   });
 }
 
-/** Stops accepting requests and resolves once those under way are answered. */
-export function closeServer(server: Server): Promise<void> {
+/**
+ * Stops accepting requests and resolves once those under way are answered. Keep-alive clients
+ * would otherwise go on sending on their open connections for ever: from now on every answer
+ * closes its connection, idle connections are closed as they turn idle, and after `graceMs` the
+ * rest are cut.
+ */
+export function closeServer(server: Server, graceMs = 5_000): Promise<void> {
   return new Promise((resolve) => {
-    server.close(() => resolve());
+    server.on('request', (_req, res) => {
+      if (!res.headersSent) res.setHeader('connection', 'close');
+    });
+    const idle = setInterval(() => server.closeIdleConnections(), 50);
+    const cut = setTimeout(() => server.closeAllConnections(), graceMs);
+    server.close(() => {
+      clearInterval(idle);
+      clearTimeout(cut);
+      resolve();
+    });
     server.closeIdleConnections();
   });
 }
