@@ -231,13 +231,15 @@ class ConsumerLoop {
   private async shutdown() {
     this.stopping = true;
     this.wakeSleeper?.();
-    clearInterval(this.leaseTimer);
+    // The lease timer runs on while the handler under way finishes (it renews that entry alone),
+    // or another consumer could take the entry and run it at the same time.
     const timedOut = this.handling
       ? await Promise.race([
           this.handling.catch(() => {}).then(() => false),
           sleep(this.settings.closeTimeoutMs).then(() => true),
         ])
       : false;
+    clearInterval(this.leaseTimer);
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.redis.disconnect();
@@ -359,11 +361,15 @@ class ConsumerLoop {
    * claim were taken over by another consumer, which now handles them.
    */
   private async renewLeases() {
-    if (this.renewing || this.held.size === 0 || this.stopping) return;
+    if (this.renewing || this.held.size === 0) return;
+    // Once closing, only the entry whose handler runs: the others stay pending for other
+    // consumers to take.
+    const leased = this.stopping ? [...this.held].filter(([id]) => id === this.current) : [...this.held];
+    if (leased.length === 0) return;
     this.renewing = true;
     try {
       const byTouch = new Map<number, string[]>();
-      for (const [id, at] of this.held) byTouch.set(at, [...(byTouch.get(at) ?? []), id]);
+      for (const [id, at] of leased) byTouch.set(at, [...(byTouch.get(at) ?? []), id]);
       for (const [touchedAt, ids] of byTouch) {
         const now = Date.now();
         // 2 ms under the idle time they have if still ours: Redis and Date.now() round apart.

@@ -612,6 +612,30 @@ describe('subscribe', () => {
       expect(await pendingCount(stream)).toBe(4);
     });
 
+    it('keeps the lease on the entry being handled while it waits, so no other consumer runs it meanwhile', async () => {
+      const stream = testStream();
+      const runs: string[] = [];
+      let running = 0;
+      let overlapped = false;
+      const slow = (consumer: string) => async () => {
+        runs.push(consumer);
+        overlapped ||= running > 0;
+        running += 1;
+        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        running -= 1;
+      };
+      const first = start(stream, slow('a'), { consumer: 'a', claimIdleMs: 300 });
+      await publisher.publish(stream, { n: 1 });
+      await waitFor(() => runs.length === 1);
+      start(stream, slow('b'), { consumer: 'b', claimIdleMs: 300 });
+
+      await first.close();
+
+      await settle();
+      expect({ runs, overlapped }).toEqual({ runs: ['a'], overlapped: false });
+      expect(await pendingCount(stream)).toBe(0);
+    });
+
     it('gives up on a handler that outlives closeTimeoutMs and leaves its entry pending', async () => {
       const stream = testStream();
       const started = deferred();
