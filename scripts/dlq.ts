@@ -9,16 +9,19 @@ import {
   OrderEvents,
   PaymentEvents,
   replayDeadLetters,
+  type StreamDefinition,
 } from '../packages/stream-kit/src/index.ts';
 import { Redis } from 'ioredis';
 
-const STREAMS = { [OrderEvents.name]: OrderEvents, [PaymentEvents.name]: PaymentEvents };
+const STREAMS = new Map<string, StreamDefinition>(
+  [OrderEvents, PaymentEvents].map((stream) => [stream.name, stream]),
+);
 const USAGE = `usage: pnpm dlq list <stream> | pnpm dlq replay <stream> <dead-letter-id>... | --all
-streams: ${Object.keys(STREAMS).join(', ')}`;
+streams: ${[...STREAMS.keys()].join(', ')}`;
 
 const { values, positionals } = parseArgs({ allowPositionals: true, options: { all: { type: 'boolean' } } });
 const [command, name, ...ids] = positionals;
-const stream = STREAMS[name ?? ''];
+const stream = STREAMS.get(name ?? '');
 if (
   !stream ||
   (command !== 'list' && command !== 'replay') ||
@@ -29,6 +32,9 @@ if (
 }
 
 const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { maxRetriesPerRequest: 1 });
+// Errors are reported by their message alone: ioredis attaches the failed command, and for AUTH
+// its arguments are the password.
+redis.on('error', () => {});
 try {
   const all = async () => {
     const letters = [];
@@ -48,6 +54,9 @@ try {
       );
     }
   }
+} catch (err) {
+  console.error(`pnpm dlq: ${(err as Error).message}`);
+  process.exitCode = 1;
 } finally {
   redis.disconnect();
 }

@@ -72,7 +72,29 @@ it('lists the dead letters of a stream and replays them all, once per original e
 });
 
 it('explains its usage and exits 2 when called wrong', async () => {
-  const failure = await dlq('replay', 'no-such-stream').catch((err: { code: number; stderr: string }) => err);
+  for (const args of [
+    ['replay', 'no-such-stream'],
+    ['list', 'toString'],
+    ['list', '__proto__'],
+  ]) {
+    const failure = await dlq(...args).catch((err: { code: number; stderr: string }) => err);
 
-  expect(failure).toMatchObject({ code: 2, stderr: expect.stringContaining('usage: pnpm dlq') });
+    expect(failure, args.join(' ')).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining('usage: pnpm dlq'),
+    });
+  }
+});
+
+it('reports a failed login in one line that does not show the password, and exits 1', async () => {
+  const url = new URL(server.url);
+  url.username = 'admin';
+  url.password = 'not-the-password';
+  const failure = await run(process.execPath, ['--import', 'tsx', 'scripts/dlq.ts', 'list', 'order-events'], {
+    cwd: ROOT,
+    env: { ...process.env, REDIS_URL: url.toString() },
+  }).catch((err: { code: number; stdout: string; stderr: string }) => err);
+
+  expect(failure).toMatchObject({ code: 1, stderr: expect.stringMatching(/^pnpm dlq: .+\n$/) });
+  expect(JSON.stringify(failure)).not.toContain('not-the-password');
 });

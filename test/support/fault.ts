@@ -49,6 +49,8 @@ export interface FaultReport {
   sends: Histogram;
   /** SIGKILLs of notification-service instances. */
   notificationKills: number;
+  /** SIGTERMs that did not end in exit code 0 within the services' own 15 s limit. */
+  badStops: number;
   pending: Record<string, number>;
   deadLetters: Record<string, number>;
   durationMs: number;
@@ -69,6 +71,8 @@ class Instance {
   private child: ChildProcess | undefined;
   private tail = '';
   kills = 0;
+  /** Graceful stops that did not end with exit code 0 in time. */
+  badStops = 0;
 
   constructor(
     readonly service: ServiceName,
@@ -107,9 +111,11 @@ class Instance {
     if (!child) return;
     child.kill(signal);
     if (signal === 'SIGKILL') this.kills += 1;
+    // The services give up on their own after 15 s; later than that is a hang.
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    await exitOf(child);
+    const code = await exitOf(child);
     clearTimeout(timer);
+    if (signal === 'SIGTERM' && code !== 0) this.badStops += 1;
   }
 
   describe() {
@@ -242,6 +248,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       sms: sms.histogram,
       strays: payments.strays + mails.strays + sms.strays,
       sends: histogramOf(sendCounts),
+      badStops: instances.reduce((sum, i) => sum + i.badStops, 0),
       notificationKills: instances.reduce(
         (sum, i) => sum + (i.service === 'notification-service' ? i.kills : 0),
         0,
@@ -377,6 +384,7 @@ export function problemsOf(report: FaultReport): string[] {
   for (const what of ['payments', 'mails', 'sms'] as const) {
     if (!onlyOnce(report[what])) problems.push(`${what} per order: ${JSON.stringify(report[what])}`);
   }
+  if (report.badStops > 0) problems.push(`${report.badStops} SIGTERMs did not end in exit code 0`);
   if (report.strays > 0) problems.push(`${report.strays} effects for orders nobody placed`);
   if (report.sends[0]) problems.push(`${report.sends[0]} notifications never reached the sender`);
   const extra = Object.entries(report.sends).reduce(

@@ -42,6 +42,12 @@ export interface ListOptions extends DeadLetterOptions {
 
 const META = 'dlq:';
 
+/**
+ * How long `<dead-letter stream>:replayed:<entry ID>` remembers that an entry was put back, so
+ * that replaying the dead letter another group left for it does not put it back twice.
+ */
+const REPLAY_MARK_SECONDS = 30 * 24 * 60 * 60;
+
 /** The dead letters of `stream`, oldest first. */
 export async function listDeadLetters(
   redis: Redis,
@@ -71,9 +77,9 @@ export interface Replayed {
   /** The dead letter's ID. */
   readonly id: string;
   /**
-   * The new entry in the original stream, or `undefined` if the dead letter was already gone.
-   * Dead letters of one entry (one per group that gave up on it) share it: the entry is put back
-   * once.
+   * The entry it was put back as, in the original stream (the same for every dead letter of one
+   * entry, and for a dead letter whose entry another call already put back), or `undefined` if
+   * the dead letter does not exist.
    */
   readonly entryId: string | undefined;
 }
@@ -81,7 +87,8 @@ export interface Replayed {
 /**
  * Puts dead letters back on `stream` (once their cause is fixed) and removes them from the
  * dead-letter stream, in one atomic step per original entry: an entry is put back once, even if
- * several groups dead-lettered it, and even if two operators replay it at the same time. The new
+ * several groups dead-lettered it and their dead letters are replayed in separate calls (for 30
+ * days), and even if two operators replay it at the same time. The new
  * entry reaches every group of the stream again, not only the ones that gave up on it; the
  * services' effects are idempotent per order, so groups that had handled it do nothing twice. It
  * keeps its identity: an entry that reads as an event is written back as that event (a tutorial
@@ -94,7 +101,7 @@ export async function replayDeadLetters(
   ids: readonly string[],
   { deadLetterStream = `${stream.name}:dlq` }: DeadLetterOptions = {},
 ): Promise<Replayed[]> {
-  const byEntry = new Map<string, { ids: string[]; raw: Buffer[] }>();
+  const byEntry = new Map<string, { ids: string[]; raw: Buffer[]; originalId: string }>();
   const missing: string[] = [];
   for (const id of new Set(ids)) {
     const [found] = await redis.xrangeBuffer(deadLetterStream, id, id);
@@ -111,19 +118,23 @@ export async function replayDeadLetters(
       if (name === 'dlq:id') entryId = flat[i + 1]!.toString();
       else if (!name.startsWith(META)) raw.push(flat[i]!, flat[i + 1]!);
     }
-    const group = byEntry.get(entryId) ?? { ids: [], raw };
+    // A letter without its original ID (written by hand?) is its own entry.
+    const entryKey = entryId || `letter:${id}`;
+    const group = byEntry.get(entryKey) ?? { ids: [], raw, originalId: entryId };
     group.ids.push(id);
-    byEntry.set(entryId, group);
+    byEntry.set(entryKey, group);
   }
   const replayed: Replayed[] = missing.map((id) => ({ id, entryId: undefined }));
-  for (const [originalId, { ids: letterIds, raw }] of byEntry) {
+  for (const { ids: letterIds, raw, originalId } of byEntry.values()) {
     const decoded = raw.every((bytes) => isUtf8(bytes))
       ? decode(stream, originalId, fieldsFromReply(raw.map(String)))
       : undefined;
     const args = decoded?.ok ? xaddArguments(stream, decoded.event) : [...trimArguments(stream), '*', ...raw];
+    const mark = `${deadLetterStream}:replayed:${originalId || `letter:${letterIds[0]}`}`;
     // prettier-ignore
     const entryId = (await redis.eval(
-      REPLAY_DEAD_LETTERS, 2, deadLetterStream, stream.name, letterIds.length, ...letterIds, ...args,
+      REPLAY_DEAD_LETTERS, 3, deadLetterStream, stream.name, mark,
+      letterIds.length, ...letterIds, REPLAY_MARK_SECONDS, ...args,
     )) as string | null;
     for (const id of letterIds) replayed.push({ id, entryId: entryId ?? undefined });
   }

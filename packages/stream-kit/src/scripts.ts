@@ -22,9 +22,12 @@ return removed
 `;
 
 /**
- * KEYS[1] dead-letter stream, KEYS[2] stream; ARGV[1] n, ARGV[2..n+1] dead letters of one entry,
- * then the XADD arguments after the key. Appends the entry to the stream once and deletes the dead
- * letters, or does nothing (returns false) if they are all gone already: replayed by someone else.
+ * KEYS[1] dead-letter stream, KEYS[2] stream, KEYS[3] the replay mark of the original entry;
+ * ARGV[1] n, ARGV[2..n+1] dead letters of that entry, ARGV[n+2] how long to keep the mark (s),
+ * then the XADD arguments after the key. Appends the entry to the stream once, however many of its
+ * dead letters are replayed, in as many calls as you like (the mark remembers the new entry ID),
+ * and deletes the dead letters given. Returns the new entry ID, or false if none of the dead
+ * letters exists and the entry was never put back.
  */
 export const REPLAY_DEAD_LETTERS = `
 local n = tonumber(ARGV[1])
@@ -32,8 +35,12 @@ local present = {}
 for i = 2, n + 1 do
   if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then present[#present + 1] = ARGV[i] end
 end
-if #present == 0 then return false end
-local id = redis.call('XADD', KEYS[2], unpack(ARGV, n + 2))
-redis.call('XDEL', KEYS[1], unpack(present))
+local id = redis.call('GET', KEYS[3])
+if not id then
+  if #present == 0 then return false end
+  id = redis.call('XADD', KEYS[2], unpack(ARGV, n + 3))
+  redis.call('SET', KEYS[3], id, 'EX', ARGV[n + 2])
+end
+if #present > 0 then redis.call('XDEL', KEYS[1], unpack(present)) end
 return id
 `;

@@ -124,7 +124,10 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     deleteIdleConsumersAfterMs: 3_600_000,
     closeTimeoutMs: 10_000,
     deadLetterStream: `${stream.name}:dlq`,
-    ...options,
+    // An option given as `undefined` keeps its default.
+    ...(Object.fromEntries(
+      Object.entries(options).filter(([, value]) => value !== undefined),
+    ) as SubscribeOptions),
   };
   for (const key of ['count', 'blockMs', 'maxDeliveries'] as const) {
     if (!Number.isInteger(settings[key]) || settings[key] < 1)
