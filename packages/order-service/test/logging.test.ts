@@ -3,7 +3,7 @@ import { LOG_REDACT } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { expect, it } from 'vitest';
 
-it('keeps passwords, Redis URLs and auth headers out of log lines, wherever they sit', () => {
+it('keeps passwords, Redis URLs, AUTH arguments and auth headers out of log lines, at the top level or one level down', () => {
   let output = '';
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {

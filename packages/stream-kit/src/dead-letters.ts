@@ -28,11 +28,13 @@ export interface DeadLetter {
   readonly fields: Fields;
 }
 
+/** Where the dead letters are, for streams whose subscriptions set `deadLetterStream`. */
 export interface DeadLetterOptions {
   /** @defaultValue `${stream.name}:dlq`, as `subscribe()` writes it */
   deadLetterStream?: string;
 }
 
+/** Options of `listDeadLetters()`. */
 export interface ListOptions extends DeadLetterOptions {
   /** @defaultValue 100 */
   count?: number;
@@ -73,6 +75,7 @@ function toDeadLetter(id: string, flat: string[]): DeadLetter {
   };
 }
 
+/** What `replayDeadLetters()` did with one dead letter. */
 export interface Replayed {
   /** The dead letter's ID. */
   readonly id: string;

@@ -16,6 +16,7 @@ const Price = z
   .transform(Number)
   .pipe(z.number().positive('must be greater than 0').max(1e12));
 
+/** An order was accepted: pay for it, tell the customer. */
 export const OrderCreated = z.object({
   type: z.literal('order-created'),
   orderId: Id,
@@ -25,6 +26,7 @@ export const OrderCreated = z.object({
 });
 export type OrderCreated = z.infer<typeof OrderCreated>;
 
+/** An order was paid (once: payment-service records it with the entry). */
 export const PaymentCompleted = z.object({
   type: z.literal('payment-completed'),
   /** Always written by our payment-service; the tutorial's Java one does not know it. */

@@ -2,6 +2,7 @@ import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import { xaddArguments, type EventOf, type StreamDefinition } from './stream.ts';
 
+/** Options of `createPublisher()`. */
 export interface PublisherOptions {
   /**
    * A Redis URL (the publisher opens and owns a connection) or a client to share (the caller
@@ -12,6 +13,7 @@ export interface PublisherOptions {
   logger?: Logger;
 }
 
+/** Appends typed events to streams. */
 export interface Publisher {
   /**
    * Validates `event` against the stream's schema and appends it with XADD, trimming the stream
@@ -25,6 +27,11 @@ export interface Publisher {
   close(): Promise<void>;
 }
 
+/**
+ * A publisher on `options.connection`: from a URL it opens a request connection of its own (a
+ * command fails after one retry and 2 s at most, so a request can answer 503 instead of hanging);
+ * a client passed in is shared, and stays the caller's to close.
+ */
 export function createPublisher(options: PublisherOptions): Publisher {
   const logger = options.logger ?? silentLogger;
   const owned = typeof options.connection === 'string';

@@ -37,6 +37,11 @@ export const DEFAULT_RETENTION: Retention = { maxAgeMs: 7 * 24 * 60 * 60 * 1000 
 /** The event type a stream carries, as handlers receive it and `publish()` accepts it. */
 export type EventOf<D extends StreamDefinition> = z.output<D['schema']>;
 
+/**
+ * Binds a stream name to the schema of its entries (and, optionally, defaults for entries that
+ * lack fields, and a retention), so that `publish()` and `subscribe()` infer the event type from
+ * it. Throws `RangeError` for a retention out of range.
+ */
 export function defineStream<Schema extends z.ZodType>(
   definition: StreamDefinition<Schema>,
 ): StreamDefinition<Schema> {

@@ -7,6 +7,7 @@ import { silentLogger, type Logger } from './logger.ts';
 import { decode, fieldsFromReply, type EventOf, type Fields, type StreamDefinition } from './stream.ts';
 import { DELETE_IDLE_CONSUMERS } from './scripts.ts';
 
+/** Where an event came from, given to the handler beside it. */
 export interface DeliveryContext {
   /** The entry ID, e.g. `1700000000000-0`; unique within the stream. */
   readonly id: string;
@@ -31,6 +32,7 @@ export interface DeliveryContext {
  */
 export type Handler<T> = (event: T, context: DeliveryContext) => Promise<void> | void;
 
+/** Options of `subscribe()`; all but `connection` have defaults. */
 export interface SubscribeOptions {
   /** A Redis URL, or a client whose settings to copy. The subscription always opens its own connection. */
   connection: Connection;
@@ -71,6 +73,7 @@ export interface SubscribeOptions {
   deadLetterStream?: string;
 }
 
+/** A running subscription, as `subscribe()` returns it. */
 export interface Subscription {
   /**
    * Stops reading, waits for the running handler (up to `closeTimeoutMs`) and its ack, then
