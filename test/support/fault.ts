@@ -49,8 +49,8 @@ export interface FaultReport {
   sends: Histogram;
   /** SIGKILLs of notification-service instances. */
   notificationKills: number;
-  /** SIGTERMs that did not end in exit code 0 within the services' own 15 s limit. */
-  badStops: number;
+  /** SIGTERMs to running instances that did not end in exit code 0 within their own 15 s limit. */
+  badStops: string[];
   pending: Record<string, number>;
   deadLetters: Record<string, number>;
   durationMs: number;
@@ -71,8 +71,10 @@ class Instance {
   private child: ChildProcess | undefined;
   private tail = '';
   kills = 0;
-  /** Graceful stops that did not end with exit code 0 in time. */
-  badStops = 0;
+  /** Graceful stops that did not end with exit code 0 in time, as `exit <code>`. */
+  readonly badStops: string[] = [];
+  /** Whether it has started listening (and handles signals) since its last start. */
+  private up = false;
 
   constructor(
     readonly service: ServiceName,
@@ -84,6 +86,7 @@ class Instance {
   ) {}
 
   start() {
+    this.up = false;
     this.child = spawnService(this.service, {
       ...this.env,
       PORT: '0',
@@ -100,7 +103,10 @@ class Instance {
       partial = lines.pop()!;
       for (const line of lines) {
         this.tail = (this.tail + line + '\n').slice(-4_000);
-        if (line.startsWith('{')) this.onLog(JSON.parse(line) as { msg?: string });
+        if (!line.startsWith('{')) continue;
+        const entry = JSON.parse(line) as { msg?: string };
+        if (entry.msg?.endsWith(' listening')) this.up = true;
+        this.onLog(entry);
       }
     });
   }
@@ -109,13 +115,16 @@ class Instance {
   async kill(signal: 'SIGKILL' | 'SIGTERM' = 'SIGKILL') {
     const child = this.child;
     if (!child) return;
+    // A process still booting has no signal handlers yet: SIGTERM ends it like SIGKILL does, and
+    // says nothing about its graceful stop.
+    const graceful = signal === 'SIGTERM' && this.up;
     child.kill(signal);
     if (signal === 'SIGKILL') this.kills += 1;
     // The services give up on their own after 15 s; later than that is a hang.
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
     const code = await exitOf(child);
     clearTimeout(timer);
-    if (signal === 'SIGTERM' && code !== 0) this.badStops += 1;
+    if (graceful && code !== 0) this.badStops.push(`${this.service} exit ${code}`);
   }
 
   describe() {
@@ -135,7 +144,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   });
   const redis = new Redis(server.url, { maxRetriesPerRequest: null });
   redis.on('error', () => {});
-  const env = { REDIS_URL: server.url, LOG_LEVEL: 'warn', CLAIM_IDLE_MS: '1000' };
+  // At info, for the 'listening' and 'mail sent' lines the run watches.
+  const env = { REDIS_URL: server.url, LOG_LEVEL: 'info', CLAIM_IDLE_MS: '1000' };
   let order: RunningService | undefined;
   // What the notification instances hand their sender (it logs each message at info): the real
   // sends, beside what the sent log recorded.
@@ -144,12 +154,11 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     if ((msg === 'mail sent' || msg === 'sms sent') && idempotencyKey)
       sends.set(idempotencyKey, (sends.get(idempotencyKey) ?? 0) + 1);
   };
-  const notifying = { ...env, LOG_LEVEL: 'info' };
   const instances = [
     new Instance('payment-service', 'payment-1', env),
     new Instance('payment-service', undefined, env),
-    new Instance('notification-service', 'notification-1', notifying, countSend),
-    new Instance('notification-service', undefined, notifying, countSend),
+    new Instance('notification-service', 'notification-1', env, countSend),
+    new Instance('notification-service', undefined, env, countSend),
   ];
   let chaos = true;
   let kills = 0;
@@ -248,7 +257,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       sms: sms.histogram,
       strays: payments.strays + mails.strays + sms.strays,
       sends: histogramOf(sendCounts),
-      badStops: instances.reduce((sum, i) => sum + i.badStops, 0),
+      badStops: instances.flatMap((i) => i.badStops),
       notificationKills: instances.reduce(
         (sum, i) => sum + (i.service === 'notification-service' ? i.kills : 0),
         0,
@@ -384,7 +393,7 @@ export function problemsOf(report: FaultReport): string[] {
   for (const what of ['payments', 'mails', 'sms'] as const) {
     if (!onlyOnce(report[what])) problems.push(`${what} per order: ${JSON.stringify(report[what])}`);
   }
-  if (report.badStops > 0) problems.push(`${report.badStops} SIGTERMs did not end in exit code 0`);
+  if (report.badStops.length > 0) problems.push(`graceful stops that failed: ${report.badStops.join(', ')}`);
   if (report.strays > 0) problems.push(`${report.strays} effects for orders nobody placed`);
   if (report.sends[0]) problems.push(`${report.sends[0]} notifications never reached the sender`);
   const extra = Object.entries(report.sends).reduce(
