@@ -1,0 +1,196 @@
+/**
+ * `pnpm bench [--quick]`: stream-kit's throughput beside baselines measured in the same run, on
+ * the same private redis-server (these machines are shared and noisy: only ratios within one run
+ * mean anything). Prints one table. Work in progress for the benchmark issue: publish and
+ * consume rows so far.
+ */
+import { execFile } from 'node:child_process';
+import { cpus } from 'node:os';
+import { promisify } from 'node:util';
+import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
+import { createPublisher, OrderEvents, subscribe, type EventOf } from '../packages/stream-kit/src/index.ts';
+import { startRedisServer } from './redis-server.ts';
+
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
+const N = values.quick ? 20_000 : 200_000;
+
+interface Row {
+  name: string;
+  perSecond: number;
+  /** The row this one is compared with. */
+  baseline?: string;
+}
+
+const order = (n: number): EventOf<typeof OrderEvents> => ({
+  type: 'order-created',
+  orderId: `order-${n}`,
+  userId: `user-${n % 100}`,
+  productId: 'product-1',
+  price: 1000,
+});
+
+async function timed(count: number, work: () => Promise<void>): Promise<number> {
+  const began = process.hrtime.bigint();
+  await work();
+  const seconds = Number(process.hrtime.bigint() - began) / 1e9;
+  return count / seconds;
+}
+
+/** A fresh stream name per row, so rows never see each other's entries. */
+let streams = 0;
+const fresh = (what: string) => `bench:${what}:${(streams += 1)}`;
+
+async function redisBenchmark(port: number): Promise<number> {
+  const { stdout } = await promisify(execFile)('redis-benchmark', [
+    '-p', String(port), '-n', String(N), '-P', '32', '-q',
+    'XADD', fresh('redis-benchmark'), '*', 'type', 'order-created', 'orderId', 'o', 'userId', 'u', 'productId', 'p', 'price', '1000',
+  ]); // prettier-ignore
+  const match = /([\d.]+) requests per second/.exec(stdout.split('\r').at(-1) ?? stdout);
+  if (!match) throw new Error(`cannot read redis-benchmark's output: ${stdout}`);
+  return Number(match[1]);
+}
+
+async function rawPipelinedXadd(redis: Redis): Promise<number> {
+  const stream = fresh('raw-xadd');
+  return timed(N, async () => {
+    for (let start = 0; start < N; start += 500) {
+      const pipeline = redis.pipeline();
+      for (let n = start; n < Math.min(start + 500, N); n += 1) {
+        const { type, orderId, userId, productId, price } = order(n);
+        // prettier-ignore
+        pipeline.xadd(stream, '*', 'type', type, 'orderId', orderId, 'userId', userId, 'productId', productId, 'price', String(price));
+      }
+      await pipeline.exec();
+    }
+  });
+}
+
+async function publishOneByOne(url: string): Promise<number> {
+  const publisher = createPublisher({ connection: url });
+  const stream = { ...OrderEvents, name: fresh('publish') };
+  const count = Math.min(N, 20_000);
+  try {
+    return await timed(count, async () => {
+      for (let n = 0; n < count; n += 1) await publisher.publish(stream, order(n));
+    });
+  } finally {
+    await publisher.close();
+  }
+}
+
+/** 500 publishes in flight at a time: ioredis writes them back to back, as a pipeline would. */
+async function publishConcurrently(url: string): Promise<number> {
+  const publisher = createPublisher({ connection: url });
+  const stream = { ...OrderEvents, name: fresh('publish-concurrent') };
+  try {
+    return await timed(N, async () => {
+      for (let start = 0; start < N; start += 500) {
+        const batch = [];
+        for (let n = start; n < Math.min(start + 500, N); n += 1)
+          batch.push(publisher.publish(stream, order(n)));
+        await Promise.all(batch);
+      }
+    });
+  } finally {
+    await publisher.close();
+  }
+}
+
+/** Fills a stream with N orders, for the consume rows. */
+async function filled(redis: Redis, what: string): Promise<string> {
+  const stream = fresh(what);
+  for (let start = 0; start < N; start += 1_000) {
+    const pipeline = redis.pipeline();
+    for (let n = start; n < Math.min(start + 1_000, N); n += 1) {
+      // prettier-ignore
+      pipeline.xadd(stream, '*', 'type', 'order-created', 'orderId', `o-${n}`, 'userId', 'u', 'productId', 'p', 'price', '1000');
+    }
+    await pipeline.exec();
+  }
+  await redis.xgroup('CREATE', stream, 'g', '0');
+  return stream;
+}
+
+/** The loop people write by hand: XREADGROUP COUNT 500, then one XACK for the whole batch. */
+async function rawConsume(redis: Redis): Promise<number> {
+  const stream = await filled(redis, 'raw-consume');
+  return timed(N, async () => {
+    for (let seen = 0; seen < N;) {
+      // prettier-ignore
+      const reply = (await redis.xreadgroup(
+        'GROUP', 'g', 'c', 'COUNT', 500, 'BLOCK', 1_000, 'STREAMS', stream, '>',
+      )) as [string, [string, string[]][]][] | null;
+      const entries = reply?.[0]?.[1] ?? [];
+      if (entries.length > 0) await redis.xack(stream, 'g', ...entries.map(([id]) => id));
+      seen += entries.length;
+    }
+  });
+}
+
+async function streamKitConsume(redis: Redis, url: string, count: number): Promise<number> {
+  const name = await filled(redis, `stream-kit-consume-${count}`);
+  const stream = { ...OrderEvents, name };
+  let handled = 0;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  let subscription: { close(): Promise<void> } | undefined;
+  const rate = await timed(N, async () => {
+    subscription = subscribe(
+      'g',
+      'c',
+      stream,
+      () => {
+        handled += 1;
+        if (handled === N) done();
+      },
+      { connection: url, count, blockMs: 1_000 },
+    );
+    await finished;
+  });
+  await subscription?.close();
+  return rate;
+}
+
+const server = await startRedisServer();
+const redis = new Redis(server.url);
+const rows: Row[] = [];
+try {
+  console.log(
+    `pnpm bench${values.quick ? ' --quick' : ''}: ${N} entries per row, ${cpus().length} CPUs, Node ${process.version}`,
+  );
+  rows.push({ name: 'redis-benchmark XADD -P 32', perSecond: await redisBenchmark(server.port) });
+  rows.push({ name: 'ioredis XADD, pipelines of 500', perSecond: await rawPipelinedXadd(redis) });
+  rows.push({
+    name: 'stream-kit publish, one at a time',
+    perSecond: await publishOneByOne(server.url),
+    baseline: 'ioredis XADD, pipelines of 500',
+  });
+  rows.push({
+    name: 'stream-kit publish, 500 in flight',
+    perSecond: await publishConcurrently(server.url),
+    baseline: 'ioredis XADD, pipelines of 500',
+  });
+  rows.push({ name: 'ioredis XREADGROUP COUNT 500 + XACK per batch', perSecond: await rawConsume(redis) });
+  for (const count of [10, 500]) {
+    rows.push({
+      name: `stream-kit subscribe, no-op handler, count ${count}`,
+      perSecond: await streamKitConsume(redis, server.url, count),
+      baseline: 'ioredis XREADGROUP COUNT 500 + XACK per batch',
+    });
+  }
+  const width = Math.max(...rows.map((row) => row.name.length));
+  console.log(`\n${'row'.padEnd(width)}  ${'per second'.padStart(12)}  vs baseline`);
+  for (const row of rows) {
+    const base = rows.find((other) => other.name === row.baseline);
+    const ratio = base
+      ? `${((100 * row.perSecond) / base.perSecond).toFixed(0)}% of "${base.name}"`
+      : '(baseline)';
+    console.log(
+      `${row.name.padEnd(width)}  ${Math.round(row.perSecond).toLocaleString('en').padStart(12)}  ${ratio}`,
+    );
+  }
+} finally {
+  redis.disconnect();
+  await server.stop();
+}
