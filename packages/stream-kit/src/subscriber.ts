@@ -197,6 +197,12 @@ class ConsumerLoop {
   private renewing = false;
   /** The entry whose handler is running. */
   private current: string | undefined;
+  /**
+   * XACKs sent but not yet answered. Each is sent as soon as its handler resolves (never before),
+   * without waiting for the answer before the next handler; `flushAcks` awaits them at the end of
+   * a batch or pending pass, and before `close()` drops the connection.
+   */
+  private acks: Promise<unknown>[] = [];
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
   private readonly claimIntervalMs: number;
@@ -246,6 +252,8 @@ class ConsumerLoop {
         ])
       : false;
     clearInterval(this.leaseTimer);
+    // The acks of handlers that finished are on the wire: let them land before the connection goes.
+    await Promise.race([Promise.allSettled(this.acks), sleep(this.settings.closeTimeoutMs)]);
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.redis.disconnect();
@@ -353,11 +361,22 @@ class ConsumerLoop {
   private async handleBatch(entries: Entry[]) {
     const readAt = Date.now();
     for (const [id] of entries) this.held.set(id, readAt);
-    for (const [id, fields] of entries) {
-      if (this.stopping) break;
-      if (this.held.has(id)) await this.handleOne(id, fields, 1);
+    try {
+      for (const [id, fields] of entries) {
+        if (this.stopping) break;
+        if (this.held.has(id)) await this.handleOne(id, fields, 1);
+      }
+    } finally {
+      this.held.clear();
     }
-    this.held.clear();
+    await this.flushAcks();
+  }
+
+  /** Waits for the XACKs sent; throws if one failed (its entry stays pending, and comes back). */
+  private async flushAcks() {
+    const sent = this.acks;
+    this.acks = [];
+    await Promise.all(sent);
   }
 
   /**
@@ -457,6 +476,7 @@ class ConsumerLoop {
         }
         await this.redeliver(id, idleNow, deliveries);
       }
+      await this.flushAcks();
       if (page.length < this.settings.count) break;
       start = `(${page.at(-1)![0]}`;
     }
@@ -624,7 +644,10 @@ class ConsumerLoop {
     }
     // Done with it: a lease renewal sent after the ack would find it gone and call it lost.
     this.held.delete(id);
-    await this.redis.xack(this.stream.name, this.group, id);
+    // Sent now, awaited with the rest of the batch: the next handler need not wait a round trip.
+    const ack = this.redis.xack(this.stream.name, this.group, id);
+    ack.catch(() => {}); // awaited in flushAcks
+    this.acks.push(ack);
     return 'done';
   }
 
