@@ -198,10 +198,14 @@ class ConsumerLoop {
   /** The entry whose handler is running. */
   private current: string | undefined;
   /**
-   * XACKs sent but not yet answered. Each is sent as soon as its handler resolves (never before),
-   * without waiting for the answer before the next handler; `flushAcks` awaits them at the end of
-   * a batch or pending pass, and before `close()` drops the connection.
+   * Acks go out in one multi-ID XACK for the entries whose handlers resolved (never before) since
+   * the last one was sent: as soon as the loop waits for anything (a handler's own I/O), or at the
+   * end of the batch. The next handler does not wait for Redis's answer; `flushAcks` awaits the
+   * answers at the end of a batch or pending page, and `close()` before it drops the connection.
    */
+  private ackQueue: string[] = [];
+  private ackSoon: NodeJS.Immediate | undefined;
+  /** XACKs sent, not yet answered. */
   private acks: Promise<unknown>[] = [];
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
@@ -253,6 +257,7 @@ class ConsumerLoop {
       : false;
     clearInterval(this.leaseTimer);
     // The acks of handlers that finished are on the wire: let them land before the connection goes.
+    this.sendAcks();
     await Promise.race([Promise.allSettled(this.acks), sleep(this.settings.closeTimeoutMs)]);
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
@@ -372,8 +377,23 @@ class ConsumerLoop {
     await this.flushAcks();
   }
 
-  /** Waits for the XACKs sent; throws if one failed (its entry stays pending, and comes back). */
+  private queueAck(id: string) {
+    this.ackQueue.push(id);
+    this.ackSoon ??= setImmediate(() => this.sendAcks());
+  }
+
+  private sendAcks() {
+    if (this.ackSoon) clearImmediate(this.ackSoon);
+    this.ackSoon = undefined;
+    if (this.ackQueue.length === 0) return;
+    const ack = this.redis.xack(this.stream.name, this.group, ...this.ackQueue.splice(0));
+    ack.catch(() => {}); // awaited in flushAcks or close()
+    this.acks.push(ack);
+  }
+
+  /** Sends the acks queued and waits for all answers; throws if one failed (those entries stay pending, and come back). */
   private async flushAcks() {
+    this.sendAcks();
     const sent = this.acks;
     this.acks = [];
     await Promise.all(sent);
@@ -644,10 +664,7 @@ class ConsumerLoop {
     }
     // Done with it: a lease renewal sent after the ack would find it gone and call it lost.
     this.held.delete(id);
-    // Sent now, awaited with the rest of the batch: the next handler need not wait a round trip.
-    const ack = this.redis.xack(this.stream.name, this.group, id);
-    ack.catch(() => {}); // awaited in flushAcks
-    this.acks.push(ack);
+    this.queueAck(id);
     return 'done';
   }
 

@@ -198,6 +198,26 @@ describe('subscribe', () => {
     await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'the ack' });
   });
 
+  it('acks each entry while the rest of its batch is still being handled', async () => {
+    const stream = testStream();
+    await publishRange(stream, 2);
+    const secondStarted = deferred();
+    const release = deferred();
+    start(stream, async (event) => {
+      if (event.n === 1) {
+        secondStarted.resolve();
+        await release.promise;
+      }
+    });
+
+    await secondStarted.promise;
+
+    // Entry 0 is acked although entry 1, read in the same batch, is still running.
+    await waitFor(async () => (await pendingCount(stream)) === 1, { what: 'the ack of entry 0' });
+    release.resolve();
+    await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'the ack of entry 1' });
+  });
+
   describe('when the handler throws', () => {
     it('leaves the entry pending and delivers it again', async () => {
       const stream = testStream();
