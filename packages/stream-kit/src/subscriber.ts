@@ -256,7 +256,8 @@ class ConsumerLoop {
         ])
       : false;
     clearInterval(this.leaseTimer);
-    // The acks of handlers that finished are on the wire: let them land before the connection goes.
+    // Send the acks still queued for handlers that finished, and let them land (a blocked read's
+    // answer comes first, within BLOCK) before the connection goes.
     this.sendAcks();
     await Promise.race([Promise.allSettled(this.acks), sleep(this.settings.closeTimeoutMs)]);
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
