@@ -2,12 +2,13 @@
  * `pnpm bench [--quick]`: stream-kit's throughput beside baselines measured in the same run, on
  * the same private redis-server (these machines are shared and noisy: only ratios within one run
  * mean anything). Prints one table. Work in progress for the benchmark issue: publish and
- * consume rows so far.
+ * consume rows, beside BullMQ, so far.
  */
 import { execFile } from 'node:child_process';
 import { cpus } from 'node:os';
 import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
+import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createPublisher, OrderEvents, subscribe, type EventOf } from '../packages/stream-kit/src/index.ts';
 import { startRedisServer } from './redis-server.ts';
@@ -152,6 +153,39 @@ async function streamKitConsume(redis: Redis, url: string, count: number): Promi
   return rate;
 }
 
+/** BullMQ's way: `addBulk` the jobs, then a Worker (concurrency 50) with a no-op processor. */
+async function bullmqConsume(port: number): Promise<{ add: number; consume: number }> {
+  const connection = { host: '127.0.0.1', port, maxRetriesPerRequest: null };
+  const name = fresh('bullmq').replaceAll(':', '-');
+  const queue = new Queue(name, { connection });
+  const jobs = Array.from({ length: N }, (_, n) => ({
+    name: 'order-created',
+    data: order(n),
+    opts: { removeOnComplete: true },
+  }));
+  try {
+    const add = await timed(N, async () => {
+      for (let start = 0; start < N; start += 500) await queue.addBulk(jobs.slice(start, start + 500));
+    });
+    let completed = 0;
+    let done!: () => void;
+    const finished = new Promise<void>((resolve) => (done = resolve));
+    let worker: Worker | undefined;
+    const consume = await timed(N, async () => {
+      worker = new Worker(name, async () => {}, { connection, concurrency: 50 });
+      worker.on('completed', () => {
+        completed += 1;
+        if (completed === N) done();
+      });
+      await finished;
+    });
+    await worker?.close();
+    return { add, consume };
+  } finally {
+    await queue.close();
+  }
+}
+
 const server = await startRedisServer();
 const redis = new Redis(server.url);
 const rows: Row[] = [];
@@ -179,6 +213,17 @@ try {
       baseline: 'ioredis XREADGROUP COUNT 500 + XACK per batch',
     });
   }
+  const bullmq = await bullmqConsume(server.port);
+  rows.push({
+    name: 'BullMQ addBulk, 500 a call',
+    perSecond: bullmq.add,
+    baseline: 'ioredis XADD, pipelines of 500',
+  });
+  rows.push({
+    name: 'BullMQ Worker, no-op, concurrency 50',
+    perSecond: bullmq.consume,
+    baseline: 'ioredis XREADGROUP COUNT 500 + XACK per batch',
+  });
   const width = Math.max(...rows.map((row) => row.name.length));
   console.log(`\n${'row'.padEnd(width)}  ${'per second'.padStart(12)}  vs baseline`);
   for (const row of rows) {
