@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createPublisher, OrderEvents, subscribe, type EventOf } from '../packages/stream-kit/src/index.ts';
+import { decode } from '../packages/stream-kit/src/stream.ts';
 import { startRedisServer } from './redis-server.ts';
 
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
@@ -153,6 +154,15 @@ async function streamKitConsume(redis: Redis, url: string, count: number): Promi
   return rate;
 }
 
+/** The schema's share of a delivery: `decode` alone, as the subscriber calls it for each entry. */
+async function decodeOnly(): Promise<number> {
+  const fields = { type: 'order-created', orderId: 'o-1', userId: 'u', productId: 'p', price: '1000' };
+  const count = N * 5;
+  return timed(count, async () => {
+    for (let n = 0; n < count; n += 1) if (!decode(OrderEvents, '1-0', fields).ok) throw new Error('bad');
+  });
+}
+
 /** BullMQ's way: `addBulk` the jobs, then a Worker (concurrency 50) with a no-op processor. */
 async function bullmqConsume(port: number): Promise<{ add: number; consume: number }> {
   const connection = { host: '127.0.0.1', port, maxRetriesPerRequest: null };
@@ -213,6 +223,7 @@ try {
       baseline: 'ioredis XREADGROUP COUNT 500 + XACK per batch',
     });
   }
+  rows.push({ name: 'stream-kit decode alone (zod, OrderEvents)', perSecond: await decodeOnly() });
   const bullmq = await bullmqConsume(server.port);
   rows.push({
     name: 'BullMQ addBulk, 500 a call',
