@@ -132,6 +132,21 @@ describe('publish', () => {
     expect(await redis.exists(stream.name)).toBe(0);
   });
 
+  it('publishes a batch in order with publishMany, and writes none of it if one event is invalid', async () => {
+    const stream = testStream();
+
+    const ids = await publisher.publishMany(stream, [{ n: 1 }, { n: 2, note: 'x' }, { n: 3 }]);
+    const refused = publisher.publishMany(stream, [{ n: 4 }, { n: -1 }]);
+
+    await expect(refused).rejects.toBeInstanceOf(EventValidationError);
+    const entries = await redis.xrange(stream.name, '-', '+');
+    expect(entries).toEqual([
+      [ids[0], ['n', '1']],
+      [ids[1], ['n', '2', 'note', 'x']],
+      [ids[2], ['n', '3']],
+    ]);
+  });
+
   it('refuses a wrong field at compile time', () => {
     const stream = testStream();
     // The assertion is the @ts-expect-error itself: `pnpm typecheck` fails if this compiles.
