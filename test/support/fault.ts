@@ -66,6 +66,8 @@ const GROUPS = [
   ['payment-events', 'notification-service-group'],
 ] as const;
 const USERS = 50;
+/** SIGKILLs a run sees at least (and half as many SIGTERMs), however quickly its orders go through. */
+const MIN_KILLS = 6;
 
 /** A consumer instance that can be killed and started again. */
 class Instance {
@@ -176,8 +178,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         await sleep(every * (0.5 + random()));
         if (!chaos) break;
         const victim = instances[Math.floor(random() * instances.length)]!;
-        // Two in three are crashes, the rest graceful stops.
-        if (random() < 2 / 3) {
+        // Two in three are crashes, every third a graceful stop.
+        if ((kills + terms) % 3 !== 2) {
           await victim.kill('SIGKILL');
           kills += 1;
         } else {
@@ -197,6 +199,11 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     })();
 
     await Promise.all([placing.done, restarting]);
+    // However quick the run, it has seen crashes and graceful stops before the faults end.
+    await waitFor(() => kills >= MIN_KILLS && terms >= MIN_KILLS / 2, {
+      timeoutMs: 600_000,
+      intervalMs: 100,
+    });
     chaos = false;
     await killing;
     log(
