@@ -20,7 +20,7 @@ const STOP_TIMEOUT_MS = 10_000;
 const PROBE_TIMEOUT_MS = 2_000;
 const LOCAL_HOSTS = new Set(['127.0.0.1', 'localhost', '::1']);
 const HOW_TO_GET_REDIS =
-  'start one with `docker compose up -d redis`, or install it (`sudo apt-get install redis-server` / `brew install redis`) so `pnpm dev` can start redis-server itself, or set REDIS_URL to a Redis you can reach';
+  'start one with `docker compose up -d redis` (then REDIS_URL=redis://admin:admin-dev-password@127.0.0.1:6379, see redis/users.acl), or install it (`sudo apt-get install redis-server` / `brew install redis`) so `pnpm dev` can start redis-server itself, or set REDIS_URL to a Redis you can reach';
 
 interface ServiceSpec {
   name: string;
@@ -93,14 +93,14 @@ function redact(url: URL): string {
  * (something that does not reply to PING like Redis). A Redis that wants a password still counts:
  * its `-NOAUTH` reply proves it is Redis, and the services authenticate with the URL.
  */
-function probe(host: string, port: number, tls: boolean): Promise<'redis' | 'nothing' | 'other'> {
+function probe(host: string, port: number, tls: boolean): Promise<'redis' | 'locked' | 'nothing' | 'other'> {
   // A raw PING cannot go through TLS without a client; being reachable has to do there.
   if (tls) return canConnect(port, host, PROBE_TIMEOUT_MS).then((ok) => (ok ? 'redis' : 'nothing'));
   return new Promise((resolve) => {
     const socket = new Socket();
     let connected = false;
     let reply = '';
-    const done = (result: 'redis' | 'nothing' | 'other') => {
+    const done = (result: 'redis' | 'locked' | 'nothing' | 'other') => {
       socket.destroy();
       resolve(result);
     };
@@ -110,7 +110,7 @@ function probe(host: string, port: number, tls: boolean): Promise<'redis' | 'not
     socket.on('data', (chunk) => {
       reply += chunk.toString('latin1');
       if (!reply.includes('\r\n')) return;
-      done(/^(\+PONG|-NOAUTH|-DENIED)/.test(reply) ? 'redis' : 'other');
+      done(/^\+PONG/.test(reply) ? 'redis' : /^(-NOAUTH|-DENIED)/.test(reply) ? 'locked' : 'other');
     });
     socket.connect(port, host, () => {
       connected = true;
@@ -146,7 +146,12 @@ async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
   const port = Number(url.port || 6379);
 
   const found = await probe(host, port, url.protocol === 'rediss:');
-  if (found === 'redis') {
+  // A Redis that wants a password (or a user) is fine if the URL brings one.
+  if (found === 'locked' && !url.password)
+    fail(
+      `the Redis at ${redact(url)} wants a password: put a user and password in REDIS_URL (docker compose's Redis: redis://admin:admin-dev-password@${host}:${port})`,
+    );
+  if (found === 'redis' || found === 'locked') {
     say(`using Redis at ${redact(url)}`);
     return { url: url.href, stop: async () => {} };
   }

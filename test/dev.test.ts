@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { answersHealthz, canConnect, freePort } from '../scripts/net.ts';
+import { startRedisServer } from '../scripts/redis-server.ts';
 import { waitFor } from './support/wait.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -125,6 +126,24 @@ describe('pnpm dev', () => {
       expect(dev.output().stdout).not.toMatch(/shutdown timed out|did not stop/);
       for (const port of [redisPort!, ...servicePorts]) {
         expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
+      }
+    },
+  );
+
+  it(
+    'says in one line to put a password in REDIS_URL when the Redis there wants one',
+    { timeout: 60_000 },
+    async () => {
+      const locked = await startRedisServer({ args: ['--requirepass', 'secret'] });
+      try {
+        const dev = startDev({ REDIS_URL: locked.url });
+
+        const code = await dev.exit(10_000);
+
+        expect(code).toBe(1);
+        expect(dev.output().stderr).toMatch(/wants a password: put a user and password in REDIS_URL/);
+      } finally {
+        await locked.stop();
       }
     },
   );
