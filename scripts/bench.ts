@@ -12,6 +12,9 @@ import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createPublisher, OrderEvents, subscribe, type EventOf } from '../packages/stream-kit/src/index.ts';
 import { decode } from '../packages/stream-kit/src/stream.ts';
+import { paymentHandler } from '../packages/payment-service/src/process-payment.ts';
+import { openRequestConnection } from '../packages/stream-kit/src/connection.ts';
+import { silentLogger } from '../packages/stream-kit/src/logger.ts';
 import { startRedisServer } from './redis-server.ts';
 
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
@@ -179,6 +182,88 @@ async function decodeOnly(): Promise<number> {
   });
 }
 
+/**
+ * payment-service's own handler on `order-events`: for each order, one Lua script writes the
+ * payment record and the `payment-events` entry and acks the order.
+ */
+async function streamKitPayments(redis: Redis, url: string): Promise<number> {
+  await redis.del('order-events', 'payment-events');
+  for (let start = 0; start < N; start += 1_000) {
+    const pipeline = redis.pipeline();
+    for (let n = start; n < Math.min(start + 1_000, N); n += 1) {
+      // prettier-ignore
+      pipeline.xadd('order-events', '*', 'type', 'order-created', 'orderId', `o-${n}`, 'userId', 'u', 'productId', 'p', 'price', '1000');
+    }
+    await pipeline.exec();
+  }
+  const connection = openRequestConnection(url, silentLogger, 'bench-payments');
+  const pay = paymentHandler({ redis: connection, logger: silentLogger as never });
+  let handled = 0;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  let subscription: { close(): Promise<void> } | undefined;
+  try {
+    return await timed(N, async () => {
+      subscription = subscribe(
+        'payment-service-group',
+        'bench',
+        OrderEvents,
+        async (event, context) => {
+          await pay(event, context);
+          handled += 1;
+          if (handled === N) done();
+        },
+        { connection: url, count: 500, blockMs: 1_000 },
+      );
+      await finished;
+    });
+  } finally {
+    await subscription?.close();
+    connection.disconnect();
+  }
+}
+
+/** The same work BullMQ's way: a job per order, whose processor adds a job to a payments queue. */
+async function bullmqPayments(port: number): Promise<number> {
+  const connection = { host: '127.0.0.1', port, maxRetriesPerRequest: null };
+  const orders = new Queue(fresh('bullmq-orders').replaceAll(':', '-'), { connection });
+  const payments = new Queue(fresh('bullmq-payments').replaceAll(':', '-'), { connection });
+  try {
+    for (let start = 0; start < N; start += 500) {
+      await orders.addBulk(
+        Array.from({ length: Math.min(500, N - start) }, (_, i) => ({
+          name: 'order-created',
+          data: order(start + i),
+          opts: { removeOnComplete: true },
+        })),
+      );
+    }
+    let completed = 0;
+    let done!: () => void;
+    const finished = new Promise<void>((resolve) => (done = resolve));
+    let worker: Worker | undefined;
+    const rate = await timed(N, async () => {
+      worker = new Worker(
+        orders.name,
+        async (job) => {
+          await payments.add('payment-completed', { ...job.data, paymentProcessId: job.id });
+        },
+        { connection, concurrency: 50 },
+      );
+      worker.on('completed', () => {
+        completed += 1;
+        if (completed === N) done();
+      });
+      await finished;
+    });
+    await worker?.close();
+    return rate;
+  } finally {
+    await orders.close();
+    await payments.close();
+  }
+}
+
 /** BullMQ's way: `addBulk` the jobs, then a Worker (concurrency 50) with a no-op processor. */
 async function bullmqConsume(port: number): Promise<{ add: number; consume: number }> {
   const connection = { host: '127.0.0.1', port, maxRetriesPerRequest: null };
@@ -255,6 +340,15 @@ try {
     name: 'BullMQ Worker, no-op, concurrency 50',
     perSecond: bullmq.consume,
     baseline: 'ioredis XREADGROUP COUNT 500 + XACK per batch',
+  });
+  rows.push({
+    name: 'BullMQ payment-like: a job that adds a job, concurrency 50',
+    perSecond: await bullmqPayments(server.port),
+  });
+  rows.push({
+    name: 'stream-kit payment-like: payment-service handler',
+    perSecond: await streamKitPayments(redis, server.url),
+    baseline: 'BullMQ payment-like: a job that adds a job, concurrency 50',
   });
   const width = Math.max(...rows.map((row) => row.name.length));
   console.log(`\n${'row'.padEnd(width)}  ${'per second'.padStart(12)}  vs baseline`);
