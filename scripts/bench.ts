@@ -35,6 +35,20 @@ const order = (n: number): EventOf<typeof OrderEvents> => ({
   price: 1000,
 });
 
+/** Resolves `done` once `count()` has been called `n` times. */
+function countdown(n: number) {
+  let left = n;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  return {
+    count() {
+      left -= 1;
+      if (left === 0) done();
+    },
+    done: finished,
+  };
+}
+
 async function timed(count: number, work: () => Promise<void>): Promise<number> {
   const began = process.hrtime.bigint();
   await work();
@@ -118,9 +132,8 @@ async function publishMany(url: string): Promise<number> {
   }
 }
 
-/** Fills a stream with N orders, for the consume rows. */
-async function filled(redis: Redis, what: string): Promise<string> {
-  const stream = fresh(what);
+/** Appends N orders to `stream`, as the consume rows find them. */
+async function fill(redis: Redis, stream: string): Promise<void> {
   for (let start = 0; start < N; start += 1_000) {
     const pipeline = redis.pipeline();
     for (let n = start; n < Math.min(start + 1_000, N); n += 1) {
@@ -129,6 +142,12 @@ async function filled(redis: Redis, what: string): Promise<string> {
     }
     await pipeline.exec();
   }
+}
+
+/** A fresh stream of N orders, with group `g` at its start. */
+async function filled(redis: Redis, what: string): Promise<string> {
+  const stream = fresh(what);
+  await fill(redis, stream);
   await redis.xgroup('CREATE', stream, 'g', '0');
   return stream;
 }
@@ -152,22 +171,11 @@ async function rawConsume(redis: Redis): Promise<number> {
 async function streamKitConsume(redis: Redis, url: string, count: number): Promise<number> {
   const name = await filled(redis, `stream-kit-consume-${count}`);
   const stream = { ...OrderEvents, name };
-  let handled = 0;
-  let done!: () => void;
-  const finished = new Promise<void>((resolve) => (done = resolve));
   let subscription: { close(): Promise<void> } | undefined;
+  const all = countdown(N);
   const rate = await timed(N, async () => {
-    subscription = subscribe(
-      'g',
-      'c',
-      stream,
-      () => {
-        handled += 1;
-        if (handled === N) done();
-      },
-      { connection: url, count, blockMs: 1_000 },
-    );
-    await finished;
+    subscription = subscribe('g', 'c', stream, () => all.count(), { connection: url, count, blockMs: 1_000 });
+    await all.done;
   });
   await subscription?.close();
   return rate;
@@ -188,21 +196,12 @@ async function decodeOnly(): Promise<number> {
  */
 async function streamKitPayments(redis: Redis, url: string): Promise<number> {
   await redis.del('order-events', 'payment-events');
-  for (let start = 0; start < N; start += 1_000) {
-    const pipeline = redis.pipeline();
-    for (let n = start; n < Math.min(start + 1_000, N); n += 1) {
-      // prettier-ignore
-      pipeline.xadd('order-events', '*', 'type', 'order-created', 'orderId', `o-${n}`, 'userId', 'u', 'productId', 'p', 'price', '1000');
-    }
-    await pipeline.exec();
-  }
+  await fill(redis, 'order-events');
   const connection = openRequestConnection(url, silentLogger, 'bench-payments');
   const pay = paymentHandler({ redis: connection, logger: silentLogger as never });
-  let handled = 0;
-  let done!: () => void;
-  const finished = new Promise<void>((resolve) => (done = resolve));
   let subscription: { close(): Promise<void> } | undefined;
   try {
+    const all = countdown(N);
     return await timed(N, async () => {
       subscription = subscribe(
         'payment-service-group',
@@ -210,12 +209,11 @@ async function streamKitPayments(redis: Redis, url: string): Promise<number> {
         OrderEvents,
         async (event, context) => {
           await pay(event, context);
-          handled += 1;
-          if (handled === N) done();
+          all.count();
         },
         { connection: url, count: 500, blockMs: 1_000 },
       );
-      await finished;
+      await all.done;
     });
   } finally {
     await subscription?.close();
@@ -238,10 +236,8 @@ async function bullmqPayments(port: number): Promise<number> {
         })),
       );
     }
-    let completed = 0;
-    let done!: () => void;
-    const finished = new Promise<void>((resolve) => (done = resolve));
     let worker: Worker | undefined;
+    const all = countdown(N);
     const rate = await timed(N, async () => {
       worker = new Worker(
         orders.name,
@@ -250,11 +246,8 @@ async function bullmqPayments(port: number): Promise<number> {
         },
         { connection, concurrency: 50 },
       );
-      worker.on('completed', () => {
-        completed += 1;
-        if (completed === N) done();
-      });
-      await finished;
+      worker.on('completed', () => all.count());
+      await all.done;
     });
     await worker?.close();
     return rate;
@@ -278,17 +271,12 @@ async function bullmqConsume(port: number): Promise<{ add: number; consume: numb
     const add = await timed(N, async () => {
       for (let start = 0; start < N; start += 500) await queue.addBulk(jobs.slice(start, start + 500));
     });
-    let completed = 0;
-    let done!: () => void;
-    const finished = new Promise<void>((resolve) => (done = resolve));
     let worker: Worker | undefined;
+    const all = countdown(N);
     const consume = await timed(N, async () => {
       worker = new Worker(name, async () => {}, { connection, concurrency: 50 });
-      worker.on('completed', () => {
-        completed += 1;
-        if (completed === N) done();
-      });
-      await finished;
+      worker.on('completed', () => all.count());
+      await all.done;
     });
     await worker?.close();
     return { add, consume };

@@ -3,6 +3,7 @@ import type { ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
 import { startRedisServer, type RedisServer } from '../../scripts/redis-server.ts';
 import { exitOf, spawnService, startService, type RunningService, type ServiceName } from './services.ts';
+import { entryFields } from './streams.ts';
 import { waitFor } from './wait.ts';
 
 /*
@@ -235,7 +236,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
 
     const payments = countBy(
       accepted,
-      (await readStream(redis, 'payment-events')).map((fields) => fields.orderId),
+      (await entryFields(redis, 'payment-events')).map((fields) => fields.orderId),
     );
     const notifications = await readSentLogs(redis);
     const mails = countBy(
@@ -346,15 +347,6 @@ async function readSentLogs(redis: Redis): Promise<{ channel: string; orderId?: 
     all.push(...items.map((item) => JSON.parse(item) as { channel: string; orderId?: string }));
   }
   return all;
-}
-
-async function readStream(redis: Redis, stream: string): Promise<Record<string, string>[]> {
-  const entries = await redis.xrange(stream, '-', '+');
-  return entries.map(([, flat]) => {
-    const fields: Record<string, string> = {};
-    for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
-    return fields;
-  });
 }
 
 /** For each accepted order, how many of `orderIds` name it; and how many name no accepted order. */

@@ -1,5 +1,5 @@
-import type { Handler, OrderEvent, PaymentEvent } from '@msa/stream-kit';
-import type { NotificationSender } from './sender.ts';
+import type { DeliveryContext, Handler, OrderEvent, PaymentEvent } from '@msa/stream-kit';
+import type { Channel, NotificationSender } from './sender.ts';
 import type { SentLog } from './sent-log.ts';
 
 export interface NotifyDeps {
@@ -8,28 +8,18 @@ export interface NotifyDeps {
 }
 
 /** Mails the customer once per order, however often the order event is delivered. */
-export function orderMailHandler({ sender, sentLog }: NotifyDeps): Handler<OrderEvent> {
+export function orderMailHandler(deps: NotifyDeps): Handler<OrderEvent> {
   return async (order, context) => {
     switch (order.type) {
-      case 'order-created': {
-        const key = `mail:${order.orderId}`;
-        const text = `We received your order ${order.orderId} for product ${order.productId} (${order.price}).`;
-        await sentLog.sendOnce(
-          {
-            key,
-            userId: order.userId,
-            context,
-            notification: {
-              channel: 'mail',
-              event: order.type,
-              orderId: order.orderId,
-              entryId: context.id,
-              time: new Date().toISOString(),
-            },
-          },
-          () => sender.send({ channel: 'mail', userId: order.userId, text, idempotencyKey: key }),
-        );
-      }
+      case 'order-created':
+        await notifyOnce(deps, context, {
+          channel: 'mail',
+          key: `mail:${order.orderId}`,
+          userId: order.userId,
+          event: order.type,
+          orderId: order.orderId,
+          text: `We received your order ${order.orderId} for product ${order.productId} (${order.price}).`,
+        });
     }
   };
 }
@@ -38,28 +28,46 @@ export function orderMailHandler({ sender, sentLog }: NotifyDeps): Handler<Order
  * Texts the customer once per payment: per order, or, for the tutorial's payments that name no
  * order, per entry.
  */
-export function paymentSmsHandler({ sender, sentLog }: NotifyDeps): Handler<PaymentEvent> {
+export function paymentSmsHandler(deps: NotifyDeps): Handler<PaymentEvent> {
   return async (payment, context) => {
     switch (payment.type) {
-      case 'payment-completed': {
-        const key = `sms:${payment.orderId ?? `${context.stream}/${context.id}`}`;
-        const text = `Payment ${payment.paymentProcessId} of ${payment.price}${payment.orderId ? ` for order ${payment.orderId}` : ''} completed.`;
-        await sentLog.sendOnce(
-          {
-            key,
-            userId: payment.userId,
-            context,
-            notification: {
-              channel: 'sms',
-              event: payment.type,
-              orderId: payment.orderId,
-              entryId: context.id,
-              time: new Date().toISOString(),
-            },
-          },
-          () => sender.send({ channel: 'sms', userId: payment.userId, text, idempotencyKey: key }),
-        );
-      }
+      case 'payment-completed':
+        await notifyOnce(deps, context, {
+          channel: 'sms',
+          key: `sms:${payment.orderId ?? `${context.stream}/${context.id}`}`,
+          userId: payment.userId,
+          event: payment.type,
+          orderId: payment.orderId,
+          text: `Payment ${payment.paymentProcessId} of ${payment.price}${payment.orderId ? ` for order ${payment.orderId}` : ''} completed.`,
+        });
     }
   };
+}
+
+interface Notification {
+  channel: Channel;
+  /** What makes it one: also the provider's idempotency key. */
+  key: string;
+  userId: string;
+  /** The event type that caused it. */
+  event: string;
+  orderId: string | undefined;
+  text: string;
+}
+
+/** Sends `notification` through the sender unless it was sent already, and records it. */
+async function notifyOnce(
+  { sender, sentLog }: NotifyDeps,
+  context: DeliveryContext,
+  { channel, key, userId, event, orderId, text }: Notification,
+) {
+  await sentLog.sendOnce(
+    {
+      key,
+      userId,
+      context,
+      notification: { channel, event, orderId, entryId: context.id, time: new Date().toISOString() },
+    },
+    () => sender.send({ channel, userId, text, idempotencyKey: key }),
+  );
 }

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { DeliveryContext } from '@msa/stream-kit';
+import { defineScript } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
 
@@ -85,18 +86,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 `;
 
-interface Scripts {
-  claimOnce(...args: (string | number)[]): Promise<'sent' | 'busy' | 'claimed'>;
-  completeOnce(...args: (string | number)[]): Promise<number>;
-  releaseOnce(...args: (string | number)[]): Promise<number>;
-}
-
 /** A sent log on `redis` (the service's own connection: the scripts are defined on it). */
 export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
-  redis.defineCommand('claimOnce', { numberOfKeys: 2, lua: CLAIM });
-  redis.defineCommand('completeOnce', { numberOfKeys: 3, lua: COMPLETE });
-  redis.defineCommand('releaseOnce', { numberOfKeys: 1, lua: RELEASE });
-  const scripts = redis as unknown as Scripts;
+  const scripts = {
+    claimOnce: defineScript<'sent' | 'busy' | 'claimed'>(redis, 'claimOnce', 2, CLAIM),
+    completeOnce: defineScript<number>(redis, 'completeOnce', 3, COMPLETE),
+    releaseOnce: defineScript<number>(redis, 'releaseOnce', 1, RELEASE),
+  };
   /**
    * Sent by this process, not recorded yet: the record failed (Redis away a moment), and the
    * entry comes back for it. Its next delivery only records: sending again would be a duplicate.

@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { OrderEvents, xaddArguments, type Publisher } from '@msa/stream-kit';
+import { defineScript } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 
 export interface OrderInput {
@@ -61,7 +62,13 @@ export async function placeOrder(
     const entryId = await deps.publisher.publish(OrderEvents, event);
     return { orderId: event.orderId, entryId, replayed: false };
   }
-  const reply = await idempotentXadd(deps.redis)(
+  const placeOnce = defineScript<['replayed' | 'created', string, string] | ['conflict']>(
+    deps.redis,
+    'orderServicePlaceOrderOnce',
+    2,
+    PLACE_ORDER_ONCE,
+  );
+  const reply = await placeOnce(
     redisKey(idempotencyKey),
     OrderEvents.name,
     bodyHash(input),
@@ -97,21 +104,3 @@ redis.call('HSET', KEYS[1], 'bodyHash', ARGV[1], 'orderId', ARGV[2], 'entryId', 
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {'created', ARGV[2], entryId}
 `;
-
-const COMMAND = 'orderServicePlaceOrderOnce';
-
-type PlaceOrderOnce = (
-  key: string,
-  stream: string,
-  bodyHash: string,
-  orderId: string,
-  ttlSeconds: number,
-  ...xaddArgs: string[]
-) => Promise<['replayed' | 'created', string, string] | ['conflict']>;
-
-/** The script as a command of `redis` (EVALSHA, EVAL the first time on each connection). */
-function idempotentXadd(redis: Redis): PlaceOrderOnce {
-  const client = redis as Redis & Partial<Record<typeof COMMAND, PlaceOrderOnce>>;
-  if (!client[COMMAND]) client.defineCommand(COMMAND, { numberOfKeys: 2, lua: PLACE_ORDER_ONCE });
-  return client[COMMAND]!.bind(client);
-}

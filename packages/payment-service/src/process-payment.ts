@@ -7,6 +7,7 @@ import {
   type Handler,
   type OrderEvent,
 } from '@msa/stream-kit';
+import { defineScript } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
@@ -58,8 +59,7 @@ export interface PaymentDeps {
  * unique across restarts and instances.
  */
 export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEvent> {
-  redis.defineCommand('payOnce', { numberOfKeys: 3, lua: PAY_ONCE });
-  const payOnce = (redis as unknown as PayOnce).payOnce.bind(redis);
+  const payOnce = defineScript<[created: 0 | 1, paymentProcessId: string]>(redis, 'payOnce', 3, PAY_ONCE);
 
   return async (order, context: DeliveryContext) => {
     switch (order.type) {
@@ -84,8 +84,4 @@ export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEve
       }
     }
   };
-}
-
-interface PayOnce {
-  payOnce(...args: (string | number)[]): Promise<[created: 0 | 1, paymentProcessId: string]>;
 }

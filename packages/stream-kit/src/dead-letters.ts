@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import { REPLAY_DEAD_LETTERS } from './scripts.ts';
 import {
   decode,
+  defaultDeadLetterStream,
   fieldsFromReply,
   trimArguments,
   xaddArguments,
@@ -54,7 +55,7 @@ const REPLAY_MARK_SECONDS = 30 * 24 * 60 * 60;
 export async function listDeadLetters(
   redis: Redis,
   stream: StreamDefinition,
-  { count = 100, after, deadLetterStream = `${stream.name}:dlq` }: ListOptions = {},
+  { count = 100, after, deadLetterStream = defaultDeadLetterStream(stream) }: ListOptions = {},
 ): Promise<DeadLetter[]> {
   const entries = await redis.xrange(deadLetterStream, after ? `(${after}` : '-', '+', 'COUNT', count);
   return entries.map(([id, flat]) => toDeadLetter(id, flat));
@@ -102,8 +103,9 @@ export async function replayDeadLetters(
   redis: Redis,
   stream: StreamDefinition,
   ids: readonly string[],
-  { deadLetterStream = `${stream.name}:dlq` }: DeadLetterOptions = {},
+  { deadLetterStream = defaultDeadLetterStream(stream) }: DeadLetterOptions = {},
 ): Promise<Replayed[]> {
+  /** Dead letters by the entry they came from; one without `dlq:id` (written by hand?) stands alone. */
   const byEntry = new Map<string, { ids: string[]; raw: Buffer[]; originalId: string }>();
   const missing: string[] = [];
   for (const id of new Set(ids)) {
@@ -121,19 +123,18 @@ export async function replayDeadLetters(
       if (name === 'dlq:id') entryId = flat[i + 1]!.toString();
       else if (!name.startsWith(META)) raw.push(flat[i]!, flat[i + 1]!);
     }
-    // A letter without its original ID (written by hand?) is its own entry.
     const entryKey = entryId || `letter:${id}`;
     const group = byEntry.get(entryKey) ?? { ids: [], raw, originalId: entryId };
     group.ids.push(id);
     byEntry.set(entryKey, group);
   }
   const replayed: Replayed[] = missing.map((id) => ({ id, entryId: undefined }));
-  for (const { ids: letterIds, raw, originalId } of byEntry.values()) {
+  for (const [entryKey, { ids: letterIds, raw, originalId }] of byEntry) {
     const decoded = raw.every((bytes) => isUtf8(bytes))
       ? decode(stream, originalId, fieldsFromReply(raw.map(String)))
       : undefined;
     const args = decoded?.ok ? xaddArguments(stream, decoded.event) : [...trimArguments(stream), '*', ...raw];
-    const mark = `${deadLetterStream}:replayed:${originalId || `letter:${letterIds[0]}`}`;
+    const mark = `${deadLetterStream}:replayed:${entryKey}`;
     // prettier-ignore
     const entryId = (await redis.eval(
       REPLAY_DEAD_LETTERS, 3, deadLetterStream, stream.name, mark,

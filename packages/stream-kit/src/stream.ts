@@ -54,6 +54,11 @@ export function defineStream<Schema extends z.ZodType>(
   return Object.freeze({ ...definition, retention });
 }
 
+/** Where subscriptions to `stream` put what they give up on, unless told otherwise. */
+export function defaultDeadLetterStream(stream: StreamDefinition): string {
+  return `${stream.name}:dlq`;
+}
+
 /** The XADD arguments that trim `stream` as its retention says, before the ID. */
 export function trimArguments(stream: StreamDefinition, now = Date.now()): string[] {
   const retention = stream.retention ?? DEFAULT_RETENTION;

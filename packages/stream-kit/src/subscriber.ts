@@ -4,7 +4,14 @@ import type { Redis } from 'ioredis';
 import { isNoGroupError, openReaderConnection, type Connection } from './connection.ts';
 import { NonRetryableError } from './errors.ts';
 import { silentLogger, type Logger } from './logger.ts';
-import { decode, fieldsFromReply, type EventOf, type Fields, type StreamDefinition } from './stream.ts';
+import {
+  decode,
+  defaultDeadLetterStream,
+  fieldsFromReply,
+  type EventOf,
+  type Fields,
+  type StreamDefinition,
+} from './stream.ts';
 import { DELETE_IDLE_CONSUMERS } from './scripts.ts';
 
 /** Where an event came from, given to the handler beside it. */
@@ -126,7 +133,7 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     claimIdleMs: 60_000,
     deleteIdleConsumersAfterMs: 3_600_000,
     closeTimeoutMs: 10_000,
-    deadLetterStream: `${stream.name}:dlq`,
+    deadLetterStream: defaultDeadLetterStream(stream),
     // An option given as `undefined` keeps its default.
     ...(Object.fromEntries(
       Object.entries(options).filter(([, value]) => value !== undefined),
@@ -415,7 +422,11 @@ class ConsumerLoop {
     this.renewing = true;
     try {
       const byTouch = new Map<number, string[]>();
-      for (const [id, at] of leased) byTouch.set(at, [...(byTouch.get(at) ?? []), id]);
+      for (const [id, at] of leased) {
+        const ids = byTouch.get(at);
+        if (ids) ids.push(id);
+        else byTouch.set(at, [id]);
+      }
       for (const [touchedAt, ids] of byTouch) {
         const now = Date.now();
         // 2 ms under the idle time they have if still ours: Redis and Date.now() round apart.
