@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['**/node_modules/**', 'packages/stream-kit/test/.readme-sample-*.ts'] },
+  { ignores: ['**/node_modules/**', '**/.scratch/**', 'packages/stream-kit/test/.readme-sample-*.ts'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

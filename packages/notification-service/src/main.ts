@@ -37,6 +37,8 @@ const consumerOptions = {
   connection: config.REDIS_URL,
   logger: logger.child({ component: 'consumer' }),
   claimIdleMs: config.CLAIM_IDLE_MS,
+  count: config.READ_COUNT,
+  concurrency: config.CONCURRENCY,
 };
 const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),

@@ -34,6 +34,8 @@ const subscription = subscribe(
     connection: config.REDIS_URL,
     logger: logger.child({ component: 'consumer' }),
     claimIdleMs: config.CLAIM_IDLE_MS,
+    count: config.READ_COUNT,
+    concurrency: config.CONCURRENCY,
   },
 );
 const server = await listen(createApp({ redis }), config.PORT).catch((err: unknown) => {

@@ -53,6 +53,13 @@ export function consumerEnv(defaultPort: number) {
     CONSUMER_NAME: ConsumerName,
     /** `subscribe()`'s `claimIdleMs`: how long a crashed instance's entries wait for another to take them. */
     CLAIM_IDLE_MS: z.coerce.number().int().min(100).default(60_000),
+    /** `subscribe()`'s `count`: entries read per XREADGROUP, the most held at once. */
+    READ_COUNT: z.coerce.number().int().min(1).max(10_000).default(100),
+    /**
+     * `subscribe()`'s `concurrency`. The services' events are independent (one order each, and
+     * their effects are idempotent per order), so they need no order between them.
+     */
+    CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(16),
   });
 }
 

@@ -95,7 +95,9 @@ export function decode<D extends StreamDefinition>(
   entryId: string,
   fields: Fields,
 ): Decoded<EventOf<D>> {
-  const input = stream.defaults ? { ...stream.defaults(entryId), ...fields } : fields;
+  // Object.assign, not a spread of the two: V8 runs that spread several times slower, and this
+  // runs for every entry delivered.
+  const input = stream.defaults ? Object.assign({}, stream.defaults(entryId), fields) : fields;
   const result = stream.schema.safeParse(input);
   return result.success
     ? { ok: true, event: result.data as EventOf<D> }

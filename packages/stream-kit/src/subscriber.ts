@@ -47,6 +47,15 @@ export interface SubscribeOptions {
   logger?: Logger;
   /** Entries read per XREADGROUP. @defaultValue 10 */
   count?: number;
+  /**
+   * How many handlers may run at once. 1 handles entries one after another, in their order in the
+   * stream. More handle the entries of a batch side by side, at most this many at a time, so their
+   * order is lost (use it for independent events, such as one order each). Either way the next
+   * batch is read only once this one is handled: at most `count` entries are held per
+   * subscription, and a slow handler slows the reads instead of piling entries up in memory.
+   * @defaultValue 1
+   */
+  concurrency?: number;
   /** How long one XREADGROUP waits for new entries, in ms. @defaultValue 2000 */
   blockMs?: number;
   /** Deliveries after which a failing entry goes to the dead-letter stream. @defaultValue 5 */
@@ -83,7 +92,7 @@ export interface SubscribeOptions {
 /** A running subscription, as `subscribe()` returns it. */
 export interface Subscription {
   /**
-   * Stops reading, waits for the running handler (up to `closeTimeoutMs`) and its ack, then
+   * Stops reading, waits for the running handlers (up to `closeTimeoutMs`) and their acks, then
    * closes the connection. Entries read but not yet handled stay pending: a consumer of the same
    * name handles them when it starts, any other takes them over after `claimIdleMs`. Safe to
    * call twice.
@@ -103,7 +112,8 @@ type Outcome = 'done' | 'retry';
 /**
  * Consumes `stream` as `consumer` of `group` on a connection of its own: creates the group if
  * missing, first handles the entries this consumer left pending, then new ones, calling
- * `handler` for one entry at a time (entries keep their order within a consumer). Entries other
+ * `handler` for one entry at a time (entries keep their order within a consumer) unless
+ * `concurrency` says more. Entries other
  * consumers have left pending longer than `claimIdleMs` are taken over. Entries that fail the
  * stream's schema go to the dead-letter stream at once. The loop rides out Redis restarts and
  * recreates a lost group.
@@ -126,6 +136,7 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
   const settings: Settings = {
     logger: silentLogger,
     count: 10,
+    concurrency: 1,
     blockMs: 2_000,
     maxDeliveries: 5,
     retryDelayMs: 1_000,
@@ -139,7 +150,7 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
       Object.entries(options).filter(([, value]) => value !== undefined),
     ) as SubscribeOptions),
   };
-  for (const key of ['count', 'blockMs', 'maxDeliveries'] as const) {
+  for (const key of ['count', 'concurrency', 'blockMs', 'maxDeliveries'] as const) {
     if (!Number.isInteger(settings[key]) || settings[key] < 1)
       throw new RangeError(`${key} must be a positive integer, got ${settings[key]}`);
   }
@@ -174,8 +185,8 @@ class ConsumerLoop {
   private readonly log: Logger;
   private stopping = false;
   private closing: Promise<void> | undefined;
-  /** The handler and ack under way, if any: what `close()` waits for. */
-  private handling: Promise<unknown> | undefined;
+  /** The handlers under way, by entry ID: what `close()` waits for. */
+  private readonly handling = new Map<string, Promise<unknown>>();
   private wakeSleeper: (() => void) | undefined;
   /** Resolves once `close()` has dropped the connection: the loop stops waiting on Redis. */
   private readonly stopped: Promise<void>;
@@ -202,8 +213,6 @@ class ConsumerLoop {
   private readonly held = new Map<string, number>();
   private readonly leaseTimer: NodeJS.Timeout;
   private renewing = false;
-  /** The entry whose handler is running. */
-  private current: string | undefined;
   /**
    * Acks go out in one multi-ID XACK for the entries whose handlers resolved (never before) since
    * the last one was sent: as soon as the loop waits for anything (a handler's own I/O), or at the
@@ -256,12 +265,13 @@ class ConsumerLoop {
     this.wakeSleeper?.();
     // The lease timer runs on while the handler under way finishes (it renews that entry alone),
     // or another consumer could take the entry and run it at the same time.
-    const timedOut = this.handling
-      ? await Promise.race([
-          this.handling.catch(() => {}).then(() => false),
-          sleep(this.settings.closeTimeoutMs).then(() => true),
-        ])
-      : false;
+    const timedOut =
+      this.handling.size > 0
+        ? await Promise.race([
+            Promise.allSettled(this.handling.values()).then(() => false),
+            sleep(this.settings.closeTimeoutMs).then(() => true),
+          ])
+        : false;
     clearInterval(this.leaseTimer);
     // Send the acks still queued for handlers that finished, and let them land (a blocked read's
     // answer comes first, within BLOCK) before the connection goes.
@@ -370,15 +380,33 @@ class ConsumerLoop {
     }
   }
 
-  /** Handles freshly read entries in order, skipping any whose lease another consumer took meanwhile. */
+  /**
+   * Handles freshly read entries, `concurrency` at a time (one at a time keeps their order),
+   * skipping any whose lease another consumer took meanwhile.
+   */
   private async handleBatch(entries: Entry[]) {
     const readAt = Date.now();
     for (const [id] of entries) this.held.set(id, readAt);
-    try {
-      for (const [id, fields] of entries) {
-        if (this.stopping) break;
-        if (this.held.has(id)) await this.handleOne(id, fields, 1);
+    let next = 0;
+    let failed = false;
+    const work = async () => {
+      while (next < entries.length && !this.stopping && !failed) {
+        const [id, fields] = entries[next++]!;
+        try {
+          if (this.held.has(id)) await this.handleOne(id, fields, 1);
+        } catch (err) {
+          // A Redis error (a dead letter not acked, say): stop taking entries, and let the loop
+          // go through the pending list once the others are done.
+          failed = true;
+          throw err;
+        }
       }
+    };
+    try {
+      const workers = Math.min(this.settings.concurrency, entries.length);
+      const results = await Promise.allSettled(Array.from({ length: workers }, work));
+      const rejected = results.find((result) => result.status === 'rejected');
+      if (rejected) throw rejected.reason;
     } finally {
       this.held.clear();
     }
@@ -415,9 +443,9 @@ class ConsumerLoop {
    */
   private async renewLeases() {
     if (this.renewing || this.held.size === 0) return;
-    // Once closing, only the entry whose handler runs: the others stay pending for other
+    // Once closing, only the entries whose handlers run: the others stay pending for other
     // consumers to take.
-    const leased = this.stopping ? [...this.held].filter(([id]) => id === this.current) : [...this.held];
+    const leased = this.stopping ? [...this.held].filter(([id]) => this.handling.has(id)) : [...this.held];
     if (leased.length === 0) return;
     this.renewing = true;
     try {
@@ -444,7 +472,7 @@ class ConsumerLoop {
             this.held.set(id, renewedAt);
           } else {
             this.held.delete(id);
-            const running = id === this.current;
+            const running = this.handling.has(id);
             this.log[running ? 'warn' : 'info'](
               { ...this.where(), entryId: id },
               running
@@ -589,12 +617,13 @@ class ConsumerLoop {
     // close() may have come while we were reading or claiming: its connection is gone, so a
     // handler started now could not be acked and its entry would be handled again elsewhere.
     if (this.stopping) return;
-    this.current = id;
+    const handling = this.handle(id, flat, deliveryCount);
+    this.handling.set(id, handling);
     let outcome: Outcome;
     try {
-      outcome = await this.track(this.handle(id, flat, deliveryCount));
+      outcome = await handling;
     } finally {
-      this.current = undefined;
+      this.handling.delete(id);
     }
     if (outcome === 'retry') {
       const wait = this.retryDelay(deliveryCount);
@@ -739,15 +768,6 @@ class ConsumerLoop {
           this.log.warn({ ...this.where(), err: describe(err) }, 'cannot create consumer group; retrying');
         await this.sleep(Math.min(100 * 2 ** attempt, 5_000));
       }
-    }
-  }
-
-  private async track<T>(work: Promise<T>): Promise<T> {
-    this.handling = work;
-    try {
-      return await work;
-    } finally {
-      this.handling = undefined;
     }
   }
 

@@ -733,6 +733,9 @@ describe('subscribe', () => {
 
     expect(() => subscribe('g', 'c', stream, () => {}, { ...options, claimIdleMs: 0 })).toThrow(RangeError);
     expect(() => subscribe('g', 'c', stream, () => {}, { ...options, count: 0 })).toThrow(/count/);
+    expect(() => subscribe('g', 'c', stream, () => {}, { ...options, concurrency: 1.5 })).toThrow(
+      /concurrency/,
+    );
     expect(() =>
       subscribe('g', 'c', stream, () => {}, { ...options, deadLetterStream: stream.name }),
     ).toThrow(/deadLetterStream/);
@@ -804,6 +807,118 @@ describe('subscribe', () => {
       await settle();
       expect(seen).toEqual([3]);
     });
+  });
+});
+
+describe('with concurrency', () => {
+  it('runs up to `concurrency` handlers at once, never more, and holds at most `count` entries', async () => {
+    const stream = testStream();
+    await publishRange(stream, 40);
+    const handled: number[] = [];
+    let running = 0;
+    let mostRunning = 0;
+    let mostHeld = 0;
+    start(
+      stream,
+      async (event) => {
+        running += 1;
+        mostRunning = Math.max(mostRunning, running);
+        // Delivered to this consumer and not yet acked: what it holds.
+        mostHeld = Math.max(mostHeld, await pendingCount(stream));
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        running -= 1;
+        handled.push(event.n);
+      },
+      { count: 10, concurrency: 4 },
+    );
+
+    await waitFor(async () => handled.length === 40 && (await pendingCount(stream)) === 0, {
+      what: 'all 40 handled and acked',
+    });
+    expect(mostRunning).toBe(4);
+    expect(mostHeld).toBeLessThanOrEqual(10);
+    expect([...handled].sort((x, y) => x - y)).toEqual(Array.from({ length: 40 }, (_, n) => n));
+  });
+
+  it('keeps the stream order with the default of one handler at a time', async () => {
+    const stream = testStream();
+    await publishRange(stream, 30);
+    const handled: number[] = [];
+    start(
+      stream,
+      async (event) => {
+        // Later entries finish faster: only one at a time keeps them in order.
+        await new Promise((resolve) => setTimeout(resolve, 30 - event.n));
+        handled.push(event.n);
+      },
+      { count: 10 },
+    );
+
+    await waitFor(() => handled.length === 30);
+    expect(handled).toEqual(Array.from({ length: 30 }, (_, n) => n));
+  });
+
+  it('retries a failed entry while the others of its batch are acked', async () => {
+    const stream = testStream();
+    await publishRange(stream, 8);
+    const deliveries = new Map<number, number>();
+    start(
+      stream,
+      (event) => {
+        deliveries.set(event.n, (deliveries.get(event.n) ?? 0) + 1);
+        if (event.n === 3 && deliveries.get(3) === 1) throw new Error('first try fails');
+      },
+      { concurrency: 4 },
+    );
+
+    await waitFor(async () => deliveries.get(3) === 2 && (await pendingCount(stream)) === 0, {
+      what: 'entry 3 retried and everything acked',
+    });
+    expect([...deliveries].sort(([a], [b]) => a - b)).toEqual(
+      Array.from({ length: 8 }, (_, n) => [n, n === 3 ? 2 : 1]),
+    );
+  });
+
+  it('waits at close() for every running handler, acks them, and leaves the rest pending', async () => {
+    const stream = testStream();
+    await publishRange(stream, 10);
+    const release = deferred();
+    const started: number[] = [];
+    const sub = start(
+      stream,
+      async (event) => {
+        started.push(event.n);
+        await release.promise;
+      },
+      { concurrency: 3 },
+    );
+    await waitFor(() => started.length === 3);
+
+    const closing = sub.close();
+    await settle();
+    expect(started).toHaveLength(3);
+    release.resolve();
+    await closing;
+
+    expect(await pendingCount(stream)).toBe(7);
+  });
+
+  it('keeps the lease of every running handler, so no other consumer takes one', async () => {
+    const stream = testStream();
+    const runs: number[] = [];
+    const handler = async (event: { n: number }) => {
+      runs.push(event.n);
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+    };
+    start(stream, handler, { consumer: 'a', claimIdleMs: 300, concurrency: 3 });
+    await groupCreated(stream);
+    await publishRange(stream, 3);
+    await waitFor(() => runs.length === 3);
+    start(stream, handler, { consumer: 'b', claimIdleMs: 300, concurrency: 3 });
+
+    await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'the three acked' });
+    await settle();
+    expect([...runs].sort()).toEqual([0, 1, 2]);
   });
 });
 

@@ -1,64 +1,21 @@
 /**
- * `pnpm bench [--quick]`: stream-kit's throughput beside baselines measured in the same run, on
- * the same private redis-server (these machines are shared and noisy: only ratios within one run
- * mean anything). Prints one table. Work in progress for the benchmark issue: publish and
- * consume rows, beside BullMQ, so far.
+ * Throughput rows (sections 1 to 3 of the issue): publish, consume + ack with a no-op handler,
+ * and a payment-like consumer, each beside its baseline (redis-benchmark, a raw ioredis loop,
+ * BullMQ) on the same private redis-server.
  */
 import { execFile } from 'node:child_process';
-import { cpus } from 'node:os';
 import { promisify } from 'node:util';
-import { parseArgs } from 'node:util';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { createPublisher, OrderEvents, subscribe, type EventOf } from '../packages/stream-kit/src/index.ts';
-import { decode } from '../packages/stream-kit/src/stream.ts';
-import { paymentHandler } from '../packages/payment-service/src/process-payment.ts';
-import { openRequestConnection } from '../packages/stream-kit/src/connection.ts';
-import { silentLogger } from '../packages/stream-kit/src/logger.ts';
-import { startRedisServer } from './redis-server.ts';
+import { createPublisher, OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
+import { decode } from '../../packages/stream-kit/src/stream.ts';
+import { paymentHandler } from '../../packages/payment-service/src/process-payment.ts';
+import { openRequestConnection } from '../../packages/stream-kit/src/connection.ts';
+import { silentLogger } from '../../packages/stream-kit/src/logger.ts';
+import type { RedisServer } from '../redis-server.ts';
+import { countdown, fresh, order, timed, type BenchOptions, type Row } from './support.ts';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
-const N = values.quick ? 20_000 : 200_000;
-
-interface Row {
-  name: string;
-  perSecond: number;
-  /** The row this one is compared with. */
-  baseline?: string;
-}
-
-const order = (n: number): EventOf<typeof OrderEvents> => ({
-  type: 'order-created',
-  orderId: `order-${n}`,
-  userId: `user-${n % 100}`,
-  productId: 'product-1',
-  price: 1000,
-});
-
-/** Resolves `done` once `count()` has been called `n` times. */
-function countdown(n: number) {
-  let left = n;
-  let done!: () => void;
-  const finished = new Promise<void>((resolve) => (done = resolve));
-  return {
-    count() {
-      left -= 1;
-      if (left === 0) done();
-    },
-    done: finished,
-  };
-}
-
-async function timed(count: number, work: () => Promise<void>): Promise<number> {
-  const began = process.hrtime.bigint();
-  await work();
-  const seconds = Number(process.hrtime.bigint() - began) / 1e9;
-  return count / seconds;
-}
-
-/** A fresh stream name per row, so rows never see each other's entries. */
-let streams = 0;
-const fresh = (what: string) => `bench:${what}:${(streams += 1)}`;
+let N = 0;
 
 async function redisBenchmark(port: number): Promise<number> {
   const { stdout } = await promisify(execFile)('redis-benchmark', [
@@ -211,7 +168,8 @@ async function streamKitPayments(redis: Redis, url: string): Promise<number> {
           await pay(event, context);
           all.count();
         },
-        { connection: url, count: 500, blockMs: 1_000 },
+        // As BullMQ's Worker: 50 handlers at once.
+        { connection: url, count: 500, concurrency: 50, blockMs: 1_000 },
       );
       await all.done;
     });
@@ -285,71 +243,66 @@ async function bullmqConsume(port: number): Promise<{ add: number; consume: numb
   }
 }
 
-const server = await startRedisServer();
-const redis = new Redis(server.url);
-const rows: Row[] = [];
-try {
-  console.log(
-    `pnpm bench${values.quick ? ' --quick' : ''}: ${N} entries per row, ${cpus().length} CPUs, Node ${process.version}`,
-  );
-  rows.push({ name: 'redis-benchmark XADD -P 32', perSecond: await redisBenchmark(server.port) });
-  rows.push({ name: 'ioredis XADD, pipelines of 500', perSecond: await rawPipelinedXadd(redis) });
-  rows.push({
-    name: 'stream-kit publish, one at a time',
-    perSecond: await publishOneByOne(server.url),
-    baseline: 'ioredis XADD, pipelines of 500',
-  });
-  rows.push({
-    name: 'stream-kit publish, 500 in flight',
-    perSecond: await publishConcurrently(server.url),
-    baseline: 'ioredis XADD, pipelines of 500',
-  });
-  rows.push({
-    name: 'stream-kit publishMany, 500 a call',
-    perSecond: await publishMany(server.url),
-    baseline: 'ioredis XADD, pipelines of 500',
-  });
-  rows.push({ name: 'ioredis XREADGROUP COUNT 500 + XACK per batch', perSecond: await rawConsume(redis) });
-  for (const count of [10, 500]) {
-    rows.push({
-      name: `stream-kit subscribe, no-op handler, count ${count}`,
-      perSecond: await streamKitConsume(redis, server.url, count),
-      baseline: 'ioredis XREADGROUP COUNT 500 + XACK per batch',
+const RAW_XADD = 'ioredis XADD, pipelines of 500';
+const RAW_CONSUME = 'ioredis XREADGROUP COUNT 500 + one XACK per batch';
+const BULLMQ_WORKER = 'BullMQ Worker, no-op, concurrency 50';
+const BULLMQ_PAYMENTS = 'BullMQ: a job that adds a job, concurrency 50';
+
+export async function throughputRows(server: RedisServer, options: BenchOptions): Promise<Row[]> {
+  N = options.quick ? 20_000 : 200_000;
+  const redis = new Redis(server.url);
+  const rows: Row[] = [];
+  const add = (section: string, name: string, value: number, more: Partial<Row> = {}) =>
+    rows.push({ section, name, value, unit: 'per second', ...more });
+  try {
+    const publish = '1. publish';
+    add(publish, 'redis-benchmark XADD -P 32', await redisBenchmark(server.port));
+    add(publish, RAW_XADD, await rawPipelinedXadd(redis));
+    add(publish, 'stream-kit publish, one at a time', await publishOneByOne(server.url), {
+      vs: [{ baseline: RAW_XADD }],
     });
-  }
-  rows.push({ name: 'stream-kit decode alone (zod, OrderEvents)', perSecond: await decodeOnly() });
-  const bullmq = await bullmqConsume(server.port);
-  rows.push({
-    name: 'BullMQ addBulk, 500 a call',
-    perSecond: bullmq.add,
-    baseline: 'ioredis XADD, pipelines of 500',
-  });
-  rows.push({
-    name: 'BullMQ Worker, no-op, concurrency 50',
-    perSecond: bullmq.consume,
-    baseline: 'ioredis XREADGROUP COUNT 500 + XACK per batch',
-  });
-  rows.push({
-    name: 'BullMQ payment-like: a job that adds a job, concurrency 50',
-    perSecond: await bullmqPayments(server.port),
-  });
-  rows.push({
-    name: 'stream-kit payment-like: payment-service handler',
-    perSecond: await streamKitPayments(redis, server.url),
-    baseline: 'BullMQ payment-like: a job that adds a job, concurrency 50',
-  });
-  const width = Math.max(...rows.map((row) => row.name.length));
-  console.log(`\n${'row'.padEnd(width)}  ${'per second'.padStart(12)}  vs baseline`);
-  for (const row of rows) {
-    const base = rows.find((other) => other.name === row.baseline);
-    const ratio = base
-      ? `${((100 * row.perSecond) / base.perSecond).toFixed(0)}% of "${base.name}"`
-      : '(baseline)';
-    console.log(
-      `${row.name.padEnd(width)}  ${Math.round(row.perSecond).toLocaleString('en').padStart(12)}  ${ratio}`,
+    add(publish, 'stream-kit publish, 500 in flight', await publishConcurrently(server.url), {
+      vs: [{ baseline: RAW_XADD, target: 0.8 }],
+    });
+    add(publish, 'stream-kit publishMany, 500 a call', await publishMany(server.url), {
+      vs: [{ baseline: RAW_XADD, target: 0.8 }],
+    });
+    const bullmq = await bullmqConsume(server.port);
+    add(publish, 'BullMQ addBulk, 500 a call', bullmq.add, { vs: [{ baseline: RAW_XADD }] });
+
+    const consume = '2. consume + ack, no-op handler';
+    add(consume, RAW_CONSUME, await rawConsume(redis));
+    add(consume, BULLMQ_WORKER, bullmq.consume, { vs: [{ baseline: RAW_CONSUME }] });
+    add(
+      consume,
+      'stream-kit subscribe, count 10 (the default)',
+      await streamKitConsume(redis, server.url, 10),
+      {
+        vs: [{ baseline: RAW_CONSUME }],
+      },
     );
+    add(consume, 'stream-kit subscribe, count 500', await streamKitConsume(redis, server.url, 500), {
+      vs: [
+        { baseline: RAW_CONSUME, target: 0.7 },
+        { baseline: BULLMQ_WORKER, target: 5 },
+      ],
+    });
+    add(consume, 'stream-kit decode alone (zod, OrderEvents)', await decodeOnly(), {
+      note: 'the schema, without Redis',
+    });
+
+    const payments = '3. payment-like consumer';
+    add(payments, BULLMQ_PAYMENTS, await bullmqPayments(server.port));
+    add(
+      payments,
+      'stream-kit: payment-service handler, concurrency 50',
+      await streamKitPayments(redis, server.url),
+      {
+        vs: [{ baseline: BULLMQ_PAYMENTS, target: 4 }],
+      },
+    );
+    return rows;
+  } finally {
+    redis.disconnect();
   }
-} finally {
-  redis.disconnect();
-  await server.stop();
 }

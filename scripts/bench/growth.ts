@@ -1,0 +1,128 @@
+/**
+ * Section 6: cost as work grows. Consume throughput with 1k, 100k and 1M entries already in the
+ * stream (handled earlier: the group starts after them), and the consumer's heap as it handles
+ * a million entries. Neither may grow with the stream.
+ */
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { Redis } from 'ioredis';
+import { OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
+import type { RedisServer } from '../redis-server.ts';
+import { countdown, fresh, timed, type BenchOptions, type Row } from './support.ts';
+
+const SECTION = '6. cost as work grows';
+
+/** Appends `count` orders inside Redis, 10,000 per script call: a million in seconds. */
+const FILL = `
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('XADD', KEYS[1], '*', 'type', 'order-created', 'orderId', 'o-' .. ARGV[2] .. '-' .. i,
+    'userId', 'u', 'productId', 'p', 'price', '1000')
+end
+`;
+
+async function fill(redis: Redis, stream: string, count: number) {
+  for (let done = 0; done < count; done += 10_000) {
+    await redis.eval(FILL, 1, stream, Math.min(10_000, count - done), done);
+  }
+}
+
+/**
+ * A stream holding `before` entries the group has passed already, then `count` new ones:
+ * stream-kit's rate of consuming the new ones (count 500, no-op handler).
+ */
+async function consumeAfter(redis: Redis, url: string, before: number, count: number): Promise<number> {
+  const stream = { ...OrderEvents, name: fresh(`growth-${before}`), retention: 'keep-all' as const };
+  await fill(redis, stream.name, before);
+  await redis.xgroup('CREATE', stream.name, 'g', '$');
+  await fill(redis, stream.name, count);
+  const all = countdown(count);
+  let subscription: { close(): Promise<void> } | undefined;
+  const rate = await timed(count, async () => {
+    subscription = subscribe('g', 'c', stream, () => all.count(), {
+      connection: url,
+      count: 500,
+      blockMs: 1_000,
+    });
+    await all.done;
+  });
+  await subscription?.close();
+  await redis.del(stream.name);
+  return rate;
+}
+
+/** The heap in MB after a full collection, so that only what is still referenced counts. */
+function heapAfterGc(): number {
+  v8.setFlagsFromString('--expose-gc');
+  (vm.runInNewContext('gc') as () => void)();
+  return process.memoryUsage().heapUsed / 2 ** 20;
+}
+
+/** One subscription handles `total` entries; the heap is read a tenth of the way in and at the end. */
+async function heapOverRun(redis: Redis, url: string, total: number) {
+  const stream = { ...OrderEvents, name: fresh('growth-heap'), retention: 'keep-all' as const };
+  await redis.xgroup('CREATE', stream.name, 'g', '$', 'MKSTREAM');
+  await fill(redis, stream.name, total);
+  const tenth = countdown(total / 10);
+  const all = countdown(total);
+  const subscription = subscribe(
+    'g',
+    'c',
+    stream,
+    () => {
+      tenth.count();
+      all.count();
+    },
+    { connection: url, count: 500, blockMs: 1_000 },
+  );
+  try {
+    await tenth.done;
+    const early = heapAfterGc();
+    await all.done;
+    return { early, late: heapAfterGc() };
+  } finally {
+    await subscription.close();
+    await redis.del(stream.name);
+  }
+}
+
+export async function growthRows(server: RedisServer, options: BenchOptions): Promise<Row[]> {
+  const redis = new Redis(server.url);
+  const count = options.quick ? 10_000 : 50_000;
+  const sizes = options.quick ? [1_000, 100_000] : [1_000, 100_000, 1_000_000];
+  const label = (size: number) =>
+    `consume ${count.toLocaleString('en')} with ${size.toLocaleString('en')} before`;
+  try {
+    const rows: Row[] = [];
+    for (const size of sizes) {
+      rows.push({
+        section: SECTION,
+        name: label(size),
+        value: await consumeAfter(redis, server.url, size, count),
+        unit: 'per second',
+        ...(size === sizes[0] ? {} : { vs: [{ baseline: label(sizes[0]!), target: 0.8 }] }),
+      });
+    }
+    const total = options.quick ? 100_000 : 1_000_000;
+    const heap = await heapOverRun(redis, server.url, total);
+    const early = `consumer heap after ${(total / 10).toLocaleString('en')} entries`;
+    rows.push(
+      {
+        section: SECTION,
+        name: early,
+        value: heap.early,
+        unit: 'MB',
+        note: 'whole bench process, after a GC',
+      },
+      {
+        section: SECTION,
+        name: `consumer heap after ${total.toLocaleString('en')} entries`,
+        value: heap.late,
+        unit: 'MB',
+        vs: [{ baseline: early, target: 1.1 }],
+      },
+    );
+    return rows;
+  } finally {
+    redis.disconnect();
+  }
+}

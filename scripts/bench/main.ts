@@ -1,0 +1,47 @@
+/**
+ * `pnpm bench [--quick]`: stream-kit beside baselines measured in the same run (these machines
+ * are shared and noisy: only ratios within one run mean anything). Each module gets a private
+ * redis-server of its own. Prints one table; the full run also writes BENCHMARKS.md and the
+ * latency chart it shows.
+ */
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { startRedisServer, type RedisServer } from '../redis-server.ts';
+import { growthRows } from './growth.ts';
+import { httpRows } from './http.ts';
+import { latencyRows } from './latency.ts';
+import { benchmarksMarkdown, CHART_PATH, latencyChart, machine, textTable } from './report.ts';
+import type { BenchOptions, Row } from './support.ts';
+import { throughputRows } from './throughput.ts';
+
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
+const options: BenchOptions = { quick: values.quick };
+
+const modules: [string, (server: RedisServer, options: BenchOptions) => Promise<Row[]>][] = [
+  ['throughput', throughputRows],
+  ['latency', latencyRows],
+  ['http', httpRows],
+  ['growth', growthRows],
+];
+
+const began = Date.now();
+const info = await machine();
+console.log(`pnpm bench${options.quick ? ' --quick' : ''} on ${info}`);
+const rows: Row[] = [];
+for (const [what, run] of modules) {
+  const server = await startRedisServer();
+  const started = Date.now();
+  try {
+    rows.push(...(await run(server, options)));
+  } finally {
+    await server.stop();
+  }
+  console.log(`  ${what}: ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+const seconds = (Date.now() - began) / 1000;
+console.log(`\n${textTable(rows)}\n\n${seconds.toFixed(0)} s in all`);
+if (!options.quick) {
+  writeFileSync(new URL(`../../${CHART_PATH}`, import.meta.url), latencyChart(rows));
+  writeFileSync(new URL('../../BENCHMARKS.md', import.meta.url), benchmarksMarkdown(rows, info, seconds));
+  console.log(`wrote BENCHMARKS.md and ${CHART_PATH}`);
+}

@@ -1,0 +1,86 @@
+/* What every `pnpm bench` module shares: the row it reports, and small timing helpers. */
+import type { EventOf, OrderEvents } from '../../packages/stream-kit/src/index.ts';
+
+/** What a row's figure measures; it decides which way is better. */
+export type Unit = 'per second' | 'ms' | 'MB';
+
+/** One line of the table. */
+export interface Row {
+  /** The table's section, e.g. `1. publish`. */
+  section: string;
+  name: string;
+  /** The figure: a rate, a latency (the p99 of `percentiles` when given), a size. */
+  value: number;
+  unit: Unit;
+  /** Latency rows: p50, p99 and p99.9 in ms, as the chart draws them. */
+  percentiles?: Percentiles;
+  /** The rows this one is compared with, all measured in the same run. */
+  vs?: Comparison[];
+  /** A word on what the figure means, printed beside it. */
+  note?: string;
+}
+
+export interface Comparison {
+  /** The `name` of the other row. */
+  baseline: string;
+  /**
+   * The ratio `value / baseline.value` the issue asks for: at least this for rates, at most this
+   * for latencies and sizes.
+   */
+  target?: number;
+}
+
+export interface Percentiles {
+  p50: number;
+  p99: number;
+  p999: number;
+}
+
+/** The nearest-rank percentiles of `samples` (ms). */
+export function percentiles(samples: readonly number[]): Percentiles {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? NaN;
+  return { p50: at(0.5), p99: at(0.99), p999: at(0.999) };
+}
+
+/** `--quick`: every module sizes its work so that the whole run takes under a minute. */
+export interface BenchOptions {
+  quick: boolean;
+}
+
+export const order = (n: number): EventOf<typeof OrderEvents> => ({
+  type: 'order-created',
+  orderId: `order-${n}`,
+  userId: `user-${n % 100}`,
+  productId: 'product-1',
+  price: 1000,
+});
+
+/** Resolves `done` once `count()` has been called `n` times. */
+export function countdown(n: number) {
+  let left = n;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  return {
+    count() {
+      left -= 1;
+      if (left === 0) done();
+    },
+    done: finished,
+  };
+}
+
+/** Runs `work` and answers `count` per second of it. */
+export async function timed(count: number, work: () => Promise<void>): Promise<number> {
+  const began = process.hrtime.bigint();
+  await work();
+  const seconds = Number(process.hrtime.bigint() - began) / 1e9;
+  return count / seconds;
+}
+
+/** Milliseconds since an arbitrary origin, with sub-ms precision. */
+export const now = () => Number(process.hrtime.bigint()) / 1e6;
+
+let streams = 0;
+/** A fresh stream name per row, so rows never see each other's entries. */
+export const fresh = (what: string) => `bench:${what}:${(streams += 1)}`;
