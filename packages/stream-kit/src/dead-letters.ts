@@ -1,10 +1,10 @@
-import { isUtf8 } from 'node:buffer';
 import type { Redis } from 'ioredis';
 import { REPLAY_DEAD_LETTERS } from './scripts.ts';
 import {
   decode,
   defaultDeadLetterStream,
   fieldsFromReply,
+  textFields,
   trimArguments,
   xaddArguments,
   type Fields,
@@ -130,9 +130,8 @@ export async function replayDeadLetters(
   }
   const replayed: Replayed[] = missing.map((id) => ({ id, entryId: undefined }));
   for (const [entryKey, { ids: letterIds, raw, originalId }] of byEntry) {
-    const decoded = raw.every((bytes) => isUtf8(bytes))
-      ? decode(stream, originalId, fieldsFromReply(raw.map(String)))
-      : undefined;
+    const fields = textFields(raw);
+    const decoded = typeof fields === 'number' ? undefined : decode(stream, originalId, fields);
     const args = decoded?.ok ? xaddArguments(stream, decoded.event) : [...trimArguments(stream), '*', ...raw];
     const mark = `${deadLetterStream}:replayed:${entryKey}`;
     // prettier-ignore

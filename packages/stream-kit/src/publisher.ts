@@ -1,6 +1,13 @@
 import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
-import { xaddArguments, type EventOf, type StreamDefinition } from './stream.ts';
+import { defineScript, PUBLISH_MANY } from './scripts.ts';
+import {
+  encodeChecked,
+  trimArguments,
+  xaddArguments,
+  type EventOf,
+  type StreamDefinition,
+} from './stream.ts';
 
 /** Options of `createPublisher()`. */
 export interface PublisherOptions {
@@ -24,8 +31,9 @@ export interface Publisher {
    */
   publish<D extends StreamDefinition>(stream: D, event: EventOf<D>): Promise<string>;
   /**
-   * Appends `events` in order, all or none, in one round trip (XADDs in one MULTI/EXEC): for
-   * batches, where one `publish()` each would wait a round trip per event. Resolves to their entry
+   * Appends `events` in order, all or none, in one command (a Lua script that XADDs each, trimming
+   * as `publish()` does): for batches, where one `publish()` each would cost a command and a
+   * round trip per event. Resolves to their entry
    * IDs, in order. Validates every event first: if one does not match, throws
    * `EventValidationError` and writes nothing. Throws the Redis error if the write failed.
    */
@@ -64,21 +72,24 @@ export function createPublisher(options: PublisherOptions): Publisher {
     }
   }
 
+  const publishBatch = defineScript<string[]>(redis, 'streamKitPublishMany', 1, PUBLISH_MANY);
+
   async function publishMany<D extends StreamDefinition>(stream: D, events: readonly EventOf<D>[]) {
     if (closing) throw new Error('publisher is closed');
     if (events.length === 0) return [];
-    const transaction = redis.multi();
-    for (const args of events.map((event) => xaddArguments(stream, event))) {
-      transaction.xadd(stream.name, ...(args as ['*', ...string[]]));
+    const trim = trimArguments(stream);
+    const args: string[] = [String(trim.length), ...trim];
+    // Every event is checked before anything is sent: one invalid event writes none.
+    for (const event of events) {
+      const fields = encodeChecked(stream, event);
+      const keys = Object.keys(fields);
+      args.push(String(keys.length * 2));
+      for (const key of keys) args.push(key, fields[key]!);
     }
-    const write = transaction.exec();
+    const write = publishBatch(stream.name, ...args);
     inFlight.add(write);
     try {
-      const replies = await write;
-      // EXEC answers null only when a WATCHed key changed; nothing is watched here.
-      const failed = replies!.find(([err]) => err);
-      if (failed) throw failed[0];
-      return replies!.map(([, id]) => id as string);
+      return await write;
     } finally {
       inFlight.delete(write);
     }

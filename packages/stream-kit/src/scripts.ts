@@ -1,7 +1,51 @@
+import type { Redis } from 'ioredis';
+
 /*
- * Lua scripts stream-kit runs with EVAL, where a step must be atomic. Redis caches a script by its
- * SHA after the first EVAL; these run rarely, so EVALSHA would save little.
+ * Lua scripts stream-kit runs where a step must be atomic. The rare ones go by EVAL (Redis caches
+ * a script by its SHA after the first EVAL, so EVALSHA would save little); the ones on a hot path
+ * by `defineScript`.
  */
+
+/**
+ * A Lua script as a command of `redis`: EVALSHA, with EVAL the first time on each connection, so
+ * the script's text does not cross the wire with every call. Defined once per client, however
+ * often this is called; the caller passes the keys (`numberOfKeys` of them) first, then the
+ * arguments, and gets the script's reply.
+ */
+export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: number, lua: string) {
+  const commands = redis as unknown as Record<
+    string,
+    (...args: (string | number | Buffer)[]) => Promise<Reply>
+  >;
+  if (!commands[name]) redis.defineCommand(name, { numberOfKeys, lua });
+  // Looked up at each call, not bound once: a test may stand a failing command in for it.
+  return (...args: (string | number | Buffer)[]): Promise<Reply> => commands[name]!(...args);
+}
+
+/**
+ * KEYS[1] stream. ARGV: the number of trim arguments, those arguments, then for each event the
+ * number of its field arguments and those arguments. XADDs each event in order with the same
+ * trim, and returns their IDs. One command for the whole batch: atomic, and no per-event command
+ * for the client to build and parse. A failing XADD can only be the first (a key of another type,
+ * out of memory), so an error writes nothing.
+ */
+export const PUBLISH_MANY = `
+local trims = tonumber(ARGV[1])
+local head = {}
+for j = 1, trims do head[j] = ARGV[1 + j] end
+head[trims + 1] = '*'
+local ids = {}
+local i = trims + 2
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  local args = {}
+  for j = 1, trims + 1 do args[j] = head[j] end
+  for j = 1, count do args[trims + 1 + j] = ARGV[i + j] end
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], unpack(args))
+  i = i + count + 1
+end
+return ids
+`;
 
 /**
  * KEYS[1] stream; ARGV group, minimum idle ms, consumer to spare. Deletes the group's consumers

@@ -5,6 +5,7 @@ import type { Logger } from './logger.ts';
 import { defaultConsumerName } from './subscriber.ts';
 
 export { openRequestConnection } from './connection.ts';
+export { defineScript } from './scripts.ts';
 
 /*
  * What the three services share besides streams: environment parsing, listening and graceful
@@ -69,22 +70,6 @@ export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv)
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
   throw new Error(`invalid environment: ${problems.join('; ')}`);
-}
-
-/**
- * A Lua script as a command of `redis`: EVALSHA, with EVAL the first time on each connection, so
- * the script's text does not cross the wire with every call. Defined once per client, however
- * often this is called; the caller passes the keys (`numberOfKeys` of them) first, then the
- * arguments, and gets the script's reply.
- */
-export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: number, lua: string) {
-  const commands = redis as unknown as Record<
-    string,
-    (...args: (string | number | Buffer)[]) => Promise<Reply>
-  >;
-  if (!commands[name]) redis.defineCommand(name, { numberOfKeys, lua });
-  // Looked up at each call, not bound once: a test may stand a failing command in for it.
-  return (...args: (string | number | Buffer)[]): Promise<Reply> => commands[name]!(...args);
 }
 
 export type Readiness = { status: 'ready' } | { status: 'not ready'; reason: string };

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import type { z } from 'zod';
 import { EventValidationError } from './errors.ts';
 
@@ -109,6 +110,24 @@ export function encodeChecked<D extends StreamDefinition>(stream: D, event: Even
   const fields = encode(event as object);
   const result = stream.schema.safeParse(fields);
   if (!result.success) throw new EventValidationError(stream.name, describeIssues(result.error));
+  return fields;
+}
+
+/**
+ * An entry's fields as text, as Redis sent them (names and values in turn), or the index in
+ * `flat` of the first name or value that is not valid UTF-8.
+ */
+export function textFields(flat: readonly Buffer[]): Fields | number {
+  const fields: Fields = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    const name = flat[i]!.toString();
+    const value = flat[i + 1]!.toString();
+    // toString() turns bytes that are not UTF-8 into U+FFFD: only a string holding one needs the
+    // exact (native, per-call) check. This runs for every field of every entry.
+    if (name.includes('\uFFFD') && !isUtf8(flat[i]!)) return i;
+    if (value.includes('\uFFFD') && !isUtf8(flat[i + 1]!)) return i + 1;
+    fields[name] = value;
+  }
   return fields;
 }
 

@@ -1,4 +1,3 @@
-import { isUtf8 } from 'node:buffer';
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { isNoGroupError, openReaderConnection, type Connection } from './connection.ts';
@@ -8,6 +7,7 @@ import {
   decode,
   defaultDeadLetterStream,
   fieldsFromReply,
+  textFields,
   type EventOf,
   type Fields,
   type StreamDefinition,
@@ -50,8 +50,8 @@ export interface SubscribeOptions {
   /**
    * How many handlers may run at once. 1 handles entries one after another, in their order in the
    * stream. More handle the entries of a batch side by side, at most this many at a time, so their
-   * order is lost (use it for independent events, such as one order each). Either way the next
-   * batch is read only once this one is handled: at most `count` entries are held per
+   * order is lost (use it for independent events, such as one order each). Either way one batch
+   * at most is read ahead while another is handled: at most twice `count` entries are held per
    * subscription, and a slow handler slows the reads instead of piling entries up in memory.
    * @defaultValue 1
    */
@@ -223,6 +223,8 @@ class ConsumerLoop {
   private ackSoon: NodeJS.Immediate | undefined;
   /** XACKs sent, not yet answered. */
   private acks: Promise<unknown>[] = [];
+  /** The next batch, asked for while this one is handled (see `handleNew`). */
+  private readAhead: Promise<Entry[]> | undefined;
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
   private readonly claimIntervalMs: number;
@@ -359,9 +361,15 @@ class ConsumerLoop {
   /**
    * One round: this consumer's own pending entries when some are due (left by an earlier run
    * under the same name, or failed and due for a retry), else entries other consumers have left
-   * idle too long, else new entries.
+   * idle too long, else new entries. A batch read ahead comes first: its entries are ours already.
    */
   private async step() {
+    if (this.readAhead) {
+      const next = this.readAhead;
+      this.readAhead = undefined;
+      await this.handleNew(await next);
+      return;
+    }
     if (this.ownPending === undefined && this.retryAt !== 0 && Date.now() >= this.retryAt) {
       this.ownPending = 'due';
       this.retryAt = 0;
@@ -374,10 +382,24 @@ class ConsumerLoop {
       await this.reclaim();
       this.claimAt = Date.now() + this.claimIntervalMs;
     } else {
-      const entries = await this.readNew();
-      this.lastNewId = entries.at(-1)?.[0] ?? this.lastNewId;
-      await this.handleBatch(entries);
+      await this.handleNew(await this.readNew());
     }
+  }
+
+  /**
+   * Handles a batch of new entries. When it was full, more are likely waiting: the next batch is
+   * asked for now, without BLOCK, so that Redis serves it while this one is handled (at most two
+   * batches are held). Not when a pending pass or a reclaim is due, which would wait behind it.
+   */
+  private async handleNew(entries: Entry[]) {
+    const now = Date.now();
+    const due =
+      this.ownPending !== undefined || now >= this.claimAt || (this.retryAt !== 0 && now >= this.retryAt);
+    if (entries.length === this.settings.count && !due && !this.stopping) {
+      this.readAhead = this.read(undefined);
+      this.readAhead.catch(() => {}); // awaited at the next step
+    }
+    await this.handleBatch(entries);
   }
 
   /**
@@ -385,8 +407,6 @@ class ConsumerLoop {
    * skipping any whose lease another consumer took meanwhile.
    */
   private async handleBatch(entries: Entry[]) {
-    const readAt = Date.now();
-    for (const [id] of entries) this.held.set(id, readAt);
     let next = 0;
     let failed = false;
     const work = async () => {
@@ -408,7 +428,8 @@ class ConsumerLoop {
       const rejected = results.find((result) => result.status === 'rejected');
       if (rejected) throw rejected.reason;
     } finally {
-      this.held.clear();
+      // Not clear(): a batch read ahead is held meanwhile.
+      for (const [id] of entries) this.held.delete(id);
     }
     await this.flushAcks();
   }
@@ -491,19 +512,31 @@ class ConsumerLoop {
     }
   }
 
-  private async readNew(): Promise<Entry[]> {
+  private readNew(): Promise<Entry[]> {
     // Wake up in time for the next retry and the next reclaim pass.
     const wakeAt = Math.min(this.claimAt, this.retryAt || Infinity);
-    const block = Math.max(1, Math.min(this.settings.blockMs, wakeAt - Date.now()));
+    return this.read(Math.max(1, Math.min(this.settings.blockMs, wakeAt - Date.now())));
+  }
+
+  /**
+   * Reads up to `count` new entries, waiting up to `blockMs` for the first when given. They are
+   * ours from then on: held (their leases renewed) until handled.
+   */
+  private async read(blockMs: number | undefined): Promise<Entry[]> {
+    const block = blockMs === undefined ? [] : ['BLOCK', blockMs];
     // prettier-ignore
     const reply = await this.redis.callBuffer(
       'XREADGROUP', 'GROUP', this.group, this.consumer,
       'COUNT', this.settings.count,
-      'BLOCK', block,
+      ...block,
       'STREAMS', this.stream.name, '>',
     );
     const streams = reply as [stream: Buffer, entries: [Buffer, Buffer[]][]][] | null;
-    return (streams?.[0]?.[1] ?? []).map(([id, fields]) => [id.toString(), fields]);
+    const entries: Entry[] = (streams?.[0]?.[1] ?? []).map(([id, fields]) => [id.toString(), fields]);
+    const readAt = Date.now();
+    for (const [id] of entries) this.held.set(id, readAt);
+    this.lastNewId = entries.at(-1)?.[0] ?? this.lastNewId;
+    return entries;
   }
 
   /**
@@ -664,13 +697,13 @@ class ConsumerLoop {
       await this.deadLetter(id, flat, `not acked after ${deliveryCount - 1} deliveries`, deliveryCount);
       return 'done';
     }
-    const notText = flat.findIndex((bytes) => !isUtf8(bytes));
-    if (notText !== -1) {
-      const what = notText % 2 === 0 ? 'a field name' : `field ${JSON.stringify(String(flat[notText - 1]))}`;
+    const fields = textFields(flat);
+    if (typeof fields === 'number') {
+      const what = fields % 2 === 0 ? 'a field name' : `field ${JSON.stringify(String(flat[fields - 1]))}`;
       await this.deadLetter(id, flat, `invalid entry: ${what} is not valid UTF-8`, deliveryCount);
       return 'done';
     }
-    const decoded = decode(this.stream, id, fieldsFromReply(flat.map(String)));
+    const decoded = decode(this.stream, id, fields);
     if (!decoded.ok) {
       await this.deadLetter(id, flat, `invalid entry: ${decoded.reason}`, deliveryCount);
       return 'done';

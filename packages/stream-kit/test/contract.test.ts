@@ -140,6 +140,10 @@ describe('publish', () => {
 
     await expect(refused).rejects.toBeInstanceOf(EventValidationError);
     const entries = await redis.xrange(stream.name, '-', '+');
+    await redis.set(`${stream.name}:not-a-stream`, 'x');
+    await expect(
+      publisher.publishMany({ ...stream, name: `${stream.name}:not-a-stream` }, [{ n: 5 }]),
+    ).rejects.toThrow(/WRONGTYPE/);
     expect(entries).toEqual([
       [ids[0], ['n', '1']],
       [ids[1], ['n', '2', 'note', 'x']],
@@ -811,7 +815,7 @@ describe('subscribe', () => {
 });
 
 describe('with concurrency', () => {
-  it('runs up to `concurrency` handlers at once, never more, and holds at most `count` entries', async () => {
+  it('runs up to `concurrency` handlers at once, never more, and holds at most two batches', async () => {
     const stream = testStream();
     await publishRange(stream, 40);
     const handled: number[] = [];
@@ -836,8 +840,59 @@ describe('with concurrency', () => {
       what: 'all 40 handled and acked',
     });
     expect(mostRunning).toBe(4);
-    expect(mostHeld).toBeLessThanOrEqual(10);
+    // The batch being handled, and the next one read ahead.
+    expect(mostHeld).toBeLessThanOrEqual(20);
     expect([...handled].sort((x, y) => x - y)).toEqual(Array.from({ length: 40 }, (_, n) => n));
+  });
+
+  it('reads the next batch while a full one is handled, and handles each entry once', async () => {
+    const stream = testStream();
+    await publishRange(stream, 10);
+    const handled: number[] = [];
+    start(
+      stream,
+      async (event) => {
+        // Entry 0 waits until the second batch of five is delivered too: only a read ahead,
+        // sent while this batch is being handled, can deliver it.
+        if (event.n === 0) await waitFor(async () => (await pendingCount(stream)) === 10);
+        handled.push(event.n);
+      },
+      { count: 5 },
+    );
+
+    await waitFor(async () => handled.length === 10 && (await pendingCount(stream)) === 0);
+    await settle();
+    expect(handled).toEqual(Array.from({ length: 10 }, (_, n) => n));
+  });
+
+  it('leaves a batch read ahead pending at close(), for the next run to handle once', async () => {
+    const stream = testStream();
+    await publishRange(stream, 20);
+    const handled: number[] = [];
+    const release = deferred();
+    const first = start(
+      stream,
+      async (event) => {
+        if (event.n === 0) {
+          await waitFor(async () => (await pendingCount(stream)) === 10);
+          await release.promise;
+        }
+        handled.push(event.n);
+      },
+      { count: 5 },
+    );
+    await groupCreated(stream);
+    await waitFor(async () => (await pendingCount(stream)) === 10);
+
+    const closing = first.close();
+    release.resolve();
+    await closing;
+    expect(handled).toEqual([0]);
+    start(stream, (event) => void handled.push(event.n), { count: 5 });
+
+    await waitFor(async () => handled.length === 20 && (await pendingCount(stream)) === 0);
+    await settle();
+    expect([...handled].sort((x, y) => x - y)).toEqual(Array.from({ length: 20 }, (_, n) => n));
   });
 
   it('keeps the stream order with the default of one handler at a time', async () => {
@@ -1188,6 +1243,23 @@ describe('retention', () => {
     const length = await redis.xlen(stream.name);
     expect(length).toBeGreaterThanOrEqual(100);
     expect(length).toBeLessThan(200);
+  });
+
+  it('trims with publishMany as publish does', async () => {
+    const stream = defineStream({ ...testStream(), retention: { maxLen: 100 } });
+
+    for (let start = 0; start < 1_000; start += 250) {
+      await publisher.publishMany(
+        stream,
+        Array.from({ length: 250 }, (_, i) => ({ n: start + i })),
+      );
+    }
+
+    const length = await redis.xlen(stream.name);
+    expect(length).toBeGreaterThanOrEqual(100);
+    expect(length).toBeLessThan(200);
+    const newest = await redis.xrevrange(stream.name, '+', '-', 'COUNT', 1);
+    expect(newest[0]?.[1]).toEqual(['n', '999']);
   });
 
   it('drops entries older than maxAgeMs as it publishes', async () => {
