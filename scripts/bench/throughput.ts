@@ -265,7 +265,7 @@ const BULLMQ_WORKER = 'BullMQ Worker, no-op, concurrency 50';
 const BULLMQ_PAYMENTS = 'BullMQ: a job that adds a job, concurrency 50';
 
 export async function throughputRows(server: RedisServer, options: BenchOptions): Promise<Row[]> {
-  N = options.quick ? 20_000 : 200_000;
+  N = options.quick ? 10_000 : 200_000;
   const redis = new Redis(server.url);
   const rows: Row[] = [];
   const add = (section: string, name: string, value: number, more: Partial<Row> = {}) =>

@@ -124,6 +124,8 @@ function parse<S extends z.ZodType>(schema: S, value: unknown, where: 'body' | '
 
 /** The request's `Idempotency-Key`, if it has one; throws a 400 if it is not a valid key. */
 function idempotencyKeyOf(req: Request): string | undefined {
+  // Most orders come without one: `headersDistinct` builds an object of every header, so only then.
+  if (req.headers['idempotency-key'] === undefined) return undefined;
   const values = req.headersDistinct['idempotency-key'];
   if (values === undefined) return undefined;
   if (values.length !== 1)

@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, expectTypeOf, inject, it } from 'vitest';
 import { z } from 'zod';
@@ -975,6 +977,43 @@ describe('with concurrency', () => {
     await settle();
     expect([...runs].sort()).toEqual([0, 1, 2]);
   });
+});
+
+describe('memory', () => {
+  it('keeps its heap flat over thousands of reads', async () => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const heapAfterGc = () => {
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const stream = testStream();
+    for (let start = 0; start < 20_000; start += 500) {
+      await publisher.publishMany(
+        stream,
+        Array.from({ length: 500 }, (_, i) => ({ n: start + i })),
+      );
+    }
+    let handled = 0;
+    let early = 0;
+    const warmedUp = deferred();
+    // One entry per read: 20,000 steps of the loop.
+    start(
+      stream,
+      () => {
+        handled += 1;
+        if (handled === 2_000) warmedUp.resolve();
+      },
+      { count: 1 },
+    );
+    await warmedUp.promise;
+    early = heapAfterGc();
+
+    await waitFor(() => handled === 20_000, { timeoutMs: 60_000 });
+
+    // A few hundred bytes kept per step would add megabytes here.
+    expect(heapAfterGc() - early).toBeLessThan(1_500_000);
+  }, 90_000);
 });
 
 describe('when a handler runs longer than claimIdleMs', () => {

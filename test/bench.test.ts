@@ -1,0 +1,102 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { benchmarksMarkdown, CHART_PATH, latencyChart, textTable } from '../scripts/bench/report.ts';
+import { percentiles, type Row } from '../scripts/bench/support.ts';
+
+/* `pnpm bench` itself is run by hand (figures are not asserted in tests); this pins its report. */
+
+const rows: Row[] = [
+  { section: '1. publish', name: 'raw', value: 80_000, unit: 'per second' },
+  {
+    section: '1. publish',
+    name: 'kit',
+    value: 60_000,
+    unit: 'per second',
+    vs: [{ baseline: 'raw', target: 0.8 }],
+  },
+  {
+    section: '4. latency',
+    name: 'raw hop',
+    value: 2,
+    unit: 'ms',
+    percentiles: { p50: 1, p99: 2, p999: 4 },
+  },
+  {
+    section: '4. latency',
+    name: 'kit hop',
+    value: 2.5,
+    unit: 'ms',
+    percentiles: { p50: 1.2, p99: 2.5, p999: 5 },
+    vs: [{ baseline: 'raw hop', target: 1.5 }],
+  },
+  { section: '6. growth', name: 'bullmq', value: 10_000, unit: 'per second' },
+  {
+    section: '6. growth',
+    name: 'more',
+    value: 60_000,
+    unit: 'per second',
+    vs: [{ baseline: 'bullmq', target: 5 }],
+  },
+];
+
+describe('pnpm bench report', () => {
+  it('gives each row its ratio to its baseline, and says whether the target was met', () => {
+    const table = textTable(rows);
+
+    expect(table).toMatch(/kit +60,000\/s +75% of "raw" \(target ≥ 80%: MISSED\)/);
+    expect(table).toMatch(
+      /kit hop +1\.20 \/ 2\.50 \/ 5\.00 ms +125% of the p99 of "raw hop" \(target ≤ 150%: met\)/,
+    );
+    expect(table).toMatch(/more +60,000\/s +6\.0x "bullmq" \(target ≥ 5x: met\)/);
+  });
+
+  it('refuses a comparison with a row that is not there', () => {
+    expect(() => textTable([{ ...rows[1]!, vs: [{ baseline: 'nowhere' }] }])).toThrow(/nowhere/);
+  });
+
+  it('writes one markdown table per section and links the chart', () => {
+    const markdown = benchmarksMarkdown(rows, '2 × Test CPU', 42);
+
+    expect(markdown.match(/^### /gm)).toHaveLength(3);
+    expect(markdown).toContain('| kit | 60,000/s | 75% of "raw" (target ≥ 80%: MISSED) |');
+    expect(markdown).toContain(`![Latency percentiles](${CHART_PATH})`);
+    expect(markdown).toContain('2 × Test CPU');
+  });
+
+  it('draws three bars per latency row, as wide as their values', () => {
+    const svg = latencyChart(rows);
+
+    const widths = [...svg.matchAll(/<rect x="360" y="\d+" width="([\d.]+)" height="9"/g)].map(([, w]) =>
+      Number(w),
+    );
+    // The longest bar is the largest p99.9 (5 ms); the others scale from it.
+    expect(widths).toEqual([88, 176, 352, 105.6, 220, 440]);
+  });
+
+  it('takes nearest-rank percentiles', () => {
+    const samples = Array.from({ length: 1000 }, (_, i) => i + 1);
+
+    expect(percentiles(samples)).toEqual({ p50: 500, p99: 990, p999: 999 });
+  });
+});
+
+describe('BENCHMARKS.md', () => {
+  it('holds a full run with every section of the suite, and the README links it', () => {
+    const markdown = readFileSync(new URL('../BENCHMARKS.md', import.meta.url), 'utf8');
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+
+    for (const section of [
+      '1. publish',
+      '2. consume',
+      '3. payment-like',
+      '4. latency',
+      '5. HTTP',
+      '6. cost',
+    ]) {
+      expect(markdown).toContain(`### ${section}`);
+    }
+    expect(readFileSync(new URL(`../${CHART_PATH}`, import.meta.url), 'utf8')).toMatch(/^<svg/);
+    expect(readme).toContain('(BENCHMARKS.md)');
+    expect(readme).toContain(CHART_PATH);
+  });
+});
