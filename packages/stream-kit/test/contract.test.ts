@@ -995,7 +995,6 @@ describe('memory', () => {
       );
     }
     let handled = 0;
-    let early = 0;
     const warmedUp = deferred();
     // One entry per read: 20,000 steps of the loop.
     start(
@@ -1007,7 +1006,7 @@ describe('memory', () => {
       { count: 1 },
     );
     await warmedUp.promise;
-    early = heapAfterGc();
+    const early = heapAfterGc();
 
     await waitFor(() => handled === 20_000, { timeoutMs: 60_000 });
 
