@@ -75,7 +75,12 @@ export function trimArguments(stream: StreamDefinition, now = Date.now()): strin
  * with other effects: `redis.call('XADD', KEYS[1], unpack(ARGV))`.
  */
 export function xaddArguments<D extends StreamDefinition>(stream: D, event: EventOf<D>): string[] {
-  return [...trimArguments(stream), '*', ...Object.entries(encodeChecked(stream, event)).flat()];
+  const args = trimArguments(stream);
+  args.push('*');
+  // A loop, not entries().flat(): this runs for every event published, and flat() is slow in V8.
+  const fields = encodeChecked(stream, event);
+  for (const key in fields) args.push(key, fields[key]!);
+  return args;
 }
 
 /** Strings stay as they are, numbers and booleans print as `String()` does, nested values as JSON. */
