@@ -18,19 +18,40 @@ import { countdown, fresh, order, timed, type BenchOptions, type Row } from './s
 /** Entries per row; set by `throughputRows`, lowered while `warmed` warms a row up. */
 let N = 0;
 
+/** One or more rows measured by one run: name → rate. */
+type Case = () => Promise<Record<string, number>>;
+const one =
+  (name: string, run: () => Promise<number>): Case =>
+  async () => ({ [name]: await run() });
+
 /**
- * Runs a row once on a twentieth of the work, unmeasured, then for real: V8 compiles the hot
- * paths of each library on its first run, and the baselines get the same warm-up.
+ * Runs every case in turns, `turns` times over on N / turns entries each, after a warm-up on a
+ * twentieth of N (V8 compiles each library's hot paths on its first run), and answers each row's
+ * median rate. A neighbour busy for a while on this shared machine then spoils one turn of every
+ * row alike, not the whole of one row.
  */
-async function warmed<T>(row: () => Promise<T>): Promise<T> {
+async function inTurns(cases: Case[], turns: number): Promise<Record<string, number>> {
   const full = N;
-  N = Math.max(1_000, Math.round(full / 20));
+  const samples: Record<string, number[]> = {};
   try {
-    await row();
+    N = Math.max(1_000, Math.round(full / 20));
+    for (const run of cases) await run();
+    N = Math.max(1_000, Math.round(full / turns));
+    for (let turn = 0; turn < turns; turn += 1) {
+      for (const run of cases) {
+        for (const [name, rate] of Object.entries(await run())) (samples[name] ??= []).push(rate);
+      }
+    }
   } finally {
     N = full;
   }
-  return row();
+  return Object.fromEntries(Object.entries(samples).map(([name, rates]) => [name, median(rates)]));
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 async function redisBenchmark(port: number): Promise<number> {
@@ -259,70 +280,78 @@ async function bullmqConsume(port: number): Promise<{ add: number; consume: numb
   }
 }
 
+const REDIS_BENCHMARK = 'redis-benchmark XADD -P 32';
 const RAW_XADD = 'ioredis XADD, pipelines of 500';
+const ONE_BY_ONE = 'stream-kit publish, one at a time';
+const IN_FLIGHT = 'stream-kit publish, 500 in flight';
+const PUBLISH_MANY = 'stream-kit publishMany, 500 a call';
+const BULLMQ_ADD = 'BullMQ addBulk, 500 a call';
 const RAW_CONSUME = 'ioredis XREADGROUP COUNT 500 + one XACK per batch';
 const BULLMQ_WORKER = 'BullMQ Worker, no-op, concurrency 50';
+const CONSUME_10 = 'stream-kit subscribe, count 10 (the default)';
+const CONSUME_500 = 'stream-kit subscribe, count 500';
+const DECODE = 'stream-kit decode alone (zod, OrderEvents)';
 const BULLMQ_PAYMENTS = 'BullMQ: a job that adds a job, concurrency 50';
+const PAYMENTS = 'stream-kit: payment-service handler, concurrency 50';
 
 export async function throughputRows(server: RedisServer, options: BenchOptions): Promise<Row[]> {
   N = options.quick ? 10_000 : 200_000;
   const redis = new Redis(server.url);
-  const rows: Row[] = [];
-  const add = (section: string, name: string, value: number, more: Partial<Row> = {}) =>
-    rows.push({ section, name, value, unit: 'per second', ...more });
   try {
-    const publish = '1. publish';
-    add(publish, 'redis-benchmark XADD -P 32', await redisBenchmark(server.port));
-    add(publish, RAW_XADD, await warmed(() => rawPipelinedXadd(redis)));
-    add(publish, 'stream-kit publish, one at a time', await warmed(() => publishOneByOne(server.url)), {
-      vs: [{ baseline: RAW_XADD }],
-    });
-    add(publish, 'stream-kit publish, 500 in flight', await warmed(() => publishConcurrently(server.url)), {
-      vs: [{ baseline: RAW_XADD }],
-    });
-    add(publish, 'stream-kit publishMany, 500 a call', await warmed(() => publishMany(server.url)), {
-      vs: [{ baseline: RAW_XADD, target: 0.8 }],
-    });
-    const bullmq = await warmed(() => bullmqConsume(server.port));
-    add(publish, 'BullMQ addBulk, 500 a call', bullmq.add, { vs: [{ baseline: RAW_XADD }] });
-
-    const consume = '2. consume + ack, no-op handler';
-    add(consume, RAW_CONSUME, await warmed(() => rawConsume(redis)));
-    add(consume, BULLMQ_WORKER, bullmq.consume, { vs: [{ baseline: RAW_CONSUME }] });
-    add(
-      consume,
-      'stream-kit subscribe, count 10 (the default)',
-      await warmed(() => streamKitConsume(redis, server.url, 10)),
-      {
-        vs: [{ baseline: RAW_CONSUME }],
-      },
+    const rate = await inTurns(
+      [
+        one(RAW_XADD, () => rawPipelinedXadd(redis)),
+        one(ONE_BY_ONE, () => publishOneByOne(server.url)),
+        one(IN_FLIGHT, () => publishConcurrently(server.url)),
+        one(PUBLISH_MANY, () => publishMany(server.url)),
+        async () => {
+          const { add, consume } = await bullmqConsume(server.port);
+          return { [BULLMQ_ADD]: add, [BULLMQ_WORKER]: consume };
+        },
+        one(RAW_CONSUME, () => rawConsume(redis)),
+        one(CONSUME_10, () => streamKitConsume(redis, server.url, 10)),
+        one(CONSUME_500, () => streamKitConsume(redis, server.url, 500)),
+        one(BULLMQ_PAYMENTS, () => bullmqPayments(server.port)),
+        one(PAYMENTS, () => streamKitPayments(redis, server.url)),
+        one(DECODE, () => decodeOnly()),
+      ],
+      options.quick ? 2 : 5,
     );
-    add(
-      consume,
-      'stream-kit subscribe, count 500',
-      await warmed(() => streamKitConsume(redis, server.url, 500)),
+    const row = (section: string, name: string, more: Partial<Row> = {}): Row => ({
+      section,
+      name,
+      value: rate[name]!,
+      unit: 'per second',
+      ...more,
+    });
+    const publish = '1. publish';
+    const consume = '2. consume + ack, no-op handler';
+    const payments = '3. payment-like consumer';
+    return [
       {
+        section: publish,
+        name: REDIS_BENCHMARK,
+        value: await redisBenchmark(server.port),
+        unit: 'per second',
+      },
+      row(publish, RAW_XADD),
+      row(publish, ONE_BY_ONE, { vs: [{ baseline: RAW_XADD }] }),
+      row(publish, IN_FLIGHT, { vs: [{ baseline: RAW_XADD }] }),
+      row(publish, PUBLISH_MANY, { vs: [{ baseline: RAW_XADD, target: 0.8 }] }),
+      row(publish, BULLMQ_ADD, { vs: [{ baseline: RAW_XADD }] }),
+      row(consume, RAW_CONSUME),
+      row(consume, BULLMQ_WORKER, { vs: [{ baseline: RAW_CONSUME }] }),
+      row(consume, CONSUME_10, { vs: [{ baseline: RAW_CONSUME }] }),
+      row(consume, CONSUME_500, {
         vs: [
           { baseline: RAW_CONSUME, target: 0.7 },
           { baseline: BULLMQ_WORKER, target: 5 },
         ],
-      },
-    );
-    add(consume, 'stream-kit decode alone (zod, OrderEvents)', await warmed(() => decodeOnly()), {
-      note: 'the schema, without Redis',
-    });
-
-    const payments = '3. payment-like consumer';
-    add(payments, BULLMQ_PAYMENTS, await warmed(() => bullmqPayments(server.port)));
-    add(
-      payments,
-      'stream-kit: payment-service handler, concurrency 50',
-      await warmed(() => streamKitPayments(redis, server.url)),
-      {
-        vs: [{ baseline: BULLMQ_PAYMENTS, target: 4 }],
-      },
-    );
-    return rows;
+      }),
+      row(consume, DECODE, { note: 'the schema alone, without Redis' }),
+      row(payments, BULLMQ_PAYMENTS),
+      row(payments, PAYMENTS, { vs: [{ baseline: BULLMQ_PAYMENTS, target: 4 }] }),
+    ];
   } finally {
     redis.disconnect();
   }

@@ -24,26 +24,22 @@ export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: nu
 
 /**
  * KEYS[1] stream. ARGV: the number of trim arguments, those arguments, then for each event the
- * number of its field arguments and those arguments. XADDs each event in order with the same
- * trim, and returns their IDs. One command for the whole batch: atomic, and no per-event command
- * for the client to build and parse. A failing XADD can only be the first (a key of another type,
- * out of memory), so an error writes nothing.
+ * number of its field arguments and those arguments. XADDs each event in order, then trims once
+ * (XTRIM, as each XADD would have: `~` trims whole nodes anyway), and returns their IDs. One
+ * command for the whole batch: atomic, and no per-event command for the client to build and
+ * parse. A failing XADD can only be the first (a key of another type, out of memory), so an error
+ * writes nothing.
  */
 export const PUBLISH_MANY = `
 local trims = tonumber(ARGV[1])
-local head = {}
-for j = 1, trims do head[j] = ARGV[1 + j] end
-head[trims + 1] = '*'
 local ids = {}
-local i = trims + 2
-while i <= #ARGV do
-  local count = tonumber(ARGV[i])
-  local args = {}
-  for j = 1, trims + 1 do args[j] = head[j] end
-  for j = 1, count do args[trims + 1 + j] = ARGV[i + j] end
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], unpack(args))
-  i = i + count + 1
+local at = trims + 2
+while at <= #ARGV do
+  local count = tonumber(ARGV[at])
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + count))
+  at = at + count + 1
 end
+if trims > 0 then redis.call('XTRIM', KEYS[1], unpack(ARGV, 2, trims + 1)) end
 return ids
 `;
 
