@@ -7,7 +7,12 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { createPublisher, OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
+import {
+  createPublisher,
+  OrderEvents,
+  subscribe,
+  type Publisher,
+} from '../../packages/stream-kit/src/index.ts';
 import { decode } from '../../packages/stream-kit/src/stream.ts';
 import { paymentHandler } from '../../packages/payment-service/src/process-payment.ts';
 import { openRequestConnection } from '../../packages/stream-kit/src/connection.ts';
@@ -79,52 +84,44 @@ async function rawPipelinedXadd(redis: Redis): Promise<number> {
   });
 }
 
-async function publishOneByOne(url: string): Promise<number> {
+/** Times `publishAll` on a fresh stream, with a publisher of its own. */
+async function publishing(
+  url: string,
+  count: number,
+  publishAll: (publisher: Publisher, stream: typeof OrderEvents) => Promise<unknown>,
+): Promise<number> {
   const publisher = createPublisher({ connection: url });
   const stream = { ...OrderEvents, name: fresh('publish') };
-  const count = Math.min(N, 20_000);
   try {
-    return await timed(count, async () => {
-      for (let n = 0; n < count; n += 1) await publisher.publish(stream, order(n));
-    });
+    return await timed(count, async () => void (await publishAll(publisher, stream)));
   } finally {
     await publisher.close();
   }
 }
+
+/** N orders, 500 at a time. */
+function* batchesOf500() {
+  for (let start = 0; start < N; start += 500) {
+    yield Array.from({ length: Math.min(500, N - start) }, (_, i) => order(start + i));
+  }
+}
+
+const publishOneByOne = (url: string) =>
+  publishing(url, Math.min(N, 20_000), async (publisher, stream) => {
+    for (let n = 0; n < Math.min(N, 20_000); n += 1) await publisher.publish(stream, order(n));
+  });
 
 /** 500 publishes in flight at a time: ioredis writes them back to back, as a pipeline would. */
-async function publishConcurrently(url: string): Promise<number> {
-  const publisher = createPublisher({ connection: url });
-  const stream = { ...OrderEvents, name: fresh('publish-concurrent') };
-  try {
-    return await timed(N, async () => {
-      for (let start = 0; start < N; start += 500) {
-        const batch = [];
-        for (let n = start; n < Math.min(start + 500, N); n += 1)
-          batch.push(publisher.publish(stream, order(n)));
-        await Promise.all(batch);
-      }
-    });
-  } finally {
-    await publisher.close();
-  }
-}
+const publishConcurrently = (url: string) =>
+  publishing(url, N, async (publisher, stream) => {
+    for (const batch of batchesOf500())
+      await Promise.all(batch.map((event) => publisher.publish(stream, event)));
+  });
 
-async function publishMany(url: string): Promise<number> {
-  const publisher = createPublisher({ connection: url });
-  const stream = { ...OrderEvents, name: fresh('publish-many') };
-  try {
-    return await timed(N, async () => {
-      for (let start = 0; start < N; start += 500) {
-        const batch = [];
-        for (let n = start; n < Math.min(start + 500, N); n += 1) batch.push(order(n));
-        await publisher.publishMany(stream, batch);
-      }
-    });
-  } finally {
-    await publisher.close();
-  }
-}
+const publishMany = (url: string) =>
+  publishing(url, N, async (publisher, stream) => {
+    for (const batch of batchesOf500()) await publisher.publishMany(stream, batch);
+  });
 
 /** Appends N orders to `stream`, as the consume rows find them; `tag` keeps their IDs unique per run. */
 async function fill(redis: Redis, stream: string, tag = fresh('orders')): Promise<void> {
