@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { benchmarksMarkdown, CHART_PATH, latencyChart, textTable } from '../scripts/bench/report.ts';
-import { percentiles, type Row } from '../scripts/bench/support.ts';
+import { median, percentiles, type Row } from '../scripts/bench/support.ts';
 
 /* `pnpm bench` itself is run by hand (figures are not asserted in tests); this pins its report. */
 
@@ -71,6 +71,11 @@ describe('pnpm bench report', () => {
     );
     // The longest bar is the largest p99.9 (5 ms); the others scale from it.
     expect(widths).toEqual([88, 176, 352, 105.6, 220, 440]);
+  });
+
+  it('takes the median of the turns of a row', () => {
+    expect(median([30, 10, 20])).toBe(20);
+    expect(median([40, 10, 30, 20])).toBe(25);
   });
 
   it('takes nearest-rank percentiles', () => {

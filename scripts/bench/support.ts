@@ -56,6 +56,12 @@ export const order = (n: number): EventOf<typeof OrderEvents> => ({
   price: 1000,
 });
 
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
 /** Resolves `done` once `count()` has been called `n` times. */
 export function countdown(n: number) {
   let left = n;

@@ -18,7 +18,7 @@ import { paymentHandler } from '../../packages/payment-service/src/process-payme
 import { openRequestConnection } from '../../packages/stream-kit/src/connection.ts';
 import { silentLogger } from '../../packages/stream-kit/src/logger.ts';
 import type { RedisServer } from '../redis-server.ts';
-import { countdown, fresh, order, timed, type BenchOptions, type Row } from './support.ts';
+import { countdown, fresh, median, order, timed, type BenchOptions, type Row } from './support.ts';
 
 /** Entries per row; set by `throughputRows`, lowered while `warmed` warms a row up. */
 let N = 0;
@@ -51,12 +51,6 @@ async function inTurns(cases: Case[], turns: number): Promise<Record<string, num
     N = full;
   }
   return Object.fromEntries(Object.entries(samples).map(([name, rates]) => [name, median(rates)]));
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 async function redisBenchmark(port: number): Promise<number> {
