@@ -98,38 +98,58 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
    * entry comes back for it. Its next delivery only records: sending again would be a duplicate.
    */
   const unrecorded = new Set<string>();
+  /**
+   * Being sent by a handler of this process. The lease script takes over a lease held under our
+   * own consumer name (an earlier run that died); with handlers running side by side, that name is
+   * also a live sibling's, which this set keeps out (two entries of one order in one batch).
+   */
+  const sending = new Set<string>();
 
   return {
     async sendOnce({ key, userId, notification, context }, send) {
       const marker = markerKey(key);
-      if (!unrecorded.has(marker)) {
-        const prefix = `sending:${context.consumer}:`;
-        const token = `${prefix}${randomUUID()}`;
-        // prettier-ignore
-        const state = await scripts.claimOnce(
-          marker, context.stream, context.group, context.id, prefix, token, leaseMs,
-        );
-        if (state === 'sent') return false;
-        if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
-        try {
-          await send();
-        } catch (err) {
-          await scripts.releaseOnce(marker, token).catch(() => {});
-          throw err;
-        }
-        unrecorded.add(marker);
+      if (sending.has(marker)) throw new Error(`${key} is being sent by another handler; trying again later`);
+      sending.add(marker);
+      try {
+        return await sendAndRecord(marker, { key, userId, notification, context }, send);
+      } finally {
+        sending.delete(marker);
       }
-      // prettier-ignore
-      await scripts.completeOnce(
-        marker, logKey(userId), context.stream,
-        JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
-      );
-      unrecorded.delete(marker);
-      return true;
     },
     async list(userId) {
       const items = await redis.lrange(logKey(userId), 0, -1);
       return items.map((item) => JSON.parse(item) as SentNotification);
     },
   };
+
+  async function sendAndRecord(
+    marker: string,
+    { key, userId, notification, context }: Once,
+    send: () => Promise<void>,
+  ): Promise<boolean> {
+    if (!unrecorded.has(marker)) {
+      const prefix = `sending:${context.consumer}:`;
+      const token = `${prefix}${randomUUID()}`;
+      // prettier-ignore
+      const state = await scripts.claimOnce(
+        marker, context.stream, context.group, context.id, prefix, token, leaseMs,
+      );
+      if (state === 'sent') return false;
+      if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
+      try {
+        await send();
+      } catch (err) {
+        await scripts.releaseOnce(marker, token).catch(() => {});
+        throw err;
+      }
+      unrecorded.add(marker);
+    }
+    // prettier-ignore
+    await scripts.completeOnce(
+      marker, logKey(userId), context.stream,
+      JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
+    );
+    unrecorded.delete(marker);
+    return true;
+  }
 }

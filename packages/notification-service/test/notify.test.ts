@@ -147,6 +147,28 @@ describe('on order-created', () => {
     expect(sender.sent).toHaveLength(1);
   });
 
+  it('mails once when two entries of one order are handled side by side by one instance', async () => {
+    const userId = `user-${randomUUID()}`;
+    const event = order(userId);
+    const [first, second] = [await delivered('a'), await delivered('a')];
+    const sent: Message[] = [];
+    // A provider slow enough that the two handlers overlap.
+    const sender: NotificationSender = {
+      send: async (message) => {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        sent.push(message);
+      },
+    };
+    const handle = orderMailHandler({ sender, sentLog: redisSentLog(redis) });
+
+    const outcomes = await Promise.allSettled([handle(event, first!), handle(event, second!)]);
+    await handle(event, { ...second!, deliveryCount: 2 });
+
+    expect(sent).toHaveLength(1);
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(['fulfilled', 'rejected']);
+    expect([await pending(first!), await pending(second!)]).toEqual([0, 0]);
+  });
+
   it('takes over at once a lease left by an earlier run of the same consumer', async () => {
     const userId = `user-${randomUUID()}`;
     const event = order(userId);
