@@ -86,7 +86,7 @@ export function createPublisher(options: PublisherOptions): Publisher {
       args.push(String(keys.length * 2));
       for (const key of keys) args.push(key, fields[key]!);
     }
-    const write = publishBatch(stream.name, ...args);
+    const write = publishBatch(stream.name, args);
     inFlight.add(write);
     try {
       return await write;

@@ -18,8 +18,11 @@ export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: nu
     (...args: (string | number | Buffer)[]) => Promise<Reply>
   >;
   if (!commands[name]) redis.defineCommand(name, { numberOfKeys, lua });
-  // Looked up at each call, not bound once: a test may stand a failing command in for it.
-  return (...args: (string | number | Buffer)[]): Promise<Reply> => commands[name]!(...args);
+  // Looked up at each call, not bound once: a test may stand a failing command in for it. An
+  // array argument is flattened by ioredis: a long list goes as one, since spreading it into the
+  // call would overflow the stack.
+  return (...args: (string | number | Buffer | readonly (string | number)[])[]): Promise<Reply> =>
+    commands[name]!(...(args as (string | number | Buffer)[]));
 }
 
 /**
@@ -27,8 +30,8 @@ export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: nu
  * number of its field arguments and those arguments. XADDs each event in order, then trims once
  * (XTRIM, as each XADD would have: `~` trims whole nodes anyway), and returns their IDs. One
  * command for the whole batch: atomic, and no per-event command for the client to build and
- * parse. A failing XADD can only be the first (a key of another type, out of memory), so an error
- * writes nothing.
+ * parse. A failing XADD can only be the first (a key of another type, out of memory: every event
+ * has fields, `encodeChecked` sees to it), so an error writes nothing.
  */
 export const PUBLISH_MANY = `
 local trims = tonumber(ARGV[1])
@@ -39,7 +42,10 @@ while at <= #ARGV do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + count))
   at = at + count + 1
 end
-if trims > 0 then redis.call('XTRIM', KEYS[1], unpack(ARGV, 2, trims + 1)) end
+if trims > 0 then
+  -- XTRIM with ~ removes at most 10,000 entries a call (its default LIMIT): trim until done.
+  repeat until redis.call('XTRIM', KEYS[1], unpack(ARGV, 2, trims + 1)) == 0
+end
 return ids
 `;
 

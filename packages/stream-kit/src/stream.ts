@@ -115,6 +115,9 @@ export function encodeChecked<D extends StreamDefinition>(stream: D, event: Even
   const fields = encode(event as object);
   const result = stream.schema.safeParse(fields);
   if (!result.success) throw new EventValidationError(stream.name, describeIssues(result.error));
+  // XADD needs a field: a schema whose fields are all optional could otherwise pass `{}`.
+  if (Object.keys(fields).length === 0)
+    throw new EventValidationError(stream.name, ['(event): has no fields']);
   return fields;
 }
 

@@ -153,6 +153,36 @@ describe('publish', () => {
     ]);
   });
 
+  it('publishes a batch of 20,000 with publishMany in one call, and trims it once written', async () => {
+    const stream = defineStream({ ...testStream(), retention: { maxLen: 100 } });
+
+    const ids = await publisher.publishMany(
+      stream,
+      Array.from({ length: 20_000 }, (_, n) => ({ n })),
+    );
+
+    expect(ids).toHaveLength(20_000);
+    // Past XTRIM's own limit of 10,000 entries a call: `~` keeps whole nodes, 100 to 200 entries.
+    const length = await redis.xlen(stream.name);
+    expect(length).toBeGreaterThanOrEqual(100);
+    expect(length).toBeLessThan(200);
+    const newest = await redis.xrevrange(stream.name, '+', '-', 'COUNT', 1);
+    expect(newest[0]).toEqual([ids.at(-1), ['n', '19999']]);
+  });
+
+  it('refuses an event without fields, which XADD could not write, and writes none of its batch', async () => {
+    const stream = defineStream({
+      name: `test-${randomUUID()}`,
+      schema: z.object({ note: z.string().optional() }),
+      retention: 'keep-all',
+    });
+
+    const refused = publisher.publishMany(stream, [{ note: 'a' }, {}]);
+
+    await expect(refused).rejects.toThrow(/has no fields/);
+    expect(await redis.exists(stream.name)).toBe(0);
+  });
+
   it('refuses a wrong field at compile time', () => {
     const stream = testStream();
     // The assertion is the @ts-expect-error itself: `pnpm typecheck` fails if this compiles.
