@@ -265,6 +265,7 @@ class ConsumerLoop {
   private async shutdown() {
     this.stopping = true;
     this.wakeSleeper?.();
+    const releasing = this.releaseUnstarted();
     // The lease timer runs on while the handler under way finishes (it renews that entry alone),
     // or another consumer could take the entry and run it at the same time.
     const timedOut =
@@ -278,7 +279,7 @@ class ConsumerLoop {
     // Send the acks still queued for handlers that finished, and let them land (a blocked read's
     // answer comes first, within BLOCK) before the connection goes.
     this.sendAcks();
-    await Promise.race([Promise.allSettled(this.acks), sleep(this.settings.closeTimeoutMs)]);
+    await Promise.race([Promise.allSettled([...this.acks, releasing]), sleep(this.settings.closeTimeoutMs)]);
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.redis.disconnect();
@@ -297,6 +298,29 @@ class ConsumerLoop {
     await this.running;
   }
 
+  /**
+   * Hands back, at close, the entries read but not started (the rest of a batch, a batch read
+   * ahead): XCLAIM to ourselves with IDLE `claimIdleMs` makes them look long idle, so any other
+   * consumer takes them over at its next reclaim pass instead of `claimIdleMs` later (a restarted
+   * instance usually comes back under a new name). Only those still ours: the minimum idle time
+   * is the time since we touched them. Best effort: if it fails they wait as before.
+   */
+  private async releaseUnstarted() {
+    const unstarted = [...this.held].filter(([id]) => !this.handling.has(id));
+    for (const [id] of unstarted) this.held.delete(id);
+    try {
+      for (const [touchedAt, ids] of groupByTouch(unstarted)) {
+        // prettier-ignore
+        await this.redis.xclaim(
+          this.stream.name, this.group, this.consumer, Math.max(0, Date.now() - touchedAt - 2), ...ids,
+          'IDLE', this.settings.claimIdleMs, 'JUSTID',
+        );
+      }
+    } catch (err) {
+      this.log.debug({ ...this.where(), err: describe(err) }, 'cannot hand back unstarted entries');
+    }
+  }
+
   private async run() {
     let failures = 0;
     await this.unlessStopped(this.start());
@@ -310,8 +334,11 @@ class ConsumerLoop {
       } catch (err) {
         if (this.stopping) break;
         this.giveUpOnSocket(err);
-        // Entries read before the error may sit in our pending list unhandled: go through it.
+        // Entries read before the error may sit in our pending list unhandled: go through it,
+        // in order. A batch read ahead is in that list too (Redis served the read before the
+        // pass's XPENDING, on the same connection): handling it first would break the order.
         this.ownPending = 'all';
+        this.readAhead = undefined;
         if (isNoGroupError(err)) {
           await this.unlessStopped(this.recreateGroup());
           continue;
@@ -481,13 +508,7 @@ class ConsumerLoop {
     if (leased.length === 0) return;
     this.renewing = true;
     try {
-      const byTouch = new Map<number, string[]>();
-      for (const [id, at] of leased) {
-        const ids = byTouch.get(at);
-        if (ids) ids.push(id);
-        else byTouch.set(at, [id]);
-      }
-      for (const [touchedAt, ids] of byTouch) {
+      for (const [touchedAt, ids] of groupByTouch(leased)) {
         const now = Date.now();
         // 2 ms under the idle time they have if still ours: Redis and Date.now() round apart.
         const minIdle = Math.max(0, now - touchedAt - 2);
@@ -828,6 +849,17 @@ class ConsumerLoop {
   private where() {
     return { stream: this.stream.name, group: this.group, consumer: this.consumer };
   }
+}
+
+/** Entry IDs by when we last touched them in Redis: one XCLAIM per group. */
+function groupByTouch(entries: [id: string, touchedAt: number][]): Map<number, string[]> {
+  const byTouch = new Map<number, string[]>();
+  for (const [id, at] of entries) {
+    const ids = byTouch.get(at);
+    if (ids) ids.push(id);
+    else byTouch.set(at, [id]);
+  }
+  return byTouch;
 }
 
 /** Orders stream entry IDs (`<ms>-<seq>`) as Redis does. */

@@ -927,6 +927,35 @@ describe('with concurrency', () => {
     expect([...handled].sort((x, y) => x - y)).toEqual(Array.from({ length: 20 }, (_, n) => n));
   });
 
+  it('hands back at close() the entries it read but never started, for another consumer to take at once', async () => {
+    const stream = testStream();
+    await publishRange(stream, 30);
+    const release = deferred();
+    const handled: string[] = [];
+    // Both would wait 10 s before taking over entries left by the other.
+    const options = { count: 10, claimIdleMs: 10_000 };
+    const first = start(
+      stream,
+      async (event) => {
+        handled.push(`a${event.n}`);
+        await release.promise;
+      },
+      { ...options, consumer: 'a' },
+    );
+    await waitFor(async () => handled.length === 1 && (await pendingCount(stream)) === 20);
+
+    const closing = first.close();
+    release.resolve();
+    await closing;
+    start(stream, (event) => void handled.push(`b${event.n}`), { ...options, consumer: 'b' });
+
+    // Well within claimIdleMs: the 19 handed back are taken over at b's first reclaim pass.
+    await waitFor(async () => handled.length === 30 && (await pendingCount(stream)) === 0, {
+      timeoutMs: 5_000,
+    });
+    expect(handled.filter((name) => name.startsWith('a'))).toEqual(['a0']);
+  });
+
   it('keeps the stream order with the default of one handler at a time', async () => {
     const stream = testStream();
     await publishRange(stream, 30);
