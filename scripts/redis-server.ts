@@ -34,6 +34,12 @@ export interface RedisServerOptions {
   detached?: boolean;
 }
 
+/** Servers of this process still running (not detached ones): killed if it exits first. */
+const attached = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of attached) child.kill('SIGKILL');
+});
+
 export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisServer> {
   const port = options.port ?? (await freePort());
   const dir = mkdtempSync(join(tmpdir(), 'redis-'));
@@ -53,10 +59,15 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
       '--appendonly',
       'no',
     ];
-    child = spawn('redis-server', [...args, ...(options.args ?? [])], {
+    const started = spawn('redis-server', [...args, ...(options.args ?? [])], {
       stdio: options.stdio ?? 'ignore',
       detached: options.detached ?? false,
     });
+    child = started;
+    if (!options.detached) {
+      attached.add(started);
+      started.once('exit', () => attached.delete(started));
+    }
     const exited = new Promise<never>((_, reject) => {
       child!.once('error', reject);
       child!.once('exit', (code) =>

@@ -8,7 +8,7 @@ import vm from 'node:vm';
 import { Redis } from 'ioredis';
 import { OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
 import type { RedisServer } from '../redis-server.ts';
-import { countdown, fresh, median, timed, type BenchOptions, type Row } from './support.ts';
+import { consumeAll, countdown, fresh, median, type BenchOptions, type Row } from './support.ts';
 
 const SECTION = '6. cost as work grows';
 
@@ -37,18 +37,7 @@ async function streamWith(redis: Redis, before: number) {
 /** stream-kit's rate of consuming `count` new entries of `stream` (count 500, no-op handler). */
 async function consumeNew(redis: Redis, url: string, stream: typeof OrderEvents, count: number) {
   await fill(redis, stream.name, count);
-  const all = countdown(count);
-  let subscription: { close(): Promise<void> } | undefined;
-  const rate = await timed(count, async () => {
-    subscription = subscribe('g', 'c', stream, () => all.count(), {
-      connection: url,
-      count: 500,
-      blockMs: 1_000,
-    });
-    await all.done;
-  });
-  await subscription?.close();
-  return rate;
+  return consumeAll(redis, stream, count, { connection: url, count: 500 });
 }
 
 /** The heap in MB after a full collection, so that only what is still referenced counts. */

@@ -129,6 +129,10 @@ async function startBare(): Promise<Bare> {
       stdio: ['ignore', 'ignore', 'pipe'],
     },
   );
+  // If the bench dies first (an uncaught error, a signal), the endpoint must not hold its port.
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  child.once('exit', () => process.off('exit', kill));
   let stderr = '';
   child.stderr.on('data', (chunk) => (stderr += chunk));
   const exited = exitOf(child);

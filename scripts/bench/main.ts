@@ -24,6 +24,10 @@ const modules: [string, (server: RedisServer, options: BenchOptions) => Promise<
   ['growth', growthRows],
 ];
 
+// Exit on Ctrl-C or a kill, so that the 'exit' hooks end the redis-servers, services and the bare
+// endpoint this run started.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
+
 const began = Date.now();
 const info = await machine();
 console.log(`pnpm bench${options.quick ? ' --quick' : ''} on ${info}`);

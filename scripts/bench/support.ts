@@ -1,5 +1,11 @@
 /* What every `pnpm bench` module shares: the row it reports, and small timing helpers. */
-import type { EventOf, OrderEvents } from '../../packages/stream-kit/src/index.ts';
+import type { Redis } from 'ioredis';
+import {
+  subscribe,
+  type EventOf,
+  type OrderEvents,
+  type SubscribeOptions,
+} from '../../packages/stream-kit/src/index.ts';
 
 /** What a row's figure measures; it decides which way is better. */
 export type Unit = 'per second' | 'ms' | 'MB';
@@ -90,3 +96,25 @@ export const now = () => Number(process.hrtime.bigint()) / 1e6;
 let streams = 0;
 /** A fresh stream name per row, so rows never see each other's entries. */
 export const fresh = (what: string) => `bench:${what}:${(streams += 1)}`;
+
+/**
+ * stream-kit's rate of consuming `count` entries waiting in `stream` for group `g` with a no-op
+ * handler, until every one is acked (the close() at the end sends and awaits the last XACK).
+ * Throws if any is left pending.
+ */
+export async function consumeAll(
+  redis: Redis,
+  stream: typeof OrderEvents,
+  count: number,
+  options: Omit<SubscribeOptions, 'blockMs'>,
+): Promise<number> {
+  const all = countdown(count);
+  const rate = await timed(count, async () => {
+    const subscription = subscribe('g', 'c', stream, () => all.count(), { ...options, blockMs: 1_000 });
+    await all.done;
+    await subscription.close();
+  });
+  const [pending] = (await redis.xpending(stream.name, 'g')) as [number];
+  if (pending !== 0) throw new Error(`${pending} entries of ${stream.name} left pending`);
+  return rate;
+}

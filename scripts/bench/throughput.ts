@@ -18,7 +18,16 @@ import { paymentHandler } from '../../packages/payment-service/src/process-payme
 import { openRequestConnection } from '../../packages/stream-kit/src/connection.ts';
 import { silentLogger } from '../../packages/stream-kit/src/logger.ts';
 import type { RedisServer } from '../redis-server.ts';
-import { countdown, fresh, median, order, timed, type BenchOptions, type Row } from './support.ts';
+import {
+  consumeAll,
+  countdown,
+  fresh,
+  median,
+  order,
+  timed,
+  type BenchOptions,
+  type Row,
+} from './support.ts';
 
 /** Entries per row; set by `throughputRows`, lowered while `warmed` warms a row up. */
 let N = 0;
@@ -155,15 +164,7 @@ async function rawConsume(redis: Redis): Promise<number> {
 
 async function streamKitConsume(redis: Redis, url: string, count: number): Promise<number> {
   const name = await filled(redis, `stream-kit-consume-${count}`);
-  const stream = { ...OrderEvents, name };
-  let subscription: { close(): Promise<void> } | undefined;
-  const all = countdown(N);
-  const rate = await timed(N, async () => {
-    subscription = subscribe('g', 'c', stream, () => all.count(), { connection: url, count, blockMs: 1_000 });
-    await all.done;
-  });
-  await subscription?.close();
-  return rate;
+  return consumeAll(redis, { ...OrderEvents, name }, N, { connection: url, count });
 }
 
 /** The schema's share of a delivery: `decode` alone, as the subscriber calls it for each entry. */

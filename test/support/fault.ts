@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
+import { consumerEnv, parseEnv } from '../../packages/stream-kit/src/service.ts';
 import { Redis } from 'ioredis';
 import { startRedisServer, type RedisServer } from '../../scripts/redis-server.ts';
 import { exitOf, spawnService, startService, type RunningService, type ServiceName } from './services.ts';
@@ -163,14 +164,11 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     if ((msg === 'mail sent' || msg === 'sms sent') && idempotencyKey)
       sends.set(idempotencyKey, (sends.get(idempotencyKey) ?? 0) + 1);
   };
-  // payment-service runs its default concurrency; notification-service a smaller one, since each
-  // handler running at a SIGKILL may send again (the window the Guarantees leave open).
-  const notificationEnv = { ...env, CONCURRENCY: String(NOTIFICATION_CONCURRENCY) };
   const instances = [
     new Instance('payment-service', 'payment-1', env),
     new Instance('payment-service', undefined, env),
-    new Instance('notification-service', 'notification-1', notificationEnv, countSend),
-    new Instance('notification-service', undefined, notificationEnv, countSend),
+    new Instance('notification-service', 'notification-1', env, countSend),
+    new Instance('notification-service', undefined, env, countSend),
   ];
   let chaos = true;
   let kills = 0;
@@ -387,8 +385,8 @@ function mulberry32(seed: number): () => number {
   };
 }
 
-/** `CONCURRENCY` of the notification instances in a fault run. */
-const NOTIFICATION_CONCURRENCY = 4;
+/** The services' default `CONCURRENCY`, which the fault run keeps: what ships is what is tested. */
+const NOTIFICATION_CONCURRENCY = parseEnv(consumerEnv(0), {}).CONCURRENCY;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -54,7 +54,7 @@ export function consumerEnv(defaultPort: number) {
     CONSUMER_NAME: ConsumerName,
     /** `subscribe()`'s `claimIdleMs`: how long a crashed instance's entries wait for another to take them. */
     CLAIM_IDLE_MS: z.coerce.number().int().min(100).default(60_000),
-    /** `subscribe()`'s `count`: entries read per XREADGROUP, the most held at once. */
+    /** `subscribe()`'s `count`: entries read per XREADGROUP; at most twice that are held. */
     READ_COUNT: z.coerce.number().int().min(1).max(10_000).default(100),
     /**
      * `subscribe()`'s `concurrency`. The services' events are independent (one order each, and

@@ -93,9 +93,9 @@ export interface SubscribeOptions {
 export interface Subscription {
   /**
    * Stops reading, waits for the running handlers (up to `closeTimeoutMs`) and their acks, then
-   * closes the connection. Entries read but not yet handled stay pending: a consumer of the same
-   * name handles them when it starts, any other takes them over after `claimIdleMs`. Safe to
-   * call twice.
+   * closes the connection. Entries read but not yet handled stay pending, handed back as long idle:
+   * any other consumer takes them over at its next reclaim pass, and a consumer of the same name
+   * handles them when it starts. Safe to call twice.
    */
   close(): Promise<void>;
 }
