@@ -57,6 +57,9 @@ export interface AppDeps {
  * Bad input gets 4xx `{error, field}`; Redis unreachable or too slow gets 503.
  */
 export function createApp({ publisher, redis, logger }: AppDeps) {
+  // For the two lines logged per order, which carry two IDs and nothing else: the redaction's
+  // wildcard paths would cost 7 µs a line, 4% of a request. Everything else keeps them.
+  const orderLog = logger.child({}, { redact: [] });
   const app = express();
   app.disable('x-powered-by');
 
@@ -79,8 +82,8 @@ export function createApp({ publisher, redis, logger }: AppDeps) {
       throw new RequestError(503, 'orders cannot be accepted right now, try again later');
     }
     const { orderId, entryId } = order;
-    if (order.replayed) logger.info({ orderId, entryId }, 'order replayed for its idempotency key');
-    else logger.info({ orderId, entryId }, 'order accepted');
+    if (order.replayed) orderLog.info({ orderId, entryId }, 'order replayed for its idempotency key');
+    else orderLog.info({ orderId, entryId }, 'order accepted');
     return order;
   }
 
