@@ -8,35 +8,21 @@ import vm from 'node:vm';
 import { Redis } from 'ioredis';
 import { OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
 import type { RedisServer } from '../redis-server.ts';
-import { consumeAll, countdown, fresh, median, type BenchOptions, type Row } from './support.ts';
+import { consumeAll, countdown, fillOrders, fresh, median, type BenchOptions, type Row } from './support.ts';
 
 const SECTION = '6. cost as work grows';
-
-/** Appends `count` orders inside Redis, 10,000 per script call: a million in seconds. */
-const FILL = `
-for i = 1, tonumber(ARGV[1]) do
-  redis.call('XADD', KEYS[1], '*', 'type', 'order-created', 'orderId', 'o-' .. ARGV[2] .. '-' .. i,
-    'userId', 'u', 'productId', 'p', 'price', '1000')
-end
-`;
-
-async function fill(redis: Redis, stream: string, count: number) {
-  for (let done = 0; done < count; done += 10_000) {
-    await redis.eval(FILL, 1, stream, Math.min(10_000, count - done), done);
-  }
-}
 
 /** A stream holding `before` entries that its group `g` has passed already. */
 async function streamWith(redis: Redis, before: number) {
   const stream = { ...OrderEvents, name: fresh(`growth-${before}`), retention: 'keep-all' as const };
-  await fill(redis, stream.name, before);
+  await fillOrders(redis, stream.name, before);
   await redis.xgroup('CREATE', stream.name, 'g', '$', 'MKSTREAM');
   return stream;
 }
 
 /** stream-kit's rate of consuming `count` new entries of `stream` (count 500, no-op handler). */
 async function consumeNew(redis: Redis, url: string, stream: typeof OrderEvents, count: number) {
-  await fill(redis, stream.name, count);
+  await fillOrders(redis, stream.name, count);
   return consumeAll(redis, stream, count, { connection: url, count: 500 });
 }
 
@@ -51,7 +37,7 @@ function heapAfterGc(): number {
 async function heapOverRun(redis: Redis, url: string, total: number) {
   const stream = { ...OrderEvents, name: fresh('growth-heap'), retention: 'keep-all' as const };
   await redis.xgroup('CREATE', stream.name, 'g', '$', 'MKSTREAM');
-  await fill(redis, stream.name, total);
+  await fillOrders(redis, stream.name, total);
   const tenth = countdown(total / 10);
   const all = countdown(total);
   const subscription = subscribe(

@@ -7,6 +7,7 @@
 import { Agent, request as httpRequest } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { Redis } from 'ioredis';
+import { sentLogKey } from '../../packages/notification-service/src/sent-log.ts';
 import { paymentKey } from '../../packages/payment-service/src/process-payment.ts';
 import { createPublisher, OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
 import { startService, type RunningService } from '../../test/support/services.ts';
@@ -167,7 +168,7 @@ async function hops(
 // ---------------------------------------------------------------------------------------------
 // B and C: the three services, end to end
 
-const SENT_KEY = 'notification-service:sent:'; // notification-service/src/sent-log.ts
+const SENT_KEY = sentLogKey('');
 const PAYMENT_KEY = paymentKey('');
 
 /**

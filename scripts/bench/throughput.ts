@@ -21,6 +21,7 @@ import type { RedisServer } from '../redis-server.ts';
 import {
   consumeAll,
   countdown,
+  fillOrders,
   fresh,
   median,
   order,
@@ -126,22 +127,10 @@ const publishMany = (url: string) =>
     for (const batch of batchesOf500()) await publisher.publishMany(stream, batch);
   });
 
-/** Appends N orders to `stream`, as the consume rows find them; `tag` keeps their IDs unique per run. */
-async function fill(redis: Redis, stream: string, tag = fresh('orders')): Promise<void> {
-  for (let start = 0; start < N; start += 1_000) {
-    const pipeline = redis.pipeline();
-    for (let n = start; n < Math.min(start + 1_000, N); n += 1) {
-      // prettier-ignore
-      pipeline.xadd(stream, '*', 'type', 'order-created', 'orderId', `${tag}:${n}`, 'userId', 'u', 'productId', 'p', 'price', '1000');
-    }
-    await pipeline.exec();
-  }
-}
-
 /** A fresh stream of N orders, with group `g` at its start. */
 async function filled(redis: Redis, what: string): Promise<string> {
   const stream = fresh(what);
-  await fill(redis, stream);
+  await fillOrders(redis, stream, N);
   await redis.xgroup('CREATE', stream, 'g', '0');
   return stream;
 }
@@ -182,7 +171,7 @@ async function decodeOnly(): Promise<number> {
  */
 async function streamKitPayments(redis: Redis, url: string): Promise<number> {
   await redis.del('order-events', 'payment-events');
-  await fill(redis, 'order-events');
+  await fillOrders(redis, 'order-events', N);
   const connection = openRequestConnection(url, silentLogger, 'bench-payments');
   const pay = paymentHandler({ redis: connection, logger: silentLogger as never });
   let subscription: { close(): Promise<void> } | undefined;

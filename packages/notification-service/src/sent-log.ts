@@ -47,17 +47,19 @@ export interface SentLog {
   list(userId: string): Promise<SentNotification[]>;
 }
 
-const logKey = (userId: string) => `notification-service:sent:${userId}`;
+export const sentLogKey = (userId: string) => `notification-service:sent:${userId}`;
 export const markerKey = (key: string) => `notification-service:once:${key}`;
 
 /** How long a sent notification is remembered, so a late duplicate of its event is not sent again. */
 export const REMEMBER_SENT_MS = 30 * 24 * 60 * 60 * 1000;
 
 /**
- * KEYS: marker, stream. ARGV: group, entry ID, this consumer's lease prefix, token, lease ms.
- * 'sent': done before (the entry is acked now). 'busy': another consumer holds the lease.
- * 'claimed': ours to send. A lease held under our own consumer name is an earlier run of this
- * consumer that died while sending: a consumer name is never used by two live processes.
+ * KEYS: marker, stream. ARGV: group, entry ID, this consumer's lease prefix, token, lease ms, this
+ * run's lease prefix (the consumer's, then an ID of this process's sent log).
+ * 'sent': done before (the entry is acked now). 'busy': another consumer holds the lease, or a
+ * handler of this run does (they run side by side). 'claimed': ours to send. A lease held under
+ * our own consumer name by another run is an earlier run of this consumer that died while
+ * sending: a consumer name is never used by two live processes.
  */
 const CLAIM = `
 local state = redis.call('GET', KEYS[1])
@@ -65,7 +67,9 @@ if state == 'sent' then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   return 'sent'
 end
-if state and string.sub(state, 1, #ARGV[3]) ~= ARGV[3] then return 'busy' end
+if state and (string.sub(state, 1, #ARGV[3]) ~= ARGV[3] or string.sub(state, 1, #ARGV[6]) == ARGV[6]) then
+  return 'busy'
+end
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 return 'claimed'
 `;
@@ -98,58 +102,40 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
    * entry comes back for it. Its next delivery only records: sending again would be a duplicate.
    */
   const unrecorded = new Set<string>();
-  /**
-   * Being sent by a handler of this process. The lease script takes over a lease held under our
-   * own consumer name (an earlier run that died); with handlers running side by side, that name is
-   * also a live sibling's, which this set keeps out (two entries of one order in one batch).
-   */
-  const sending = new Set<string>();
+  /** Tells this run's leases from those of an earlier run under the same consumer name. */
+  const run = randomUUID();
 
   return {
     async sendOnce({ key, userId, notification, context }, send) {
       const marker = markerKey(key);
-      if (sending.has(marker)) throw new Error(`${key} is being sent by another handler; trying again later`);
-      sending.add(marker);
-      try {
-        return await sendAndRecord(marker, { key, userId, notification, context }, send);
-      } finally {
-        sending.delete(marker);
+      if (!unrecorded.has(marker)) {
+        const prefix = `sending:${context.consumer}:`;
+        const token = `${prefix}${run}:${randomUUID()}`;
+        // prettier-ignore
+        const state = await scripts.claimOnce(
+          marker, context.stream, context.group, context.id, prefix, token, leaseMs, `${prefix}${run}:`,
+        );
+        if (state === 'sent') return false;
+        if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
+        try {
+          await send();
+        } catch (err) {
+          await scripts.releaseOnce(marker, token).catch(() => {});
+          throw err;
+        }
+        unrecorded.add(marker);
       }
+      // prettier-ignore
+      await scripts.completeOnce(
+        marker, sentLogKey(userId), context.stream,
+        JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
+      );
+      unrecorded.delete(marker);
+      return true;
     },
     async list(userId) {
-      const items = await redis.lrange(logKey(userId), 0, -1);
+      const items = await redis.lrange(sentLogKey(userId), 0, -1);
       return items.map((item) => JSON.parse(item) as SentNotification);
     },
   };
-
-  async function sendAndRecord(
-    marker: string,
-    { key, userId, notification, context }: Once,
-    send: () => Promise<void>,
-  ): Promise<boolean> {
-    if (!unrecorded.has(marker)) {
-      const prefix = `sending:${context.consumer}:`;
-      const token = `${prefix}${randomUUID()}`;
-      // prettier-ignore
-      const state = await scripts.claimOnce(
-        marker, context.stream, context.group, context.id, prefix, token, leaseMs,
-      );
-      if (state === 'sent') return false;
-      if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
-      try {
-        await send();
-      } catch (err) {
-        await scripts.releaseOnce(marker, token).catch(() => {});
-        throw err;
-      }
-      unrecorded.add(marker);
-    }
-    // prettier-ignore
-    await scripts.completeOnce(
-      marker, logKey(userId), context.stream,
-      JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
-    );
-    unrecorded.delete(marker);
-    return true;
-  }
 }

@@ -2,7 +2,7 @@ import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import { defineScript, PUBLISH_MANY } from './scripts.ts';
 import {
-  encodeChecked,
+  fieldArguments,
   trimArguments,
   xaddArguments,
   type EventOf,
@@ -81,10 +81,8 @@ export function createPublisher(options: PublisherOptions): Publisher {
     const args: string[] = [String(trim.length), ...trim];
     // Every event is checked before anything is sent: one invalid event writes none.
     for (const event of events) {
-      const fields = encodeChecked(stream, event);
-      const keys = Object.keys(fields);
-      args.push(String(keys.length * 2));
-      for (const key of keys) args.push(key, fields[key]!);
+      const fields = fieldArguments(stream, event);
+      args.push(String(fields.length), ...fields);
     }
     const write = publishBatch(stream.name, args);
     inFlight.add(write);

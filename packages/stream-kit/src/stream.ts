@@ -75,10 +75,14 @@ export function trimArguments(stream: StreamDefinition, now = Date.now()): strin
  * with other effects: `redis.call('XADD', KEYS[1], unpack(ARGV))`.
  */
 export function xaddArguments<D extends StreamDefinition>(stream: D, event: EventOf<D>): string[] {
-  const args = trimArguments(stream);
-  args.push('*');
-  // A loop, not entries().flat(): this runs for every event published, and flat() is slow in V8.
+  return [...trimArguments(stream), '*', ...fieldArguments(stream, event)];
+}
+
+/** `event`'s fields as XADD takes them, name then value, checked as `publish()` checks them. */
+export function fieldArguments<D extends StreamDefinition>(stream: D, event: EventOf<D>): string[] {
   const fields = encodeChecked(stream, event);
+  const args: string[] = [];
+  // A loop, not entries().flat(): this runs for every event published, and flat() is slow in V8.
   for (const key in fields) args.push(key, fields[key]!);
   return args;
 }

@@ -312,7 +312,7 @@ class ConsumerLoop {
       for (const [touchedAt, ids] of groupByTouch(unstarted)) {
         // prettier-ignore
         await this.redis.xclaim(
-          this.stream.name, this.group, this.consumer, Math.max(0, Date.now() - touchedAt - 2), ...ids,
+          this.stream.name, this.group, this.consumer, stillOurs(Date.now() - touchedAt), ...ids,
           'IDLE', this.settings.claimIdleMs, 'JUSTID',
         );
       }
@@ -509,12 +509,9 @@ class ConsumerLoop {
     this.renewing = true;
     try {
       for (const [touchedAt, ids] of groupByTouch(leased)) {
-        const now = Date.now();
-        // 2 ms under the idle time they have if still ours: Redis and Date.now() round apart.
-        const minIdle = Math.max(0, now - touchedAt - 2);
         // prettier-ignore
         const kept = new Set((await this.redis.xclaim(
-          this.stream.name, this.group, this.consumer, minIdle, ...ids, 'JUSTID',
+          this.stream.name, this.group, this.consumer, stillOurs(Date.now() - touchedAt), ...ids, 'JUSTID',
         )) as string[]);
         // Redis reset their idle time somewhere between `now` and this moment: taking this
         // moment keeps the next minimum idle time at or under their real idle time.
@@ -613,13 +610,13 @@ class ConsumerLoop {
 
   /**
    * Takes the entry with XCLAIM (which counts the delivery) and handles it. The minimum idle time
-   * is the one it has if nobody touched it since XPENDING (2 ms under, as Redis and Date.now()
-   * round apart): if another consumer has taken it since, it is not ours to handle.
+   * is the one it has if nobody touched it since XPENDING: if another consumer has taken it since,
+   * it is not ours to handle.
    */
   private async redeliver(id: string, idleMs: number, deliveries: number) {
     // prettier-ignore
     const [entry] = (await this.redis.callBuffer(
-      'XCLAIM', this.stream.name, this.group, this.consumer, Math.max(0, idleMs - 2), id,
+      'XCLAIM', this.stream.name, this.group, this.consumer, stillOurs(idleMs), id,
     )) as [Buffer, Buffer[]][];
     if (!entry) {
       this.retryDue.delete(id);
@@ -849,6 +846,15 @@ class ConsumerLoop {
   private where() {
     return { stream: this.stream.name, group: this.group, consumer: this.consumer };
   }
+}
+
+/**
+ * XCLAIM's minimum idle time for entries that have been idle `idleMs` if nobody touched them
+ * since: it claims them only if they are still ours. 2 ms under, as Redis and Date.now() round
+ * apart.
+ */
+function stillOurs(idleMs: number): number {
+  return Math.max(0, idleMs - 2);
 }
 
 /** Entry IDs by when we last touched them in Redis: one XCLAIM per group. */
