@@ -22,3 +22,15 @@ export class NonRetryableError extends Error {
     this.name = new.target.name;
   }
 }
+
+/**
+ * Throw this from a handler when the entry cannot be handled now for a reason that is not its
+ * own fault (another live consumer holds a lease on its effect, say). The entry stays pending and
+ * comes back `retryDelayMs` later; the run does not count toward `maxDeliveries`.
+ */
+export class RetryLaterError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}

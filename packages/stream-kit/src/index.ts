@@ -1,5 +1,5 @@
 export type { Connection } from './connection.ts';
-export { EventValidationError, NonRetryableError } from './errors.ts';
+export { EventValidationError, NonRetryableError, RetryLaterError } from './errors.ts';
 export type { Logger } from './logger.ts';
 export { createPublisher } from './publisher.ts';
 export type { Publisher, PublisherOptions } from './publisher.ts';
