@@ -45,11 +45,19 @@ const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, PaymentEvents, paymentSmsHandler(deps), consumerOptions),
 ];
 const app = createApp({ sentLog: deps.sentLog, redis, logger: logger.child({ component: 'http' }) });
-const server = await listen(app, config.PORT).catch((err: unknown) => {
-  logger.fatal({ err, port: config.PORT }, 'cannot listen');
+const server = await listen(app, {
+  port: config.PORT,
+  host: config.HOST,
+  maxConnections: config.MAX_CONNECTIONS,
+  logger: logger.child({ component: 'http' }),
+}).catch((err: unknown) => {
+  logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
   process.exit(1);
 });
-logger.info({ port: config.PORT, consumer: config.CONSUMER_NAME }, 'notification-service listening');
+logger.info(
+  { host: config.HOST, port: config.PORT, consumer: config.CONSUMER_NAME },
+  'notification-service listening',
+);
 
 // The subscriptions before the connection their handlers record notifications with.
 const shutdown = gracefulShutdown(logger, [

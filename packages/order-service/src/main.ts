@@ -24,11 +24,16 @@ const logger = pino({ name: 'order-service', level: config.LOG_LEVEL, redact: LO
 const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');
 const publisher = createPublisher({ connection: redis, logger: logger.child({ component: 'publisher' }) });
 const app = createApp({ publisher, redis, logger: logger.child({ component: 'http' }) });
-const server = await listen(app, config.PORT).catch((err: unknown) => {
-  logger.fatal({ err, port: config.PORT }, 'cannot listen');
+const server = await listen(app, {
+  port: config.PORT,
+  host: config.HOST,
+  maxConnections: config.MAX_CONNECTIONS,
+  logger: logger.child({ component: 'http' }),
+}).catch((err: unknown) => {
+  logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
   process.exit(1);
 });
-logger.info({ port: config.PORT }, 'order-service listening');
+logger.info({ host: config.HOST, port: config.PORT }, 'order-service listening');
 
 // HTTP first, so no request arrives to find the publisher closed; the publisher waits for its
 // publishes under way, then the connection it shares goes.

@@ -38,11 +38,19 @@ const subscription = subscribe(
     concurrency: config.CONCURRENCY,
   },
 );
-const server = await listen(createApp({ redis }), config.PORT).catch((err: unknown) => {
-  logger.fatal({ err, port: config.PORT }, 'cannot listen');
+const server = await listen(createApp({ redis }), {
+  port: config.PORT,
+  host: config.HOST,
+  maxConnections: config.MAX_CONNECTIONS,
+  logger: logger.child({ component: 'http' }),
+}).catch((err: unknown) => {
+  logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
   process.exit(1);
 });
-logger.info({ port: config.PORT, consumer: config.CONSUMER_NAME }, 'payment-service listening');
+logger.info(
+  { host: config.HOST, port: config.PORT, consumer: config.CONSUMER_NAME },
+  'payment-service listening',
+);
 
 // The subscription before the connection: the payment under way still needs it.
 const shutdown = gracefulShutdown(logger, [

@@ -1,7 +1,7 @@
-import type { Server } from 'node:http';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
-import type { Logger } from './logger.ts';
+import { silentLogger, type Logger } from './logger.ts';
 import { defaultConsumerName } from './subscriber.ts';
 
 export { openRequestConnection } from './connection.ts';
@@ -13,10 +13,19 @@ export { defineScript } from './scripts.ts';
  * it. Nothing here touches `process`; signals and exit codes stay in each service's main.ts.
  */
 
+/** The most HTTP connections a service keeps open at once, unless `MAX_CONNECTIONS` says otherwise. */
+export const DEFAULT_MAX_CONNECTIONS = 1_000;
+
 /** The variables every service reads; `extend()` it with a service's own. */
 export function serviceEnv(defaultPort: number) {
   return z.object({
     PORT: z.coerce.number().int().min(0).max(65_535).default(defaultPort),
+    /** The address to listen on; unset, every address of the host (Node's default). */
+    HOST: z
+      .union([z.ipv4(), z.ipv6(), z.hostname()], { error: 'must be an IP address or a host name' })
+      .optional(),
+    /** `listen()`'s `maxConnections`. */
+    MAX_CONNECTIONS: z.coerce.number().int().min(1).max(1_000_000).default(DEFAULT_MAX_CONNECTIONS),
     REDIS_URL: z
       .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
       .default('redis://127.0.0.1:6379'),
@@ -107,10 +116,66 @@ export function readinessHandler(redis: Redis) {
   };
 }
 
-/** Starts listening; rejects (EADDRINUSE, EACCES) instead of crashing the process. */
-export function listen(app: { listen(port: number, callback: (err?: Error) => void): Server }, port: number) {
+/**
+ * The HTTP server's time limits, the same for every service. Node's defaults would let a client
+ * that sends a byte every few seconds hold a connection for 5 minutes.
+ */
+export const HTTP_TIMEOUTS = {
+  /** A request's headers must arrive within 10 s of its first byte, else 408 and the connection closes. */
+  headersTimeout: 10_000,
+  /** The whole request, body included, within 15 s, else 408 and the connection closes. */
+  requestTimeout: 15_000,
+  /**
+   * An idle keep-alive connection is closed 5 s after its last answer, as its `Keep-Alive` header
+   * says (Node 20 waits 1 s more, so that a client trusting the header never sends on a closing
+   * connection).
+   */
+  keepAliveTimeout: 5_000,
+  /** How often the two limits above are checked: a 408 comes at most 1 s after its limit. */
+  connectionsCheckingInterval: 1_000,
+} as const;
+
+export interface ListenOptions {
+  /** The TCP port; 0 takes a free one. */
+  port: number;
+  /** The address to listen on. @defaultValue every address of the host (Node's default) */
+  host?: string | undefined;
+  /**
+   * Connections open at once; one more is closed as soon as it is accepted, without an answer.
+   * @defaultValue `DEFAULT_MAX_CONNECTIONS` (1000)
+   */
+  maxConnections?: number;
+  /** Told when connections are turned away (at most one line per 10 s). @defaultValue silent */
+  logger?: Logger;
+}
+
+/**
+ * Starts an HTTP server for `app` with `HTTP_TIMEOUTS` and `maxConnections`, listening on
+ * `host:port`. Rejects (EADDRINUSE, EACCES, an unknown host) instead of crashing the process.
+ */
+export function listen(app: RequestListener, options: ListenOptions): Promise<Server> {
+  const { port, host, maxConnections = DEFAULT_MAX_CONNECTIONS, logger = silentLogger } = options;
+  if (!Number.isInteger(maxConnections) || maxConnections < 1)
+    return Promise.reject(
+      new RangeError(`maxConnections must be a whole number of at least 1, got ${maxConnections}`),
+    );
+  const server = createServer({ ...HTTP_TIMEOUTS }, app);
+  server.maxConnections = maxConnections;
+  let dropped = 0;
+  let loggedAt = 0;
+  server.on('drop', () => {
+    dropped += 1;
+    if (Date.now() - loggedAt < 10_000) return;
+    logger.warn({ maxConnections, dropped }, 'connections turned away: too many open');
+    loggedAt = Date.now();
+    dropped = 0;
+  });
   return new Promise<Server>((resolve, reject) => {
-    const server = app.listen(port, (err) => (err ? reject(err) : resolve(server)));
+    server.once('error', reject);
+    server.listen({ port, host }, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
   });
 }
 
