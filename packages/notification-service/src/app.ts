@@ -22,7 +22,7 @@ export function createApp({ sentLog, redis, logger }: AppDeps) {
     res.json({ status: 'ok' });
   });
 
-  app.get('/readyz', readinessHandler(redis));
+  app.get('/readyz', readinessHandler(redis, 'notification-service'));
 
   /** What was sent to a user, oldest first: for people and tests to see the flow's outcome. */
   app.get('/notifications', async (req, res) => {

@@ -52,7 +52,8 @@ export interface AppDeps {
  *   another order answers 409 `{error, field: 'Idempotency-Key'}`.
  * - `GET /order?userId=&productId=&price=` → 200 `ok` (the tutorial's endpoint).
  * - `GET /healthz` → 200 while the process runs; `GET /readyz` → 200 `{status: 'ready'}` when
- *   Redis answers PING within a second, else 503 `{status: 'not ready', reason}`.
+ *   Redis takes a write (`order-service:readyz`) within a second, else 503
+ *   `{status: 'not ready', reason}`.
  *
  * Bad input gets 4xx `{error, field}`; Redis unreachable or too slow gets 503.
  */
@@ -67,7 +68,7 @@ export function createApp({ publisher, redis, logger }: AppDeps) {
     res.json({ status: 'ok' });
   });
 
-  app.get('/readyz', readinessHandler(redis));
+  app.get('/readyz', readinessHandler(redis, 'order-service'));
 
   async function accept(input: OrderInput, idempotencyKey?: string) {
     let order: PlacedOrder;

@@ -1,10 +1,10 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createPublisher } from '@msa/stream-kit';
 import { openRequestConnection } from '@msa/stream-kit/service';
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
-import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { freePort } from '../../../scripts/net.ts';
 import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
 import { startService, type RunningService } from '../../../test/support/services.ts';
@@ -34,10 +34,76 @@ async function timed<T>(promise: PromiseLike<T>): Promise<[T, number]> {
 }
 
 describe('GET /readyz', () => {
-  it('answers 200 ready when Redis answers PING', async () => {
+  it('answers 200 ready when Redis takes its probe write', async () => {
     await request(appOn(inject('redisUrl')))
       .get('/readyz')
       .expect(200, { status: 'ready' });
+  });
+
+  describe('when Redis answers but refuses writes', () => {
+    // Their own servers: these tests change how Redis itself behaves.
+    const servers: RedisServer[] = [];
+    let admin: Redis;
+    let app: ReturnType<typeof appOn>;
+    beforeAll(async () => {
+      servers.push(await startRedisServer());
+      admin = new Redis(servers[0]!.url);
+      app = appOn(servers[0]!.url);
+    });
+    afterAll(async () => {
+      admin?.disconnect();
+      await Promise.all(servers.map((server) => server.stop()));
+    });
+
+    it('writes a key of its own that expires', async () => {
+      await request(app).get('/readyz').expect(200);
+
+      const ttl = await admin.pttl('order-service:readyz');
+
+      expect(ttl).toBeGreaterThan(0);
+      expect(ttl).toBeLessThanOrEqual(10_000);
+    });
+
+    it('answers 503 with OOM while Redis is out of memory (noeviction), and 200 once it is not', async () => {
+      await admin.config('SET', 'maxmemory-policy', 'noeviction');
+      await admin.config('SET', 'maxmemory', '1');
+      try {
+        expect(await admin.ping()).toBe('PONG'); // what the old probe asked
+
+        const full = await request(app).get('/readyz');
+
+        expect([full.status, full.body]).toEqual([
+          503,
+          { status: 'not ready', reason: expect.stringMatching(/^redis: OOM command not allowed/) },
+        ]);
+      } finally {
+        await admin.config('SET', 'maxmemory', '0');
+      }
+      await request(app).get('/readyz').expect(200, { status: 'ready' });
+    });
+
+    it('answers 503 with READONLY while Redis is a read-only replica, and 200 once it is a primary again', async () => {
+      // No delay before it serves the replica its data (5 s by default).
+      const primary = await startRedisServer({ args: ['--repl-diskless-sync-delay', '0'] });
+      servers.push(primary);
+      await admin.call('REPLICAOF', '127.0.0.1', String(primary.port));
+      try {
+        await waitFor(async () => /master_link_status:up/.test(await admin.info('replication')), {
+          what: 'the replica to sync',
+        });
+        expect(await admin.ping()).toBe('PONG');
+
+        const replica = await request(app).get('/readyz');
+
+        expect([replica.status, replica.body]).toEqual([
+          503,
+          { status: 'not ready', reason: expect.stringMatching(/^redis: READONLY /) },
+        ]);
+      } finally {
+        await admin.call('REPLICAOF', 'NO', 'ONE');
+      }
+      await request(app).get('/readyz').expect(200, { status: 'ready' });
+    });
   });
 
   it('answers 503 not ready, with the reason, when nothing listens at the Redis address', async () => {
@@ -58,7 +124,7 @@ describe('GET /readyz', () => {
       await new Promise((resolve) => silent?.close(resolve));
     });
 
-    it('answers 503 within a bounded time instead of waiting for the PING', async () => {
+    it('answers 503 within a bounded time instead of waiting for the probe', async () => {
       silent = createServer((socket) => sockets.push(socket));
       await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
       const { port } = silent.address() as { port: number };

@@ -9,7 +9,7 @@ export function createApp({ redis }: { redis: Redis }) {
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
-  app.get('/readyz', readinessHandler(redis));
+  app.get('/readyz', readinessHandler(redis, 'payment-service'));
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });
   });
