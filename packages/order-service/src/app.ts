@@ -1,6 +1,6 @@
 import express, { type ErrorRequestHandler, type Request } from 'express';
 import { EventValidationError, OrderCreated, type Publisher } from '@msa/stream-kit';
-import { readinessHandler } from '@msa/stream-kit/service';
+import { malformedQueryParameter, readinessHandler } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -51,6 +51,10 @@ export interface AppDeps {
  *   `orderId` and publishes nothing more, for 24 h after the first request; the same key with
  *   another order answers 409 `{error, field: 'Idempotency-Key'}`.
  * - `GET /order?userId=&productId=&price=` → 200 `ok` (the tutorial's endpoint).
+ *
+ * `userId` and `productId` are the catalogue's IDs: 1 to 128 characters after trimming, valid
+ * Unicode (a lone surrogate, or a query's percent-escape that is not UTF-8, is a 400 naming the
+ * field: Redis would store it as U+FFFD, and two users would become one).
  * - `GET /healthz` → 200 while the process runs; `GET /readyz` → 200 `{status: 'ready'}` when
  *   Redis takes a write (`order-service:readyz`) within a second, else 503
  *   `{status: 'not ready', reason}`.
@@ -89,7 +93,7 @@ export function createApp({ publisher, redis, logger }: AppDeps) {
   }
 
   app.get('/order', async (req, res) => {
-    await accept(parse(OrderQuery, req.query, 'query'));
+    await accept(parseQuery(OrderQuery, req));
     res.type('text/plain').send('ok');
   });
 
@@ -124,6 +128,18 @@ function parse<S extends z.ZodType>(schema: S, value: unknown, where: 'body' | '
   const [issue] = result.error.issues;
   const field = issue?.path.join('.') || where;
   throw new RequestError(400, `${field}: ${issue?.message ?? 'invalid'}`, field);
+}
+
+/** `parse` for a query string, whose percent-escapes must be UTF-8 (see `malformedQueryParameter`). */
+function parseQuery<S extends z.ZodType>(schema: S, req: Request): z.output<S> {
+  const malformed = malformedQueryParameter(req.url);
+  if (malformed !== undefined)
+    throw new RequestError(
+      400,
+      `${malformed}: must be valid Unicode text (percent-encoded UTF-8)`,
+      malformed,
+    );
+  return parse(schema, req.query, 'query');
 }
 
 /** The request's `Idempotency-Key`, if it has one; throws a 400 if it is not a valid key. */

@@ -69,8 +69,28 @@ const placedByKey = new Map<string, { canonical?: string; orderId: string }>();
 const receivedKey = (key: string) => key.replace(/^[\t ]+|[\t ]+$/g, '');
 const VALID_KEY = /^[\x20-\x7e]{1,255}$/;
 
+const isWellFormed = (text: string) => (text as string & { isWellFormed(): boolean }).isWellFormed();
+
+/** The ID fields of a JSON body that hold a lone surrogate (Redis would store U+FFFD instead). */
+function illFormedIds(body: Sent['body']): string[] {
+  if (typeof body !== 'string') return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return [];
+  }
+  if (typeof parsed !== 'object' || parsed === null) return [];
+  const fields = parsed as Record<string, unknown>;
+  return ['userId', 'productId'].filter((field) => {
+    const value = fields[field];
+    return typeof value === 'string' && !isWellFormed(value);
+  });
+}
+
 /**
- * Sends `sent` and checks what holds for every request: no 5xx; a 4xx has a JSON body with an
+ * Sends `sent` and checks what holds for every request: no 5xx; an ID with a lone surrogate is
+ * never accepted; a 4xx has a JSON body with an
  * `error` string and published nothing; a 200 published one entry; a 202 published one entry,
  * unless its Idempotency-Key placed an order before: then it published nothing and answers that
  * order's id. An invalid key never gets a 2xx; a 409 needs a key that placed an order.
@@ -90,6 +110,7 @@ async function sendAndCheck(sent: Sent, canonical?: string) {
   const before = key === undefined ? undefined : placedByKey.get(key);
 
   expect(response.status, context).toBeLessThan(500);
+  if (illFormedIds(sent.body).length > 0) expect(response.status, context).toBe(400);
   if (response.status >= 400) {
     expect(response.headers.get('content-type'), context).toMatch(/^application\/json/);
     expect(JSON.parse(text), context).toMatchObject({ error: expect.any(String) });
@@ -250,6 +271,37 @@ describe('the HTTP API, under generated requests', () => {
 
     expect(Object.prototype).not.toHaveProperty('price');
     expect(({} as Record<string, unknown>).isAdmin).toBeUndefined();
+  });
+
+  it('answers 400 naming the field to an ID with a lone surrogate anywhere in it, and publishes nothing', async () => {
+    const loneSurrogate = fc.integer({ min: 0xd800, max: 0xdfff }).map((code) => String.fromCharCode(code));
+    // Around it, valid text: ASCII, or a character outside the BMP (a surrogate pair, which is fine).
+    const text = fc.string({
+      unit: fc.oneof(fc.constantFrom('a', '-', '7', ' '), fc.constantFrom('👩', '𝄞')),
+    });
+    const illFormed = fc
+      .tuple(text, loneSurrogate, text)
+      .map(([before, lone, after]) => `x${before}${lone}${after}`)
+      .filter((id) => !isWellFormed(id));
+    const field = fc.constantFrom('userId', 'productId');
+
+    await fc.assert(
+      fc.asyncProperty(field, illFormed, fc.option(fc.uuid(), { nil: undefined }), async (name, id, key) => {
+        // JSON.stringify writes a lone surrogate as an escape, `\ud800`: the JSON text is valid.
+        const body = JSON.stringify({ userId: 'u1', productId: 'p1', price: 1000, [name]: id });
+
+        const response = await fetch(`${baseUrl}/orders`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...keyHeader(key) },
+          body,
+        });
+
+        expect(response.status).toBe(400);
+        expect(await response.json()).toEqual({ error: expect.stringMatching(`^${name}: `), field: name });
+        expect(await newEntries()).toEqual([]);
+      }),
+      { numRuns: 200 },
+    );
   });
 
   it('answers raw bodies of any content type and encoding without a 5xx, publishing only what it accepts', async () => {

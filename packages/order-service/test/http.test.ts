@@ -69,6 +69,9 @@ describe('POST /orders', () => {
       ['a missing userId', { productId: 'p', price: 1 }, 'userId'],
       ['a blank userId', { ...valid, userId: '   ' }, 'userId'],
       ['a numeric productId', { ...valid, productId: 42 }, 'productId'],
+      ['a userId with a lone high surrogate', { ...valid, userId: 'alice\ud800' }, 'userId'],
+      ['a productId with a lone low surrogate', { ...valid, productId: '\udc00book' }, 'productId'],
+      ['a userId with its surrogates swapped', { ...valid, userId: '\udc69\ud83d' }, 'userId'],
       ['a missing price', { userId: 'u', productId: 'p' }, 'price'],
       ['a zero price', { ...valid, price: 0 }, 'price'],
       ['a negative price', { ...valid, price: -5 }, 'price'],
@@ -123,6 +126,32 @@ describe('POST /orders', () => {
     });
   });
 
+  describe('with a lone surrogate in an ID, sent as a JSON escape', () => {
+    it('answers 400 naming the field, instead of storing U+FFFD and merging two users', async () => {
+      const response = await request(app)
+        .post('/orders')
+        .set('content-type', 'application/json')
+        .send('{"userId":"alice\\ud800","productId":"p1","price":1000}');
+
+      expect(response.status).toBe(400);
+      expect(response.body).toEqual({
+        error: 'userId: must be valid Unicode text (it has a lone surrogate)',
+        field: 'userId',
+      });
+      expect(await orderEntries()).toEqual([]);
+    });
+
+    it('accepts a surrogate pair, and stores the character exactly', async () => {
+      const response = await request(app)
+        .post('/orders')
+        .set('content-type', 'application/json')
+        .send('{"userId":"alice\\ud83d\\udc69","productId":"p1","price":1000}');
+
+      expect(response.status).toBe(202);
+      expect((await orderEntries())[0]?.userId).toBe('alice👩');
+    });
+  });
+
   it('answers 413 to an oversized body and publishes nothing', async () => {
     const response = await request(app)
       .post('/orders')
@@ -151,6 +180,10 @@ describe('GET /order (the tutorial endpoint)', () => {
     ['a non-numeric price', 'userId=u1&productId=p1&price=abc', 'price'],
     ['a blank userId', 'userId=&productId=p1&price=10', 'userId'],
     ['a repeated userId', 'userId=a&userId=b&productId=p1&price=10', 'userId'],
+    // Node's query parser would read these bytes as U+FFFD.
+    ['a userId with an encoded lone surrogate', 'userId=alice%ED%A0%80&productId=p1&price=10', 'userId'],
+    ['a productId that is not UTF-8', 'userId=u1&productId=p%FF&price=10', 'productId'],
+    ['a parameter name that is not UTF-8', 'userId=u1&productId=p1&price=10&%C3=x', 'query'],
   ];
   it.each(cases)('rejects %s with 400 and publishes nothing', async (_name, query, field) => {
     const response = await request(app).get(`/order?${query}`);
@@ -158,6 +191,15 @@ describe('GET /order (the tutorial endpoint)', () => {
     expect(response.status).toBe(400);
     expect(response.body.field).toBe(field);
     expect(await orderEntries()).toEqual([]);
+  });
+});
+
+describe('GET /order with percent-encoded UTF-8', () => {
+  it('accepts it, and stores the characters exactly', async () => {
+    const response = await request(app).get('/order?userId=alice%F0%9F%91%A9&productId=100%&price=10');
+
+    expect(response.status).toBe(200);
+    expect(await orderEntries()).toEqual([expect.objectContaining({ userId: 'alice👩', productId: '100%' })]);
   });
 });
 

@@ -7,7 +7,20 @@ import { defineStream } from './stream.ts';
  * typed events; `publish()` writes them back the same way.
  */
 
-const Id = z.string().trim().min(1, 'must not be blank').max(128);
+/**
+ * Whether `text` is well-formed UTF-16: no lone surrogate (`"\ud800"` in JSON). Redis stores text
+ * as UTF-8, where a lone surrogate becomes U+FFFD: `alice\ud800` and `alice\udc00` would be
+ * stored as the same ID.
+ */
+const isWellFormed = (text: string) => (text as string & { isWellFormed(): boolean }).isWellFormed();
+
+/** 1 to 128 characters after trimming, valid Unicode. */
+const Id = z
+  .string()
+  .trim()
+  .min(1, 'must not be blank')
+  .max(128)
+  .refine(isWellFormed, 'must be valid Unicode text (it has a lone surrogate)');
 
 /** A positive decimal such as `1000` or `12.50`, written as digits so `redis-cli` shows it as is. */
 const Price = z

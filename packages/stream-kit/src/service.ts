@@ -1,4 +1,5 @@
 import { createServer, type RequestListener, type Server } from 'node:http';
+import { unescape } from 'node:querystring';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { silentLogger, type Logger } from './logger.ts';
@@ -82,6 +83,37 @@ export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv)
 }
 
 export type Readiness = { status: 'ready' } | { status: 'not ready'; reason: string };
+
+/** Runs of percent-escapes: the bytes of one or more characters, if they are UTF-8. */
+const PERCENT_ESCAPES = /(?:%[0-9a-f]{2})+/gi;
+
+const escapesAreUtf8 = (text: string) => {
+  try {
+    text.replace(PERCENT_ESCAPES, (run) => decodeURIComponent(run));
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * The name of the first parameter of `url`'s query whose percent-escapes are not UTF-8
+ * (`%ED%A0%80`, an encoded lone surrogate, or `%FF`): `'query'` if its name is the bad part;
+ * `undefined` if every parameter is fine. Node's query parser, which Express uses, reads such bytes
+ * as U+FFFD, so that two different IDs would read as one: a route answers 400 instead. A `%` that
+ * starts no escape (`100%`) is not checked: the parser keeps it as it is.
+ */
+export function malformedQueryParameter(url: string): string | undefined {
+  const at = url.indexOf('?');
+  if (at < 0 || !url.includes('%', at)) return undefined;
+  for (const pair of url.slice(at + 1).split('&')) {
+    const eq = pair.indexOf('=');
+    const name = eq < 0 ? pair : pair.slice(0, eq);
+    if (!escapesAreUtf8(name)) return 'query';
+    if (eq >= 0 && !escapesAreUtf8(pair.slice(eq + 1))) return unescape(name.replaceAll('+', ' '));
+  }
+  return undefined;
+}
 
 /** The key a service's readiness probe writes: `<service>:readyz`, in the service's own prefix. */
 export const readinessKey = (service: string) => `${service}:readyz`;

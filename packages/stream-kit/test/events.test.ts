@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { OrderEvents, PaymentEvents, type OrderEvent } from '../src/events.ts';
-import { decode, encode } from '../src/stream.ts';
+import { EventValidationError } from '../src/errors.ts';
+import { decode, encode, xaddArguments } from '../src/stream.ts';
 
 const ENTRY_ID = '1700000000000-0';
 
@@ -51,6 +52,8 @@ describe('order-events entries', () => {
     ['a non-numeric price', { price: 'free' }, /price/],
     ['an empty price', { price: '' }, /price/],
     ['a blank userId', { userId: '  ' }, /userId/],
+    ['a userId with a lone surrogate', { userId: 'u1\ud800' }, /^userId: must be valid Unicode/],
+    ['a productId with a lone surrogate', { productId: '\udc00p1' }, /^productId: must be valid Unicode/],
     ['an unknown event type', { type: 'order-shipped' }, /type/],
   ])('reject %s, naming the field', (_name, override, reason) => {
     const decoded = decode(OrderEvents, ENTRY_ID, {
@@ -68,6 +71,34 @@ describe('order-events entries', () => {
     const decoded = decode(OrderEvents, ENTRY_ID, { userId: 'u1', price: '1000' });
 
     expect(decoded).toEqual({ ok: false, reason: expect.stringMatching(/^productId: /) });
+  });
+});
+
+describe('an order-created event with a lone surrogate in an ID', () => {
+  // Redis would store it as U+FFFD: 'alice\ud800' and 'alice\udbff' would become one user.
+  it('is refused before it is written, naming the field', () => {
+    const event: OrderEvent = {
+      type: 'order-created',
+      orderId: 'o-1',
+      userId: 'alice\ud800',
+      productId: 'p',
+      price: 1,
+    };
+
+    expect(() => xaddArguments(OrderEvents, event)).toThrow(EventValidationError);
+    expect(() => xaddArguments(OrderEvents, event)).toThrow(/userId: must be valid Unicode/);
+  });
+
+  it('is fine with a character outside the BMP, a surrogate pair', () => {
+    const event: OrderEvent = {
+      type: 'order-created',
+      orderId: 'o-1',
+      userId: '👩‍👩‍👧',
+      productId: 'p',
+      price: 1,
+    };
+
+    expect(decode(OrderEvents, ENTRY_ID, encode(event))).toEqual({ ok: true, event });
   });
 });
 
