@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { OrderEvents, xaddArguments, type Publisher } from '@msa/stream-kit';
+import { maxIdAheadMs, OrderEvents, XADD_CHECKED, xaddArguments, type Publisher } from '@msa/stream-kit';
 import { defineScript } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 
@@ -74,6 +74,7 @@ export async function placeOrder(
     bodyHash(input),
     event.orderId,
     IDEMPOTENCY_TTL_SECONDS,
+    maxIdAheadMs(OrderEvents),
     ...xaddArguments(OrderEvents, event),
   );
   const [outcome, orderId, entryId] = reply;
@@ -90,16 +91,18 @@ function bodyHash({ userId, productId, price }: OrderInput): string {
 
 /*
  * KEYS[1] the idempotency key, KEYS[2] the stream; ARGV[1] body hash, ARGV[2] the new order's ID,
- * ARGV[3] TTL in seconds, ARGV[4..] the XADD arguments after the key.
+ * ARGV[3] TTL in seconds, ARGV[4] how far an entry ID may run ahead of the clock, ARGV[5..] the
+ * XADD arguments after the key. The XADD comes before the key is stored: if it fails (out of
+ * memory, IDs ahead of the clock), nothing is.
  * Returns {'replayed', orderId, entryId}, {'conflict'} or {'created', orderId, entryId}.
  */
-const PLACE_ORDER_ONCE = `
+const PLACE_ORDER_ONCE = `${XADD_CHECKED}
 local stored = redis.call('HMGET', KEYS[1], 'bodyHash', 'orderId', 'entryId')
 if stored[1] then
   if stored[1] == ARGV[1] then return {'replayed', stored[2], stored[3]} end
   return {'conflict'}
 end
-local entryId = redis.call('XADD', KEYS[2], unpack(ARGV, 4))
+local entryId = xadd_checked(KEYS[2], ARGV[4], unpack(ARGV, 5))
 redis.call('HSET', KEYS[1], 'bodyHash', ARGV[1], 'orderId', ARGV[2], 'entryId', entryId)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {'created', ARGV[2], entryId}

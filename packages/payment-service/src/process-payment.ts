@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import {
+  maxIdAheadMs,
   OrderEvents,
   PaymentEvents,
+  XADD_CHECKED,
   xaddArguments,
   type DeliveryContext,
   type Handler,
@@ -29,18 +31,20 @@ export const paymentKey = (orderId: string) => `payment-service:payment:${orderI
  * One atomic step: the payment record, its payment-events entry and the XACK of the order entry.
  * A crash before it leaves the order pending, to be paid on redelivery; a crash after it leaves
  * nothing to do. A redelivered order (reclaim, restart, a lost ack) finds the record and is only
- * acked. No command in it can fail on keys of the right type, and Redis runs a script whole.
+ * acked. Only the XADD can fail (out of memory; `payment-events` IDs run ahead of the clock), and
+ * it comes before the other writes, so a failure writes nothing.
  *
  * KEYS: payment record, payment-events, order-events.
- * ARGV: group, order entry ID, paymentProcessId, paidAt, then the XADD arguments.
+ * ARGV: group, order entry ID, paymentProcessId, paidAt, how far an ID may run ahead of the
+ * clock, then the XADD arguments.
  */
-const PAY_ONCE = `
+const PAY_ONCE = `${XADD_CHECKED}
 local existing = redis.call('HGET', KEYS[1], 'paymentProcessId')
 if existing then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
   return {0, existing}
 end
-local entryId = redis.call('XADD', KEYS[2], unpack(ARGV, 5))
+local entryId = xadd_checked(KEYS[2], ARGV[5], unpack(ARGV, 6))
 redis.call('HSET', KEYS[1], 'paymentProcessId', ARGV[3], 'orderEntryId', ARGV[2],
   'paymentEntryId', entryId, 'paidAt', ARGV[4])
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -76,7 +80,7 @@ export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEve
         const [created, paymentProcessId] = await payOnce(
           paymentKey(order.orderId), PaymentEvents.name, OrderEvents.name,
           context.group, context.id, event.paymentProcessId, new Date().toISOString(),
-          ...xaddArguments(PaymentEvents, event),
+          maxIdAheadMs(PaymentEvents), ...xaddArguments(PaymentEvents, event),
         );
         const where = { orderId: order.orderId, orderEntryId: context.id, paymentProcessId };
         if (created === 1) logger.info(where, 'payment completed');

@@ -87,3 +87,34 @@ export function logConnectionState(redis: Redis, logger: Logger): void {
 export function isNoGroupError(err: unknown): boolean {
   return err instanceof Error && /^(NOGROUP|UNBLOCKED)/.test(err.message);
 }
+
+/**
+ * Error codes with which Redis refuses a command for its own state, not for what the command
+ * carries: out of memory, busy with a script, loading its data, a replica or a master without
+ * its replicas, a cluster resharding or down, a failed save, a user not allowed, or a stream that
+ * cannot take new entry IDs (`IDAHEAD`: stream-kit's checked XADD, see `XADD_CHECKED`).
+ */
+const FAULT_CODES =
+  /^(OOM|BUSY|LOADING|READONLY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|MISCONF|NOREPLICAS|NOPERM|IDAHEAD)\b/;
+
+/** What ioredis rejects a command with when the connection failed it, not Redis. */
+const CONNECTION_FAILURES =
+  /^(Command timed out|Connection is closed|Command aborted due to connection close|Stream isn't writeable|Reached the max retries per request limit|ERR max number of clients reached|ERR The stream has exhausted the last possible ID)/;
+
+/**
+ * Whether `err` (or an error it wraps as its `cause`) comes from Redis or the connection to it
+ * rather than from the work itself: out of memory, a stall (a command timed out), a lost
+ * connection, `BUSY`, `LOADING`, `READONLY`, `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, a stream
+ * that cannot take new IDs. Such an error says nothing about the entry being handled: it is
+ * worth trying again once Redis is well, however often it happened.
+ */
+export function isRedisFault(err: unknown): boolean {
+  for (let cause = err, depth = 0; cause instanceof Error && depth < 5; depth += 1) {
+    if (FAULT_CODES.test(cause.message) || CONNECTION_FAILURES.test(cause.message)) return true;
+    const code = (cause as NodeJS.ErrnoException).code;
+    if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN)$/.test(code))
+      return true;
+    cause = cause.cause;
+  }
+  return false;
+}

@@ -5,7 +5,7 @@ export { createPublisher } from './publisher.ts';
 export type { Publisher, PublisherOptions } from './publisher.ts';
 export { listDeadLetters, replayDeadLetters } from './dead-letters.ts';
 export type { DeadLetter, DeadLetterOptions, ListOptions, Replayed } from './dead-letters.ts';
-export { defineStream, xaddArguments } from './stream.ts';
+export { defineStream, maxIdAheadMs, XADD_CHECKED, xaddArguments } from './stream.ts';
 export type { EventOf, Fields, Retention, StreamDefinition } from './stream.ts';
 export { subscribe } from './subscriber.ts';
 export type { DeliveryContext, Handler, SubscribeOptions, Subscription } from './subscriber.ts';

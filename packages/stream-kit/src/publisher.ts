@@ -1,8 +1,11 @@
+import { ServerClock } from './clock.ts';
 import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import { defineScript, PUBLISH_MANY } from './scripts.ts';
 import {
   fieldArguments,
+  idAheadMessage,
+  maxIdAheadMs,
   trimArguments,
   xaddArguments,
   type EventOf,
@@ -27,7 +30,10 @@ export interface Publisher {
    * as its `retention` says.
    * Resolves to the new entry ID. Throws `EventValidationError` (nothing written) if the event
    * does not match, or the Redis error if the write failed (after one retry: publishing sits on
-   * request paths, where failing fast beats hanging). Throws after `close()`.
+   * request paths, where failing fast beats hanging). Throws an `IDAHEAD` error if the stream's
+   * IDs run ahead of Redis's clock (see `StreamDefinition.maxIdAheadMs`): the entry is deleted
+   * again, though a subscriber may have read it meanwhile (it dead-letters such entries). Throws
+   * after `close()`.
    */
   publish<D extends StreamDefinition>(stream: D, event: EventOf<D>): Promise<string>;
   /**
@@ -55,21 +61,34 @@ export function createPublisher(options: PublisherOptions): Publisher {
       ? openRequestConnection(options.connection, logger, 'stream-kit:publisher')
       : options.connection;
 
+  const clock = new ServerClock(redis);
   const inFlight = new Set<Promise<unknown>>();
   let closing: Promise<void> | undefined;
 
   async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
     if (closing) throw new Error('publisher is closed');
-    const args = xaddArguments(stream, event);
-    const write = redis.xadd(stream.name, ...(args as ['*', ...string[]]));
+    const write = append(stream, xaddArguments(stream, event));
     inFlight.add(write);
     try {
-      const id = await write;
-      // XADD without NOMKSTREAM or a limit always answers an ID.
-      return id!;
+      return await write;
     } finally {
       inFlight.delete(write);
     }
+  }
+
+  async function append(stream: StreamDefinition, args: string[]): Promise<string> {
+    // XADD without NOMKSTREAM or a limit always answers an ID.
+    const id = (await redis.xadd(stream.name, ...(args as ['*', ...string[]])))!;
+    // A plain XADD, not XADD_CHECKED's script: this is the hot path, and the check costs nothing
+    // until an ID looks ahead of the clock.
+    if (clock.looksAhead(id, maxIdAheadMs(stream))) {
+      const ahead = await clock.aheadBy(id, maxIdAheadMs(stream));
+      if (ahead !== undefined) {
+        await redis.xdel(stream.name, id);
+        throw new Error(idAheadMessage(stream.name, id, ahead));
+      }
+    }
+    return id;
   }
 
   const publishBatch = defineScript<string[]>(redis, 'streamKitPublishMany', 1, PUBLISH_MANY);
@@ -78,7 +97,7 @@ export function createPublisher(options: PublisherOptions): Publisher {
     if (closing) throw new Error('publisher is closed');
     if (events.length === 0) return [];
     const trim = trimArguments(stream);
-    const args: string[] = [String(trim.length), ...trim];
+    const args: string[] = [String(maxIdAheadMs(stream)), String(trim.length), ...trim];
     // Every event is checked before anything is sent: one invalid event writes none.
     for (const event of events) {
       const fields = fieldArguments(stream, event);

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { XADD_CHECKED } from './stream.ts';
 
 /*
  * Lua scripts stream-kit runs where a step must be atomic. The rare ones go by EVAL (Redis caches
@@ -26,25 +27,30 @@ export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: nu
 }
 
 /**
- * KEYS[1] stream. ARGV: the number of trim arguments, those arguments, then for each event the
- * number of its field arguments and those arguments. XADDs each event in order, then trims once
- * (XTRIM, as each XADD would have: `~` trims whole nodes anyway), and returns their IDs. One
- * command for the whole batch: atomic, and no per-event command for the client to build and
- * parse. A failing XADD can only be the first (a key of another type, out of memory: every event
- * has fields, `encodeChecked` sees to it), so an error writes nothing.
+ * KEYS[1] stream. ARGV: how far ahead of the clock an ID may lie (ms), the number of trim
+ * arguments, those arguments, then for each event the number of its field arguments and those
+ * arguments. XADDs each event in order, then trims once (XTRIM, as each XADD would have: `~` trims
+ * whole nodes anyway), and returns their IDs. One command for the whole batch: atomic, and no
+ * per-event command for the client to build and parse. A failing XADD can only be the first (a
+ * key of another type, out of memory, an ID ahead of the clock: every event has fields,
+ * `encodeChecked` sees to it, and every later ID follows the first), so an error writes nothing.
  */
-export const PUBLISH_MANY = `
-local trims = tonumber(ARGV[1])
+export const PUBLISH_MANY = `${XADD_CHECKED}
+local trims = tonumber(ARGV[2])
 local ids = {}
-local at = trims + 2
+local at = trims + 3
 while at <= #ARGV do
   local count = tonumber(ARGV[at])
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + count))
+  if #ids == 0 then
+    ids[1] = xadd_checked(KEYS[1], ARGV[1], '*', unpack(ARGV, at + 1, at + count))
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + count))
+  end
   at = at + count + 1
 end
 if trims > 0 then
   -- XTRIM with ~ removes at most 10,000 entries a call (its default LIMIT): trim until done.
-  repeat until redis.call('XTRIM', KEYS[1], unpack(ARGV, 2, trims + 1)) == 0
+  repeat until redis.call('XTRIM', KEYS[1], unpack(ARGV, 3, trims + 2)) == 0
 end
 return ids
 `;
@@ -89,4 +95,21 @@ if not id then
 end
 if #present > 0 then redis.call('XDEL', KEYS[1], unpack(present)) end
 return id
+`;
+
+/**
+ * KEYS[1] stream, KEYS[2] the entry's run count; ARGV group, consumer, minimum idle ms, entry ID,
+ * runs not to count, how long to keep the count (ms). Claims the entry (XCLAIM, only if idle that
+ * long: still ours) and counts the run it is claimed for, in one step: returns its ID, its fields
+ * and the number of this run, or false if it is no longer ours. A count not yet written means one
+ * run: the entry's first delivery, which writes nothing (the hot path). Runs that ended in a
+ * Redis fault or a wait (`RetryLaterError`) are taken off, so only the handler's own failures
+ * and runs that never finished count.
+ */
+export const CLAIM_RUN = `
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if #claimed == 0 or not claimed[1] then return false end
+local runs = math.max(tonumber(redis.call('GET', KEYS[2]) or '1') - tonumber(ARGV[5]), 0) + 1
+redis.call('SET', KEYS[2], runs, 'PX', ARGV[6])
+return {claimed[1][1], claimed[1][2], runs}
 `;

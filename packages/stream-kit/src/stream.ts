@@ -25,6 +25,14 @@ export interface StreamDefinition<Schema extends z.ZodType = z.ZodType> {
    * @defaultValue `{ maxAgeMs: 7 days }`
    */
   readonly retention?: Retention;
+  /**
+   * How far ahead of Redis's clock an entry ID may lie. `XADD *` takes IDs from that clock, so an
+   * ID far ahead of it was set by hand, and every later `*` ID follows it: age-based retention
+   * stops trimming and, at the last possible ID, the stream takes nothing more. Subscribers
+   * dead-letter such entries; publishers refuse to write one (`IDAHEAD` error, nothing written).
+   * @defaultValue 300000 (5 minutes)
+   */
+  readonly maxIdAheadMs?: number;
 }
 
 /**
@@ -34,6 +42,8 @@ export interface StreamDefinition<Schema extends z.ZodType = z.ZodType> {
 export type Retention = { maxLen: number } | { maxAgeMs: number } | 'keep-all';
 
 export const DEFAULT_RETENTION: Retention = { maxAgeMs: 7 * 24 * 60 * 60 * 1000 };
+
+export const DEFAULT_MAX_ID_AHEAD_MS = 5 * 60 * 1000;
 
 /** The event type a stream carries, as handlers receive it and `publish()` accepts it. */
 export type EventOf<D extends StreamDefinition> = z.output<D['schema']>;
@@ -52,7 +62,10 @@ export function defineStream<Schema extends z.ZodType>(
     if (!Number.isInteger(value) || value < 1)
       throw new RangeError(`retention.${key} must be a positive integer, got ${value}`);
   }
-  return Object.freeze({ ...definition, retention });
+  const maxIdAheadMs = definition.maxIdAheadMs ?? DEFAULT_MAX_ID_AHEAD_MS;
+  if (!Number.isInteger(maxIdAheadMs) || maxIdAheadMs < 0)
+    throw new RangeError(`maxIdAheadMs must be a non-negative integer, got ${maxIdAheadMs}`);
+  return Object.freeze({ ...definition, retention, maxIdAheadMs });
 }
 
 /** Where subscriptions to `stream` put what they give up on, unless told otherwise. */
@@ -76,6 +89,44 @@ export function trimArguments(stream: StreamDefinition, now = Date.now()): strin
  */
 export function xaddArguments<D extends StreamDefinition>(stream: D, event: EventOf<D>): string[] {
   return [...trimArguments(stream), '*', ...fieldArguments(stream, event)];
+}
+
+/** How far ahead of Redis's clock an entry ID of `stream` may lie, in ms. */
+export function maxIdAheadMs(stream: StreamDefinition): number {
+  return stream.maxIdAheadMs ?? DEFAULT_MAX_ID_AHEAD_MS;
+}
+
+/**
+ * Lua: `xadd_checked(key, max_ahead_ms, ...)` runs `XADD key ...` and returns the new ID, unless
+ * that ID lies more than `max_ahead_ms` ahead of Redis's clock (the stream's last ID was set far
+ * ahead by hand, and `*` follows it): then it deletes the entry again and raises an `IDAHEAD`
+ * error, so the script's other effects do not happen and nobody ever reads the entry. Put it at
+ * the top of a script that writes events, and call it with `maxIdAheadMs(stream)` and
+ * `xaddArguments(stream, event)`.
+ */
+export const XADD_CHECKED = `
+local function xadd_checked(key, max_ahead_ms, ...)
+  local id = redis.call('XADD', key, ...)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local ahead = tonumber(string.match(id, '^%d+')) - now
+  if ahead > tonumber(max_ahead_ms) then
+    redis.call('XDEL', key, id)
+    error({err = 'IDAHEAD ' .. key .. ': a new entry got ID ' .. id .. ', ' .. string.format('%.0f', ahead) ..
+      ' ms ahead of the server clock; refused (see README, Entry IDs)'})
+  end
+  return id
+end
+`;
+
+/** The message of an `IDAHEAD` error, as `XADD_CHECKED` raises it. */
+export function idAheadMessage(stream: string, id: string, aheadMs: number): string {
+  return `IDAHEAD ${stream}: a new entry got ID ${id}, ${Math.round(aheadMs)} ms ahead of the server clock; refused (see README, Entry IDs)`;
+}
+
+/** How far the time in entry ID `<ms>-<seq>` lies ahead of `nowMs`, in ms. */
+export function idAheadOf(id: string, nowMs: number): number {
+  return Number(id.slice(0, id.indexOf('-'))) - nowMs;
 }
 
 /** `event`'s fields as XADD takes them, name then value, checked as `publish()` checks them. */

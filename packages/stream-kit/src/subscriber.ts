@@ -1,18 +1,20 @@
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
-import { isNoGroupError, openReaderConnection, type Connection } from './connection.ts';
-import { NonRetryableError } from './errors.ts';
+import { ServerClock } from './clock.ts';
+import { isNoGroupError, isRedisFault, openReaderConnection, type Connection } from './connection.ts';
+import { NonRetryableError, RetryLaterError } from './errors.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import {
   decode,
   defaultDeadLetterStream,
   fieldsFromReply,
+  maxIdAheadMs,
   textFields,
   type EventOf,
   type Fields,
   type StreamDefinition,
 } from './stream.ts';
-import { DELETE_IDLE_CONSUMERS } from './scripts.ts';
+import { CLAIM_RUN, DELETE_IDLE_CONSUMERS } from './scripts.ts';
 
 /** Where an event came from, given to the handler beside it. */
 export interface DeliveryContext {
@@ -22,7 +24,12 @@ export interface DeliveryContext {
   readonly group: string;
   /** The consumer it was delivered to: this subscription's. */
   readonly consumer: string;
-  /** 1 on the first delivery; grows each time the entry is delivered again. */
+  /**
+   * Which run of the handler this is for the entry: 1 the first time, then one more each time it
+   * is handled again, by this consumer or another. Runs that Redis's trouble cut short (out of
+   * memory, a timeout, a lost connection) or that ended in `RetryLaterError` are not counted;
+   * nor are deliveries whose handler never ran (Redis's own delivery counter counts those).
+   */
   readonly deliveryCount: number;
 }
 
@@ -30,9 +37,13 @@ export interface DeliveryContext {
  * Handles one event. The outcome is the acknowledgement:
  * - resolves: the entry is acked (XACK) and never delivered to this group again;
  * - throws: the entry stays pending and is delivered again, `retryDelayMs` after its first
- *   delivery, then after twice as long each time (at most 60 s); once it has been delivered
- *   `maxDeliveries` times it goes to the dead-letter stream instead;
- * - throws `NonRetryableError`: the entry goes to the dead-letter stream at once.
+ *   delivery, then after twice as long each time (at most 60 s); once the handler has failed on
+ *   its run number `maxDeliveries` it goes to the dead-letter stream instead;
+ * - throws `NonRetryableError`: the entry goes to the dead-letter stream at once;
+ * - throws `RetryLaterError`: the entry comes back `retryDelayMs` later; the run does not count;
+ * - throws an error from Redis or the connection (out of memory, a timeout, `READONLY`, ...;
+ *   also when wrapped as another error's `cause`): not the entry's fault, so the run does not
+ *   count; the subscription pauses, backing off, and handles the entry again once Redis works.
  * Delivery is at least once: a crash between the handler's effect and the ack delivers the entry
  * again (to this consumer when it restarts under the same name, or to another one after
  * `claimIdleMs`), so effects must tolerate repeats.
@@ -58,7 +69,10 @@ export interface SubscribeOptions {
   concurrency?: number;
   /** How long one XREADGROUP waits for new entries, in ms. @defaultValue 2000 */
   blockMs?: number;
-  /** Deliveries after which a failing entry goes to the dead-letter stream. @defaultValue 5 */
+  /**
+   * Runs of the handler after which a failing entry goes to the dead-letter stream (counted as
+   * `DeliveryContext.deliveryCount` is). @defaultValue 5
+   */
   maxDeliveries?: number;
   /** Wait before a failed entry's second delivery, in ms; it doubles for each one after. @defaultValue 1000 */
   retryDelayMs?: number;
@@ -107,7 +121,15 @@ export function defaultConsumerName(): string {
 
 /** As Redis sends it: field names and values stay bytes until checked to be UTF-8. */
 type Entry = [id: string, fields: Buffer[]];
-type Outcome = 'done' | 'retry';
+/** `retry`: the handler failed, the run counts; `later`: try again, the run does not count. */
+type Outcome = 'done' | 'retry' | 'later';
+
+/**
+ * How long the run count of an entry handled more than once is kept (see CLAIM_RUN): a count
+ * left behind (its entry acked by the handler's own script, and this process gone before it
+ * deleted the count) expires.
+ */
+const RUNS_TTL_MS = 7 * 24 * 60 * 60 * 1000;
 
 /**
  * Consumes `stream` as `consumer` of `group` on a connection of its own: creates the group if
@@ -229,9 +251,20 @@ class ConsumerLoop {
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
   private readonly claimIntervalMs: number;
-  /** The last new entry read: a lost group is recreated from there, so acked entries stay acked. */
-  private lastNewId: string | undefined;
-  private readonly startedAt = Date.now();
+  /**
+   * Where to recreate the group if it is lost: before the oldest entry that may not have been
+   * acked when we last looked (its oldest pending entry, or anything delivered after that look).
+   * Refreshed at start and with each reclaim pass.
+   */
+  private recreateFrom: string | undefined;
+  /**
+   * Runs that must not count, by entry: they ended in a Redis fault or a `RetryLaterError`. The
+   * entry's next claim takes them off its run count.
+   */
+  private readonly uncounted = new Map<string, number>();
+  /** Run counts of entries acked since the last XACK was sent: deleted with it. */
+  private forget: string[] = [];
+  private readonly clock: ServerClock;
 
   constructor(
     private readonly group: string,
@@ -253,6 +286,8 @@ class ConsumerLoop {
     // A read that Redis served just as the connection died delivered entries whose reply never
     // came: they sit in our pending list, and only a pass through it finds them.
     this.redis.on('close', () => (this.ownPending = 'all'));
+    this.clock = new ServerClock(this.redis);
+    this.redis.defineCommand('streamKitClaimRun', { numberOfKeys: 2, lua: CLAIM_RUN });
     this.leaseTimer = setInterval(() => void this.renewLeases(), Math.max(settings.claimIdleMs / 3, 10));
     this.leaseTimer.unref();
     this.running = this.run();
@@ -311,10 +346,12 @@ class ConsumerLoop {
     try {
       for (const [touchedAt, ids] of groupByTouch(unstarted)) {
         // prettier-ignore
-        await this.redis.xclaim(
+        const handedBack = (await this.redis.xclaim(
           this.stream.name, this.group, this.consumer, stillOurs(Date.now() - touchedAt), ...ids,
           'IDLE', this.settings.claimIdleMs, 'JUSTID',
-        );
+        )) as string[];
+        // Never started here: whoever takes them runs them for the first time (see CLAIM_RUN).
+        await Promise.all(handedBack.map((id) => this.redis.set(this.runsKey(id), '0', 'PX', RUNS_TTL_MS)));
       }
     } catch (err) {
       this.log.debug({ ...this.where(), err: describe(err) }, 'cannot hand back unstarted entries');
@@ -338,6 +375,8 @@ class ConsumerLoop {
         // in order. A batch read ahead is in that list too (Redis served the read before the
         // pass's XPENDING, on the same connection): handling it first would break the order.
         this.ownPending = 'all';
+        // Its entries, if it brought any, were never started: their first run is still to come.
+        this.readAhead?.then((entries) => entries.forEach(([id]) => this.uncount(id)), () => {});
         this.readAhead = undefined;
         if (isNoGroupError(err)) {
           await this.unlessStopped(this.recreateGroup());
@@ -346,7 +385,12 @@ class ConsumerLoop {
         failures += 1;
         // The first failure of a run is a warning; repeats of it would only flood the log.
         const level = failures === 1 ? 'warn' : 'debug';
-        this.log[level]({ ...this.where(), err: describe(err), failures }, 'consumer loop failed; retrying');
+        this.log[level](
+          { ...this.where(), err: describe(err), failures },
+          isRedisFault(err)
+            ? 'redis is failing or refusing work; pausing, and trying again with backoff (entries stay pending, nothing counts as a failed delivery)'
+            : 'consumer loop failed; retrying',
+        );
         await this.sleep(Math.min(100 * 2 ** failures, 5_000));
       }
     }
@@ -386,14 +430,30 @@ class ConsumerLoop {
 
   private async start() {
     await this.ensureGroup(this.settings.startId);
-    // Where the group stands, in case it is lost before this subscription reads anything new.
-    const groups = (await this.redis.xinfo('GROUPS', this.stream.name).catch(() => [])) as string[][];
-    for (const flat of groups) {
-      const info = fieldsFromReply(flat.map(String));
-      if (info.name === this.group && info['last-delivered-id'] !== '0-0') {
-        this.lastNewId = info['last-delivered-id'];
-      }
-    }
+    // Where the group stands, in case it is lost before the first reclaim pass.
+    await this.markRecreatePoint().catch(() => {});
+  }
+
+  /**
+   * Notes where a lost group must be recreated so that nothing unacked is lost: just before its
+   * oldest pending entry, or after its last delivered entry if that is earlier (entries delivered
+   * after this look come after it). Entries acked since are handed out again: the price of not
+   * knowing, once the group is gone, which of them were.
+   */
+  private async markRecreatePoint() {
+    // prettier-ignore
+    const [summary, groups] = await Promise.all([
+      this.redis.xpending(this.stream.name, this.group) as Promise<[number, string | null, string | null, unknown]>,
+      this.redis.xinfo('GROUPS', this.stream.name) as Promise<unknown[][]>,
+    ]);
+    const info = groups.map((flat) => fieldsFromReply(flat.map(String))).find((g) => g.name === this.group);
+    if (!info) return;
+    const lastDelivered = info['last-delivered-id'] ?? '0-0';
+    const oldestPending = summary[1];
+    this.recreateFrom =
+      oldestPending && compareIds(idBefore(oldestPending), lastDelivered) < 0
+        ? idBefore(oldestPending)
+        : lastDelivered;
   }
 
   /**
@@ -468,12 +528,17 @@ class ConsumerLoop {
     } finally {
       // Not clear(): a batch read ahead is held meanwhile.
       for (const [id] of entries) this.held.delete(id);
+      // Stopped early: the entries never started come back through the pending list, where their
+      // first real run must count as the first.
+      if (failed) for (const [id] of entries.slice(next)) this.uncount(id);
     }
     await this.flushAcks();
   }
 
-  private queueAck(id: string) {
+  /** Queues the ack of entry `id`, handled on run number `run`: a run count kept for it goes too. */
+  private queueAck(id: string, run: number) {
     this.ackQueue.push(id);
+    if (run > 1) this.forget.push(this.runsKey(id));
     this.ackSoon ??= setImmediate(() => this.sendAcks());
   }
 
@@ -484,6 +549,8 @@ class ConsumerLoop {
     const ack = this.redis.xack(this.stream.name, this.group, ...this.ackQueue.splice(0));
     ack.catch(() => {}); // awaited in flushAcks or close()
     this.acks.push(ack);
+    // Best effort: a count left behind expires (RUNS_TTL_MS).
+    if (this.forget.length > 0) this.redis.del(...this.forget.splice(0)).catch(() => {});
   }
 
   /** Sends the acks queued and waits for all answers; throws if one failed (those entries stay pending, and come back). */
@@ -516,21 +583,9 @@ class ConsumerLoop {
         // Redis reset their idle time somewhere between `now` and this moment: taking this
         // moment keeps the next minimum idle time at or under their real idle time.
         const renewedAt = Date.now();
-        for (const id of ids) {
-          if (!this.held.has(id)) continue; // handled meanwhile
-          if (kept.has(id)) {
-            this.held.set(id, renewedAt);
-          } else {
-            this.held.delete(id);
-            const running = this.handling.has(id);
-            this.log[running ? 'warn' : 'info'](
-              { ...this.where(), entryId: id },
-              running
-                ? 'lost the lease on the entry being handled (the process stalled longer than claimIdleMs); another consumer may handle it too'
-                : 'entry taken over by another consumer before its turn; skipping it',
-            );
-          }
-        }
+        const lost = ids.filter((id) => this.held.has(id) && !kept.has(id));
+        for (const id of ids) if (kept.has(id) && this.held.has(id)) this.held.set(id, renewedAt);
+        if (lost.length > 0) await this.checkLost(lost);
       }
     } catch (err) {
       this.giveUpOnSocket(err);
@@ -539,6 +594,36 @@ class ConsumerLoop {
     } finally {
       this.renewing = false;
     }
+  }
+
+  /**
+   * Why entries were not renewed: acked meanwhile (a handler that acks in its own script), which
+   * is no news; still ours (something touched them after we did: keep them); or held by another
+   * consumer, which took them over: only that is a lost lease, worth a warning if the handler
+   * still runs.
+   */
+  private async checkLost(ids: string[]) {
+    // prettier-ignore
+    const owners = await Promise.all(ids.map((id) =>
+      this.redis.xpending(this.stream.name, this.group, id, id, 1) as Promise<PendingInfo[]>,
+    ));
+    ids.forEach((id, i) => {
+      if (!this.held.has(id)) return; // handled meanwhile
+      const [owner] = owners[i]!;
+      if (owner && owner[1] === this.consumer) {
+        this.held.set(id, Date.now() - owner[2]);
+        return;
+      }
+      this.held.delete(id);
+      if (!owner) return; // acked
+      const running = this.handling.has(id);
+      this.log[running ? 'warn' : 'info'](
+        { ...this.where(), entryId: id, takenBy: owner[1] },
+        running
+          ? 'lost the lease on the entry being handled (the process stalled longer than claimIdleMs); another consumer may handle it too'
+          : 'entry taken over by another consumer before its turn; skipping it',
+      );
+    });
   }
 
   private readNew(): Promise<Entry[]> {
@@ -564,7 +649,6 @@ class ConsumerLoop {
     const entries: Entry[] = (streams?.[0]?.[1] ?? []).map(([id, fields]) => [id.toString(), fields]);
     const readAt = Date.now();
     for (const [id] of entries) this.held.set(id, readAt);
-    this.lastNewId = entries.at(-1)?.[0] ?? this.lastNewId;
     return entries;
   }
 
@@ -596,7 +680,7 @@ class ConsumerLoop {
           this.scheduleRetry(due - Date.now());
           continue;
         }
-        await this.redeliver(id, idleNow, deliveries);
+        await this.redeliver(id, idleNow);
       }
       await this.flushAcks();
       if (page.length < this.settings.count) break;
@@ -609,16 +693,19 @@ class ConsumerLoop {
   }
 
   /**
-   * Takes the entry with XCLAIM (which counts the delivery) and handles it. The minimum idle time
-   * is the one it has if nobody touched it since XPENDING: if another consumer has taken it since,
-   * it is not ours to handle.
+   * Takes the entry with XCLAIM and counts the run it is taken for (CLAIM_RUN), then handles it.
+   * The minimum idle time is the one it has if nobody touched it since XPENDING: if another
+   * consumer has taken it since, it is not ours to handle.
    */
-  private async redeliver(id: string, idleMs: number, deliveries: number) {
+  private async redeliver(id: string, idleMs: number) {
+    const redis = this.redis as unknown as { streamKitClaimRunBuffer(...args: unknown[]): Promise<unknown> };
     // prettier-ignore
-    const [entry] = (await this.redis.callBuffer(
-      'XCLAIM', this.stream.name, this.group, this.consumer, stillOurs(idleMs), id,
-    )) as [Buffer, Buffer[]][];
-    if (!entry) {
+    const claimed = (await redis.streamKitClaimRunBuffer(
+      this.stream.name, this.runsKey(id),
+      this.group, this.consumer, stillOurs(idleMs), id, this.uncounted.get(id) ?? 0, RUNS_TTL_MS,
+    )) as [id: Buffer, fields: Buffer[] | null, run: number] | null;
+    this.uncounted.delete(id);
+    if (!claimed) {
       this.retryDue.delete(id);
       // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
       this.log.debug({ ...this.where(), entryId: id }, 'pending entry no longer ours to handle');
@@ -626,10 +713,15 @@ class ConsumerLoop {
     }
     this.held.set(id, Date.now());
     try {
-      await this.handleOne(id, entry[1], deliveries + 1);
+      await this.handleOne(id, claimed[1] ?? [], claimed[2]);
     } finally {
       this.held.delete(id);
     }
+  }
+
+  /** Where the number of handler runs of entry `id` is kept (see CLAIM_RUN). */
+  private runsKey(id: string): string {
+    return `${this.stream.name}:runs:${this.group}:${id}`;
   }
 
   /**
@@ -653,6 +745,7 @@ class ConsumerLoop {
         // Trimmed while pending: nothing is left to handle. Redis 7 has already dropped them from
         // the pending list; the XACK makes sure of it.
         await this.redis.xack(this.stream.name, this.group, ...deleted);
+        await this.redis.del(...deleted.map((id) => this.runsKey(id)));
         this.log.warn(
           { ...this.where(), entryIds: deleted },
           'pending entries were trimmed from the stream before anyone handled them; acked',
@@ -663,6 +756,7 @@ class ConsumerLoop {
       this.ownPending ??= 'due';
     } while (cursor !== '0-0' && !this.stopping);
     await this.deleteIdleConsumers();
+    await this.markRecreatePoint();
   }
 
   /** Removes, in one atomic script, the group's consumers that are long idle and hold nothing. */
@@ -675,25 +769,38 @@ class ConsumerLoop {
       this.log.info({ ...this.where(), removed }, 'removed idle consumers that held no entries');
   }
 
-  private async handleOne(id: string, flat: Buffer[], deliveryCount: number) {
+  /**
+   * Runs the handler for one entry, run number `run`, and schedules what comes next for it. A
+   * Redis fault (from the handler or from dead-lettering) is thrown on: the loop pauses and goes
+   * through its pending list once Redis works again; the run does not count.
+   */
+  private async handleOne(id: string, flat: Buffer[], run: number) {
     // close() may have come while we were reading or claiming: its connection is gone, so a
     // handler started now could not be acked and its entry would be handled again elsewhere.
     if (this.stopping) return;
-    const handling = this.handle(id, flat, deliveryCount);
+    const handling = this.handle(id, flat, run);
     this.handling.set(id, handling);
     let outcome: Outcome;
     try {
       outcome = await handling;
+    } catch (err) {
+      if (isRedisFault(err)) this.uncount(id);
+      throw err;
     } finally {
       this.handling.delete(id);
     }
-    if (outcome === 'retry') {
-      const wait = this.retryDelay(deliveryCount);
-      this.retryDue.set(id, Date.now() + wait);
-      this.scheduleRetry(wait);
-    } else {
+    if (outcome === 'done') {
       this.retryDue.delete(id);
+      return;
     }
+    if (outcome === 'later') this.uncount(id);
+    const wait = this.retryDelay(run);
+    this.retryDue.set(id, Date.now() + wait);
+    this.scheduleRetry(wait);
+  }
+
+  private uncount(id: string) {
+    this.uncounted.set(id, (this.uncounted.get(id) ?? 0) + 1);
   }
 
   /** `retryDelayMs` after the first delivery, doubling with each one after. */
@@ -706,35 +813,51 @@ class ConsumerLoop {
     if (this.retryAt === 0 || at < this.retryAt) this.retryAt = at;
   }
 
-  private async handle(id: string, flat: Buffer[], deliveryCount: number): Promise<Outcome> {
+  private async handle(id: string, flat: Buffer[], run: number): Promise<Outcome> {
     try {
-      return await this.process(id, flat, deliveryCount);
+      return await this.process(id, flat, run);
     } catch (err) {
       if (!(err instanceof DeadLetterError)) throw err;
+      // Redis is in trouble: the loop pauses (see run()).
+      if (isRedisFault(err.cause)) throw err.cause;
       // The entry stays pending and comes back; the entries behind it go on meanwhile.
       this.log.warn(
         { ...this.where(), entryId: id, err: describe(err.cause) },
         'cannot write to the dead-letter stream; entry stays pending',
       );
-      return 'retry';
+      return 'later';
     }
   }
 
-  private async process(id: string, flat: Buffer[], deliveryCount: number): Promise<Outcome> {
-    if (deliveryCount > this.settings.maxDeliveries) {
-      // Delivered that often yet never acked nor failed: it likely kills whichever process takes it.
-      await this.deadLetter(id, flat, `not acked after ${deliveryCount - 1} deliveries`, deliveryCount);
+  private async process(id: string, flat: Buffer[], run: number): Promise<Outcome> {
+    if (run > this.settings.maxDeliveries) {
+      // Taken that often yet never finished: it likely kills or stalls whichever process runs it.
+      await this.deadLetter(
+        id,
+        flat,
+        `not acked after ${run - 1} runs of its handler (its consumers died or stalled before finishing)`,
+        run,
+      );
       return 'done';
+    }
+    const bound = maxIdAheadMs(this.stream);
+    if (this.clock.looksAhead(id, bound)) {
+      const ahead = await this.clock.aheadBy(id, bound);
+      if (ahead !== undefined) {
+        const reason = `entry ID ahead of the clock: ${id} is ${Math.round(ahead)} ms ahead of the server clock (more than ${bound} ms)`;
+        await this.deadLetter(id, flat, reason, run);
+        return 'done';
+      }
     }
     const fields = textFields(flat);
     if (typeof fields === 'number') {
       const what = fields % 2 === 0 ? 'a field name' : `field ${JSON.stringify(String(flat[fields - 1]))}`;
-      await this.deadLetter(id, flat, `invalid entry: ${what} is not valid UTF-8`, deliveryCount);
+      await this.deadLetter(id, flat, `invalid entry: ${what} is not valid UTF-8`, run);
       return 'done';
     }
     const decoded = decode(this.stream, id, fields);
     if (!decoded.ok) {
-      await this.deadLetter(id, flat, `invalid entry: ${decoded.reason}`, deliveryCount);
+      await this.deadLetter(id, flat, `invalid entry: ${decoded.reason}`, run);
       return 'done';
     }
     try {
@@ -743,31 +866,32 @@ class ConsumerLoop {
         stream: this.stream.name,
         group: this.group,
         consumer: this.consumer,
-        deliveryCount,
+        deliveryCount: run,
       });
     } catch (err) {
       if (err instanceof NonRetryableError) {
-        await this.deadLetter(id, flat, `non-retryable: ${err.message}`, deliveryCount);
+        await this.deadLetter(id, flat, `non-retryable: ${err.message}`, run);
         return 'done';
       }
-      if (deliveryCount >= this.settings.maxDeliveries) {
-        await this.deadLetter(
-          id,
-          flat,
-          `failed ${deliveryCount} deliveries: ${describe(err)}`,
-          deliveryCount,
-        );
+      if (err instanceof RetryLaterError) {
+        this.log.debug({ ...this.where(), entryId: id, err: describe(err) }, 'handler asked to retry later');
+        return 'later';
+      }
+      // Not the entry's fault: thrown on, so the loop pauses until Redis works again.
+      if (isRedisFault(err)) throw err;
+      if (run >= this.settings.maxDeliveries) {
+        await this.deadLetter(id, flat, `failed ${run} runs of its handler: ${describe(err)}`, run);
         return 'done';
       }
       this.log.warn(
-        { ...this.where(), entryId: id, deliveryCount, err: describe(err) },
+        { ...this.where(), entryId: id, deliveryCount: run, err: describe(err) },
         'handler failed; entry stays pending for another delivery',
       );
       return 'retry';
     }
     // Done with it: a lease renewal sent after the ack would find it gone and call it lost.
     this.held.delete(id);
-    this.queueAck(id);
+    this.queueAck(id, run);
     return 'done';
   }
 
@@ -778,13 +902,13 @@ class ConsumerLoop {
    * between the two leaves the entry pending, to be dead-lettered again: a duplicate dead letter,
    * never a lost one.
    */
-  private async deadLetter(id: string, flat: Buffer[], reason: string, deliveryCount: number) {
+  private async deadLetter(id: string, flat: Buffer[], reason: string, run: number) {
     const meta: Fields = {
       'dlq:id': id,
       'dlq:stream': this.stream.name,
       'dlq:group': this.group,
       'dlq:consumer': this.consumer,
-      'dlq:deliveries': String(deliveryCount),
+      'dlq:deliveries': String(run),
       'dlq:reason': reason,
     };
     await this.redis
@@ -792,6 +916,7 @@ class ConsumerLoop {
       .catch((err: unknown) => Promise.reject(new DeadLetterError(err)));
     this.held.delete(id);
     await this.redis.xack(this.stream.name, this.group, id);
+    if (run > 1) this.redis.del(this.runsKey(id)).catch(() => {});
     this.log.warn(
       { ...this.where(), entryId: id, deadLetterStream: this.settings.deadLetterStream, reason },
       'entry moved to the dead-letter stream',
@@ -800,18 +925,17 @@ class ConsumerLoop {
 
   /**
    * After the group vanished (FLUSHALL, a restart without persistence, XGROUP DESTROY): recreate
-   * it where it stood, not at the start of the stream, which would hand out again every entry
-   * already handled. That is after the last entry this consumer read, or just before the first
-   * one still waiting for a retry (handing some out again beats losing that one). New entries
-   * after a flush have later IDs anyway.
+   * it early enough that no entry it had not acked is lost, those of crashed consumers included:
+   * at the point `markRecreatePoint` last noted (at most a reclaim interval ago), not at the start
+   * of the stream, which would hand out again every entry ever handled. Entries acked since that
+   * look are handed out again; handlers must tolerate repeats anyway. After a flush the stream is
+   * empty, and new entries have later IDs.
    */
   private async recreateGroup() {
-    const waiting = [...this.retryDue.keys()].sort(compareIds)[0];
-    const after = this.lastNewId ?? (this.settings.startId === '$' ? `${this.startedAt}-0` : undefined);
-    const from = waiting && (!after || compareIds(waiting, after) <= 0) ? idBefore(waiting) : (after ?? '0');
+    const from = this.recreateFrom ?? (this.settings.startId === '$' ? '$' : '0');
     this.log.warn(
       { ...this.where(), from },
-      'consumer group is gone (Redis restarted or flushed); recreating it',
+      'consumer group is gone (Redis restarted or flushed, or the group destroyed); recreating it',
     );
     this.retryDue.clear();
     await this.ensureGroup(from);
@@ -826,10 +950,22 @@ class ConsumerLoop {
       } catch (err) {
         if (err instanceof Error && err.message.startsWith('BUSYGROUP')) return;
         if (this.stopping) return;
+        // XGROUP CREATE is a write: out of memory Redis refuses it even for a group that exists,
+        // which a read can tell, so a consumer restarted meanwhile need not wait for memory.
+        if (isRedisFault(err) && (await this.groupExists())) return;
         if (attempt === 1)
           this.log.warn({ ...this.where(), err: describe(err) }, 'cannot create consumer group; retrying');
         await this.sleep(Math.min(100 * 2 ** attempt, 5_000));
       }
+    }
+  }
+
+  private async groupExists(): Promise<boolean> {
+    try {
+      const groups = (await this.redis.xinfo('GROUPS', this.stream.name)) as unknown[][];
+      return groups.some((flat) => fieldsFromReply(flat.map(String)).name === this.group);
+    } catch {
+      return false;
     }
   }
 

@@ -16,6 +16,7 @@ import {
   listDeadLetters,
   NonRetryableError,
   replayDeadLetters,
+  RetryLaterError,
   subscribe,
   type DeliveryContext,
   type Handler,
@@ -318,7 +319,7 @@ describe('subscribe', () => {
         'dlq:id': poisonId,
         'dlq:group': 'g',
         'dlq:deliveries': '3',
-        'dlq:reason': 'failed 3 deliveries: payment gateway down',
+        'dlq:reason': 'failed 3 runs of its handler: payment gateway down',
       });
       expect(handled).toEqual([1]);
       await waitFor(async () => (await pendingCount(stream)) === 0, { what: 'no pending entries' });
@@ -614,12 +615,27 @@ describe('subscribe', () => {
       expect(seen).toEqual([]);
     });
 
-    it('dead-letters an entry delivered more than maxDeliveries times without an ack', async () => {
+    it('dead-letters an entry whose handler ran maxDeliveries times and never finished', async () => {
       const stream = testStream();
-      await crashedConsumerHolding(stream);
-      const [[firstId]] = (await redis.xrange(stream.name, '-', '+', 'COUNT', 1)) as [[string, string[]]];
-      // Each XCLAIM counts a delivery: this entry took down four more consumers after the first.
-      for (let i = 0; i < 4; i += 1) await redis.xclaim(stream.name, 'g', `crashed-${i}`, 0, firstId);
+      await publisher.publish(stream, { n: 0 });
+      // Five consumers in turn take the entry and stall in its handler until they are closed
+      // (the way a process that dies in the handler leaves it): five runs, none finished.
+      const runs: number[] = [];
+      for (let i = 1; i <= 5; i += 1) {
+        const began = deferred();
+        const sub = start(
+          stream,
+          (_event, { deliveryCount }) => {
+            runs.push(deliveryCount);
+            began.resolve();
+            return new Promise<void>(() => {});
+          },
+          { consumer: `stalls-${i}`, claimIdleMs: 100, closeTimeoutMs: 20, maxDeliveries: 5 },
+        );
+        await began.promise;
+        await sub.close();
+      }
+      expect(runs).toEqual([1, 2, 3, 4, 5]);
       const seen: number[] = [];
 
       start(stream, (event) => void seen.push(event.n), { claimIdleMs: 100, maxDeliveries: 5 });
@@ -629,10 +645,36 @@ describe('subscribe', () => {
         return found.length > 0 && found;
       });
       expect(letters).toEqual([
-        expect.objectContaining({ n: '0', 'dlq:id': firstId, 'dlq:reason': 'not acked after 5 deliveries' }),
+        expect.objectContaining({
+          n: '0',
+          'dlq:reason':
+            'not acked after 5 runs of its handler (its consumers died or stalled before finishing)',
+        }),
       ]);
-      await waitFor(() => seen.length === 2);
-      expect(seen).toEqual([1, 2]);
+      expect(seen).toEqual([]);
+    });
+
+    it('counts the runs of its handler, not the deliveries Redis counted without one', async () => {
+      const stream = testStream();
+      await crashedConsumerHolding(stream);
+      const [[firstId]] = (await redis.xrange(stream.name, '-', '+', 'COUNT', 1)) as [[string, string[]]];
+      // Each XCLAIM counts a delivery, as reads and claims do while Redis refuses every write.
+      for (let i = 0; i < 6; i += 1) await redis.xclaim(stream.name, 'g', `crashed-${i}`, 0, firstId);
+      const seen: [number, number][] = [];
+
+      start(stream, (event, { deliveryCount }) => void seen.push([event.n, deliveryCount]), {
+        claimIdleMs: 100,
+        maxDeliveries: 5,
+      });
+
+      await waitFor(() => seen.length === 3);
+      // The crashed consumer may have run each once: this is the second run of each.
+      expect(seen.sort()).toEqual([
+        [0, 2],
+        [1, 2],
+        [2, 2],
+      ]);
+      expect(await deadLetters(stream)).toEqual([]);
     });
   });
 
@@ -778,19 +820,60 @@ describe('subscribe', () => {
   });
 
   describe('when the consumer group disappears', () => {
-    it('recreates the group where it was and keeps consuming', async () => {
+    it('recreates the group where it was at its last look and keeps consuming', async () => {
       const stream = testStream();
       const seen: number[] = [];
-      start(stream, (event) => void seen.push(event.n));
+      // A reclaim pass (every claimIdleMs / 2) notes where the group stands.
+      start(stream, (event) => void seen.push(event.n), { claimIdleMs: 100 });
       await publisher.publish(stream, { n: 1 });
       await waitFor(() => seen.length === 1);
+      await new Promise((resolve) => setTimeout(resolve, 200));
 
       await redis.xgroup('DESTROY', stream.name, 'g');
       await publisher.publish(stream, { n: 2 });
 
       await waitFor(() => seen.includes(2), { what: 'the entry after NOGROUP' });
-      // Recreated after the last entry read, not at the start: entry 1 is not handled again.
+      await settle();
+      // Entry 1 was acked before the last look: it is not handed out again.
       expect(seen).toEqual([1, 2]);
+    });
+
+    it('hands out again the entries a crashed consumer held, and not those acked before', async () => {
+      const stream = testStream();
+      const seen: number[] = [];
+      const gate = deferred();
+      // claimIdleMs 4 s: a look at the group every 2 s, and no takeover of the crashed
+      // consumer's entries before the group is destroyed.
+      start(
+        stream,
+        async (event) => {
+          if (event.n === 2) await gate.promise;
+          seen.push(event.n);
+        },
+        { consumer: 'alive', claimIdleMs: 4_000 },
+      );
+      await groupCreated(stream);
+      await publishRange(stream, 3);
+      await waitFor(() => seen.length === 2);
+      // While the live consumer is busy with entry 2, another reads entries 3 and 4 and dies.
+      await publisher.publish(stream, { n: 3 });
+      await publisher.publish(stream, { n: 4 });
+      const taken = (await redis.xreadgroup('GROUP', 'g', 'crashed', 'STREAMS', stream.name, '>')) as [
+        string,
+        unknown[],
+      ][];
+      expect(taken[0]![1]).toHaveLength(2);
+      gate.resolve();
+      await waitFor(() => seen.length === 3);
+      // Time for a look at the group after entry 2 was acked.
+      await new Promise((resolve) => setTimeout(resolve, 2_300));
+
+      await redis.xgroup('DESTROY', stream.name, 'g');
+      await publisher.publish(stream, { n: 5 });
+
+      await waitFor(() => seen.includes(5), { what: 'the entry after NOGROUP' });
+      await settle();
+      expect(seen).toEqual([0, 1, 2, 3, 4, 5]);
     });
 
     it('recreates it before an entry still waiting for a retry, so that entry is not lost', async () => {
@@ -1484,5 +1567,185 @@ describe('when Redis restarts or is flushed', () => {
     } finally {
       await local.close();
     }
+  });
+});
+
+describe('when Redis is in trouble', () => {
+  let server: RedisServer;
+  let admin: Redis;
+  beforeAll(async () => {
+    server = await startRedisServer({ args: ['--enable-debug-command', 'yes'] });
+    admin = new Redis(server.url);
+  });
+  afterEach(async () => {
+    await admin.config('SET', 'maxmemory', '0');
+  });
+  afterAll(async () => {
+    await admin?.quit();
+    await server?.stop();
+  });
+
+  /** Subscribes on the private server, at the shipped retry and delivery settings. */
+  function startOn(stream: TestStream, handler: Handler<{ n: number }>, options: Partial<SubscribeOptions> = {}) {
+    const sub = subscribe('g', 'c1', stream, handler, { connection: server.url, ...options });
+    opened.push(sub);
+    return sub;
+  }
+
+  it('handles every entry once Redis accepts writes again after refusing them (out of memory), dead-lettering none', async () => {
+    const stream = testStream();
+    const local = createPublisher({ connection: admin });
+    for (let n = 0; n < 20; n += 1) await local.publish(stream, { n });
+    await local.close();
+    // A backlog waiting for a group that exists, as the services' groups do.
+    await admin.xgroup('CREATE', stream.name, 'g', '0');
+    // The handler's effect is a write, as a payment's is.
+    const effects = new Redis(server.url, { maxRetriesPerRequest: 1 });
+    const runs: number[] = [];
+    const { logger, warnings } = recordingLogger();
+    await admin.config('SET', 'maxmemory-policy', 'noeviction');
+    await admin.config('SET', 'maxmemory', '1');
+    await expect(admin.set('probe', '1')).rejects.toThrow(/^OOM/);
+
+    startOn(
+      stream,
+      async (event, { deliveryCount }) => {
+        await effects.incr(`${stream.name}:effect:${event.n}`);
+        runs.push(deliveryCount);
+      },
+      { logger },
+    );
+    // Long enough for five deliveries at the default retry delays (1, 2, 4, 8 s).
+    await new Promise((resolve) => setTimeout(resolve, 16_000));
+    expect(runs).toEqual([]);
+    await admin.config('SET', 'maxmemory', '0');
+
+    await waitFor(() => runs.length === 20, { timeoutMs: 15_000, what: 'every entry after the outage' });
+    await settle();
+    const counts = await Promise.all(
+      Array.from({ length: 20 }, (_, n) => admin.get(`${stream.name}:effect:${n}`)),
+    );
+    expect(counts).toEqual(Array.from({ length: 20 }, () => '1'));
+    // Runs that Redis cut short do not count: each entry's one successful run is its first.
+    expect(new Set(runs)).toEqual(new Set([1]));
+    expect(await admin.xlen(`${stream.name}:dlq`)).toBe(0);
+    const [pending] = (await admin.xpending(stream.name, 'g')) as [number];
+    expect(pending).toBe(0);
+    expect(warnings).toEqual([expect.stringMatching(/^redis is failing or refusing work; pausing/)]);
+    effects.disconnect();
+  }, 45_000);
+
+  it('pauses through a stall that times out the handler, then handles every entry once, dead-lettering none', async () => {
+    const stream = testStream();
+    const effects = new Redis(server.url, { maxRetriesPerRequest: 1, commandTimeout: 300 });
+    const done = new Set<number>();
+    startOn(
+      stream,
+      async (event) => {
+        await effects.set(`${stream.name}:effect:${event.n}`, '1');
+        done.add(event.n);
+      },
+      // Two failed runs would dead-letter an entry whose handler failed on its own.
+      { maxDeliveries: 2, retryDelayMs: 100 },
+    );
+    const local = createPublisher({ connection: admin });
+    await local.publish(stream, { n: 0 });
+    await waitFor(() => done.has(0));
+
+    // DEBUG SLEEP holds the server: every command, the handler's too, waits 2 s.
+    const sleeping = admin.call('DEBUG', 'SLEEP', '2');
+    const late = new Redis(server.url);
+    const publishing = Promise.all([1, 2, 3].map((n) => createPublisher({ connection: late }).publish(stream, { n })));
+    await sleeping;
+    await publishing;
+    late.disconnect();
+    await local.close();
+
+    await waitFor(() => done.size === 4, { timeoutMs: 15_000, what: 'every entry after the stall' });
+    expect(await admin.xlen(`${stream.name}:dlq`)).toBe(0);
+    effects.disconnect();
+  }, 30_000);
+
+  it('delivers an entry again after RetryLaterError without counting the run', async () => {
+    const stream = testStream();
+    const runs: number[] = [];
+    let waits = 0;
+    startOn(
+      stream,
+      (_event, { deliveryCount }) => {
+        if (waits < 4) {
+          waits += 1;
+          throw new RetryLaterError('its lease is held by another consumer');
+        }
+        runs.push(deliveryCount);
+      },
+      { maxDeliveries: 2, retryDelayMs: 20 },
+    );
+
+    const local = createPublisher({ connection: admin });
+    await local.publish(stream, { n: 0 });
+    await local.close();
+
+    await waitFor(() => runs.length === 1);
+    expect(runs).toEqual([1]);
+    expect(await admin.xlen(`${stream.name}:dlq`)).toBe(0);
+  });
+
+  it('does not warn of a lost lease when the handler acked its entry itself', async () => {
+    const stream = testStream();
+    const { logger, warnings } = recordingLogger();
+    const own = new Redis(server.url);
+    const finished = deferred();
+    // A lease renewal every 100 ms comes while the handler runs on after its own XACK.
+    startOn(
+      stream,
+      async (_event, { id, group }) => {
+        await own.xack(stream.name, group, id);
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        finished.resolve();
+      },
+      { claimIdleMs: 300, logger },
+    );
+    const local = createPublisher({ connection: admin });
+    await local.publish(stream, { n: 0 });
+    await local.close();
+
+    await finished.promise;
+    await settle();
+    expect(warnings.filter((w) => w.includes('lost the lease'))).toEqual([]);
+    own.disconnect();
+  });
+
+  describe('when an entry ID lies far ahead of the clock', () => {
+    it('dead-letters that entry with its reason and handles the others', async () => {
+      const stream = testStream();
+      const seen: number[] = [];
+      startOn(stream, (event) => void seen.push(event.n));
+      const local = createPublisher({ connection: admin });
+      await local.publish(stream, { n: 1 });
+      const ahead = `${Date.now() + 3_600_000}-0`;
+      await admin.xadd(stream.name, ahead, 'n', '2');
+
+      const [letter] = await waitFor(async () => {
+        const found = await entryFields(admin, `${stream.name}:dlq`);
+        return found.length > 0 && found;
+      });
+      expect(letter).toMatchObject({ n: '2', 'dlq:id': ahead });
+      expect(letter!['dlq:reason']).toMatch(/^entry ID ahead of the clock: .* ms ahead of the server clock/);
+      expect(seen).toEqual([1]);
+      await local.close();
+    });
+
+    it('refuses to publish after it, writing nothing, with publish and publishMany', async () => {
+      const stream = testStream();
+      const local = createPublisher({ connection: admin });
+      await admin.xadd(stream.name, `${Date.now() + 3_600_000}-0`, 'n', '0');
+
+      await expect(local.publish(stream, { n: 1 })).rejects.toThrow(/^IDAHEAD .* ms ahead of the server clock/);
+      await expect(local.publishMany(stream, [{ n: 2 }, { n: 3 }])).rejects.toThrow(/^IDAHEAD/);
+
+      expect(await admin.xlen(stream.name)).toBe(1);
+      await local.close();
+    });
   });
 });
