@@ -842,19 +842,23 @@ describe('subscribe', () => {
       const stream = testStream();
       const seen: number[] = [];
       const gate = deferred();
+      const atGate = deferred();
       // claimIdleMs 4 s: a look at the group every 2 s, and no takeover of the crashed
       // consumer's entries before the group is destroyed.
       start(
         stream,
         async (event) => {
-          if (event.n === 2) await gate.promise;
+          if (event.n === 2) {
+            atGate.resolve();
+            await gate.promise;
+          }
           seen.push(event.n);
         },
         { consumer: 'alive', claimIdleMs: 4_000 },
       );
       await groupCreated(stream);
       await publishRange(stream, 3);
-      await waitFor(() => seen.length === 2);
+      await atGate.promise;
       // While the live consumer is busy with entry 2, another reads entries 3 and 4 and dies.
       await publisher.publish(stream, { n: 3 });
       await publisher.publish(stream, { n: 4 });
