@@ -1751,5 +1751,27 @@ describe('when Redis is in trouble', () => {
       expect(await admin.xlen(stream.name)).toBe(1);
       await local.close();
     });
+
+    it('works again after the repair the README gives: XDEL, XSETID, XGROUP SETID', async () => {
+      const stream = testStream();
+      const seen: number[] = [];
+      startOn(stream, (event) => void seen.push(event.n));
+      const local = createPublisher({ connection: admin });
+      const good = await local.publish(stream, { n: 1 });
+      await waitFor(() => seen.length === 1);
+      const ahead = `${Date.now() + 3_600_000}-0`;
+      await admin.xadd(stream.name, ahead, 'n', '2');
+      await waitFor(async () => (await admin.xlen(`${stream.name}:dlq`)) === 1);
+      await expect(local.publish(stream, { n: 3 })).rejects.toThrow(/^IDAHEAD/);
+
+      await admin.xdel(stream.name, ahead);
+      await admin.call('XSETID', stream.name, good);
+      await admin.xgroup('SETID', stream.name, 'g', good);
+
+      await local.publish(stream, { n: 4 });
+      await waitFor(() => seen.includes(4), { what: 'an entry published after the repair' });
+      expect(seen).toEqual([1, 4]);
+      await local.close();
+    });
   });
 });
