@@ -44,10 +44,19 @@ afterEach(() => {
 
 type Notification = { channel: string; event: string; orderId: string; entryId: string; time: string };
 
+/** Every notification sent to `userId`, oldest first, page after page. */
 async function notificationsOf(userId: string): Promise<Notification[]> {
-  const response = await fetch(`${notification.url}/notifications?userId=${encodeURIComponent(userId)}`);
-  expect(response.status).toBe(200);
-  return (await response.json()) as Notification[];
+  const all: Notification[] = [];
+  let cursor: string | null = null;
+  do {
+    const query = new URLSearchParams({ userId, ...(cursor === null ? {} : { cursor }) });
+    const response = await fetch(`${notification.url}/notifications?${query}`);
+    expect(response.status).toBe(200);
+    const page = (await response.json()) as { notifications: Notification[]; nextCursor: string | null };
+    all.push(...page.notifications);
+    cursor = page.nextCursor;
+  } while (cursor !== null);
+  return all;
 }
 
 async function paymentsFor(orderId: string) {

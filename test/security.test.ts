@@ -128,7 +128,10 @@ async function expectOrderCarriedThrough(
   const notifications = `${serviceOf(stack, 'notification-service').url}/notifications?userId=${userId}`;
   const sent = await waitFor(
     async () => {
-      const all = (await (await fetch(notifications)).json()) as { channel: string; orderId: string }[];
+      // One page holds them all: each user of these tests has a few.
+      const { notifications: all } = (await (await fetch(notifications)).json()) as {
+        notifications: { channel: string; orderId: string }[];
+      };
       const mine = all.filter((notification) => notification.orderId === orderId);
       return mine.length >= 2 && mine;
     },

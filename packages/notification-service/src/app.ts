@@ -1,11 +1,47 @@
-import express from 'express';
-import { readinessHandler } from '@msa/stream-kit/service';
+import express, { type Request } from 'express';
+import { OrderCreated } from '@msa/stream-kit';
+import { malformedQueryParameter, readinessHandler } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import type { SentLog } from './sent-log.ts';
+import { DEFAULT_PAGE_SIZE, type SentLog } from './sent-log.ts';
 
-const Query = z.object({ userId: z.string('userId: required').trim().min(1, 'userId: must not be blank') });
+/** The most notifications one page of `GET /notifications` holds. */
+export const MAX_PAGE_SIZE = 1_000;
+
+const LIMIT_MESSAGE = `must be a whole number from 1 to ${MAX_PAGE_SIZE}`;
+const CURSOR_MESSAGE = 'must be a nextCursor from an earlier answer';
+
+/**
+ * A cursor is where the next page starts in the user's log (append-only, oldest first, so the
+ * index of an entry never changes), written so that clients take it as it is: `i<index>` in
+ * base64url.
+ */
+const encodeCursor = (index: number) => Buffer.from(`i${index}`).toString('base64url');
+
+const Cursor = z
+  .string(CURSOR_MESSAGE)
+  .transform((cursor, ctx) => {
+    const match = /^i(0|[1-9]\d{0,14})$/.exec(Buffer.from(cursor, 'base64url').toString('latin1'));
+    // Buffer ignores what is not base64url: only the cursor's own spelling counts.
+    if (!match || encodeCursor(Number(match[1])) !== cursor) {
+      ctx.addIssue({ code: 'custom', message: CURSOR_MESSAGE });
+      return z.NEVER;
+    }
+    return Number(match[1]);
+  })
+  .optional();
+
+const Query = z.object({
+  userId: OrderCreated.shape.userId,
+  limit: z
+    .string(LIMIT_MESSAGE)
+    .regex(/^\d{1,7}$/, LIMIT_MESSAGE)
+    .transform(Number)
+    .pipe(z.number().int().min(1, LIMIT_MESSAGE).max(MAX_PAGE_SIZE, LIMIT_MESSAGE))
+    .optional(),
+  cursor: Cursor,
+});
 
 export interface AppDeps {
   sentLog: SentLog;
@@ -14,6 +50,16 @@ export interface AppDeps {
   logger: Logger;
 }
 
+/**
+ * The notification-service HTTP API:
+ *
+ * - `GET /notifications?userId=&limit=&cursor=` → 200 `{notifications, nextCursor}`: what was
+ *   sent to the user, oldest first, `limit` at a time (100 unless told, at most 1000). While
+ *   `nextCursor` is not null, pass it as `cursor` for the next page. Bad input gets 400
+ *   `{error, field}`; Redis unreachable or too slow gets 503.
+ * - `GET /healthz` → 200 while the process runs; `GET /readyz` → 200 `{status: 'ready'}` when
+ *   Redis takes a write (`notification-service:readyz`) within a second, else 503.
+ */
 export function createApp({ sentLog, redis, logger }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
@@ -26,13 +72,18 @@ export function createApp({ sentLog, redis, logger }: AppDeps) {
 
   /** What was sent to a user, oldest first: for people and tests to see the flow's outcome. */
   app.get('/notifications', async (req, res) => {
-    const query = Query.safeParse(req.query);
-    if (!query.success) {
-      res.status(400).json({ error: query.error.issues[0]?.message, field: 'userId' });
+    const query = parseQuery(req);
+    if (!query.ok) {
+      res.status(400).json({ error: `${query.field}: ${query.message}`, field: query.field });
       return;
     }
+    const { userId, limit = DEFAULT_PAGE_SIZE, cursor = 0 } = query.data;
     try {
-      res.json(await sentLog.list(query.data.userId));
+      const page = await sentLog.list(userId, { start: cursor, limit });
+      res.json({
+        notifications: page.notifications,
+        nextCursor: page.next === null ? null : encodeCursor(page.next),
+      });
     } catch (err) {
       logger.warn({ err }, 'cannot read notifications');
       res.status(503).json({ error: 'notifications cannot be read right now, try again later' });
@@ -43,4 +94,16 @@ export function createApp({ sentLog, redis, logger }: AppDeps) {
     res.status(404).json({ error: 'not found' });
   });
   return app;
+}
+
+type Parsed<T> = { ok: true; data: T } | { ok: false; field: string; message: string };
+
+function parseQuery(req: Request): Parsed<z.output<typeof Query>> {
+  const malformed = malformedQueryParameter(req.url);
+  if (malformed !== undefined)
+    return { ok: false, field: malformed, message: 'must be valid Unicode text (percent-encoded UTF-8)' };
+  const result = Query.safeParse(req.query);
+  if (result.success) return { ok: true, data: result.data };
+  const [issue] = result.error.issues;
+  return { ok: false, field: issue?.path.join('.') || 'query', message: issue?.message ?? 'invalid' };
 }

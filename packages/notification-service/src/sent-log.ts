@@ -28,6 +28,14 @@ export interface Once {
   context: DeliveryContext;
 }
 
+/** A page of a user's sent log. */
+export interface SentPage {
+  /** Oldest first. */
+  notifications: SentNotification[];
+  /** Where the next page starts, or `null` when there is nothing after this page (yet). */
+  next: number | null;
+}
+
 /**
  * Every notification sent, per user, and the guard that sends each one once across processes.
  * All in notification-service's own keys.
@@ -43,9 +51,12 @@ export interface SentLog {
    * as their idempotency key. Resolves to whether it was sent now.
    */
   sendOnce(once: Once, send: () => Promise<void>): Promise<boolean>;
-  /** Oldest first. */
-  list(userId: string): Promise<SentNotification[]>;
+  /** Up to `limit` notifications from index `start` (0, the oldest, by default), oldest first. */
+  list(userId: string, page?: { start?: number; limit?: number }): Promise<SentPage>;
 }
+
+/** How many notifications `list` returns when not told. */
+export const DEFAULT_PAGE_SIZE = 100;
 
 export const sentLogKey = (userId: string) => `notification-service:sent:${userId}`;
 export const markerKey = (key: string) => `notification-service:once:${key}`;
@@ -133,9 +144,13 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
       unrecorded.delete(marker);
       return true;
     },
-    async list(userId) {
-      const items = await redis.lrange(sentLogKey(userId), 0, -1);
-      return items.map((item) => JSON.parse(item) as SentNotification);
+    async list(userId, { start = 0, limit = DEFAULT_PAGE_SIZE } = {}) {
+      // One more than asked: whether there is a next page.
+      const items = await redis.lrange(sentLogKey(userId), start, start + limit);
+      return {
+        notifications: items.slice(0, limit).map((item) => JSON.parse(item) as SentNotification),
+        next: items.length > limit ? start + limit : null,
+      };
     },
   };
 }

@@ -8,7 +8,7 @@ import { freePort } from '../../../scripts/net.ts';
 import { createApp } from '../src/app.ts';
 import { orderMailHandler, paymentSmsHandler } from '../src/notify.ts';
 import type { Message, NotificationSender } from '../src/sender.ts';
-import { markerKey, redisSentLog, type SentLog } from '../src/sent-log.ts';
+import { markerKey, redisSentLog, sentLogKey, type SentLog } from '../src/sent-log.ts';
 
 let redis: Redis;
 let sentLog: SentLog;
@@ -22,6 +22,11 @@ afterAll(async () => {
   await redis.quit();
 });
 
+/** What `log` recorded as sent to `userId`, oldest first (the first page: tests send a few). */
+async function sentTo(userId: string, log: SentLog = sentLog) {
+  return (await log.list(userId)).notifications;
+}
+
 /** A sender standing in for a mail or SMS provider: it keeps what it was asked to send. */
 function recordingSender(): NotificationSender & { sent: Message[] } {
   const sent: Message[] = [];
@@ -29,16 +34,16 @@ function recordingSender(): NotificationSender & { sent: Message[] } {
 }
 
 /** An entry of a stream of its own, delivered to `consumer` as the subscription would. */
-async function delivered(consumer = 'c1'): Promise<DeliveryContext> {
+async function delivered(consumer = 'c1', on: Redis = redis): Promise<DeliveryContext> {
   const stream = `test-${randomUUID()}`;
-  await redis.xgroup('CREATE', stream, 'g', '$', 'MKSTREAM');
-  const id = (await redis.xadd(stream, '*', 'any', 'thing'))!;
-  await redis.xreadgroup('GROUP', 'g', consumer, 'STREAMS', stream, '>');
+  await on.xgroup('CREATE', stream, 'g', '$', 'MKSTREAM');
+  const id = (await on.xadd(stream, '*', 'any', 'thing'))!;
+  await on.xreadgroup('GROUP', 'g', consumer, 'STREAMS', stream, '>');
   return { id, stream, group: 'g', consumer, deliveryCount: 1 };
 }
 
-async function pending({ stream, group }: DeliveryContext) {
-  const [count] = (await redis.xpending(stream, group)) as [number];
+async function pending({ stream, group }: DeliveryContext, on: Redis = redis) {
+  const [count] = (await on.xpending(stream, group)) as [number];
   return count;
 }
 
@@ -56,7 +61,7 @@ describe('on order-created', () => {
     expect(sender.sent).toEqual([
       { channel: 'mail', userId, text: expect.stringContaining('o-1'), idempotencyKey: 'mail:o-1' },
     ]);
-    expect(await sentLog.list(userId)).toEqual([
+    expect(await sentTo(userId)).toEqual([
       {
         channel: 'mail',
         event: 'order-created',
@@ -77,7 +82,7 @@ describe('on order-created', () => {
     const handling = orderMailHandler({ sender: failing, sentLog })(event, context);
 
     await expect(handling).rejects.toThrow('SMTP down');
-    expect(await sentLog.list(userId)).toEqual([]);
+    expect(await sentTo(userId)).toEqual([]);
     expect(await pending(context)).toBe(1);
     const sender = recordingSender();
     await orderMailHandler({ sender, sentLog })(event, { ...context, deliveryCount: 2 });
@@ -104,7 +109,7 @@ describe('on order-created', () => {
       await handle(event, { ...context, deliveryCount: 2 });
 
       expect(sender.sent).toHaveLength(1);
-      expect(await log.list(userId)).toHaveLength(1);
+      expect(await sentTo(userId, log)).toHaveLength(1);
       expect(await pending(context)).toBe(0);
     } finally {
       own.disconnect();
@@ -125,7 +130,7 @@ describe('on order-created', () => {
     await handle(event, { ...context, consumer: 'c', deliveryCount: 2 });
 
     expect(sender.sent).toHaveLength(1);
-    expect(await sentLog.list(userId)).toHaveLength(1);
+    expect(await sentTo(userId)).toHaveLength(1);
     // One instance sent; the other found the mail leased and will see it sent on its retry.
     expect(outcomes.map((outcome) => outcome.status).sort()).toEqual(['fulfilled', 'rejected']);
     expect(await pending(context)).toBe(0);
@@ -207,7 +212,7 @@ describe('on payment-completed', () => {
         idempotencyKey: `sms:${payment.orderId}`,
       },
     ]);
-    expect(await sentLog.list(userId)).toMatchObject([
+    expect(await sentTo(userId)).toMatchObject([
       { channel: 'sms', event: 'payment-completed', orderId: payment.orderId },
     ]);
   });
@@ -237,7 +242,7 @@ describe("on a payment written by the tutorial's Java payment-service", () => {
         idempotencyKey: `sms:${context.stream}/${context.id}`,
       },
     ]);
-    expect(await sentLog.list(userId)).toEqual([
+    expect(await sentTo(userId)).toEqual([
       { channel: 'sms', event: 'payment-completed', entryId: context.id, time: expect.any(String) },
     ]);
   });
@@ -259,7 +264,100 @@ describe('GET /notifications', () => {
       .query({ userId });
 
     expect(response.status).toBe(200);
-    expect(response.body.map((n: { channel: string }) => n.channel)).toEqual(['mail', 'sms']);
+    expect(response.body.notifications.map((n: { channel: string }) => n.channel)).toEqual(['mail', 'sms']);
+    expect(response.body.nextCursor).toBeNull();
+  });
+
+  describe('in pages', () => {
+    const app = () => createApp({ sentLog, redis, logger });
+
+    /** `count` notifications recorded for a new user, as the sent log writes them; returns the user. */
+    async function userWith(count: number): Promise<string> {
+      const userId = `user-${randomUUID()}`;
+      const records = Array.from({ length: count }, (_, i) =>
+        JSON.stringify({
+          channel: 'mail',
+          event: 'order-created',
+          orderId: `o-${i}`,
+          entryId: `${i}-0`,
+          time: '',
+        }),
+      );
+      for (let at = 0; at < records.length; at += 500) {
+        await redis.rpush(sentLogKey(userId), ...records.slice(at, at + 500));
+      }
+      return userId;
+    }
+
+    it('gives each of 250 notifications exactly once, in order, 100 at a time', async () => {
+      const userId = await userWith(250);
+      const pages: string[][] = [];
+      let cursor: string | undefined;
+
+      do {
+        const response = await request(app())
+          .get('/notifications')
+          .query({ userId, limit: '100', ...(cursor === undefined ? {} : { cursor }) });
+        expect(response.status).toBe(200);
+        pages.push(response.body.notifications.map((n: { orderId: string }) => n.orderId));
+        cursor = response.body.nextCursor ?? undefined;
+      } while (cursor !== undefined && pages.length < 10);
+
+      expect(pages.map((page) => page.length)).toEqual([100, 100, 50]);
+      expect(pages.flat()).toEqual(Array.from({ length: 250 }, (_, i) => `o-${i}`));
+    });
+
+    it('gives 100 unless told, and at most 1000', async () => {
+      const userId = await userWith(1_001);
+
+      const byDefault = await request(app()).get('/notifications').query({ userId });
+      const most = await request(app()).get('/notifications').query({ userId, limit: '1000' });
+      const rest = await request(app())
+        .get('/notifications')
+        .query({ userId, limit: '1000', cursor: most.body.nextCursor });
+
+      expect([byDefault.status, byDefault.body.notifications.length]).toEqual([200, 100]);
+      expect(byDefault.body.nextCursor).toEqual(expect.any(String));
+      expect([most.status, most.body.notifications.length]).toEqual([200, 1_000]);
+      expect([rest.status, rest.body.notifications.length, rest.body.nextCursor]).toEqual([200, 1, null]);
+      expect(rest.body.notifications[0].orderId).toBe('o-1000');
+    });
+
+    it('answers an empty page for a user with no notifications', async () => {
+      const response = await request(app())
+        .get('/notifications')
+        .query({ userId: `user-${randomUUID()}` });
+
+      expect([response.status, response.body]).toEqual([200, { notifications: [], nextCursor: null }]);
+    });
+
+    it.each(['0', '1001', '-1', '1.5', 'ten', '', '1e2'])(
+      'answers 400 naming limit for limit=%j',
+      async (limit) => {
+        const response = await request(app()).get('/notifications').query({ userId: 'u1', limit });
+
+        expect(response.status).toBe(400);
+        expect(response.body).toEqual({
+          error: 'limit: must be a whole number from 1 to 1000',
+          field: 'limit',
+        });
+      },
+    );
+
+    it.each([
+      ['not base64url', '!!!'],
+      ['something else encoded', Buffer.from('i-5').toString('base64url')],
+      ['an index spelt another way', Buffer.from('i007').toString('base64url')],
+      ['empty', ''],
+    ])('answers 400 naming cursor for a cursor that is %s', async (_name, cursor) => {
+      const response = await request(app()).get('/notifications').query({ userId: 'u1', cursor });
+
+      expect(response.status).toBe(400);
+      expect(response.body).toEqual({
+        error: 'cursor: must be a nextCursor from an earlier answer',
+        field: 'cursor',
+      });
+    });
   });
 
   it('answers 400 naming userId when it is missing', async () => {
@@ -267,6 +365,21 @@ describe('GET /notifications', () => {
 
     expect(response.status).toBe(400);
     expect(response.body).toEqual({ error: expect.stringContaining('userId'), field: 'userId' });
+  });
+
+  it.each([
+    ['a lone surrogate, percent-encoded', 'alice%ED%A0%80'],
+    ['bytes that are not UTF-8', 'alice%FF'],
+  ])('answers 400 naming userId when it has %s, instead of reading U+FFFD', async (_name, userId) => {
+    const response = await request(createApp({ sentLog, redis, logger })).get(
+      `/notifications?userId=${userId}`,
+    );
+
+    expect(response.status).toBe(400);
+    expect(response.body).toEqual({
+      error: expect.stringMatching(/^userId: must be valid Unicode/),
+      field: 'userId',
+    });
   });
 });
 
