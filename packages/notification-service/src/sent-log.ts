@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { DeliveryContext } from '@msa/stream-kit';
+import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
 import { defineScript } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
@@ -43,12 +43,16 @@ export interface SentPage {
 export interface SentLog {
   /**
    * Calls `send` unless the notification was sent already, then records it and acks its entry in
-   * one atomic step. While `send` runs, the notification is leased to this consumer for `leaseMs`,
-   * so another process that gets the same event waits (the call throws, and the entry is retried)
-   * instead of sending it too. If the record fails after a send, the call throws and the next
-   * delivery only records. A crash between `send` and the record sends it again once the lease
-   * expires: the one duplicate that no Redis step can rule out, which is why providers get `key`
-   * as their idempotency key. Resolves to whether it was sent now.
+   * one atomic step. While `send` runs, the notification is leased to this consumer name for
+   * `leaseMs`, so another consumer that gets the same event waits instead of sending it too, and
+   * so does a second handler of this process: the call throws `RetryLaterError` (the entry comes
+   * back later, and the wait is not a failed delivery). A lease under this consumer's own name
+   * that no handler of this process holds is left by a claim or a release that failed on the way
+   * (or by an earlier run of this consumer name, which is dead: a name is never used by two live
+   * processes), and is taken again at once. If the record fails after a send, the call throws and
+   * the next delivery only records. A crash between `send` and the record sends it again once the
+   * lease expires: the one duplicate that no Redis step can rule out, which is why providers get
+   * `key` as their idempotency key. Resolves to whether it was sent now.
    */
   sendOnce(once: Once, send: () => Promise<void>): Promise<boolean>;
   /** Up to `limit` notifications from index `start` (0, the oldest, by default), oldest first. */
@@ -65,12 +69,13 @@ export const markerKey = (key: string) => `notification-service:once:${key}`;
 export const REMEMBER_SENT_MS = 30 * 24 * 60 * 60 * 1000;
 
 /**
- * KEYS: marker, stream. ARGV: group, entry ID, this consumer's lease prefix, token, lease ms, this
- * run's lease prefix (the consumer's, then an ID of this process's sent log).
- * 'sent': done before (the entry is acked now). 'busy': another consumer holds the lease, or a
- * handler of this run does (they run side by side). 'claimed': ours to send. A lease held under
- * our own consumer name by another run is an earlier run of this consumer that died while
- * sending: a consumer name is never used by two live processes.
+ * KEYS: marker, stream. ARGV: group, entry ID, this consumer's lease prefix (`sending:<consumer>:`),
+ * token (the prefix and a UUID), lease ms.
+ * 'sent': done before (the entry is acked now). 'busy': another consumer name holds the lease.
+ * 'claimed': ours to send. A lease under our own consumer name (the prefix, then a token without
+ * a colon: not a longer name that starts the same) is ours whatever its token: the caller has
+ * already ruled out a handler of its own process sending this notification right now, and a
+ * consumer name is never used by two live processes.
  */
 const CLAIM = `
 local state = redis.call('GET', KEYS[1])
@@ -78,7 +83,8 @@ if state == 'sent' then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   return 'sent'
 end
-if state and (string.sub(state, 1, #ARGV[3]) ~= ARGV[3] or string.sub(state, 1, #ARGV[6]) == ARGV[6]) then
+local prefix = ARGV[3]
+if state and (string.sub(state, 1, #prefix) ~= prefix or string.find(state, ':', #prefix + 1, true)) then
   return 'busy'
 end
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
@@ -113,36 +119,53 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
    * entry comes back for it. Its next delivery only records: sending again would be a duplicate.
    */
   const unrecorded = new Set<string>();
-  /** Tells this run's leases from those of an earlier run under the same consumer name. */
-  const run = randomUUID();
+  /**
+   * The notifications a handler of this process is working on right now. Only this tells two
+   * handlers of one process apart: in Redis, both are this consumer name.
+   */
+  const inHand = new Set<string>();
+
+  async function claimSendRecord({ key, userId, notification, context }: Once, send: () => Promise<void>) {
+    const marker = markerKey(key);
+    if (!unrecorded.has(marker)) {
+      const prefix = `sending:${context.consumer}:`;
+      const token = `${prefix}${randomUUID()}`;
+      // prettier-ignore
+      const state = await scripts.claimOnce(
+        marker, context.stream, context.group, context.id, prefix, token, leaseMs,
+      );
+      if (state === 'sent') return false;
+      if (state === 'busy') throw new RetryLaterError(`${key} is being sent by another consumer`);
+      try {
+        await send();
+      } catch (err) {
+        // If this fails too, the lease stays until it expires; this consumer takes it again at once.
+        await scripts.releaseOnce(marker, token).catch(() => {});
+        throw err;
+      }
+      unrecorded.add(marker);
+    }
+    // prettier-ignore
+    await scripts.completeOnce(
+      marker, sentLogKey(userId), context.stream,
+      JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
+    );
+    unrecorded.delete(marker);
+    return true;
+  }
 
   return {
-    async sendOnce({ key, userId, notification, context }, send) {
-      const marker = markerKey(key);
-      if (!unrecorded.has(marker)) {
-        const prefix = `sending:${context.consumer}:`;
-        const token = `${prefix}${run}:${randomUUID()}`;
-        // prettier-ignore
-        const state = await scripts.claimOnce(
-          marker, context.stream, context.group, context.id, prefix, token, leaseMs, `${prefix}${run}:`,
-        );
-        if (state === 'sent') return false;
-        if (state === 'busy') throw new Error(`${key} is being sent by another consumer; trying again later`);
-        try {
-          await send();
-        } catch (err) {
-          await scripts.releaseOnce(marker, token).catch(() => {});
-          throw err;
-        }
-        unrecorded.add(marker);
+    async sendOnce(once, send) {
+      const marker = markerKey(once.key);
+      // Checked and taken before the first await: two handlers cannot both get past it.
+      if (inHand.has(marker))
+        throw new RetryLaterError(`${once.key} is being sent by another handler of this process`);
+      inHand.add(marker);
+      try {
+        return await claimSendRecord(once, send);
+      } finally {
+        inHand.delete(marker);
       }
-      // prettier-ignore
-      await scripts.completeOnce(
-        marker, sentLogKey(userId), context.stream,
-        JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
-      );
-      unrecorded.delete(marker);
-      return true;
     },
     async list(userId, { start = 0, limit = DEFAULT_PAGE_SIZE } = {}) {
       // One more than asked: whether there is a next page.

@@ -1,10 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import type { DeliveryContext } from '@msa/stream-kit';
+import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
+import { openRequestConnection } from '@msa/stream-kit/service';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { freePort } from '../../../scripts/net.ts';
+import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 import { createApp } from '../src/app.ts';
 import { orderMailHandler, paymentSmsHandler } from '../src/notify.ts';
 import type { Message, NotificationSender } from '../src/sender.ts';
@@ -184,6 +187,149 @@ describe('on order-created', () => {
     await orderMailHandler({ sender, sentLog })(event, context);
 
     expect(sender.sent).toHaveLength(1);
+  });
+});
+
+describe('the lease on a notification, at the lease the service uses by default (30 s)', () => {
+  // A Redis of its own: these tests pause it, which would stall every other suite on the shared one.
+  let server: RedisServer;
+  /** Looks on, and pauses Redis. */
+  let admin: Redis;
+  /** The service's connection, as main.ts opens it: a command fails after 2 s without an answer. */
+  let serviceRedis: Redis;
+  let log: SentLog;
+  const LEASE_MS = 30_000;
+
+  beforeAll(async () => {
+    server = await startRedisServer();
+    admin = new Redis(server.url);
+    serviceRedis = openRequestConnection(server.url, logger, 'notification-service');
+    log = redisSentLog(serviceRedis, { leaseMs: LEASE_MS });
+  });
+  afterAll(async () => {
+    serviceRedis?.disconnect();
+    admin?.disconnect();
+    await server?.stop();
+  });
+
+  /** The handler's sends, the mail it was asked for, the marker of that mail, and its delivery. */
+  async function mailFor(consumer = 'c1') {
+    const userId = `user-${randomUUID()}`;
+    const event = order(userId);
+    return {
+      userId,
+      event,
+      marker: markerKey(`mail:${event.orderId}`),
+      context: await delivered(consumer, admin),
+    };
+  }
+
+  /** Milliseconds `run` took. */
+  async function timed(run: () => unknown): Promise<number> {
+    const start = Date.now();
+    await run();
+    return Date.now() - start;
+  }
+
+  it('sends at once, and once, after a claim that timed out in the client but ran in Redis', async () => {
+    const { userId, event, marker, context } = await mailFor();
+    const sender = recordingSender();
+    const handle = orderMailHandler({ sender, sentLog: log });
+    // Once EVALSHA has been answered on this connection, a paused one runs when Redis goes on.
+    await orderMailHandler({ sender: recordingSender(), sentLog: log })(
+      order('warm-up'),
+      await delivered('c1', admin),
+    );
+
+    // Redis stalls longer than the connection's 2 s command timeout; the claim waits in Redis.
+    await admin.call('CLIENT', 'PAUSE', '2500', 'WRITE');
+    await expect(handle(event, context)).rejects.toThrow(/timed out/i);
+    // It ran once Redis went on: a lease under this consumer's name, with a token never learned.
+    const lease = await waitFor(async () => (await admin.get(marker)) ?? undefined, {
+      what: 'the late claim',
+    });
+    const ms = await timed(() => handle(event, { ...context, deliveryCount: 2 }));
+
+    expect(lease).toMatch(/^sending:c1:/);
+    expect(ms).toBeLessThan(1_000);
+    expect(sender.sent).toHaveLength(1);
+    expect(await sentTo(userId, log)).toHaveLength(1);
+    expect(await admin.get(marker)).toBe('sent');
+    expect(await pending(context, admin)).toBe(0);
+  });
+
+  it('sends at once, and once, after a failed send whose release failed too', async () => {
+    const { userId, event, marker, context } = await mailFor();
+    const own = openRequestConnection(server.url, logger, 'notification-service');
+    try {
+      const ownLog = redisSentLog(own, { leaseMs: LEASE_MS });
+      const sent: Message[] = [];
+      let failures = 1;
+      // The provider fails, and the connection is lost with it: the release cannot reach Redis.
+      const sender: NotificationSender = {
+        send: async (message) => {
+          if (failures-- > 0) {
+            own.disconnect();
+            throw new Error('SMTP down');
+          }
+          sent.push(message);
+        },
+      };
+      const handle = orderMailHandler({ sender, sentLog: ownLog });
+
+      await expect(handle(event, context)).rejects.toThrow('SMTP down');
+      const lease = await admin.get(marker);
+      await own.connect();
+      const ms = await timed(() => handle(event, { ...context, deliveryCount: 2 }));
+
+      expect(lease).toMatch(/^sending:c1:/);
+      expect(ms).toBeLessThan(1_000);
+      expect(sent).toHaveLength(1);
+      expect(await sentTo(userId, ownLog)).toHaveLength(1);
+      expect(await pending(context, admin)).toBe(0);
+    } finally {
+      own.disconnect();
+    }
+  });
+
+  it.each([
+    ['another consumer', 'sending:c2:5f0c3a52-3d7e-4f4e-9d55-2b8d6f1a0c11'],
+    ['a consumer whose name starts with this one', 'sending:c1:x:5f0c3a52-3d7e-4f4e-9d55-2b8d6f1a0c11'],
+  ])('waits (RetryLaterError, not a failure) while %s holds the lease', async (_name, otherLease) => {
+    const { userId, event, marker, context } = await mailFor('c1');
+    await admin.set(marker, otherLease, 'PX', LEASE_MS);
+    const sender = recordingSender();
+
+    const handling = orderMailHandler({ sender, sentLog: log })(event, context);
+
+    await expect(handling).rejects.toBeInstanceOf(RetryLaterError);
+    await expect(handling).rejects.toThrow(/being sent by another consumer/);
+    expect(sender.sent).toEqual([]);
+    expect(await admin.get(marker)).toBe(otherLease);
+    expect(await sentTo(userId, log)).toEqual([]);
+    expect(await pending(context, admin)).toBe(1);
+  });
+
+  it('sends once when two handlers of one process get the same notification at once; the other waits', async () => {
+    const { userId, event, context } = await mailFor();
+    const second = await delivered('c1', admin);
+    const sent: Message[] = [];
+    // A provider slow enough that the two handlers overlap.
+    const sender: NotificationSender = {
+      send: async (message) => {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        sent.push(message);
+      },
+    };
+    const handle = orderMailHandler({ sender, sentLog: log });
+
+    const outcomes = await Promise.allSettled([handle(event, context), handle(event, second)]);
+
+    expect(outcomes[0]).toEqual({ status: 'fulfilled', value: undefined });
+    expect(outcomes[1]).toMatchObject({ status: 'rejected', reason: expect.any(RetryLaterError) });
+    expect(String((outcomes[1] as PromiseRejectedResult).reason)).toMatch(/another handler of this process/);
+    expect(sent).toHaveLength(1);
+    expect(await sentTo(userId, log)).toHaveLength(1);
   });
 });
 
