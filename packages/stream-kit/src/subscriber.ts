@@ -690,6 +690,7 @@ class ConsumerLoop {
     // the handler's own script, trimmed): forget their retry times, or the map only grows, and a
     // lost group would be recreated before one of them.
     for (const id of this.retryDue.keys()) if (!listed.has(id)) this.retryDue.delete(id);
+    for (const id of this.uncounted.keys()) if (!listed.has(id)) this.uncounted.delete(id);
   }
 
   /**
