@@ -112,7 +112,10 @@ export function isRedisFault(err: unknown): boolean {
   for (let cause = err, depth = 0; cause instanceof Error && depth < 5; depth += 1) {
     if (FAULT_CODES.test(cause.message) || CONNECTION_FAILURES.test(cause.message)) return true;
     const code = (cause as NodeJS.ErrnoException).code;
-    if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN)$/.test(code))
+    if (
+      typeof code === 'string' &&
+      /^(ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN)$/.test(code)
+    )
       return true;
     cause = cause.cause;
   }

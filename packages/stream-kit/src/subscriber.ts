@@ -376,7 +376,10 @@ class ConsumerLoop {
         // pass's XPENDING, on the same connection): handling it first would break the order.
         this.ownPending = 'all';
         // Its entries, if it brought any, were never started: their first run is still to come.
-        this.readAhead?.then((entries) => entries.forEach(([id]) => this.uncount(id)), () => {});
+        this.readAhead?.then(
+          (entries) => entries.forEach(([id]) => this.uncount(id)),
+          () => {},
+        );
         this.readAhead = undefined;
         if (isNoGroupError(err)) {
           await this.unlessStopped(this.recreateGroup());

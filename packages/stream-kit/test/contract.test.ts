@@ -1590,7 +1590,11 @@ describe('when Redis is in trouble', () => {
   });
 
   /** Subscribes on the private server, at the shipped retry and delivery settings. */
-  function startOn(stream: TestStream, handler: Handler<{ n: number }>, options: Partial<SubscribeOptions> = {}) {
+  function startOn(
+    stream: TestStream,
+    handler: Handler<{ n: number }>,
+    options: Partial<SubscribeOptions> = {},
+  ) {
     const sub = subscribe('g', 'c1', stream, handler, { connection: server.url, ...options });
     opened.push(sub);
     return sub;
@@ -1659,7 +1663,9 @@ describe('when Redis is in trouble', () => {
     // DEBUG SLEEP holds the server: every command, the handler's too, waits 2 s.
     const sleeping = admin.call('DEBUG', 'SLEEP', '2');
     const late = new Redis(server.url);
-    const publishing = Promise.all([1, 2, 3].map((n) => createPublisher({ connection: late }).publish(stream, { n })));
+    const publishing = Promise.all(
+      [1, 2, 3].map((n) => createPublisher({ connection: late }).publish(stream, { n })),
+    );
     await sleeping;
     await publishing;
     late.disconnect();
@@ -1745,7 +1751,9 @@ describe('when Redis is in trouble', () => {
       const local = createPublisher({ connection: admin });
       await admin.xadd(stream.name, `${Date.now() + 3_600_000}-0`, 'n', '0');
 
-      await expect(local.publish(stream, { n: 1 })).rejects.toThrow(/^IDAHEAD .* ms ahead of the server clock/);
+      await expect(local.publish(stream, { n: 1 })).rejects.toThrow(
+        /^IDAHEAD .* ms ahead of the server clock/,
+      );
       await expect(local.publishMany(stream, [{ n: 2 }, { n: 3 }])).rejects.toThrow(/^IDAHEAD/);
 
       expect(await admin.xlen(stream.name)).toBe(1);
