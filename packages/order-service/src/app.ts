@@ -1,6 +1,6 @@
 import express, { type ErrorRequestHandler, type Request } from 'express';
-import { EventValidationError, OrderCreated, type Publisher } from '@msa/stream-kit';
-import { malformedQueryParameter, readinessHandler } from '@msa/stream-kit/service';
+import { EventValidationError, OrderCreated, OrderEvents, type Publisher } from '@msa/stream-kit';
+import { isStreamIdError, malformedQueryParameter, readinessHandler } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -83,7 +83,12 @@ export function createApp({ publisher, redis, logger }: AppDeps) {
         throw new RequestError(409, err.message, IDEMPOTENCY_FIELD);
       // The catalogue may be stricter than the route's schema in some corner: still bad input.
       if (err instanceof EventValidationError) throw new RequestError(400, err.message);
-      logger.warn({ err }, 'cannot publish the order');
+      if (isStreamIdError(err))
+        logger.error(
+          { err, stream: OrderEvents.name },
+          'order-events cannot take new entries (its IDs run ahead of the clock or are used up); orders are refused until an operator repairs it (README: Entry IDs)',
+        );
+      else logger.warn({ err }, 'cannot publish the order');
       throw new RequestError(503, 'orders cannot be accepted right now, try again later');
     }
     const { orderId, entryId } = order;

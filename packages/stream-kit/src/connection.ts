@@ -121,3 +121,14 @@ export function isRedisFault(err: unknown): boolean {
   }
   return false;
 }
+
+/**
+ * Whether `err` says a stream cannot take new entries for its IDs: they run ahead of Redis's clock
+ * (`IDAHEAD`, see `XADD_CHECKED`) or the last possible ID is used up. Nothing but an operator's
+ * repair helps (README, Entry IDs).
+ */
+export function isStreamIdError(err: unknown): boolean {
+  return (
+    err instanceof Error && /^(IDAHEAD|ERR The stream has exhausted the last possible ID)/.test(err.message)
+  );
+}

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { silentLogger, type Logger } from './logger.ts';
 import { defaultConsumerName } from './subscriber.ts';
 
-export { openRequestConnection } from './connection.ts';
+export { isStreamIdError, openRequestConnection } from './connection.ts';
 export { defineScript } from './scripts.ts';
 
 /*
