@@ -1,10 +1,8 @@
-import { ServerClock } from './clock.ts';
 import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
-import { defineScript, PUBLISH_MANY } from './scripts.ts';
+import { defineScript, PUBLISH, PUBLISH_MANY } from './scripts.ts';
 import {
   fieldArguments,
-  idAheadMessage,
   maxIdAheadMs,
   trimArguments,
   xaddArguments,
@@ -31,9 +29,8 @@ export interface Publisher {
    * Resolves to the new entry ID. Throws `EventValidationError` (nothing written) if the event
    * does not match, or the Redis error if the write failed (after one retry: publishing sits on
    * request paths, where failing fast beats hanging). Throws an `IDAHEAD` error if the stream's
-   * IDs run ahead of Redis's clock (see `StreamDefinition.maxIdAheadMs`): the entry is deleted
-   * again, though a subscriber may have read it meanwhile (it dead-letters such entries). Throws
-   * after `close()`.
+   * IDs run ahead of Redis's clock (see `StreamDefinition.maxIdAheadMs`): nothing is written, as
+   * the XADD and its check are one script. Throws after `close()`.
    */
   publish<D extends StreamDefinition>(stream: D, event: EventOf<D>): Promise<string>;
   /**
@@ -61,34 +58,20 @@ export function createPublisher(options: PublisherOptions): Publisher {
       ? openRequestConnection(options.connection, logger, 'stream-kit:publisher')
       : options.connection;
 
-  const clock = new ServerClock(redis);
   const inFlight = new Set<Promise<unknown>>();
   let closing: Promise<void> | undefined;
 
+  const publishOne = defineScript<string>(redis, 'streamKitPublish', 1, PUBLISH);
+
   async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
     if (closing) throw new Error('publisher is closed');
-    const write = append(stream, xaddArguments(stream, event));
+    const write = publishOne(stream.name, maxIdAheadMs(stream), xaddArguments(stream, event));
     inFlight.add(write);
     try {
       return await write;
     } finally {
       inFlight.delete(write);
     }
-  }
-
-  async function append(stream: StreamDefinition, args: string[]): Promise<string> {
-    // XADD without NOMKSTREAM or a limit always answers an ID.
-    const id = (await redis.xadd(stream.name, ...(args as ['*', ...string[]])))!;
-    // A plain XADD, not XADD_CHECKED's script: this is the hot path, and the check costs nothing
-    // until an ID looks ahead of the clock.
-    if (clock.looksAhead(id, maxIdAheadMs(stream))) {
-      const ahead = await clock.aheadBy(id, maxIdAheadMs(stream));
-      if (ahead !== undefined) {
-        await redis.xdel(stream.name, id);
-        throw new Error(idAheadMessage(stream.name, id, ahead));
-      }
-    }
-    return id;
   }
 
   const publishBatch = defineScript<string[]>(redis, 'streamKitPublishMany', 1, PUBLISH_MANY);

@@ -27,6 +27,15 @@ export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: nu
 }
 
 /**
+ * KEYS[1] stream. ARGV: how far ahead of the clock an ID may lie (ms), then the XADD arguments
+ * after the key. One checked XADD (see `XADD_CHECKED`): a script, so that an entry refused for its
+ * ID is never seen by a subscriber blocked on the stream.
+ */
+export const PUBLISH = `${XADD_CHECKED}
+return xadd_checked(KEYS[1], ARGV[1], unpack(ARGV, 2))
+`;
+
+/**
  * KEYS[1] stream. ARGV: how far ahead of the clock an ID may lie (ms), the number of trim
  * arguments, those arguments, then for each event the number of its field arguments and those
  * arguments. XADDs each event in order, then trims once (XTRIM, as each XADD would have: `~` trims

@@ -119,11 +119,6 @@ local function xadd_checked(key, max_ahead_ms, ...)
 end
 `;
 
-/** The message of an `IDAHEAD` error, as `XADD_CHECKED` raises it. */
-export function idAheadMessage(stream: string, id: string, aheadMs: number): string {
-  return `IDAHEAD ${stream}: a new entry got ID ${id}, ${Math.round(aheadMs)} ms ahead of the server clock; refused (see README, Entry IDs)`;
-}
-
 /** How far the time in entry ID `<ms>-<seq>` lies ahead of `nowMs`, in ms. */
 export function idAheadOf(id: string, nowMs: number): number {
   return Number(id.slice(0, id.indexOf('-'))) - nowMs;
