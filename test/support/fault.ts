@@ -1,17 +1,31 @@
-import { randomUUID } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import { consumerEnv, parseEnv } from '../../packages/stream-kit/src/service.ts';
 import { Redis } from 'ioredis';
 import { startRedisServer, type RedisServer } from '../../scripts/redis-server.ts';
+import { placeOrders } from './orders.ts';
+import { caughtUp, histogramOf, outcomeOf, quiescent, type Histogram } from './outcome.ts';
+import {
+  describeStall,
+  endOutOfMemory,
+  info,
+  startOutOfMemory,
+  stallRedis,
+  TROUBLE_SERVER_ARGS,
+  writeRefusal,
+  type Stall,
+} from './redis-trouble.ts';
 import { exitOf, spawnService, startService, type RunningService, type ServiceName } from './services.ts';
-import { entryFields } from './streams.ts';
 import { waitFor } from './wait.ts';
+
+export type { Histogram } from './outcome.ts';
 
 /*
  * The fault run: orders placed over HTTP while payment-service and notification-service, two
  * instances each, are killed with SIGKILL (or stopped with SIGTERM) and restarted at random, and
- * Redis (AOF, fsync always) is restarted once. Then every accepted order must have exactly one payment, one mail and one
- * SMS, nothing may be left pending, and the dead-letter streams must be empty.
+ * Redis (AOF, fsync always) is in trouble: it runs out of memory for 20-30 s on a backlog of
+ * orders, stalls (DEBUG SLEEP), pauses its clients' writes, then all their commands, and is
+ * restarted once (see `troubleSchedule`). Then every accepted order must have exactly one payment,
+ * one mail and one SMS, nothing may be left pending, and the dead-letter streams must be empty.
  */
 
 export interface FaultOptions {
@@ -19,17 +33,34 @@ export interface FaultOptions {
   orders: number;
   /** Requests in flight at once. @defaultValue 16 */
   concurrency?: number;
-  /** Seed of the kill schedule, printed so a failing run can be replayed. @defaultValue random */
+  /** Seed of the kill and trouble schedules, printed so a failing run can be replayed. @defaultValue random */
   seed?: number;
   /** Mean time between two kills, in ms. @defaultValue 700 */
   killEveryMs?: number;
-  /** How long to wait, once the orders are in, for the system to settle. @defaultValue 120000 */
+  /**
+   * The consumers' `CLAIM_IDLE_MS`: how long the entries of a crashed instance wait before another
+   * takes them over. `undefined` leaves it unset: the services' shipped default (60 s), what
+   * users run. 1000 makes a quick run. @defaultValue undefined
+   */
+  claimIdleMs?: number;
+  /**
+   * Whether Redis runs out of memory and stalls (see `troubleSchedule`) besides its one restart.
+   * @defaultValue true
+   */
+  redisTrouble?: boolean;
+  /**
+   * How long to wait, once the orders are in, for the system to settle: entries a SIGKILL left
+   * under a name that never comes back wait `claimIdleMs`, plus up to 30 s for the next reclaim
+   * pass. @defaultValue 120 s plus twice the claim time: 240 s at the default 60 s
+   */
   settleTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
 export interface FaultReport {
   seed: number;
+  /** The consumers' `CLAIM_IDLE_MS`; undefined: the services' default. */
+  claimIdleMs: number | undefined;
   ordersAccepted: number;
   /** Requests answered with something other than 202 (or not at all) and sent again with the same key. */
   retriedRequests: number;
@@ -38,6 +69,16 @@ export interface FaultReport {
   /** SIGTERMs of consumer instances: graceful stops in the middle of the work. */
   terms: number;
   redisRestarts: number;
+  /** Whether the run had Redis trouble besides its restart. */
+  redisTrouble: boolean;
+  /** Out-of-memory windows in which Redis was seen refusing a write. */
+  oomWindows: number;
+  /** Stalls: DEBUG SLEEP and CLIENT PAUSE (WRITE, ALL). */
+  stalls: number;
+  /** What the Redis trouble was, one line per event, with when it began (restart included). */
+  trouble: string[];
+  /** Trouble that did not happen as planned: a window in which Redis took writes, a failed AOF rewrite. */
+  troubleFailures: string[];
   /** `payment-events` entries per accepted order: all must be 1. */
   payments: Histogram;
   mails: Histogram;
@@ -61,18 +102,11 @@ export interface FaultReport {
   badStops: string[];
   pending: Record<string, number>;
   deadLetters: Record<string, number>;
+  /** Why entries were dead-lettered, if some were (see `Outcome.deadLetterReasons`). */
+  deadLetterReasons: string[];
   durationMs: number;
 }
 
-/** How many orders had 0, 1, 2... of something. */
-export type Histogram = Record<number, number>;
-
-const GROUPS = [
-  ['order-events', 'payment-service-group'],
-  ['order-events', 'notification-service-group'],
-  ['payment-events', 'notification-service-group'],
-] as const;
-const USERS = 50;
 /** SIGKILLs a run sees at least (and half as many SIGTERMs), however quickly its orders go through. */
 const MIN_KILLS = 6;
 
@@ -85,6 +119,8 @@ class Instance {
   readonly badStops: string[] = [];
   /** Whether it has started listening (and handles signals) since its last start. */
   private up = false;
+  /** Held with SIGSTOP (see `hold`): a process started meanwhile is stopped too. */
+  private held = false;
 
   constructor(
     readonly service: ServiceName,
@@ -102,6 +138,7 @@ class Instance {
       PORT: '0',
       ...(this.consumerName ? { CONSUMER_NAME: this.consumerName } : {}),
     });
+    if (this.held) this.child.kill('SIGSTOP');
     // Keep the pipes drained (a full pipe would stall the process) and the last lines for failures.
     this.child.stderr!.on(
       'data',
@@ -137,6 +174,18 @@ class Instance {
     if (graceful && code !== 0) this.badStops.push(`${this.service} exit ${code}`);
   }
 
+  /** Stops the process where it is (SIGSTOP), a stalled consumer: its entries wait, read or not. */
+  hold() {
+    this.held = true;
+    this.child?.kill('SIGSTOP');
+  }
+
+  /** Lets a held process go on (SIGCONT). */
+  release() {
+    this.held = false;
+    this.child?.kill('SIGCONT');
+  }
+
   describe() {
     return `--- ${this.service} (${this.consumerName ?? 'pid name'}) ---\n${this.tail}`;
   }
@@ -145,17 +194,30 @@ class Instance {
 export async function runFault(options: FaultOptions): Promise<FaultReport> {
   const log = options.log ?? (() => {});
   const seed = options.seed ?? Math.floor(Math.random() * 2 ** 31);
+  // Two generators, so that the kill schedule and the trouble schedule each replay from the seed
+  // whatever order the two loops draw in.
   const random = mulberry32(seed);
+  const redisTrouble = options.redisTrouble ?? true;
+  const concurrency = options.concurrency ?? 16;
+  const schedule = troubleSchedule(mulberry32(seed ^ 0x5eed), options.orders, redisTrouble);
   const began = Date.now();
-  log(`fault run: ${options.orders} orders, seed ${seed}`);
+  const claim =
+    options.claimIdleMs === undefined ? 'the default CLAIM_IDLE_MS' : `CLAIM_IDLE_MS ${options.claimIdleMs}`;
+  log(`fault run: ${options.orders} orders, seed ${seed}, ${claim}`);
 
   const server: RedisServer = await startRedisServer({
-    args: ['--appendonly', 'yes', '--appendfsync', 'always'],
+    args: ['--appendonly', 'yes', '--appendfsync', 'always', ...TROUBLE_SERVER_ARGS],
   });
+  // The run's admin connection: trouble and bookkeeping. It waits through the restart, and never
+  // writes while Redis is out of memory.
   const redis = new Redis(server.url, { maxRetriesPerRequest: null });
   redis.on('error', () => {});
   // At info, for the 'listening' and 'mail sent' lines the run watches.
-  const env = { REDIS_URL: server.url, LOG_LEVEL: 'info', CLAIM_IDLE_MS: '1000' };
+  const env: { REDIS_URL: string } & Record<string, string> = {
+    REDIS_URL: server.url,
+    LOG_LEVEL: 'info',
+    ...(options.claimIdleMs === undefined ? {} : { CLAIM_IDLE_MS: String(options.claimIdleMs) }),
+  };
   let order: RunningService | undefined;
   // What the notification instances hand their sender (it logs each message at info): the real
   // sends, beside what the sent log recorded.
@@ -173,17 +235,32 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   let chaos = true;
   let kills = 0;
   let terms = 0;
-  let redisRestarts = 0;
+  const counts = { redisRestarts: 0, oomWindows: 0, stalls: 0 };
+  const trouble: string[] = [];
+  const troubleFailures: string[] = [];
+  // While the consumers are held the kill loop waits; holding waits for a kill under way.
+  const holding = { value: false, killing: false };
   try {
     order = await startService('order-service', { ...env, LOG_LEVEL: 'error' });
     for (const instance of instances) instance.start();
 
-    const placing = placeOrders(order.url, options.orders, options.concurrency ?? 16);
+    // Orders are held back before each trouble until it has started, so each one meets orders
+    // still coming in, however fast they go.
+    let troubleStarted = 0;
+    const margin = Math.max(2 * concurrency, Math.ceil(options.orders / 10));
+    const placing = placeOrders(order.url, {
+      count: options.orders,
+      concurrency,
+      limit: () => (schedule[troubleStarted]?.afterOrders ?? Infinity) + margin,
+    });
     const killing = (async () => {
       const every = options.killEveryMs ?? 700;
       while (chaos) {
         await sleep(every * (0.5 + random()));
         if (!chaos) break;
+        // Held instances wait for the out-of-memory window, not for a signal.
+        if (holding.value) continue;
+        holding.killing = true;
         const victim = instances[Math.floor(random() * instances.length)]!;
         // Two in three are crashes, every third a graceful stop.
         if ((kills + terms) % 3 !== 2) {
@@ -195,17 +272,49 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         }
         await sleep(random() * 300);
         victim.start();
+        holding.killing = false;
       }
     })();
-    // Redis goes down once, a third of the way in, while everything is busy.
-    const restarting = (async () => {
-      await waitFor(() => placing.accepted.size >= options.orders / 3, { timeoutMs: 600_000 });
-      log('restarting redis');
-      await server.restart(500);
-      redisRestarts += 1;
+    // One trouble at a time, in the schedule's order, each once enough orders are in.
+    const troubling = (async () => {
+      for (const { afterOrders, what } of schedule) {
+        await waitFor(() => !chaos || placing.accepted.size >= afterOrders, {
+          timeoutMs: 3_600_000,
+          intervalMs: 50,
+        });
+        if (!chaos) return;
+        troubleStarted += 1;
+        const when = `${seconds(Date.now() - began)} s, ${placing.accepted.size} orders in`;
+        log(`${when}: ${what.kind === 'stall' ? describeStall(what.stall) : what.kind}`);
+        const line = await cause(what, {
+          redis,
+          server,
+          counts,
+          failures: troubleFailures,
+          // Consumers held while orders come in leave a backlog for the out-of-memory window.
+          async holdConsumers() {
+            holding.value = true;
+            // A graceful stop under way must not be frozen half-way.
+            await waitFor(() => !holding.killing, { timeoutMs: 60_000, intervalMs: 20 });
+            for (const instance of instances) instance.hold();
+            const from = placing.accepted.size;
+            const backlog = Math.floor(margin / 2);
+            await waitFor(() => placing.accepted.size >= from + backlog, { timeoutMs: 15_000 }).catch(
+              () => {},
+            );
+            return placing.accepted.size - from;
+          },
+          releaseConsumers() {
+            for (const instance of instances) instance.release();
+            holding.value = false;
+          },
+        });
+        trouble.push(`${when}: ${line}`);
+        log(`  ${line}`);
+      }
     })();
 
-    await Promise.all([placing.done, restarting]);
+    await Promise.all([placing.done, troubling]);
     // However quick the run, it has seen crashes and graceful stops before the faults end.
     await waitFor(() => kills >= MIN_KILLS && terms >= MIN_KILLS / 2, {
       timeoutMs: 600_000,
@@ -218,68 +327,52 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     );
 
     const accepted = placing.accepted;
-    const settled = async () => {
-      const pending = await pendingCounts(redis);
-      const payments = await redis.xlen('payment-events');
-      const sent = await sentCount(redis);
-      return (
-        Object.values(pending).every((count) => count === 0) &&
-        payments >= accepted.size &&
-        sent >= 2 * accepted.size
-      );
-    };
-    await waitFor(settled, {
-      timeoutMs: options.settleTimeoutMs ?? 120_000,
+    const settleTimeoutMs =
+      options.settleTimeoutMs ?? 120_000 + 2 * (options.claimIdleMs ?? DEFAULT_CLAIM_IDLE_MS);
+    // Caught up, or settled short of it (something dead-lettered or lost): the report says which.
+    await waitFor(async () => (await caughtUp(redis, placing)) || quiescent(redis), {
+      timeoutMs: settleTimeoutMs,
       intervalMs: 250,
       what: 'the system to settle',
     }).catch(async (err: Error) => {
+      const outcome = await outcomeOf(redis, placing);
       throw new Error(
-        `${err.message}\n${JSON.stringify(await pendingCounts(redis))}\n${instances.map((i) => i.describe()).join('\n')}`,
+        `${err.message}\n${JSON.stringify(outcome)}\n${instances.map((i) => i.describe()).join('\n')}`,
       );
     });
     // Late duplicates, if any, would show up now.
     await sleep(1_500);
 
-    const payments = countBy(
-      accepted,
-      (await entryFields(redis, 'payment-events')).map((fields) => fields.orderId),
-    );
-    const notifications = await readSentLogs(redis);
-    const mails = countBy(
-      accepted,
-      notifications.filter((n) => n.channel === 'mail').map((n) => n.orderId),
-    );
-    const sms = countBy(
-      accepted,
-      notifications.filter((n) => n.channel === 'sms').map((n) => n.orderId),
-    );
+    const outcome = await outcomeOf(redis, placing);
     const sendCounts = [...accepted].flatMap((id) => [
       sends.get(`mail:${id}`) ?? 0,
       sends.get(`sms:${id}`) ?? 0,
     ]);
-    const deadLetters: Record<string, number> = {};
-    for (const stream of ['order-events:dlq', 'payment-events:dlq'])
-      deadLetters[stream] = await redis.xlen(stream);
     return {
       seed,
+      claimIdleMs: options.claimIdleMs,
       ordersAccepted: accepted.size,
       retriedRequests: placing.retried,
       kills,
       terms,
-      redisRestarts,
-      payments: payments.histogram,
-      mails: mails.histogram,
-      sms: sms.histogram,
-      strays: payments.strays + mails.strays + sms.strays,
+      ...counts,
+      redisTrouble,
+      trouble,
+      troubleFailures,
+      payments: outcome.payments,
+      mails: outcome.mails,
+      sms: outcome.sms,
+      strays: outcome.strays,
       sends: histogramOf(sendCounts),
       badStops: instances.flatMap((i) => i.badStops),
       notificationKills: instances.reduce(
         (sum, i) => sum + (i.service === 'notification-service' ? i.kills : 0),
         0,
       ),
-      sendsInFlightPerKill: 2 * NOTIFICATION_CONCURRENCY,
-      pending: await pendingCounts(redis),
-      deadLetters,
+      sendsInFlightPerKill: 2 * SERVICE_DEFAULTS.CONCURRENCY,
+      pending: outcome.pending,
+      deadLetters: outcome.deadLetters,
+      deadLetterReasons: outcome.deadLetterReasons,
       durationMs: Date.now() - began,
     };
   } finally {
@@ -291,89 +384,119 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   }
 }
 
+/** One kind of Redis trouble. */
+export type Trouble =
+  { kind: 'restart' } | { kind: 'out of memory'; holdMs: number } | { kind: 'stall'; stall: Stall };
+
 /**
- * Places `count` orders, `concurrency` at a time. Each has its own Idempotency-Key and is sent
- * again with it until it gets a 202, as a careful client does: so no order is placed twice, and
- * none is given up on.
+ * The run's Redis trouble, drawn from its seed: without `redisTrouble`, the one restart a third of
+ * the way in. With it, in a random order: an out-of-memory window held 20-30 s (opened on a
+ * backlog: the consumer instances are held with SIGSTOP until orders wait for them, then released
+ * into the full Redis), a `DEBUG SLEEP` of 2-3 s, `CLIENT PAUSE 3000 WRITE`,
+ * `CLIENT PAUSE 3000 ALL`, and the restart, always after the out-of-memory window (Redis must come
+ * back from its AOF after one); each once 5-85% of the orders are in, one at a time. The run holds
+ * orders back until the next trouble has started, so each meets orders still coming in.
  */
-function placeOrders(url: string, count: number, concurrency: number) {
-  const accepted = new Set<string>();
-  const state = { accepted, retried: 0, done: Promise.resolve() };
-  let next = 0;
-  async function worker() {
-    while (next < count) {
-      const n = next++;
-      const key = randomUUID();
-      const body = JSON.stringify({
-        userId: `fault-${n % USERS}`,
-        productId: `p-${n}`,
-        price: 10 + (n % 90),
-      });
-      for (let attempt = 1; ; attempt += 1) {
-        const response = await fetch(`${url}/orders`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', 'idempotency-key': key },
-          body,
-          signal: AbortSignal.timeout(10_000),
-        }).catch(() => undefined);
-        if (response?.status === 202) {
-          accepted.add(((await response.json()) as { orderId: string }).orderId);
-          break;
-        }
-        await response?.body?.cancel();
-        state.retried += 1;
-        if (attempt > 100) throw new Error(`order ${n} not accepted after ${attempt} attempts`);
-        await sleep(50 * Math.min(attempt, 10));
+export function troubleSchedule(
+  random: () => number,
+  orders: number,
+  redisTrouble: boolean,
+): { afterOrders: number; what: Trouble }[] {
+  if (!redisTrouble) return [{ afterOrders: Math.ceil(orders / 3), what: { kind: 'restart' } }];
+  const troubles: Trouble[] = [
+    { kind: 'out of memory', holdMs: Math.round(20_000 + random() * 10_000) },
+    { kind: 'stall', stall: { kind: 'debug-sleep', ms: Math.round(2_000 + random() * 1_000) } },
+    { kind: 'stall', stall: { kind: 'pause', mode: 'WRITE', ms: 3_000 } },
+    { kind: 'stall', stall: { kind: 'pause', mode: 'ALL', ms: 3_000 } },
+  ];
+  for (let i = troubles.length - 1; i > 0; i -= 1) {
+    const j = Math.floor(random() * (i + 1));
+    [troubles[i], troubles[j]] = [troubles[j]!, troubles[i]!];
+  }
+  const oom = troubles.findIndex((t) => t.kind === 'out of memory');
+  troubles.splice(oom + 1 + Math.floor(random() * (troubles.length - oom)), 0, { kind: 'restart' });
+  const marks = troubles.map(() => 0.05 + random() * 0.8).sort((a, b) => a - b);
+  return troubles.map((what, i) => ({ afterOrders: Math.floor(marks[i]! * orders), what }));
+}
+
+/** Causes `what` and resolves, once it is over, to a line saying how it went. */
+async function cause(
+  what: Trouble,
+  {
+    redis,
+    server,
+    counts,
+    failures,
+    holdConsumers,
+    releaseConsumers,
+  }: {
+    redis: Redis;
+    server: RedisServer;
+    counts: { redisRestarts: number; oomWindows: number; stalls: number };
+    failures: string[];
+    /** Holds the consumer instances (SIGSTOP) until orders wait for them; resolves to how many do. */
+    holdConsumers: () => Promise<number>;
+    releaseConsumers: () => void;
+  },
+): Promise<string> {
+  switch (what.kind) {
+    case 'restart':
+      await server.restart(500);
+      counts.redisRestarts += 1;
+      return 'Redis restarted (down 0.5 s), back from its AOF';
+    case 'stall':
+      await stallRedis(redis, what.stall);
+      counts.stalls += 1;
+      return `${describeStall(what.stall)}: over`;
+    case 'out of memory': {
+      // A full Redis usually comes with consumers behind: it opens on a backlog of orders that
+      // the consumers, released into it, have to work through.
+      const backlog = await holdConsumers();
+      let window;
+      try {
+        window = await startOutOfMemory(redis);
+      } catch (err) {
+        failures.push(`out of memory: ${(err as Error).message}`);
+        return `out of memory: did not happen (${(err as Error).message})`;
+      } finally {
+        releaseConsumers();
       }
+      counts.oomWindows += 1;
+      await sleep(what.holdMs);
+      // Memory moves: say whether the window still held at its end.
+      const stillRefused = (await writeRefusal(redis)) !== undefined;
+      await endOutOfMemory(redis);
+      const rewrite = await rewriteAof(redis);
+      if (rewrite !== 'ok') failures.push(`AOF rewrite after the out-of-memory window: ${rewrite}`);
+      return [
+        `out of memory for ${seconds(what.holdMs)} s on a backlog of ${backlog} orders (consumers held with SIGSTOP until then): maxmemory ${megabytes(window.maxmemory)} under ${megabytes(window.counted)} used`,
+        `SET refused at the start ("${window.refusal}") and ${stillRefused ? 'still at the end' : 'taken again at the end (memory fell)'}`,
+        `then maxmemory 0 and an AOF rewrite: ${rewrite}`,
+      ].join('; ');
     }
   }
-  state.done = Promise.all(Array.from({ length: concurrency }, worker)).then(() => {});
-  return state;
 }
 
-async function pendingCounts(redis: Redis): Promise<Record<string, number>> {
-  const counts: Record<string, number> = {};
-  for (const [stream, group] of GROUPS) {
-    const [count] = (await redis.xpending(stream, group).catch(() => [-1])) as [number];
-    counts[`${stream}/${group}`] = count;
+/** BGREWRITEAOF, waited for: `ok` or what went wrong. */
+async function rewriteAof(redis: Redis): Promise<string> {
+  try {
+    await redis.bgrewriteaof();
+  } catch (err) {
+    // One started by Redis itself does as well.
+    if (!/already in progress/.test((err as Error).message)) return (err as Error).message;
   }
-  return counts;
+  const done = await waitFor(
+    async () => {
+      const persistence = await info(redis, 'persistence');
+      const idle = persistence.aof_rewrite_in_progress === '0' && persistence.aof_rewrite_scheduled === '0';
+      return idle && persistence;
+    },
+    { timeoutMs: 60_000, intervalMs: 100, what: 'the AOF rewrite' },
+  ).catch((err: Error) => err);
+  return done instanceof Error ? done.message : (done.aof_last_bgrewrite_status ?? 'unknown');
 }
 
-async function sentCount(redis: Redis): Promise<number> {
-  let total = 0;
-  for (let user = 0; user < USERS; user += 1)
-    total += await redis.llen(`notification-service:sent:fault-${user}`);
-  return total;
-}
-
-async function readSentLogs(redis: Redis): Promise<{ channel: string; orderId?: string }[]> {
-  const all: { channel: string; orderId?: string }[] = [];
-  for (let user = 0; user < USERS; user += 1) {
-    const items = await redis.lrange(`notification-service:sent:fault-${user}`, 0, -1);
-    all.push(...items.map((item) => JSON.parse(item) as { channel: string; orderId?: string }));
-  }
-  return all;
-}
-
-/** For each accepted order, how many of `orderIds` name it; and how many name no accepted order. */
-function countBy(accepted: Set<string>, orderIds: (string | undefined)[]) {
-  const perOrder = new Map<string, number>([...accepted].map((id) => [id, 0]));
-  let strays = 0;
-  for (const id of orderIds) {
-    if (id !== undefined && perOrder.has(id)) perOrder.set(id, perOrder.get(id)! + 1);
-    else strays += 1;
-  }
-  return { histogram: histogramOf(perOrder.values()), strays };
-}
-
-function histogramOf(counts: Iterable<number>): Histogram {
-  const histogram: Histogram = {};
-  for (const count of counts) histogram[count] = (histogram[count] ?? 0) + 1;
-  return histogram;
-}
-
-/** A small seeded generator, so a run's kill schedule can be replayed from its seed. */
+/** A small seeded generator, so a run's schedules can be replayed from its seed. */
 function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -385,17 +508,26 @@ function mulberry32(seed: number): () => number {
   };
 }
 
-/** The services' default `CONCURRENCY`, which the fault run keeps: what ships is what is tested. */
-const NOTIFICATION_CONCURRENCY = parseEnv(consumerEnv(0), {}).CONCURRENCY;
+/**
+ * The services' defaults: `CONCURRENCY`, which the fault run keeps (what ships is what is
+ * tested), and `CLAIM_IDLE_MS`, which it keeps unless told otherwise.
+ */
+const SERVICE_DEFAULTS = parseEnv(consumerEnv(0), {});
+const DEFAULT_CLAIM_IDLE_MS = SERVICE_DEFAULTS.CLAIM_IDLE_MS;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+const seconds = (ms: number) => (ms / 1000).toFixed(1);
+const megabytes = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(2)} MB`;
+
 /**
  * What is wrong with a run, as sentences; empty when every accepted order was paid, mailed and
  * texted exactly once, each notification reached the sender (twice only where a SIGKILL hit the
- * window the Guarantees leave open), nothing is pending and no entry was dead-lettered.
+ * window the Guarantees leave open), nothing is pending, no entry was dead-lettered, and the Redis
+ * trouble happened as planned (with `redisTrouble`, an out-of-memory window that refused writes
+ * and three stalls).
  */
 export function problemsOf(report: FaultReport): string[] {
   const problems: string[] = [];
@@ -423,6 +555,9 @@ export function problemsOf(report: FaultReport): string[] {
     if (count !== 0) problems.push(`${count} pending in ${where}`);
   for (const [stream, count] of Object.entries(report.deadLetters))
     if (count !== 0) problems.push(`${count} in ${stream}`);
+  problems.push(...report.troubleFailures);
+  if (report.redisTrouble && report.oomWindows === 0) problems.push('no out-of-memory window refused writes');
+  if (report.redisTrouble && report.stalls < 3) problems.push(`${report.stalls} stalls, not 3`);
   return problems;
 }
 
@@ -432,14 +567,26 @@ export function formatReport(report: FaultReport): string {
     Object.entries(h)
       .map(([times, orders]) => `${orders} orders x${times}`)
       .join(', ');
+  const claim =
+    report.claimIdleMs === undefined
+      ? `CLAIM_IDLE_MS the services' default (${DEFAULT_CLAIM_IDLE_MS})`
+      : `CLAIM_IDLE_MS ${report.claimIdleMs}`;
   return [
-    `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s`,
+    `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s, ${claim}`,
     `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)`,
     `faults: ${report.kills} SIGKILLs and ${report.terms} SIGTERMs of consumer instances, ${report.redisRestarts} Redis restart`,
+    report.redisTrouble
+      ? `redis trouble: ${report.oomWindows} out-of-memory windows, ${report.stalls} stalls`
+      : 'redis trouble: none but the restart (--no-redis-trouble)',
+    ...report.trouble.map((line) => `  at ${line}`),
     `payments per order: ${show(report.payments)}`,
     `mails per order:    ${show(report.mails)}`,
     `SMS per order:      ${show(report.sms)}`,
     `sender calls per (order, channel): ${show(report.sends).replaceAll('orders', 'notifications')} (${report.notificationKills} notification-service SIGKILLs)`,
     `strays: ${report.strays}; pending: ${JSON.stringify(report.pending)}; dead letters: ${JSON.stringify(report.deadLetters)}`,
+    ...report.deadLetterReasons.slice(0, 10).map((reason) => `  dead-lettered: ${reason}`),
+    ...(report.deadLetterReasons.length > 10
+      ? [`  ... and ${report.deadLetterReasons.length - 10} more reasons`]
+      : []),
   ].join('\n');
 }

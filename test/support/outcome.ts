@@ -1,0 +1,204 @@
+import type { Redis } from 'ioredis';
+import { entryFields } from './streams.ts';
+
+/*
+ * What became of the orders a run placed, read from Redis the way an operator would: payments in
+ * `payment-events`, mails and SMS in notification-service's sent lists, pending entries per group,
+ * dead letters.
+ */
+
+/** The services' consumer groups, as `stream/group`. */
+export const CONSUMER_GROUPS = [
+  ['order-events', 'payment-service-group'],
+  ['order-events', 'notification-service-group'],
+  ['payment-events', 'notification-service-group'],
+] as const;
+
+export const DEAD_LETTER_STREAMS = ['order-events:dlq', 'payment-events:dlq'] as const;
+
+/** How many orders had 0, 1, 2... of something. */
+export type Histogram = Record<number, number>;
+
+/** Pending entries per `stream/group` (XPENDING's count; -1 for a group that does not exist). */
+export async function pendingCounts(
+  redis: Redis,
+  groups: readonly (readonly [string, string])[] = CONSUMER_GROUPS,
+): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const [stream, group] of groups) {
+    const [count] = (await redis.xpending(stream, group).catch(() => [-1])) as [number];
+    counts[`${stream}/${group}`] = count;
+  }
+  return counts;
+}
+
+export async function deadLetterCounts(redis: Redis): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const stream of DEAD_LETTER_STREAMS) counts[stream] = await redis.xlen(stream);
+  return counts;
+}
+
+/** A dead letter, as the test reads it. */
+export interface DeadLetterSeen {
+  stream: string;
+  /** The original entry's ID (`dlq:id`). */
+  entryId: string;
+  group: string;
+  reason: string;
+}
+
+/** Every dead letter of the services' streams, oldest first. */
+export async function deadLetters(redis: Redis): Promise<DeadLetterSeen[]> {
+  const all: DeadLetterSeen[] = [];
+  for (const stream of DEAD_LETTER_STREAMS) {
+    for (const fields of await entryFields(redis, stream)) {
+      all.push({
+        stream,
+        entryId: fields['dlq:id'] ?? '',
+        group: fields['dlq:group'] ?? '',
+        reason: fields['dlq:reason'] ?? '',
+      });
+    }
+  }
+  return all;
+}
+
+/** What notification-service recorded as sent to `userIds` (its `notification-service:sent:<userId>` lists). */
+export async function sentNotifications(
+  redis: Redis,
+  userIds: readonly string[],
+): Promise<{ channel: string; orderId?: string }[]> {
+  const all: { channel: string; orderId?: string }[] = [];
+  for (const userId of userIds) {
+    const items = await redis.lrange(`notification-service:sent:${userId}`, 0, -1);
+    all.push(...items.map((item) => JSON.parse(item) as { channel: string; orderId?: string }));
+  }
+  return all;
+}
+
+export async function sentCount(redis: Redis, userIds: readonly string[]): Promise<number> {
+  let total = 0;
+  for (const userId of userIds) total += await redis.llen(`notification-service:sent:${userId}`);
+  return total;
+}
+
+/** The `orderId` of every `payment-events` entry. */
+export async function paidOrderIds(redis: Redis): Promise<(string | undefined)[]> {
+  return (await entryFields(redis, 'payment-events')).map((fields) => fields.orderId);
+}
+
+const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g;
+
+/** For each accepted order, how many of `orderIds` name it; and how many name no accepted order. */
+export function countBy(accepted: ReadonlySet<string>, orderIds: readonly (string | undefined)[]) {
+  const perOrder = new Map<string, number>([...accepted].map((id) => [id, 0]));
+  let strays = 0;
+  for (const id of orderIds) {
+    if (id !== undefined && perOrder.has(id)) perOrder.set(id, perOrder.get(id)! + 1);
+    else strays += 1;
+  }
+  return { histogram: histogramOf(perOrder.values()), strays };
+}
+
+export function histogramOf(counts: Iterable<number>): Histogram {
+  const histogram: Histogram = {};
+  for (const count of counts) histogram[count] = (histogram[count] ?? 0) + 1;
+  return histogram;
+}
+
+/** Payments, mails and SMS per accepted order, and what is left over. */
+export interface Outcome {
+  payments: Histogram;
+  mails: Histogram;
+  sms: Histogram;
+  /** Payments, mails or SMS for orders nobody placed. */
+  strays: number;
+  pending: Record<string, number>;
+  deadLetters: Record<string, number>;
+  /**
+   * Why entries were dead-lettered, if some were: each distinct reason (UUIDs masked) with the
+   * group that gave up and how often, e.g. `3x payment-service-group: failed 5 deliveries: ...`.
+   */
+  deadLetterReasons: string[];
+}
+
+/** The outcome of the orders in `accepted`, placed for `userIds`, in the `groups` given. */
+export async function outcomeOf(
+  redis: Redis,
+  { accepted, userIds }: { accepted: ReadonlySet<string>; userIds: readonly string[] },
+  groups: readonly (readonly [string, string])[] = CONSUMER_GROUPS,
+): Promise<Outcome> {
+  const payments = countBy(accepted, await paidOrderIds(redis));
+  const notifications = await sentNotifications(redis, userIds);
+  const mails = countBy(
+    accepted,
+    notifications.filter((n) => n.channel === 'mail').map((n) => n.orderId),
+  );
+  const sms = countBy(
+    accepted,
+    notifications.filter((n) => n.channel === 'sms').map((n) => n.orderId),
+  );
+  const reasons = new Map<string, number>();
+  for (const { group, reason } of await deadLetters(redis)) {
+    const text = `${group}: ${reason.replace(UUID, '<uuid>')}`;
+    reasons.set(text, (reasons.get(text) ?? 0) + 1);
+  }
+  return {
+    payments: payments.histogram,
+    mails: mails.histogram,
+    sms: sms.histogram,
+    strays: payments.strays + mails.strays + sms.strays,
+    pending: await pendingCounts(redis, groups),
+    deadLetters: await deadLetterCounts(redis),
+    deadLetterReasons: [...reasons].map(([text, n]) => `${n}x ${text}`),
+  };
+}
+
+/**
+ * Whether nothing more will happen in `groups` by itself: nothing pending, and every entry of
+ * their streams delivered (the group's `last-delivered-id` at or past the last entry). Checked in
+ * order, so list a stream's groups before the groups of the streams their consumers write to.
+ * A system can settle short of its goal: entries dead-lettered, or acked and lost.
+ */
+export async function quiescent(
+  redis: Redis,
+  groups: readonly (readonly [string, string])[] = CONSUMER_GROUPS,
+): Promise<boolean> {
+  for (const [stream, group] of groups) {
+    const [pending] = (await redis.xpending(stream, group).catch(() => [-1])) as [number];
+    if (pending !== 0) return false;
+    const infos = (await redis.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
+    const info = infos.find((fields) => fields[1] === group);
+    if (!info) return false;
+    const lastDelivered = String(info[info.indexOf('last-delivered-id') + 1]);
+    const [last] = await redis.xrevrange(stream, '+', '-', 'COUNT', 1);
+    if (last && compareIds(last[0], lastDelivered) > 0) return false;
+  }
+  return true;
+}
+
+/** Orders stream entry IDs (`<ms>-<seq>`) as Redis does. */
+export function compareIds(a: string, b: string): number {
+  const [aMs, aSeq] = a.split('-').map(BigInt) as [bigint, bigint];
+  const [bMs, bSeq] = b.split('-').map(BigInt) as [bigint, bigint];
+  return aMs !== bMs ? (aMs < bMs ? -1 : 1) : aSeq === bSeq ? 0 : aSeq < bSeq ? -1 : 1;
+}
+
+/**
+ * Whether the system has caught up with `accepted`: nothing pending in `groups`, and at least one
+ * payment (and, with `notified`, two notifications) per order. Duplicates count too: the outcome
+ * tells them apart.
+ */
+export async function caughtUp(
+  redis: Redis,
+  { accepted, userIds }: { accepted: ReadonlySet<string>; userIds: readonly string[] },
+  {
+    groups = CONSUMER_GROUPS,
+    notified = true,
+  }: { groups?: readonly (readonly [string, string])[]; notified?: boolean } = {},
+): Promise<boolean> {
+  const pending = await pendingCounts(redis, groups);
+  if (!Object.values(pending).every((count) => count === 0)) return false;
+  if ((await redis.xlen('payment-events')) < accepted.size) return false;
+  return !notified || (await sentCount(redis, userIds)) >= 2 * accepted.size;
+}
