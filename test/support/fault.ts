@@ -119,13 +119,15 @@ class Instance {
   readonly badStops: string[] = [];
   /** Whether it has started listening (and handles signals) since its last start. */
   private up = false;
+  /** When it started listening, since its last start. */
+  private upAt: number | undefined;
   /** Held with SIGSTOP (see `hold`): a process started meanwhile is stopped too. */
   private held = false;
 
   constructor(
     readonly service: ServiceName,
     /** A fixed consumer name (a restart picks up its own pending entries at once), or none (a new `hostname-pid`). */
-    private readonly consumerName: string | undefined,
+    readonly consumerName: string | undefined,
     private readonly env: Record<string, string>,
     /** Called with each JSON log line the instance writes. */
     private readonly onLog: (line: { msg?: string; idempotencyKey?: string }) => void = () => {},
@@ -133,6 +135,7 @@ class Instance {
 
   start() {
     this.up = false;
+    this.upAt = undefined;
     this.child = spawnService(this.service, {
       ...this.env,
       PORT: '0',
@@ -152,7 +155,10 @@ class Instance {
         this.tail = (this.tail + line + '\n').slice(-4_000);
         if (!line.startsWith('{')) continue;
         const entry = JSON.parse(line) as { msg?: string };
-        if (entry.msg?.endsWith(' listening')) this.up = true;
+        if (entry.msg?.endsWith(' listening')) {
+          this.up = true;
+          this.upAt = Date.now();
+        }
         this.onLog(entry);
       }
     });
@@ -172,6 +178,11 @@ class Instance {
     const code = await exitOf(child);
     clearTimeout(timer);
     if (graceful && code !== 0) this.badStops.push(`${this.service} exit ${code}`);
+  }
+
+  /** Whether it has been listening (its subscriptions started) for `ms` at least. */
+  upFor(ms: number): boolean {
+    return this.upAt !== undefined && Date.now() - this.upAt >= ms;
   }
 
   /** Stops the process where it is (SIGSTOP), a stalled consumer: its entries wait, read or not. */
@@ -238,8 +249,9 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   const counts = { redisRestarts: 0, oomWindows: 0, stalls: 0 };
   const trouble: string[] = [];
   const troubleFailures: string[] = [];
-  // While the consumers are held the kill loop waits; holding waits for a kill under way.
-  const holding = { value: false, killing: false };
+  // While the consumers are held the kill loop waits; holding waits for a kill under way. During
+  // an out-of-memory window the spared instances are not killed.
+  const holding = { value: false, killing: false, spared: new Set<Instance>() };
   try {
     order = await startService('order-service', { ...env, LOG_LEVEL: 'error' });
     for (const instance of instances) instance.start();
@@ -248,10 +260,13 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     // still coming in, however fast they go.
     let troubleStarted = 0;
     const margin = Math.max(2 * concurrency, Math.ceil(options.orders / 10));
+    // While the consumers are readied for a trouble, orders wait (`paused`); the backlog they
+    // are held for is then allowed on top (`extra`).
+    const gate = { paused: undefined as number | undefined, extra: 0 };
     const placing = placeOrders(order.url, {
       count: options.orders,
       concurrency,
-      limit: () => (schedule[troubleStarted]?.afterOrders ?? Infinity) + margin,
+      limit: () => gate.paused ?? (schedule[troubleStarted]?.afterOrders ?? Infinity) + margin + gate.extra,
     });
     const killing = (async () => {
       const every = options.killEveryMs ?? 700;
@@ -261,7 +276,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         // Held instances wait for the out-of-memory window, not for a signal.
         if (holding.value) continue;
         holding.killing = true;
-        const victim = instances[Math.floor(random() * instances.length)]!;
+        const victims = instances.filter((instance) => !holding.spared.has(instance));
+        const victim = victims[Math.floor(random() * victims.length)]!;
         // Two in three are crashes, every third a graceful stop.
         if ((kills + terms) % 3 !== 2) {
           await victim.kill('SIGKILL');
@@ -291,22 +307,38 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
           server,
           counts,
           failures: troubleFailures,
-          // Consumers held while orders come in leave a backlog for the out-of-memory window.
-          async holdConsumers() {
-            holding.value = true;
-            // A graceful stop under way must not be frozen half-way.
-            await waitFor(() => !holding.killing, { timeoutMs: 60_000, intervalMs: 20 });
-            for (const instance of instances) instance.hold();
-            const from = placing.accepted.size;
-            const backlog = Math.floor(margin / 2);
-            await waitFor(() => placing.accepted.size >= from + backlog, { timeoutMs: 15_000 }).catch(
-              () => {},
-            );
-            return placing.accepted.size - from;
-          },
-          releaseConsumers() {
-            for (const instance of instances) instance.release();
-            holding.value = false;
+          consumers: {
+            async hold() {
+              holding.value = true;
+              gate.paused = placing.started;
+              // A graceful stop under way must not be frozen half-way, and the trouble should meet
+              // consumers at work, not ones still starting.
+              await waitFor(() => !holding.killing, { timeoutMs: 60_000, intervalMs: 20 });
+              await waitFor(() => instances.every((instance) => instance.upFor(1_000)), {
+                timeoutMs: 30_000,
+                intervalMs: 20,
+              }).catch(() => {});
+              for (const instance of instances) instance.hold();
+              const from = placing.accepted.size;
+              const backlog = Math.floor(margin / 2);
+              gate.extra += backlog;
+              gate.paused = undefined;
+              await waitFor(() => placing.accepted.size >= from + backlog, { timeoutMs: 15_000 }).catch(
+                () => {},
+              );
+              return placing.accepted.size - from;
+            },
+            release() {
+              for (const instance of instances) instance.release();
+              holding.value = false;
+            },
+            spare(which) {
+              holding.spared = new Set(
+                instances.filter(
+                  (i) => which !== undefined && (i.consumerName !== undefined) === (which === 'fixed'),
+                ),
+              );
+            },
           },
         });
         trouble.push(`${when}: ${line}`);
@@ -386,16 +418,26 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
 
 /** One kind of Redis trouble. */
 export type Trouble =
-  { kind: 'restart' } | { kind: 'out of memory'; holdMs: number } | { kind: 'stall'; stall: Stall };
+  | { kind: 'restart' }
+  | {
+      kind: 'out of memory';
+      holdMs: number;
+      /** The instances (of both services) not killed during the window: under a fixed name, or a pid name. */
+      spared: 'fixed' | 'pid';
+    }
+  | { kind: 'stall'; stall: Stall };
 
 /**
  * The run's Redis trouble, drawn from its seed: without `redisTrouble`, the one restart a third of
- * the way in. With it, in a random order: an out-of-memory window held 20-30 s (opened on a
- * backlog: the consumer instances are held with SIGSTOP until orders wait for them, then released
- * into the full Redis), a `DEBUG SLEEP` of 2-3 s, `CLIENT PAUSE 3000 WRITE`,
- * `CLIENT PAUSE 3000 ALL`, and the restart, always after the out-of-memory window (Redis must come
- * back from its AOF after one); each once 5-85% of the orders are in, one at a time. The run holds
- * orders back until the next trouble has started, so each meets orders still coming in.
+ * the way in. With it, in a random order: an out-of-memory window held 20-30 s, a `DEBUG SLEEP`
+ * of 2-3 s, `CLIENT PAUSE 3000 WRITE`, `CLIENT PAUSE 3000 ALL`, and the restart, always after the
+ * out-of-memory window (Redis must come back from its AOF after one); each once 5-85% of the orders
+ * are in, one at a time. The run holds orders back until the next trouble has started, so each
+ * meets orders still coming in. Each but the restart also meets consumers at work: they are held
+ * (SIGSTOP) until a backlog of orders waits for them, and let go into it just before. During the
+ * out-of-memory window one instance of each service lives through it (those under a fixed
+ * consumer name, or those under a pid name), while the other goes on being killed: a consumer that
+ * was killed and restarted in the window and one that kept working are both put to the test.
  */
 export function troubleSchedule(
   random: () => number,
@@ -404,7 +446,11 @@ export function troubleSchedule(
 ): { afterOrders: number; what: Trouble }[] {
   if (!redisTrouble) return [{ afterOrders: Math.ceil(orders / 3), what: { kind: 'restart' } }];
   const troubles: Trouble[] = [
-    { kind: 'out of memory', holdMs: Math.round(20_000 + random() * 10_000) },
+    {
+      kind: 'out of memory',
+      holdMs: Math.round(20_000 + random() * 10_000),
+      spared: random() < 0.5 ? 'fixed' : 'pid',
+    },
     { kind: 'stall', stall: { kind: 'debug-sleep', ms: Math.round(2_000 + random() * 1_000) } },
     { kind: 'stall', stall: { kind: 'pause', mode: 'WRITE', ms: 3_000 } },
     { kind: 'stall', stall: { kind: 'pause', mode: 'ALL', ms: 3_000 } },
@@ -427,16 +473,19 @@ async function cause(
     server,
     counts,
     failures,
-    holdConsumers,
-    releaseConsumers,
+    consumers,
   }: {
     redis: Redis;
     server: RedisServer;
     counts: { redisRestarts: number; oomWindows: number; stalls: number };
     failures: string[];
-    /** Holds the consumer instances (SIGSTOP) until orders wait for them; resolves to how many do. */
-    holdConsumers: () => Promise<number>;
-    releaseConsumers: () => void;
+    consumers: {
+      /** Holds the consumer instances (SIGSTOP) until orders wait for them; resolves to how many do. */
+      hold(): Promise<number>;
+      release(): void;
+      /** Spares the instances under a fixed name, or a pid name, from kills; undefined: none. */
+      spare(which: 'fixed' | 'pid' | undefined): void;
+    };
   },
 ): Promise<string> {
   switch (what.kind) {
@@ -444,32 +493,38 @@ async function cause(
       await server.restart(500);
       counts.redisRestarts += 1;
       return 'Redis restarted (down 0.5 s), back from its AOF';
-    case 'stall':
+    case 'stall': {
+      const backlog = await consumers.hold();
+      consumers.release();
+      // Into the backlog: handlers are under way when Redis stops answering.
+      await sleep(100);
       await stallRedis(redis, what.stall);
       counts.stalls += 1;
-      return `${describeStall(what.stall)}: over`;
+      return `${describeStall(what.stall)} on a backlog of ${backlog} orders: over`;
+    }
     case 'out of memory': {
-      // A full Redis usually comes with consumers behind: it opens on a backlog of orders that
-      // the consumers, released into it, have to work through.
-      const backlog = await holdConsumers();
+      consumers.spare(what.spared);
+      const backlog = await consumers.hold();
       let window;
       try {
         window = await startOutOfMemory(redis);
       } catch (err) {
+        consumers.spare(undefined);
+        consumers.release();
         failures.push(`out of memory: ${(err as Error).message}`);
         return `out of memory: did not happen (${(err as Error).message})`;
-      } finally {
-        releaseConsumers();
       }
       counts.oomWindows += 1;
+      consumers.release();
       await sleep(what.holdMs);
+      consumers.spare(undefined);
       // Memory moves: say whether the window still held at its end.
       const stillRefused = (await writeRefusal(redis)) !== undefined;
       await endOutOfMemory(redis);
       const rewrite = await rewriteAof(redis);
       if (rewrite !== 'ok') failures.push(`AOF rewrite after the out-of-memory window: ${rewrite}`);
       return [
-        `out of memory for ${seconds(what.holdMs)} s on a backlog of ${backlog} orders (consumers held with SIGSTOP until then): maxmemory ${megabytes(window.maxmemory)} under ${megabytes(window.counted)} used`,
+        `out of memory for ${seconds(what.holdMs)} s on a backlog of ${backlog} orders, the instances under a ${what.spared} name spared from kills: maxmemory ${megabytes(window.maxmemory)} under ${megabytes(window.counted)} used`,
         `SET refused at the start ("${window.refusal}") and ${stillRefused ? 'still at the end' : 'taken again at the end (memory fell)'}`,
         `then maxmemory 0 and an AOF rewrite: ${rewrite}`,
       ].join('; ');

@@ -23,6 +23,8 @@ export interface OrderFlowOptions {
 export interface OrderFlow {
   /** The `orderId` of each order answered with 202. */
   readonly accepted: Set<string>;
+  /** Orders started so far (sent at least once). */
+  readonly started: number;
   /** Requests answered with something other than 202 (or not at all) and sent again with the same key. */
   readonly retried: number;
   /** The users the orders go to (their sent-notification lists hold the mails and SMS). */
@@ -82,6 +84,9 @@ export function placeOrders(url: string, options: OrderFlowOptions): OrderFlow {
   const done = Promise.all(Array.from({ length: concurrency }, worker)).then(() => {});
   return {
     accepted,
+    get started() {
+      return next;
+    },
     get retried() {
       return retried;
     },
