@@ -108,17 +108,29 @@ return id
 
 /**
  * KEYS[1] stream, KEYS[2] the entry's run count; ARGV group, consumer, minimum idle ms, entry ID,
- * runs not to count, how long to keep the count (ms). Claims the entry (XCLAIM, only if idle that
- * long: still ours) and counts the run it is claimed for, in one step: returns its ID, its fields
- * and the number of this run, or false if it is no longer ours. A count not yet written means one
- * run: the entry's first delivery, which writes nothing (the hot path). Runs that ended in a
- * Redis fault or a wait (`RetryLaterError`) are taken off, so only the handler's own failures
- * and runs that never finished count.
+ * how long to keep the count (ms). Claims the entry (XCLAIM, only if idle that long: still ours)
+ * and counts the run it is claimed for, in one step: returns its ID, its fields and the number of
+ * this run, or false if it is no longer ours. A count not yet written means one run: the entry's
+ * first delivery, which writes nothing (the hot path). `#!lua` (no flags): Redis refuses the whole
+ * script while out of memory, where a script without one would XCLAIM, and then, having written,
+ * be allowed the SET too, counting runs that cannot happen.
  */
-export const CLAIM_RUN = `
+export const CLAIM_RUN = `#!lua
 local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 if #claimed == 0 or not claimed[1] then return false end
-local runs = math.max(tonumber(redis.call('GET', KEYS[2]) or '1') - tonumber(ARGV[5]), 0) + 1
-redis.call('SET', KEYS[2], runs, 'PX', ARGV[6])
+local runs = tonumber(redis.call('GET', KEYS[2]) or '1') + 1
+redis.call('SET', KEYS[2], runs, 'PX', ARGV[5])
 return {claimed[1][1], claimed[1][2], runs}
+`;
+
+/**
+ * KEYS[1] an entry's run count; ARGV how many runs to take off, how long to keep the count (ms).
+ * For runs that must not count (they ended in a Redis fault or `RetryLaterError`, or never
+ * started): the count is a sum, so taking them off later, even after another consumer counted a
+ * run of its own, leaves it right. A count not yet written means one run (see CLAIM_RUN).
+ */
+export const UNCOUNT_RUNS = `
+local runs = math.max(tonumber(redis.call('GET', KEYS[1]) or '1') - tonumber(ARGV[1]), 0)
+redis.call('SET', KEYS[1], runs, 'PX', ARGV[2])
+return runs
 `;

@@ -14,7 +14,7 @@ import {
   type Fields,
   type StreamDefinition,
 } from './stream.ts';
-import { CLAIM_RUN, DELETE_IDLE_CONSUMERS } from './scripts.ts';
+import { CLAIM_RUN, DELETE_IDLE_CONSUMERS, UNCOUNT_RUNS } from './scripts.ts';
 
 /** Where an event came from, given to the handler beside it. */
 export interface DeliveryContext {
@@ -258,13 +258,19 @@ class ConsumerLoop {
    */
   private recreateFrom: string | undefined;
   /**
-   * Runs that must not count, by entry: they ended in a Redis fault or a `RetryLaterError`. The
-   * entry's next claim takes them off its run count.
+   * Runs that must not count, by entry, not yet taken off its count in Redis (UNCOUNT_RUNS): they
+   * ended in a Redis fault or a `RetryLaterError`, or never started. Written back before the next
+   * step, and kept until Redis takes them: in Redis, not here, so that another consumer that
+   * takes the entry over sees the right count.
    */
   private readonly uncounted = new Map<string, number>();
   /** Run counts of entries acked since the last XACK was sent: deleted with it. */
   private forget: string[] = [];
   private readonly clock: ServerClock;
+  /** When `writeBackUncounted` may try again. */
+  private uncountAt = 0;
+  /** Entries being handled whose run count is in Redis (claimed by CLAIM_RUN): deleted with their ack. */
+  private readonly countedInRedis = new Set<string>();
 
   constructor(
     private readonly group: string,
@@ -288,6 +294,7 @@ class ConsumerLoop {
     this.redis.on('close', () => (this.ownPending = 'all'));
     this.clock = new ServerClock(this.redis);
     this.redis.defineCommand('streamKitClaimRun', { numberOfKeys: 2, lua: CLAIM_RUN });
+    this.redis.defineCommand('streamKitUncountRuns', { numberOfKeys: 1, lua: UNCOUNT_RUNS });
     this.leaseTimer = setInterval(() => void this.renewLeases(), Math.max(settings.claimIdleMs / 3, 10));
     this.leaseTimer.unref();
     this.running = this.run();
@@ -314,7 +321,10 @@ class ConsumerLoop {
     // Send the acks still queued for handlers that finished, and let them land (a blocked read's
     // answer comes first, within BLOCK) before the connection goes.
     this.sendAcks();
-    await Promise.race([Promise.allSettled([...this.acks, releasing]), sleep(this.settings.closeTimeoutMs)]);
+    // The runs that must not count, the handed-back entries' included: so that whoever takes the
+    // entries over counts right.
+    const uncounting = releasing.then(() => this.writeBackUncounted(true));
+    await Promise.race([Promise.allSettled([...this.acks, uncounting]), sleep(this.settings.closeTimeoutMs)]);
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.redis.disconnect();
@@ -350,8 +360,8 @@ class ConsumerLoop {
           this.stream.name, this.group, this.consumer, stillOurs(Date.now() - touchedAt), ...ids,
           'IDLE', this.settings.claimIdleMs, 'JUSTID',
         )) as string[];
-        // Never started here: whoever takes them runs them for the first time (see CLAIM_RUN).
-        await Promise.all(handedBack.map((id) => this.redis.set(this.runsKey(id), '0', 'PX', RUNS_TTL_MS)));
+        // Never started here: whoever takes them runs them for the first time.
+        for (const id of handedBack) this.uncount(id);
       }
     } catch (err) {
       this.log.debug({ ...this.where(), err: describe(err) }, 'cannot hand back unstarted entries');
@@ -465,6 +475,7 @@ class ConsumerLoop {
    * idle too long, else new entries. A batch read ahead comes first: its entries are ours already.
    */
   private async step() {
+    if (this.uncounted.size > 0) await this.writeBackUncounted();
     if (this.readAhead) {
       const next = this.readAhead;
       this.readAhead = undefined;
@@ -538,10 +549,10 @@ class ConsumerLoop {
     await this.flushAcks();
   }
 
-  /** Queues the ack of entry `id`, handled on run number `run`: a run count kept for it goes too. */
-  private queueAck(id: string, run: number) {
+  /** Queues the ack of entry `id`: a run count kept for it goes too. */
+  private queueAck(id: string) {
     this.ackQueue.push(id);
-    if (run > 1) this.forget.push(this.runsKey(id));
+    if (this.countedInRedis.has(id)) this.forget.push(this.runsKey(id));
     this.ackSoon ??= setImmediate(() => this.sendAcks());
   }
 
@@ -693,7 +704,6 @@ class ConsumerLoop {
     // the handler's own script, trimmed): forget their retry times, or the map only grows, and a
     // lost group would be recreated before one of them.
     for (const id of this.retryDue.keys()) if (!listed.has(id)) this.retryDue.delete(id);
-    for (const id of this.uncounted.keys()) if (!listed.has(id)) this.uncounted.delete(id);
   }
 
   /**
@@ -705,10 +715,8 @@ class ConsumerLoop {
     const redis = this.redis as unknown as { streamKitClaimRunBuffer(...args: unknown[]): Promise<unknown> };
     // prettier-ignore
     const claimed = (await redis.streamKitClaimRunBuffer(
-      this.stream.name, this.runsKey(id),
-      this.group, this.consumer, stillOurs(idleMs), id, this.uncounted.get(id) ?? 0, RUNS_TTL_MS,
+      this.stream.name, this.runsKey(id), this.group, this.consumer, stillOurs(idleMs), id, RUNS_TTL_MS,
     )) as [id: Buffer, fields: Buffer[] | null, run: number] | null;
-    this.uncounted.delete(id);
     if (!claimed) {
       this.retryDue.delete(id);
       // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
@@ -716,10 +724,12 @@ class ConsumerLoop {
       return;
     }
     this.held.set(id, Date.now());
+    this.countedInRedis.add(id);
     try {
       await this.handleOne(id, claimed[1] ?? [], claimed[2]);
     } finally {
       this.held.delete(id);
+      this.countedInRedis.delete(id);
     }
   }
 
@@ -805,6 +815,27 @@ class ConsumerLoop {
 
   private uncount(id: string) {
     this.uncounted.set(id, (this.uncounted.get(id) ?? 0) + 1);
+  }
+
+  /**
+   * Takes the runs that must not count off their entries' counts in Redis. Those Redis refuses
+   * (it is still in trouble) stay queued, and are tried again a second later at the earliest.
+   */
+  private async writeBackUncounted(force = false) {
+    if (this.uncounted.size === 0 || (!force && Date.now() < this.uncountAt)) return;
+    const redis = this.redis as unknown as { streamKitUncountRuns(...args: unknown[]): Promise<unknown> };
+    await Promise.all(
+      [...this.uncounted].map(async ([id, runs]) => {
+        try {
+          await redis.streamKitUncountRuns(this.runsKey(id), runs, RUNS_TTL_MS);
+          const left = this.uncounted.get(id)! - runs;
+          if (left > 0) this.uncounted.set(id, left);
+          else this.uncounted.delete(id);
+        } catch {
+          this.uncountAt = Date.now() + 1_000;
+        }
+      }),
+    );
   }
 
   /** `retryDelayMs` after the first delivery, doubling with each one after. */
@@ -895,7 +926,7 @@ class ConsumerLoop {
     }
     // Done with it: a lease renewal sent after the ack would find it gone and call it lost.
     this.held.delete(id);
-    this.queueAck(id, run);
+    this.queueAck(id);
     return 'done';
   }
 
@@ -920,7 +951,7 @@ class ConsumerLoop {
       .catch((err: unknown) => Promise.reject(new DeadLetterError(err)));
     this.held.delete(id);
     await this.redis.xack(this.stream.name, this.group, id);
-    if (run > 1) this.redis.del(this.runsKey(id)).catch(() => {});
+    if (this.countedInRedis.has(id)) this.redis.del(this.runsKey(id)).catch(() => {});
     this.log.warn(
       { ...this.where(), entryId: id, deadLetterStream: this.settings.deadLetterStream, reason },
       'entry moved to the dead-letter stream',

@@ -1593,9 +1593,9 @@ describe('when Redis is in trouble', () => {
   function startOn(
     stream: TestStream,
     handler: Handler<{ n: number }>,
-    options: Partial<SubscribeOptions> = {},
+    { consumer = 'c1', ...options }: Partial<SubscribeOptions> & { consumer?: string } = {},
   ) {
-    const sub = subscribe('g', 'c1', stream, handler, { connection: server.url, ...options });
+    const sub = subscribe('g', consumer, stream, handler, { connection: server.url, ...options });
     opened.push(sub);
     return sub;
   }
@@ -1699,6 +1699,33 @@ describe('when Redis is in trouble', () => {
     await waitFor(() => runs.length === 1);
     expect(runs).toEqual([1]);
     expect(await admin.xlen(`${stream.name}:dlq`)).toBe(0);
+  });
+
+  it('takes a run that Redis cut short off the count, for the consumer that takes the entry over too', async () => {
+    const stream = testStream();
+    const local = createPublisher({ connection: admin });
+    await local.publish(stream, { n: 0 });
+    await local.close();
+    const faulted = deferred();
+    const first = startOn(
+      stream,
+      () => {
+        faulted.resolve();
+        throw new Error('cannot record the effect', { cause: new Error('Command timed out') });
+      },
+      { consumer: 'first' },
+    );
+    await faulted.promise;
+    await first.close();
+    const runs: number[] = [];
+
+    startOn(stream, (_event, { deliveryCount }) => void runs.push(deliveryCount), {
+      consumer: 'second',
+      claimIdleMs: 100,
+    });
+
+    await waitFor(() => runs.length === 1, { what: 'the entry taken over' });
+    expect(runs).toEqual([1]);
   });
 
   it('does not warn of a lost lease when the handler acked its entry itself', async () => {
