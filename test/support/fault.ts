@@ -3,7 +3,15 @@ import { consumerEnv, parseEnv } from '../../packages/stream-kit/src/service.ts'
 import { Redis } from 'ioredis';
 import { startRedisServer, type RedisServer } from '../../scripts/redis-server.ts';
 import { placeOrders } from './orders.ts';
-import { caughtUp, histogramOf, outcomeOf, quiescent, type Histogram } from './outcome.ts';
+import {
+  caughtUp,
+  histogramOf,
+  outcomeOf,
+  pendingCounts,
+  quiescent,
+  sentCount,
+  type Histogram,
+} from './outcome.ts';
 import {
   describeStall,
   endOutOfMemory,
@@ -362,7 +370,20 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     const settleTimeoutMs =
       options.settleTimeoutMs ?? 120_000 + 2 * (options.claimIdleMs ?? DEFAULT_CLAIM_IDLE_MS);
     // Caught up, or settled short of it (something dead-lettered or lost): the report says which.
-    await waitFor(async () => (await caughtUp(redis, placing)) || quiescent(redis), {
+    let progressAt = Date.now();
+    const settled = async () => {
+      if (Date.now() - progressAt >= 10_000) {
+        progressAt = Date.now();
+        const [pending, payments, sent] = [
+          await pendingCounts(redis),
+          await redis.xlen('payment-events'),
+          await sentCount(redis, placing.userIds),
+        ];
+        log(`  ${payments} payments, ${sent} notifications, pending ${JSON.stringify(pending)}`);
+      }
+      return (await caughtUp(redis, placing)) || quiescent(redis);
+    };
+    await waitFor(settled, {
       timeoutMs: settleTimeoutMs,
       intervalMs: 250,
       what: 'the system to settle',
@@ -575,6 +596,7 @@ function sleep(ms: number): Promise<void> {
 }
 
 const seconds = (ms: number) => (ms / 1000).toFixed(1);
+const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
 const megabytes = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(2)} MB`;
 
 /**
@@ -631,7 +653,7 @@ export function formatReport(report: FaultReport): string {
     `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)`,
     `faults: ${report.kills} SIGKILLs and ${report.terms} SIGTERMs of consumer instances, ${report.redisRestarts} Redis restart`,
     report.redisTrouble
-      ? `redis trouble: ${report.oomWindows} out-of-memory windows, ${report.stalls} stalls`
+      ? `redis trouble: ${plural(report.oomWindows, 'out-of-memory window')}, ${plural(report.stalls, 'stall')}`
       : 'redis trouble: none but the restart (--no-redis-trouble)',
     ...report.trouble.map((line) => `  at ${line}`),
     `payments per order: ${show(report.payments)}`,
