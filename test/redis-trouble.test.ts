@@ -11,6 +11,7 @@ import {
   outcomeOf,
   paidOrderIds,
   quiescent,
+  sentCount,
   type Outcome,
 } from './support/outcome.ts';
 import {
@@ -329,14 +330,19 @@ function privateSystem() {
     },
     /**
      * Holds `consumers` until `orders` more of `flow`'s orders wait for them, then lets them go:
-     * resolves a moment later, while they work through the backlog.
+     * resolves once notifications are being recorded again, while they work through the backlog.
      */
     async behind(flow: OrderFlow, consumers: RunningService[], orders: number) {
       system.hold(...consumers);
       const from = flow.accepted.size;
       await waitFor(() => flow.accepted.size >= from + orders, { timeoutMs: 30_000, what: 'a backlog' });
+      const sent = await sentCount(system.redis, flow.userIds);
       system.release(...consumers);
-      await sleep(100);
+      await waitFor(async () => (await sentCount(system.redis, flow.userIds)) >= sent + 20, {
+        timeoutMs: 10_000,
+        intervalMs: 5,
+        what: 'the consumers to work on the backlog',
+      });
     },
     /** Stops the processes where they stand (SIGSTOP). */
     hold(...held: RunningService[]) {
