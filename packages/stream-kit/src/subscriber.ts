@@ -520,12 +520,15 @@ class ConsumerLoop {
    */
   private async handleBatch(entries: Entry[]) {
     let next = 0;
+    // IDs grow along a batch: if its last is not ahead of the clock, none is (one check a batch).
+    const last = entries.at(-1);
+    const mayBeAhead = last !== undefined && this.clock.looksAhead(last[0], maxIdAheadMs(this.stream));
     let failed = false;
     const work = async () => {
       while (next < entries.length && !this.stopping && !failed) {
         const [id, fields] = entries[next++]!;
         try {
-          if (this.held.has(id)) await this.handleOne(id, fields, 1);
+          if (this.held.has(id)) await this.handleOne(id, fields, 1, mayBeAhead);
         } catch (err) {
           // A Redis error (a dead letter not acked, say): stop taking entries, and let the loop
           // go through the pending list once the others are done.
@@ -788,11 +791,11 @@ class ConsumerLoop {
    * Redis fault (from the handler or from dead-lettering) is thrown on: the loop pauses and goes
    * through its pending list once Redis works again; the run does not count.
    */
-  private async handleOne(id: string, flat: Buffer[], run: number) {
+  private async handleOne(id: string, flat: Buffer[], run: number, mayBeAhead = true) {
     // close() may have come while we were reading or claiming: its connection is gone, so a
     // handler started now could not be acked and its entry would be handled again elsewhere.
     if (this.stopping) return;
-    const handling = this.handle(id, flat, run);
+    const handling = this.handle(id, flat, run, mayBeAhead);
     this.handling.set(id, handling);
     let outcome: Outcome;
     try {
@@ -848,9 +851,9 @@ class ConsumerLoop {
     if (this.retryAt === 0 || at < this.retryAt) this.retryAt = at;
   }
 
-  private async handle(id: string, flat: Buffer[], run: number): Promise<Outcome> {
+  private async handle(id: string, flat: Buffer[], run: number, mayBeAhead: boolean): Promise<Outcome> {
     try {
-      return await this.process(id, flat, run);
+      return await this.process(id, flat, run, mayBeAhead);
     } catch (err) {
       if (!(err instanceof DeadLetterError)) throw err;
       // Redis is in trouble: the loop pauses (see run()).
@@ -864,7 +867,8 @@ class ConsumerLoop {
     }
   }
 
-  private async process(id: string, flat: Buffer[], run: number): Promise<Outcome> {
+  /** `mayBeAhead` false: the entry's ID is known not to be ahead of the clock. */
+  private async process(id: string, flat: Buffer[], run: number, mayBeAhead: boolean): Promise<Outcome> {
     if (run > this.settings.maxDeliveries) {
       // Taken that often yet never finished: it likely kills or stalls whichever process runs it.
       await this.deadLetter(
@@ -876,7 +880,7 @@ class ConsumerLoop {
       return 'done';
     }
     const bound = maxIdAheadMs(this.stream);
-    if (this.clock.looksAhead(id, bound)) {
+    if (mayBeAhead && this.clock.looksAhead(id, bound)) {
       const ahead = await this.clock.aheadBy(id, bound);
       if (ahead !== undefined) {
         const reason = `entry ID ahead of the clock: ${id} is ${Math.round(ahead)} ms ahead of the server clock (more than ${bound} ms)`;
