@@ -11,8 +11,8 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { isColorSupported, prettyFactory } from 'pino-pretty';
-import { answersHealthz, canConnect } from './net.ts';
-import { startRedisServer, type RedisServer } from './redis-server.ts';
+import { answersHealthz, canConnect } from '../harness/net.ts';
+import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';

@@ -4,13 +4,8 @@
  * `redis://127.0.0.1:6379`). Replay puts an entry back on its stream once its cause is fixed.
  */
 import { parseArgs } from 'node:util';
-import {
-  listDeadLetters,
-  OrderEvents,
-  PaymentEvents,
-  replayDeadLetters,
-  type StreamDefinition,
-} from '../packages/stream-kit/src/index.ts';
+import { listDeadLetters, replayDeadLetters, type StreamDefinition } from '@msa/stream-kit';
+import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 
 const STREAMS = new Map<string, StreamDefinition>(

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { startRedisServer } from '../scripts/redis-server.ts';
+import { startRedisServer } from '../harness/redis-server.ts';
 
 /** The parts of the Compose file format these tests look at. */
 interface Healthcheck {

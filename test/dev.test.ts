@@ -5,9 +5,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { answersHealthz, canConnect, freePort } from '../scripts/net.ts';
-import { startRedisServer } from '../scripts/redis-server.ts';
-import { waitFor } from './support/wait.ts';
+import { answersHealthz, canConnect, freePort } from '../harness/net.ts';
+import { startRedisServer } from '../harness/redis-server.ts';
+import { waitFor } from '../harness/wait.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
+import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 
 /* `pnpm dlq`, run as a real process against a Redis of its own. */
 

@@ -1,10 +1,10 @@
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
-import { freePort } from '../scripts/net.ts';
-import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
-import { exitOf, spawnService, startService, type RunningService } from './support/services.ts';
-import { entryFields } from './support/streams.ts';
-import { waitFor } from './support/wait.ts';
+import { freePort } from '../harness/net.ts';
+import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
+import { exitOf, spawnService, startService, type RunningService } from '../harness/services.ts';
+import { entryFields } from '../harness/streams.ts';
+import { waitFor } from '../harness/wait.ts';
 
 /*
  * The three services as real processes, on free ports, against their own redis-server: an order

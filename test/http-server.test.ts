@@ -1,9 +1,9 @@
 import type { ChildProcess } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { canConnect, freePort } from '../scripts/net.ts';
-import { exitOf, spawnService, type ServiceName } from './support/services.ts';
-import { waitFor } from './support/wait.ts';
+import { canConnect, freePort } from '../harness/net.ts';
+import { exitOf, spawnService, type ServiceName } from '../harness/services.ts';
+import { waitFor } from '../harness/wait.ts';
 
 /*
  * The services' HTTP servers, as real processes: the time limits that keep a slow client from

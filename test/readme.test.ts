@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
-import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
-import { exitOf } from './support/services.ts';
-import { waitFor } from './support/wait.ts';
+import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
+import { exitOf } from '../harness/services.ts';
+import { waitFor } from '../harness/wait.ts';
 
 /* The README's stream-kit sample must keep compiling and doing what the README says it does. */
 

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFailed } from 'vitest';
-import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
+import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 import { placeOrders, type OrderFlow } from './support/orders.ts';
 import {
   caughtUp,
@@ -21,8 +21,8 @@ import {
   TROUBLE_SERVER_ARGS,
   writeRefusal,
 } from './support/redis-trouble.ts';
-import { exitOf, startService, type RunningService, type ServiceName } from './support/services.ts';
-import { waitFor } from './support/wait.ts';
+import { exitOf, startService, type RunningService, type ServiceName } from '../harness/services.ts';
+import { waitFor } from '../harness/wait.ts';
 
 /*
  * Transient Redis trouble never dead-letters a good order: each case of the issue, end to end,

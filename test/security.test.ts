@@ -3,11 +3,11 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
-import { startRedisServer, type RedisServer } from '../scripts/redis-server.ts';
-import { startService, type RunningService, type ServiceName } from './support/services.ts';
-import { entryFields } from './support/streams.ts';
-import { createTestCertificates, startTlsRedisServer, type TestCertificates } from './support/tls.ts';
-import { waitFor } from './support/wait.ts';
+import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
+import { startService, type RunningService, type ServiceName } from '../harness/services.ts';
+import { entryFields } from '../harness/streams.ts';
+import { createTestCertificates, startTlsRedisServer, type TestCertificates } from '../harness/tls.ts';
+import { waitFor } from '../harness/wait.ts';
 
 /*
  * Redis connections the services can be trusted with: behind a password, as one ACL user per

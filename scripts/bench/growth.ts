@@ -6,8 +6,9 @@
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { Redis } from 'ioredis';
-import { OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
-import type { RedisServer } from '../redis-server.ts';
+import { subscribe } from '@msa/stream-kit';
+import { OrderEvents } from '@msa/stream-kit/events';
+import type { RedisServer } from '../../harness/redis-server.ts';
 import { consumeAll, countdown, fillOrders, fresh, median, type BenchOptions, type Row } from './support.ts';
 
 const SECTION = '6. cost as work grows';

@@ -8,9 +8,9 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { Redis } from 'ioredis';
-import { exitOf, startService, type RunningService } from '../../test/support/services.ts';
-import { freePort, waitForPort } from '../net.ts';
-import type { RedisServer } from '../redis-server.ts';
+import { exitOf, startService, type RunningService } from '../../harness/services.ts';
+import { freePort, waitForPort } from '../../harness/net.ts';
+import type { RedisServer } from '../../harness/redis-server.ts';
 import { now, order, percentiles, type BenchOptions, type Row } from './support.ts';
 
 const SECTION = '5. HTTP';

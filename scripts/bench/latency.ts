@@ -9,9 +9,10 @@ import { availableParallelism } from 'node:os';
 import { Redis } from 'ioredis';
 import { sentLogKey } from '../../packages/notification-service/src/sent-log.ts';
 import { paymentKey } from '../../packages/payment-service/src/process-payment.ts';
-import { createPublisher, OrderEvents, subscribe } from '../../packages/stream-kit/src/index.ts';
-import { startService, type RunningService } from '../../test/support/services.ts';
-import type { RedisServer } from '../redis-server.ts';
+import { createPublisher, subscribe } from '@msa/stream-kit';
+import { OrderEvents } from '@msa/stream-kit/events';
+import { startService, type RunningService } from '../../harness/services.ts';
+import type { RedisServer } from '../../harness/redis-server.ts';
 import { fresh, now, order, percentiles, type BenchOptions, type Row } from './support.ts';
 
 const SECTION = '4. latency';

@@ -6,7 +6,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { startRedisServer, type RedisServer } from '../redis-server.ts';
+import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
 import { growthRows } from './growth.ts';
 import { httpRows } from './http.ts';
 import { latencyRows } from './latency.ts';

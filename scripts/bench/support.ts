@@ -1,11 +1,7 @@
 /* What every `pnpm bench` module shares: the row it reports, and small timing helpers. */
 import type { Redis } from 'ioredis';
-import {
-  subscribe,
-  type EventOf,
-  type OrderEvents,
-  type SubscribeOptions,
-} from '../../packages/stream-kit/src/index.ts';
+import { subscribe, type EventOf, type SubscribeOptions } from '@msa/stream-kit';
+import type { OrderEvents } from '@msa/stream-kit/events';
 
 /** What a row's figure measures; it decides which way is better. */
 export type Unit = 'per second' | 'ms' | 'MB';

@@ -7,17 +7,13 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import {
-  createPublisher,
-  OrderEvents,
-  subscribe,
-  type Publisher,
-} from '../../packages/stream-kit/src/index.ts';
+import { createPublisher, subscribe, type Publisher } from '@msa/stream-kit';
+import { OrderEvents } from '@msa/stream-kit/events';
 import { decode } from '../../packages/stream-kit/src/stream.ts';
 import { paymentHandler } from '../../packages/payment-service/src/process-payment.ts';
 import { openRequestConnection } from '../../packages/stream-kit/src/connection.ts';
 import { silentLogger } from '../../packages/stream-kit/src/logger.ts';
-import type { RedisServer } from '../redis-server.ts';
+import type { RedisServer } from '../../harness/redis-server.ts';
 import {
   consumeAll,
   countdown,

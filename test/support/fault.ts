@@ -1,7 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { consumerEnv, parseEnv } from '../../packages/stream-kit/src/service.ts';
 import { Redis } from 'ioredis';
-import { startRedisServer, type RedisServer } from '../../scripts/redis-server.ts';
+import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
 import { placeOrders } from './orders.ts';
 import {
   caughtUp,
@@ -22,8 +22,14 @@ import {
   writeRefusal,
   type Stall,
 } from './redis-trouble.ts';
-import { exitOf, spawnService, startService, type RunningService, type ServiceName } from './services.ts';
-import { waitFor } from './wait.ts';
+import {
+  exitOf,
+  spawnService,
+  startService,
+  type RunningService,
+  type ServiceName,
+} from '../../harness/services.ts';
+import { waitFor } from '../../harness/wait.ts';
 
 export type { Histogram } from './outcome.ts';
 

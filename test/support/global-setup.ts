@@ -1,6 +1,6 @@
 import type {} from 'vitest';
 import type { TestProject } from 'vitest/node';
-import { startRedisServer } from '../../scripts/redis-server.ts';
+import { startRedisServer } from '../../harness/redis-server.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { entryFields } from './streams.ts';
+import { entryFields } from '../../harness/streams.ts';
 
 /*
  * What became of the orders a run placed, read from Redis the way an operator would: payments in

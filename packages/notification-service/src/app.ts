@@ -1,5 +1,5 @@
 import express, { type Request } from 'express';
-import { OrderCreated } from '@msa/stream-kit';
+import { OrderCreated } from '@msa/stream-kit/events';
 import { malformedQueryParameter, readinessHandler } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';

@@ -1,4 +1,5 @@
-import { OrderEvents, PaymentEvents, subscribe } from '@msa/stream-kit';
+import { subscribe } from '@msa/stream-kit';
+import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import {
   closeServer,
   gracefulShutdown,

@@ -1,4 +1,5 @@
-import type { DeliveryContext, Handler, OrderEvent, PaymentEvent } from '@msa/stream-kit';
+import type { DeliveryContext, Handler } from '@msa/stream-kit';
+import type { OrderEvent, PaymentEvent } from '@msa/stream-kit/events';
 import type { Channel, NotificationSender } from './sender.ts';
 import type { SentLog } from './sent-log.ts';
 

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
-import { defineScript } from '@msa/stream-kit/service';
+import { defineScript } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
 

@@ -1,5 +1,6 @@
 import express, { type ErrorRequestHandler, type Request } from 'express';
-import { EventValidationError, OrderCreated, OrderEvents, type Publisher } from '@msa/stream-kit';
+import { EventValidationError, type Publisher } from '@msa/stream-kit';
+import { OrderCreated, OrderEvents } from '@msa/stream-kit/events';
 import { isStreamIdError, malformedQueryParameter, readinessHandler } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';

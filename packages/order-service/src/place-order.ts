@@ -1,6 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { maxIdAheadMs, OrderEvents, XADD_CHECKED, xaddArguments, type Publisher } from '@msa/stream-kit';
-import { defineScript } from '@msa/stream-kit/service';
+import type { Publisher } from '@msa/stream-kit';
+import { OrderEvents } from '@msa/stream-kit/events';
+import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 
 export interface OrderInput {

@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
+import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { fieldsFromReply, type Fields } from '../../stream-kit/src/stream.ts';
 import { createApp } from '../src/app.ts';
 

@@ -4,9 +4,9 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { freePort } from '../../../scripts/net.ts';
-import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
-import { entryFields } from '../../../test/support/streams.ts';
+import { freePort } from '../../../harness/net.ts';
+import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
+import { entryFields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
 
 // Its own Redis: these tests count the entries of the real `order-events` stream.

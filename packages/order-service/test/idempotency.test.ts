@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { entryFields } from '../../../test/support/streams.ts';
+import { entryFields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
 
 // The run's shared Redis: other suites write `order-events` too, so every test here has its own

@@ -5,10 +5,10 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import { freePort } from '../../../scripts/net.ts';
-import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
-import { startService, type RunningService } from '../../../test/support/services.ts';
-import { waitFor } from '../../../test/support/wait.ts';
+import { freePort } from '../../../harness/net.ts';
+import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
+import { startService, type RunningService } from '../../../harness/services.ts';
+import { waitFor } from '../../../harness/wait.ts';
 import { createApp } from '../src/app.ts';
 
 const logger = pino({ level: 'silent' });

@@ -1,4 +1,5 @@
-import { OrderEvents, subscribe } from '@msa/stream-kit';
+import { subscribe } from '@msa/stream-kit';
+import { OrderEvents } from '@msa/stream-kit/events';
 import {
   closeServer,
   gracefulShutdown,

@@ -1,15 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import {
-  maxIdAheadMs,
-  OrderEvents,
-  PaymentEvents,
-  XADD_CHECKED,
-  xaddArguments,
-  type DeliveryContext,
-  type Handler,
-  type OrderEvent,
-} from '@msa/stream-kit';
-import { defineScript } from '@msa/stream-kit/service';
+import type { DeliveryContext, Handler } from '@msa/stream-kit';
+import { OrderEvents, PaymentEvents, type OrderEvent } from '@msa/stream-kit/events';
+import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 

@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import type { DeliveryContext, OrderEvent } from '@msa/stream-kit';
+import type { DeliveryContext } from '@msa/stream-kit';
+import type { OrderEvent } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { entryFields } from '../../../test/support/streams.ts';
+import { entryFields } from '../../../harness/streams.ts';
 import { paymentHandler, paymentKey } from '../src/process-payment.ts';
 
 let redis: Redis;

@@ -69,3 +69,9 @@ export const PaymentEvents = defineStream({
   defaults: () => ({ type: 'payment-completed' }),
 });
 export type PaymentEvent = z.infer<typeof PaymentEvents.schema>;
+
+/**
+ * Every stream of the catalogue: what the dead-letter CLI, the ACL check and the fault run go
+ * through, so that a new stream is listed once, here.
+ */
+export const streams = [OrderEvents, PaymentEvents] as const;

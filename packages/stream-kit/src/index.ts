@@ -1,13 +1,23 @@
+/*
+ * The messaging API: publish, subscribe, stream definitions, the errors a caller reacts to, and
+ * dead letters. The event catalogue is `@msa/stream-kit/events`; scripting helpers for handlers
+ * that ack in their own Lua script are `@msa/stream-kit/lua`; the service chassis (env, HTTP,
+ * shutdown) is `@msa/stream-kit/service`.
+ */
 export type { Connection } from './connection.ts';
-export { EventValidationError, NonRetryableError, RetryLaterError } from './errors.ts';
+export {
+  EventValidationError,
+  NonRetryableError,
+  PublisherClosedError,
+  RetryLaterError,
+  unknownEvent,
+} from './errors.ts';
 export type { Logger } from './logger.ts';
 export { createPublisher } from './publisher.ts';
 export type { Publisher, PublisherOptions } from './publisher.ts';
 export { listDeadLetters, replayDeadLetters } from './dead-letters.ts';
 export type { DeadLetter, DeadLetterOptions, ListOptions, Replayed } from './dead-letters.ts';
-export { defineStream, maxIdAheadMs, XADD_CHECKED, xaddArguments } from './stream.ts';
+export { defineStream } from './stream.ts';
 export type { EventOf, Fields, Retention, StreamDefinition } from './stream.ts';
 export { subscribe } from './subscriber.ts';
 export type { DeliveryContext, Handler, SubscribeOptions, Subscription } from './subscriber.ts';
-export { OrderCreated, OrderEvents, PaymentCompleted, PaymentEvents } from './events.ts';
-export type { OrderEvent, PaymentEvent } from './events.ts';

@@ -1,3 +1,4 @@
+import { PublisherClosedError } from './errors.ts';
 import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import { defineScript, PUBLISH, PUBLISH_MANY } from './scripts.ts';
@@ -64,7 +65,7 @@ export function createPublisher(options: PublisherOptions): Publisher {
   const publishOne = defineScript<string>(redis, 'streamKitPublish', 1, PUBLISH);
 
   async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
-    if (closing) throw new Error('publisher is closed');
+    if (closing) throw new PublisherClosedError();
     const write = publishOne(stream.name, maxIdAheadMs(stream), xaddArguments(stream, event));
     inFlight.add(write);
     try {
@@ -77,7 +78,7 @@ export function createPublisher(options: PublisherOptions): Publisher {
   const publishBatch = defineScript<string[]>(redis, 'streamKitPublishMany', 1, PUBLISH_MANY);
 
   async function publishMany<D extends StreamDefinition>(stream: D, events: readonly EventOf<D>[]) {
-    if (closing) throw new Error('publisher is closed');
+    if (closing) throw new PublisherClosedError();
     if (events.length === 0) return [];
     const trim = trimArguments(stream);
     const args: string[] = [String(maxIdAheadMs(stream)), String(trim.length), ...trim];

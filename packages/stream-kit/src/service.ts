@@ -6,7 +6,6 @@ import { silentLogger, type Logger } from './logger.ts';
 import { defaultConsumerName } from './subscriber.ts';
 
 export { isStreamIdError, openRequestConnection } from './connection.ts';
-export { defineScript } from './scripts.ts';
 
 /*
  * What the three services share besides streams: environment parsing, listening and graceful

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
-import { waitFor } from '../../../test/support/wait.ts';
+import { waitFor } from '../../../harness/wait.ts';
 import { createPublisher, defineStream, subscribe, type Subscription } from '../src/index.ts';
 
 /*

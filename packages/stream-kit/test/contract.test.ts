@@ -4,11 +4,11 @@ import vm from 'node:vm';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, expectTypeOf, inject, it } from 'vitest';
 import { z } from 'zod';
-import { freePort } from '../../../scripts/net.ts';
-import { startRedisServer, type RedisServer } from '../../../scripts/redis-server.ts';
-import { entryFields } from '../../../test/support/streams.ts';
-import { startProxy } from '../../../test/support/proxy.ts';
-import { deferred, waitFor } from '../../../test/support/wait.ts';
+import { freePort } from '../../../harness/net.ts';
+import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
+import { entryFields } from '../../../harness/streams.ts';
+import { startProxy } from '../../../harness/proxy.ts';
+import { deferred, waitFor } from '../../../harness/wait.ts';
 import {
   createPublisher,
   defineStream,

@@ -1,5 +1,5 @@
 import { createServer, connect, type Socket } from 'node:net';
-import { freePort } from '../../scripts/net.ts';
+import { freePort } from './net.ts';
 
 /** A TCP proxy in front of a port that can make its open connections go silent. */
 export interface Proxy {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { answersHealthz, freePort } from '../../scripts/net.ts';
+import { answersHealthz, freePort } from './net.ts';
 import { waitFor } from './wait.ts';
 
 export type ServiceName = 'order-service' | 'payment-service' | 'notification-service';

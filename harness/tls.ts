@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../../scripts/net.ts';
-import { startRedisServer, type RedisServer } from '../../scripts/redis-server.ts';
+import { freePort } from './net.ts';
+import { startRedisServer, type RedisServer } from './redis-server.ts';
 
 /** A throw-away CA and a server certificate it signed, as files in a temporary directory. */
 export interface TestCertificates {

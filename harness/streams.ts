@@ -1,0 +1,11 @@
+import type { Redis } from 'ioredis';
+
+/** The fields of every entry of `stream`, oldest first, as `redis-cli XRANGE` shows them. */
+export async function entryFields(redis: Redis, stream: string): Promise<Record<string, string>[]> {
+  const entries = await redis.xrange(stream, '-', '+');
+  return entries.map(([, flat]) => {
+    const fields: Record<string, string> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+    return fields;
+  });
+}

@@ -1,0 +1,7 @@
+/*
+ * For code that writes events or acks inside its own Lua script, atomically with its other
+ * effects (a handler subscribed with `handlerAcks`, a use case that records and publishes in one
+ * step): `@msa/stream-kit/lua`. The messaging API at the root does not need it.
+ */
+export { defineScript } from './scripts.ts';
+export { maxIdAheadMs, XADD_CHECKED, xaddArguments } from './stream.ts';
