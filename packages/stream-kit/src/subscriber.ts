@@ -101,6 +101,15 @@ export interface SubscribeOptions {
   closeTimeoutMs?: number;
   /** @defaultValue `${stream}:dlq` */
   deadLetterStream?: string;
+  /**
+   * The handler acks its entry itself, in the same atomic step as its effect (a Lua script that
+   * writes its records and runs `XACK <context.stream> <context.group> <context.id>`): when it
+   * resolves, the subscription sends no XACK of its own. A handler that resolves without having
+   * acked leaves its entry pending: it is handled again after `claimIdleMs`, and dead-lettered
+   * after `maxDeliveries` runs. Dead letters are acked by the subscription either way.
+   * @defaultValue false
+   */
+  handlerAcks?: boolean;
 }
 
 /** A running subscription, as `subscribe()` returns it. */
@@ -167,6 +176,7 @@ function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Sett
     deleteIdleConsumersAfterMs: 3_600_000,
     closeTimeoutMs: 10_000,
     deadLetterStream: defaultDeadLetterStream(stream),
+    handlerAcks: false,
     // An option given as `undefined` keeps its default.
     ...(Object.fromEntries(
       Object.entries(options).filter(([, value]) => value !== undefined),
