@@ -23,7 +23,7 @@ process.once('exit', () => {
 });
 
 export function packageDir(name: ServiceName): string {
-  return fileURLToPath(new URL(`../../packages/${name}/`, import.meta.url));
+  return fileURLToPath(new URL(`../packages/${name}/`, import.meta.url));
 }
 
 /** Spawns `node --import tsx src/main.ts` in the service's package; resolves once it exits. */
