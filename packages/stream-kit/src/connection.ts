@@ -37,6 +37,23 @@ export function openReaderConnection(
   return redis;
 }
 
+/**
+ * The watchdog of a reader connection (opened with `commandTimeout`, see `openReaderConnection`):
+ * a command that got no answer in that time means a socket dead without TCP knowing it (a peer
+ * gone in a failover, a NAT timeout), where every later command would hang too. Destroying the
+ * socket makes ioredis reconnect and resend what is queued; the reader's 'close' listener sends it
+ * through its pending list, where a read whose answer was lost left its entries. Call it with
+ * every error of a command on that connection; it acts on timeouts alone.
+ */
+export function reconnectIfStalled(redis: Redis, err: unknown, logger: Logger, where: object): void {
+  if (!(err instanceof Error) || err.message !== 'Command timed out') return;
+  // Between reconnect attempts commands wait in the offline queue and time out there: nothing
+  // to give up on, and the outage is logged already.
+  if (redis.status !== 'ready') return;
+  logger.warn(where, 'redis did not answer; reconnecting');
+  redis.stream?.destroy();
+}
+
 /** The longest a command on a request connection may take before it fails. */
 export const REQUEST_TIMEOUT_MS = 2_000;
 
@@ -71,7 +88,7 @@ export function logConnectionState(redis: Redis, logger: Logger): void {
   redis.on('error', (err: Error) => {
     if (down) return;
     down = true;
-    logger.warn({ err: err.message }, 'redis connection lost, reconnecting');
+    logger.warn({ err }, 'redis connection lost, reconnecting');
   });
   redis.on('ready', () => {
     if (!down) return;

@@ -43,7 +43,57 @@ export interface ListOptions extends DeadLetterOptions {
   after?: string;
 }
 
+/*
+ * The dead-letter format, written (`writeDeadLetter`) and read (`listDeadLetters`,
+ * `replayDeadLetters`) here alone: the entry's own fields, byte for byte, then `dlq:*` fields
+ * saying where it came from and why it was given up on.
+ */
 const META = 'dlq:';
+
+/** Where a dead letter came from and why: its `dlq:*` fields. */
+export interface DeadLetterSource {
+  readonly entryId: string;
+  readonly stream: string;
+  readonly group: string;
+  readonly consumer: string;
+  /** The run of the handler that gave up on it. */
+  readonly deliveries: number;
+  readonly reason: string;
+}
+
+/** The dead-letter stream refused the write: the entry stays pending rather than be lost. */
+export class DeadLetterError extends Error {
+  constructor(cause: unknown) {
+    super('dead-letter write failed', { cause });
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * Appends the entry (its bytes as they are, `fields`) with `source` to `deadLetterStream`. Throws
+ * `DeadLetterError`, its cause the Redis error, if the write failed. Acking the entry is the
+ * caller's next step; not one MULTI with this, as a transaction would still run the XACK after a
+ * failed XADD and lose the entry.
+ */
+export async function writeDeadLetter(
+  redis: Redis,
+  deadLetterStream: string,
+  fields: readonly Buffer[],
+  source: DeadLetterSource,
+): Promise<void> {
+  // prettier-ignore
+  const meta = [
+    'dlq:id', source.entryId,
+    'dlq:stream', source.stream,
+    'dlq:group', source.group,
+    'dlq:consumer', source.consumer,
+    'dlq:deliveries', String(source.deliveries),
+    'dlq:reason', source.reason,
+  ];
+  await redis.xadd(deadLetterStream, '*', ...fields, ...meta).catch((err: unknown) => {
+    throw new DeadLetterError(err);
+  });
+}
 
 /**
  * How long `<dead-letter stream>:replayed:<entry ID>` remembers that an entry was put back, so

@@ -1,0 +1,414 @@
+import { ServerClock } from '../clock.ts';
+import { isNoGroupError, isRedisFault, openReaderConnection, reconnectIfStalled } from '../connection.ts';
+import { DeadLetterError, writeDeadLetter } from '../dead-letters.ts';
+import { maxIdAheadMs, type StreamDefinition } from '../stream.ts';
+import { AckBatcher } from './acks.ts';
+import { consumerContext, sleep, stillOurs, type ConsumerContext, type Entry } from './context.ts';
+import { Delivery, type Handler, type Outcome } from './delivery.ts';
+import { GroupKeeper } from './group.ts';
+import { LeaseKeeper } from './leases.ts';
+import type { Settings } from './options.ts';
+import { deleteIdleConsumers, takeOverIdle, walkOwnPending } from './reclaim.ts';
+import { pauseDelay, RetrySchedule } from './retry-policy.ts';
+import { RunCounts } from './runs.ts';
+import { nextStep, readsAhead, type LoopState } from './schedule.ts';
+
+/**
+ * One subscription's loop: start, then round after round (see `nextStep`) read, handle and apply
+ * each outcome, `concurrency` handlers at a time, until `close()`. The parts it drives (leases,
+ * acks, run counts, retries, the group, reclaim) each see only the context they are given.
+ */
+export class ConsumerLoop {
+  private readonly ctx: ConsumerContext;
+  private readonly leases: LeaseKeeper;
+  private readonly acks: AckBatcher;
+  private readonly runs: RunCounts;
+  private readonly retries: RetrySchedule;
+  private readonly group: GroupKeeper;
+  private readonly delivery: Delivery;
+  private readonly clock: ServerClock;
+  private stopping = false;
+  /** Aborted by close(): cuts the loop's waits short. */
+  private readonly stop = new AbortController();
+  private closing: Promise<void> | undefined;
+  /** The runs under way (handler and outcome), by entry ID: what `close()` waits for. */
+  private readonly handling = new Map<string, Promise<void>>();
+  /** Set once `close()` has dropped the connection: the loop stops waiting on Redis. */
+  private dropped = false;
+  /** Ends the wait of `unlessStopped` for the step under way. */
+  private abandonStep: (() => void) | undefined;
+  private readonly running: Promise<void>;
+  /** A pass through our own pending list called for (see `LoopState`); `'all'` at start. */
+  private ownPending: 'all' | 'due' | undefined = 'all';
+  /** The next batch, asked for while this one is handled (see `readsAhead`). */
+  private readAhead: Promise<Entry[]> | undefined;
+  /** When the next reclaim pass is due; the first runs at start. */
+  private claimAt = 0;
+  private readonly claimIntervalMs: number;
+
+  constructor(
+    group: string,
+    consumer: string,
+    stream: StreamDefinition,
+    handler: Handler<unknown>,
+    private readonly settings: Settings,
+  ) {
+    // Named so that CLIENT LIST tells which subscription a connection serves. The watchdog (see
+    // `reconnectIfStalled`): the longest command, a blocked read, answers within BLOCK.
+    const redis = openReaderConnection(
+      settings.connection,
+      settings.logger,
+      `stream-kit:${group}:${consumer}`,
+      settings.blockMs + Math.max(settings.blockMs, 1_000),
+    );
+    // A read that Redis served just as the connection died delivered entries whose reply never
+    // came: they sit in our pending list, and only a pass through it finds them.
+    redis.on('close', () => (this.ownPending = 'all'));
+    this.ctx = consumerContext(redis, stream, group, consumer, settings.logger);
+    this.claimIntervalMs = Math.min(Math.max(settings.claimIdleMs / 2, 50), 30_000);
+    this.clock = new ServerClock(redis);
+    this.leases = new LeaseKeeper(this.ctx, settings.claimIdleMs, (id) => this.handling.has(id));
+    this.acks = new AckBatcher(this.ctx);
+    this.runs = new RunCounts(this.ctx);
+    this.retries = new RetrySchedule(settings.retryDelayMs);
+    this.group = new GroupKeeper(
+      this.ctx,
+      settings.startId,
+      (ms) => this.sleep(ms),
+      () => this.stopping,
+    );
+    this.delivery = new Delivery(this.ctx, handler, settings.maxDeliveries, this.clock);
+    this.running = this.run();
+  }
+
+  close(): Promise<void> {
+    return (this.closing ??= this.shutdown());
+  }
+
+  private async shutdown() {
+    this.stopping = true;
+    this.stop.abort();
+    // Never started here: whoever takes them runs them for the first time.
+    const handingBack = this.leases
+      .handBackUnstarted()
+      .then((ids) => ids.forEach((id) => this.runs.uncount(id)));
+    // The leases are renewed on while the handlers under way finish (those entries alone), or
+    // another consumer could take an entry and run it at the same time.
+    const timeout = () => sleep(this.settings.closeTimeoutMs, { unref: true });
+    const timedOut =
+      this.handling.size > 0
+        ? await Promise.race([
+            Promise.allSettled(this.handling.values()).then(() => false),
+            timeout().then(() => true),
+          ])
+        : false;
+    this.leases.close();
+    // The acks still queued for handlers that finished, and the runs that must not count (the
+    // handed-back entries' included, so that whoever takes them over counts right): let them land
+    // (a blocked read's answer comes first, within BLOCK) before the connection goes.
+    const uncounting = handingBack.then(() => this.runs.writeBack(true));
+    await Promise.race([Promise.allSettled([this.acks.settle(), uncounting]), timeout()]);
+    // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
+    // now. Whatever it would have returned stays in this consumer's pending list.
+    this.ctx.redis.disconnect();
+    // While ioredis is between reconnect attempts, disconnect() leaves queued commands hanging:
+    // the loop must not wait on them.
+    this.dropped = true;
+    this.abandonStep?.();
+    if (timedOut) {
+      // The loop is still inside the handler and may never come out: do not wait for it.
+      this.ctx.log.warn(
+        { ...this.ctx.where, timeoutMs: this.settings.closeTimeoutMs },
+        'handler still running at close; its entry stays pending',
+      );
+      return;
+    }
+    await this.running;
+  }
+
+  private async run() {
+    const { log, where } = this.ctx;
+    let failures = 0;
+    await this.unlessStopped(this.start());
+    while (!this.stopping) {
+      try {
+        await this.unlessStopped(this.step());
+        if (failures > 0) {
+          log.info({ ...where, failures }, 'consumer loop recovered');
+          failures = 0;
+        }
+      } catch (err) {
+        if (this.stopping) break;
+        reconnectIfStalled(this.ctx.redis, err, log, where);
+        // Entries read before the error may sit in our pending list unhandled: go through it,
+        // in order. A batch read ahead is in that list too (Redis served the read before the
+        // pass's XPENDING, on the same connection): handling it first would break the order.
+        this.ownPending = 'all';
+        // Its entries, if it brought any, were never started: their first run is still to come.
+        this.readAhead?.then(
+          (entries) => entries.forEach(([id]) => this.runs.uncount(id)),
+          () => {},
+        );
+        this.readAhead = undefined;
+        if (isNoGroupError(err)) {
+          this.retries.clear();
+          await this.unlessStopped(this.group.recreate());
+          continue;
+        }
+        failures += 1;
+        // The first failure of a run is a warning; repeats of it would only flood the log.
+        log[failures === 1 ? 'warn' : 'debug'](
+          { ...where, err, failures },
+          isRedisFault(err)
+            ? 'redis is failing or refusing work; pausing, and trying again with backoff (entries stay pending, nothing counts as a failed delivery)'
+            : 'consumer loop failed; retrying',
+        );
+        await this.sleep(pauseDelay(failures));
+      }
+    }
+  }
+
+  /**
+   * Resolves with `work`, or as soon as the subscription is closed, abandoning `work`. Not a
+   * `Promise.race` with a promise that settles at close: each race would leave a reaction on that
+   * promise until then, a leak of a few hundred bytes per step of a long-lived loop.
+   */
+  private unlessStopped(work: Promise<void>): Promise<void> {
+    work.catch(() => {}); // an abandoned command may still fail later; nobody is listening then
+    if (this.dropped) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.abandonStep = resolve;
+      work.then(resolve, reject).finally(() => {
+        if (this.abandonStep === resolve) this.abandonStep = undefined;
+      });
+    });
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return sleep(ms, { signal: this.stop.signal });
+  }
+
+  private async start() {
+    await this.group.ensure();
+    // Where the group stands, in case it is lost before the first reclaim pass.
+    await this.group.markRecreatePoint().catch(() => {});
+  }
+
+  private state(): LoopState {
+    return {
+      readAhead: this.readAhead !== undefined,
+      ownPending: this.ownPending,
+      retryAt: this.retries.nextAt,
+      claimAt: this.claimAt,
+    };
+  }
+
+  private async step() {
+    if (this.runs.hasUncounted) await this.runs.writeBack();
+    const step = nextStep(this.state(), Date.now(), this.settings.blockMs);
+    switch (step.kind) {
+      case 'read-ahead': {
+        const next = this.readAhead!;
+        this.readAhead = undefined;
+        return this.handleNew(await next);
+      }
+      case 'own-pending':
+        this.ownPending = undefined;
+        if (step.retryTime) this.retries.taken();
+        return walkOwnPending(
+          this.ctx,
+          {
+            mode: step.mode,
+            count: this.settings.count,
+            retries: this.retries,
+            isStopping: () => this.stopping,
+          },
+          (id, idleMs) => this.redeliver(id, idleMs),
+          () => this.acks.flush(),
+        );
+      case 'reclaim':
+        await this.reclaim();
+        this.claimAt = Date.now() + this.claimIntervalMs;
+        return;
+      case 'read':
+        return this.handleNew(await this.read(step.blockMs));
+    }
+  }
+
+  /**
+   * Reads up to `count` new entries, waiting up to `blockMs` for the first when given. They are
+   * ours from then on: their leases kept until handled.
+   */
+  private async read(blockMs: number | undefined): Promise<Entry[]> {
+    const { redis, stream, group, consumer } = this.ctx;
+    const block = blockMs === undefined ? [] : ['BLOCK', blockMs];
+    // prettier-ignore
+    const reply = await redis.callBuffer(
+      'XREADGROUP', 'GROUP', group, consumer, 'COUNT', this.settings.count, ...block, 'STREAMS', stream.name, '>',
+    );
+    const streams = reply as [stream: Buffer, entries: [Buffer, Buffer[]][]][] | null;
+    const entries: Entry[] = (streams?.[0]?.[1] ?? []).map(([id, fields]) => [id.toString(), fields]);
+    const readAt = Date.now();
+    for (const [id] of entries) this.leases.track(id, readAt);
+    return entries;
+  }
+
+  /** Handles a batch of new entries, reading the next one ahead meanwhile when `readsAhead` says so. */
+  private async handleNew(entries: Entry[]) {
+    if (!this.stopping && readsAhead(this.state(), Date.now(), entries.length, this.settings.count)) {
+      this.readAhead = this.read(undefined);
+      this.readAhead.catch(() => {}); // awaited at the next step
+    }
+    await this.handleBatch(entries);
+  }
+
+  /**
+   * The worker pool: handles freshly read entries, `concurrency` at a time (one at a time keeps
+   * their order), skipping any whose lease another consumer took meanwhile.
+   */
+  private async handleBatch(entries: Entry[]) {
+    let next = 0;
+    // IDs grow along a batch: if its last is not ahead of the clock, none is (one check a batch).
+    const last = entries.at(-1);
+    const mayBeAhead = last !== undefined && this.clock.looksAhead(last[0], maxIdAheadMs(this.ctx.stream));
+    let failed = false;
+    const work = async () => {
+      while (next < entries.length && !this.stopping && !failed) {
+        const [id, fields] = entries[next++]!;
+        try {
+          if (this.leases.holds(id)) await this.handleEntry(id, fields, 1, mayBeAhead);
+        } catch (err) {
+          // A Redis error (a dead letter not acked, say): stop taking entries, and let the loop
+          // go through the pending list once the others are done.
+          failed = true;
+          throw err;
+        }
+      }
+    };
+    try {
+      const workers = Math.min(this.settings.concurrency, entries.length);
+      const results = await Promise.allSettled(Array.from({ length: workers }, work));
+      const rejected = results.find((result) => result.status === 'rejected');
+      if (rejected) throw rejected.reason;
+    } finally {
+      for (const [id] of entries) this.leases.untrack(id);
+      // Stopped early: the entries never started come back through the pending list, where their
+      // first real run must count as the first.
+      if (failed) for (const [id] of entries.slice(next)) this.runs.uncount(id);
+    }
+    await this.acks.flush();
+  }
+
+  /**
+   * Takes a pending entry and counts the run it is taken for, then handles it. The minimum idle
+   * time is the one it has if nobody touched it since XPENDING: if another consumer has taken it
+   * since, it is not ours to handle.
+   */
+  private async redeliver(id: string, idleMs: number) {
+    const claimed = await this.runs.claim(id, stillOurs(idleMs));
+    if (!claimed) {
+      this.retries.forget(id);
+      // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
+      this.ctx.log.debug({ ...this.ctx.where, entryId: id }, 'pending entry no longer ours to handle');
+      return;
+    }
+    this.leases.track(id);
+    try {
+      await this.handleEntry(id, claimed.fields, claimed.run, true);
+    } finally {
+      this.leases.untrack(id);
+      this.runs.done(id);
+    }
+  }
+
+  /**
+   * Takes over what other consumers left idle too long (the own pending pass then runs it), and
+   * tidies the group: removes long idle consumers that hold nothing, notes where to recreate it.
+   */
+  private async reclaim() {
+    const taken = await takeOverIdle(this.ctx, {
+      claimIdleMs: this.settings.claimIdleMs,
+      count: this.settings.count,
+      isStopping: () => this.stopping,
+      runsKey: (id) => this.runs.key(id),
+    });
+    if (taken > 0) this.ownPending ??= 'due';
+    await deleteIdleConsumers(this.ctx, this.settings.deleteIdleConsumersAfterMs);
+    await this.group.markRecreatePoint();
+  }
+
+  /**
+   * Runs the handler for entry `id`, run number `run`, and applies the outcome. A Redis fault
+   * (from the handler or from dead-lettering) is thrown on: the loop pauses and goes through its
+   * pending list once Redis works again; the run does not count.
+   */
+  private async handleEntry(id: string, flat: Buffer[], run: number, mayBeAhead: boolean) {
+    // close() may have come while we were reading or claiming: its connection is gone, so a
+    // handler started now could not be acked and its entry would be handled again elsewhere.
+    if (this.stopping) return;
+    const handling = this.deliver(id, flat, run, mayBeAhead);
+    this.handling.set(id, handling);
+    try {
+      await handling;
+    } finally {
+      this.handling.delete(id);
+    }
+  }
+
+  private async deliver(id: string, flat: Buffer[], run: number, mayBeAhead: boolean) {
+    try {
+      const outcome = await this.delivery.run(id, flat, run, mayBeAhead);
+      if (outcome.kind === 'dead-letter') await this.deadLetter(id, flat, run, outcome.reason);
+      else this.apply(id, run, outcome);
+    } catch (err) {
+      if (isRedisFault(err)) this.runs.uncount(id);
+      throw err;
+    }
+  }
+
+  /** Acks the entry (unless the handler did, `handlerAcks`), or schedules its retry. */
+  private apply(id: string, run: number, outcome: Exclude<Outcome, { kind: 'dead-letter' }>) {
+    if (outcome.kind === 'retry') {
+      if (!outcome.counts) this.runs.uncount(id);
+      this.retries.failed(id, run);
+      return;
+    }
+    this.leases.untrack(id);
+    if (!this.settings.handlerAcks) this.acks.ack(id);
+    if (this.runs.inRedisFor(id)) this.acks.forgetRuns(this.runs.key(id));
+    this.retries.forget(id);
+  }
+
+  /**
+   * Copies the entry, with why it failed, to the dead-letter stream, then acks it. A crash between
+   * the two leaves the entry pending, to be dead-lettered again: a duplicate dead letter, never a
+   * lost one. If the dead-letter stream refuses the write for a reason of its own, the entry stays
+   * pending and comes back; the run does not count.
+   */
+  private async deadLetter(id: string, flat: Buffer[], run: number, reason: string) {
+    const { redis, stream, group, consumer, log, where } = this.ctx;
+    const deadLetterStream = this.settings.deadLetterStream;
+    try {
+      // prettier-ignore
+      await writeDeadLetter(redis, deadLetterStream, flat, {
+        entryId: id, stream: stream.name, group, consumer, deliveries: run, reason,
+      });
+    } catch (err) {
+      if (!(err instanceof DeadLetterError)) throw err;
+      // Redis is in trouble: the loop pauses (see run()).
+      if (isRedisFault(err.cause)) throw err.cause;
+      // The entries behind it go on meanwhile.
+      log.warn(
+        { ...where, entryId: id, err: err.cause },
+        'cannot write to the dead-letter stream; entry stays pending',
+      );
+      this.apply(id, run, { kind: 'retry', counts: false });
+      return;
+    }
+    this.leases.untrack(id);
+    await redis.xack(stream.name, group, id);
+    if (this.runs.inRedisFor(id)) redis.del(this.runs.key(id)).catch(() => {});
+    this.retries.forget(id);
+    log.warn({ ...where, entryId: id, deadLetterStream, reason }, 'entry moved to the dead-letter stream');
+  }
+}
