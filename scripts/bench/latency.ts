@@ -7,8 +7,8 @@
 import { Agent, request as httpRequest } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { Redis } from 'ioredis';
-import { sentLogKey } from '../../packages/notification-service/src/sent-log.ts';
-import { paymentKey } from '../../packages/payment-service/src/process-payment.ts';
+import { sentLogKey } from '@msa/notification-service';
+import { paymentKey } from '@msa/payment-service';
 import { createPublisher, subscribe } from '@msa/stream-kit';
 import { OrderEvents } from '@msa/stream-kit/events';
 import { startService, type RunningService } from '../../harness/services.ts';
