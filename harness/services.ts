@@ -5,6 +5,9 @@ import { waitFor } from './wait.ts';
 
 export type ServiceName = 'order-service' | 'payment-service' | 'notification-service';
 
+/** The consumer group a service reads its streams as, named as its main.ts names it: `<service>-group`. */
+export const groupOf = (service: ServiceName) => `${service}-group`;
+
 /** A service started as a real process, the way `pnpm --filter ... start` starts it. */
 export interface RunningService {
   readonly name: ServiceName;

@@ -1,5 +1,6 @@
 import { expect, it } from 'vitest';
-import { formatReport, problemsOf, runFault } from './support/fault.ts';
+import { formatReport, problemsOf } from '../scripts/fault/report.ts';
+import { runFault } from '../scripts/fault/run.ts';
 
 /*
  * The fault test, in a size that fits CI, at the services' shipped CLAIM_IDLE_MS (60 s): what

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFailed } from 'vitest';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
-import { placeOrders, type OrderFlow } from './support/orders.ts';
+import { placeOrders, type OrderFlow } from '../scripts/fault/orders.ts';
 import {
   caughtUp,
   compareIds,
@@ -13,14 +13,14 @@ import {
   quiescent,
   sentCount,
   type Outcome,
-} from './support/outcome.ts';
+} from '../scripts/fault/outcome.ts';
 import {
   endOutOfMemory,
   startOutOfMemory,
   stallRedis,
   TROUBLE_SERVER_ARGS,
   writeRefusal,
-} from './support/redis-trouble.ts';
+} from '../scripts/fault/redis-trouble.ts';
 import { exitOf, startService, type RunningService, type ServiceName } from '../harness/services.ts';
 import { waitFor } from '../harness/wait.ts';
 

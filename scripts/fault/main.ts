@@ -7,16 +7,35 @@
  * texted exactly once, with nothing left pending and no dead letters.
  */
 import { parseArgs } from 'node:util';
-import { formatReport, problemsOf, runFault } from '../test/support/fault.ts';
+import { formatReport, problemsOf } from './report.ts';
+import { runFault } from './run.ts';
 
-const { values } = parseArgs({
-  options: {
-    orders: { type: 'string', default: '5000' },
-    seed: { type: 'string' },
-    'claim-idle-ms': { type: 'string' },
-    'no-redis-trouble': { type: 'boolean', default: false },
-  },
-});
+const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble]
+  --orders N            orders to place (default 5000)
+  --seed S              replay the kill and trouble schedules of an earlier run
+  --claim-idle-ms MS    the consumers' CLAIM_IDLE_MS (default: the services' own, 60000)
+  --no-redis-trouble    no out-of-memory window and no stalls (Redis still restarts once)`;
+
+const { values } = (() => {
+  try {
+    return parseArgs({
+      options: {
+        orders: { type: 'string', default: '5000' },
+        seed: { type: 'string' },
+        'claim-idle-ms': { type: 'string' },
+        'no-redis-trouble': { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    console.error(`${(err as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+})();
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 const number = (name: string, value: string, min = 0) => {
   const parsed = Number(value);
   if (!Number.isInteger(parsed) || parsed < min) {

@@ -1,5 +1,8 @@
+import { sentLogKey } from '@msa/notification-service';
+import { OrderEvents, PaymentEvents, streams } from '@msa/stream-kit/events';
 import type { Redis } from 'ioredis';
 import { entryFields } from '../../harness/streams.ts';
+import { groupOf } from '../../harness/services.ts';
 
 /*
  * What became of the orders a run placed, read from Redis the way an operator would: payments in
@@ -7,14 +10,19 @@ import { entryFields } from '../../harness/streams.ts';
  * dead letters.
  */
 
-/** The services' consumer groups, as `stream/group`. */
-export const CONSUMER_GROUPS = [
-  ['order-events', 'payment-service-group'],
-  ['order-events', 'notification-service-group'],
-  ['payment-events', 'notification-service-group'],
-] as const;
+/**
+ * The services' consumer groups, as `[stream, group]`: payment-service reads orders,
+ * notification-service orders and payments. A stream's groups come before the groups of the
+ * streams their consumers write to (see `quiescent`).
+ */
+export const CONSUMER_GROUPS: readonly (readonly [string, string])[] = [
+  [OrderEvents.name, groupOf('payment-service')],
+  [OrderEvents.name, groupOf('notification-service')],
+  [PaymentEvents.name, groupOf('notification-service')],
+];
 
-export const DEAD_LETTER_STREAMS = ['order-events:dlq', 'payment-events:dlq'] as const;
+/** The dead-letter stream of every stream of the catalogue, where `subscribe()` puts them by default. */
+export const DEAD_LETTER_STREAMS: readonly string[] = streams.map((stream) => `${stream.name}:dlq`);
 
 /** How many orders had 0, 1, 2... of something. */
 export type Histogram = Record<number, number>;
@@ -63,14 +71,14 @@ export async function deadLetters(redis: Redis): Promise<DeadLetterSeen[]> {
   return all;
 }
 
-/** What notification-service recorded as sent to `userIds` (its `notification-service:sent:<userId>` lists). */
+/** What notification-service recorded as sent to `userIds` (its sent log: `sentLogKey(userId)`). */
 export async function sentNotifications(
   redis: Redis,
   userIds: readonly string[],
 ): Promise<{ channel: string; orderId?: string }[]> {
   const all: { channel: string; orderId?: string }[] = [];
   for (const userId of userIds) {
-    const items = await redis.lrange(`notification-service:sent:${userId}`, 0, -1);
+    const items = await redis.lrange(sentLogKey(userId), 0, -1);
     all.push(...items.map((item) => JSON.parse(item) as { channel: string; orderId?: string }));
   }
   return all;
@@ -78,13 +86,13 @@ export async function sentNotifications(
 
 export async function sentCount(redis: Redis, userIds: readonly string[]): Promise<number> {
   let total = 0;
-  for (const userId of userIds) total += await redis.llen(`notification-service:sent:${userId}`);
+  for (const userId of userIds) total += await redis.llen(sentLogKey(userId));
   return total;
 }
 
 /** The `orderId` of every `payment-events` entry. */
 export async function paidOrderIds(redis: Redis): Promise<(string | undefined)[]> {
-  return (await entryFields(redis, 'payment-events')).map((fields) => fields.orderId);
+  return (await entryFields(redis, PaymentEvents.name)).map((fields) => fields.orderId);
 }
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g;
@@ -199,6 +207,6 @@ export async function caughtUp(
 ): Promise<boolean> {
   const pending = await pendingCounts(redis, groups);
   if (!Object.values(pending).every((count) => count === 0)) return false;
-  if ((await redis.xlen('payment-events')) < accepted.size) return false;
+  if ((await redis.xlen(PaymentEvents.name)) < accepted.size) return false;
   return !notified || (await sentCount(redis, userIds)) >= 2 * accepted.size;
 }

@@ -1,0 +1,102 @@
+import type { ChildProcess } from 'node:child_process';
+import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
+import { exitOf, spawnService, type ServiceName } from '../../harness/services.ts';
+
+/**
+ * The services' defaults: `CONCURRENCY`, which the fault run keeps (what ships is what is
+ * tested), and `CLAIM_IDLE_MS`, which it keeps unless told otherwise.
+ */
+export const SERVICE_DEFAULTS = parseEnv(consumerEnv(0), {});
+export const DEFAULT_CLAIM_IDLE_MS = SERVICE_DEFAULTS.CLAIM_IDLE_MS;
+
+/** A consumer instance that can be killed and started again. */
+export class Instance {
+  private child: ChildProcess | undefined;
+  private tail = '';
+  kills = 0;
+  /** Graceful stops that did not end with exit code 0 in time, as `exit <code>`. */
+  readonly badStops: string[] = [];
+  /** Whether it has started listening (and handles signals) since its last start. */
+  private up = false;
+  /** When it started listening, since its last start. */
+  private upAt: number | undefined;
+  /** Held with SIGSTOP (see `hold`): a process started meanwhile is stopped too. */
+  private held = false;
+
+  constructor(
+    readonly service: ServiceName,
+    /** A fixed consumer name (a restart picks up its own pending entries at once), or none (a new `hostname-pid`). */
+    readonly consumerName: string | undefined,
+    private readonly env: Record<string, string>,
+    /** Called with each JSON log line the instance writes. */
+    private readonly onLog: (line: { msg?: string; idempotencyKey?: string }) => void = () => {},
+  ) {}
+
+  start() {
+    this.up = false;
+    this.upAt = undefined;
+    this.child = spawnService(this.service, {
+      ...this.env,
+      PORT: '0',
+      ...(this.consumerName ? { CONSUMER_NAME: this.consumerName } : {}),
+    });
+    if (this.held) this.child.kill('SIGSTOP');
+    // Keep the pipes drained (a full pipe would stall the process) and the last lines for failures.
+    this.child.stderr!.on(
+      'data',
+      (chunk: Buffer) => (this.tail = (this.tail + chunk.toString()).slice(-4_000)),
+    );
+    let partial = '';
+    this.child.stdout!.on('data', (chunk: Buffer) => {
+      const lines = (partial + chunk.toString()).split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) {
+        this.tail = (this.tail + line + '\n').slice(-4_000);
+        if (!line.startsWith('{')) continue;
+        const entry = JSON.parse(line) as { msg?: string };
+        if (entry.msg?.endsWith(' listening')) {
+          this.up = true;
+          this.upAt = Date.now();
+        }
+        this.onLog(entry);
+      }
+    });
+  }
+
+  /** SIGKILL, or SIGTERM for a graceful stop (which acks what finished and leaves the rest pending). */
+  async kill(signal: 'SIGKILL' | 'SIGTERM' = 'SIGKILL') {
+    const child = this.child;
+    if (!child) return;
+    // A process still booting has no signal handlers yet: SIGTERM ends it like SIGKILL does, and
+    // says nothing about its graceful stop.
+    const graceful = signal === 'SIGTERM' && this.up;
+    child.kill(signal);
+    if (signal === 'SIGKILL') this.kills += 1;
+    // The services give up on their own after 15 s; later than that is a hang.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    const code = await exitOf(child);
+    clearTimeout(timer);
+    if (graceful && code !== 0) this.badStops.push(`${this.service} exit ${code}`);
+  }
+
+  /** Whether it has been listening (its subscriptions started) for `ms` at least. */
+  upFor(ms: number): boolean {
+    return this.upAt !== undefined && Date.now() - this.upAt >= ms;
+  }
+
+  /** Stops the process where it is (SIGSTOP), a stalled consumer: its entries wait, read or not. */
+  hold() {
+    this.held = true;
+    this.child?.kill('SIGSTOP');
+  }
+
+  /** Lets a held process go on (SIGCONT). */
+  release() {
+    this.held = false;
+    this.child?.kill('SIGCONT');
+  }
+
+  describe() {
+    return `--- ${this.service} (${this.consumerName ?? 'pid name'}) ---\n${this.tail}`;
+  }
+}
