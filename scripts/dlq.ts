@@ -5,12 +5,11 @@
  */
 import { parseArgs } from 'node:util';
 import { listDeadLetters, replayDeadLetters, type StreamDefinition } from '@msa/stream-kit';
-import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
+import { streams } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 
-const STREAMS = new Map<string, StreamDefinition>(
-  [OrderEvents, PaymentEvents].map((stream) => [stream.name, stream]),
-);
+/** Every stream of the catalogue, by name. */
+const STREAMS = new Map<string, StreamDefinition>(streams.map((stream) => [stream.name, stream]));
 const USAGE = `usage: pnpm dlq list <stream> | pnpm dlq replay <stream> <dead-letter-id>... | --all
 streams: ${[...STREAMS.keys()].join(', ')}`;
 

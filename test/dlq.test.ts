@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { streams } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
@@ -84,6 +85,16 @@ it('explains its usage and exits 2 when called wrong', async () => {
       stderr: expect.stringContaining('usage: pnpm dlq'),
     });
   }
+});
+
+it('knows every stream of the catalogue, and names them in its usage', async () => {
+  const usage = await dlq('list').catch((err: { stderr: string }) => err);
+
+  expect(usage).toMatchObject({
+    stderr: expect.stringContaining(`streams: ${streams.map((s) => s.name).join(', ')}`),
+  });
+  for (const stream of streams)
+    expect(await dlq('list', stream.name)).toMatchObject({ stdout: expect.any(String) });
 });
 
 it('reports a failed login in one line that does not show the password, and exits 1', async () => {
