@@ -1,10 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { OrderEvents, PaymentEvents, streams } from '@msa/stream-kit/events';
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
-import { startService, type RunningService, type ServiceName } from '../harness/services.ts';
+import { groupOf, startService, type RunningService, type ServiceName } from '../harness/services.ts';
 import { entryFields } from '../harness/streams.ts';
 import { createTestCertificates, startTlsRedisServer, type TestCertificates } from '../harness/tls.ts';
 import { waitFor } from '../harness/wait.ts';
@@ -18,6 +19,12 @@ import { waitFor } from '../harness/wait.ts';
 
 const SERVICES: readonly ServiceName[] = ['order-service', 'payment-service', 'notification-service'];
 const ACL_FILE = fileURLToPath(new URL('../redis/users.acl', import.meta.url));
+
+/** The streams and groups as the catalogue and the services name them: what the ACL file must grant. */
+const ORDERS = OrderEvents.name;
+const PAYMENTS = PaymentEvents.name;
+const PAYMENT_GROUP = groupOf('payment-service');
+const NOTIFICATION_GROUP = groupOf('notification-service');
 
 /**
  * The development passwords whose SHA-256 hashes redis/users.acl holds, for local use only
@@ -119,8 +126,7 @@ async function expectOrderCarriedThrough(
   const { orderId } = (await response.json()) as { orderId: string };
 
   const payment = await waitFor(
-    async () =>
-      (await entryFields(stack.admin!, 'payment-events')).find((entry) => entry.orderId === orderId),
+    async () => (await entryFields(stack.admin!, PAYMENTS)).find((entry) => entry.orderId === orderId),
     { timeoutMs: 15_000, what: `the payment of order ${orderId}` },
   );
   expect(payment).toMatchObject({ type: 'payment-completed', userId, price: '1000' });
@@ -226,6 +232,21 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     }
   });
 
+  it("keys its rules to the catalogue's streams (their dead letters and runs too) and the services' own keys, and grants every stream of the catalogue", () => {
+    const patterns = [...readFileSync(ACL_FILE, 'utf8').matchAll(/~([^\s)]+)/g)].map((match) => match[1]!);
+    const names = streams.map((stream) => stream.name);
+
+    const unknown = patterns.filter(
+      (pattern) =>
+        pattern !== '*' &&
+        !SERVICES.some((service) => pattern.startsWith(`${service}:`)) &&
+        !names.includes(pattern.split(':')[0]!),
+    );
+    expect(unknown).toEqual([]);
+    expect(names.filter((name) => !patterns.includes(name))).toEqual([]);
+    expect(names.length).toBeGreaterThan(0);
+  });
+
   it('carries an order end to end, with and without an Idempotency-Key', async () => {
     await expectOrderCarriedThrough(stack, 'acl-alice');
 
@@ -237,30 +258,18 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
   });
 
   it('lets each consumer group dead-letter a malformed entry', async () => {
-    const poisonId = await stack.admin!.xadd(
-      'order-events',
-      '*',
-      'userId',
-      'u',
-      'productId',
-      'p',
-      'price',
-      'free',
-    );
+    const poisonId = await stack.admin!.xadd(ORDERS, '*', 'userId', 'u', 'productId', 'p', 'price', 'free');
 
     const letters = await waitFor(
       async () => {
-        const mine = (await entryFields(stack.admin!, 'order-events:dlq')).filter(
+        const mine = (await entryFields(stack.admin!, `${ORDERS}:dlq`)).filter(
           (f) => f['dlq:id'] === poisonId,
         );
         return mine.length === 2 && mine;
       },
       { timeoutMs: 15_000, what: 'a dead letter from each group' },
     );
-    expect(letters.map((letter) => letter['dlq:group']).sort()).toEqual([
-      'notification-service-group',
-      'payment-service-group',
-    ]);
+    expect(letters.map((letter) => letter['dlq:group']).sort()).toEqual([NOTIFICATION_GROUP, PAYMENT_GROUP]);
   });
 
   it('answers /readyz 200 on every service: the readiness write is allowed', async () => {
@@ -330,39 +339,39 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       'order-service': [
         ...everyone,
         readyz('order-service'),
-        ['XADD', 'order-events', 'MINID', '~', '0-0', '*', 'type', 'order-created'],
-        ['XDEL', 'order-events', '1-0'],
-        ['EVALSHA', anySha, '2', 'order-service:idempotency:k1', 'order-events', 'hash', 'o1', '86400'],
+        ['XADD', ORDERS, 'MINID', '~', '0-0', '*', 'type', 'order-created'],
+        ['XDEL', ORDERS, '1-0'],
+        ['EVALSHA', anySha, '2', 'order-service:idempotency:k1', ORDERS, 'hash', 'o1', '86400'],
         ['HMGET', 'order-service:idempotency:k1', 'bodyHash', 'orderId', 'entryId'],
         ['HSET', 'order-service:idempotency:k1', 'bodyHash', 'h', 'orderId', 'o1', 'entryId', '1-0'],
         ['EXPIRE', 'order-service:idempotency:k1', '86400'],
       ],
       'payment-service': [
         ...everyone,
-        ...consumer('order-events', 'payment-service-group'),
-        ...runs('order-events', 'payment-service-group'),
+        ...consumer(ORDERS, PAYMENT_GROUP),
+        ...runs(ORDERS, PAYMENT_GROUP),
         readyz('payment-service'),
-        ['XDEL', 'payment-events', '1-0'],
-        ['EVALSHA', anySha, '3', 'payment-service:payment:o1', 'payment-events', 'order-events'],
+        ['XDEL', PAYMENTS, '1-0'],
+        ['EVALSHA', anySha, '3', 'payment-service:payment:o1', PAYMENTS, ORDERS],
         ['HGET', 'payment-service:payment:o1', 'paymentProcessId'],
         ['HSET', 'payment-service:payment:o1', 'paymentProcessId', 'p1'],
-        ['XADD', 'payment-events', 'MINID', '~', '0-0', '*', 'type', 'payment-completed'],
+        ['XADD', PAYMENTS, 'MINID', '~', '0-0', '*', 'type', 'payment-completed'],
       ],
       'notification-service': [
         ...everyone,
-        ...consumer('order-events', 'notification-service-group'),
-        ...consumer('payment-events', 'notification-service-group'),
-        ...runs('order-events', 'notification-service-group'),
-        ...runs('payment-events', 'notification-service-group'),
+        ...consumer(ORDERS, NOTIFICATION_GROUP),
+        ...consumer(PAYMENTS, NOTIFICATION_GROUP),
+        ...runs(ORDERS, NOTIFICATION_GROUP),
+        ...runs(PAYMENTS, NOTIFICATION_GROUP),
         readyz('notification-service'),
-        ['EVALSHA', anySha, '2', 'notification-service:once:mail:o1', 'order-events'],
+        ['EVALSHA', anySha, '2', 'notification-service:once:mail:o1', ORDERS],
         [
           'EVALSHA',
           anySha,
           '3',
           'notification-service:once:sms:o1',
           'notification-service:sent:u1',
-          'payment-events',
+          PAYMENTS,
         ],
         ['GET', 'notification-service:once:mail:o1'],
         ['SET', 'notification-service:once:mail:o1', 'sent', 'PX', '1000'],
@@ -381,54 +390,54 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       ['CLIENT', 'KILL', 'ID', '1'],
       ['SCRIPT', 'FLUSH'],
       ['SHUTDOWN'],
-      ['PUBLISH', 'order-events', 'x'],
-      ['DEL', 'order-events'],
-      ['XTRIM', 'order-events', 'MAXLEN', '0'],
-      ['XGROUP', 'DESTROY', 'order-events', 'payment-service-group'],
+      ['PUBLISH', ORDERS, 'x'],
+      ['DEL', ORDERS],
+      ['XTRIM', ORDERS, 'MAXLEN', '0'],
+      ['XGROUP', 'DESTROY', ORDERS, PAYMENT_GROUP],
       ['GET', 'some-other-key'],
     ];
     const refused: Record<ServiceName, string[][]> = {
       'order-service': [
         ...refusedToAll,
-        ['XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', 'order-events', '>'],
-        ['XACK', 'order-events', 'payment-service-group', '1-0'],
-        ['XADD', 'payment-events', '*', 'type', 'payment-completed'],
+        ['XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', ORDERS, '>'],
+        ['XACK', ORDERS, PAYMENT_GROUP, '1-0'],
+        ['XADD', PAYMENTS, '*', 'type', 'payment-completed'],
         ['HSET', 'payment-service:payment:o1', 'paymentProcessId', 'p1'],
         ['RPUSH', 'notification-service:sent:u1', '{}'],
         ['HSET', 'order-service:other', 'f', 'v'],
-        ['XDEL', 'payment-events', '1-0'],
+        ['XDEL', PAYMENTS, '1-0'],
         ['GET', 'order-service:readyz'],
         readyz('payment-service'),
       ],
       'payment-service': [
         ...refusedToAll,
-        ['XADD', 'order-events', '*', 'type', 'order-created'],
-        ['XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', 'payment-events', '>'],
-        ['XACK', 'payment-events', 'notification-service-group', '1-0'],
-        ['XADD', 'payment-events:dlq', '*', 'dlq:id', '1-0'],
+        ['XADD', ORDERS, '*', 'type', 'order-created'],
+        ['XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', PAYMENTS, '>'],
+        ['XACK', PAYMENTS, NOTIFICATION_GROUP, '1-0'],
+        ['XADD', `${PAYMENTS}:dlq`, '*', 'dlq:id', '1-0'],
         ['HMGET', 'order-service:idempotency:k1', 'orderId'],
         ['RPUSH', 'notification-service:sent:u1', '{}'],
         ['DEL', 'payment-service:payment:o1'],
         ['EVAL', 'return 1', '1', 'notification-service:sent:u1'],
-        ['XDEL', 'order-events', '1-0'],
-        ['XDEL', 'order-events:dlq', '1-0'],
-        ['GET', runKey('order-events', 'notification-service-group')],
-        ['SET', runKey('payment-events', 'notification-service-group'), 'x'],
+        ['XDEL', ORDERS, '1-0'],
+        ['XDEL', `${ORDERS}:dlq`, '1-0'],
+        ['GET', runKey(ORDERS, NOTIFICATION_GROUP)],
+        ['SET', runKey(PAYMENTS, NOTIFICATION_GROUP), 'x'],
         readyz('notification-service'),
       ],
       'notification-service': [
         ...refusedToAll,
-        ['XADD', 'order-events', '*', 'type', 'order-created'],
-        ['XADD', 'payment-events', '*', 'type', 'payment-completed'],
+        ['XADD', ORDERS, '*', 'type', 'order-created'],
+        ['XADD', PAYMENTS, '*', 'type', 'payment-completed'],
         ['HGET', 'payment-service:payment:o1', 'paymentProcessId'],
         ['HSET', 'order-service:idempotency:k1', 'orderId', 'o1'],
         ['DEL', 'notification-service:sent:u1'],
         ['LPUSH', 'notification-service:sent:u1', '{}'],
         ['EVAL', 'return 1', '1', 'payment-service:payment:o1'],
-        ['XDEL', 'order-events', '1-0'],
-        ['XDEL', 'payment-events', '1-0'],
-        ['GET', runKey('order-events', 'payment-service-group')],
-        ['EVAL', 'return 1', '1', runKey('order-events', 'payment-service-group')],
+        ['XDEL', ORDERS, '1-0'],
+        ['XDEL', PAYMENTS, '1-0'],
+        ['GET', runKey(ORDERS, PAYMENT_GROUP)],
+        ['EVAL', 'return 1', '1', runKey(ORDERS, PAYMENT_GROUP)],
         readyz('order-service'),
       ],
     };
@@ -448,32 +457,29 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     it('refuses payment-service an XADD to order-events, directly or from a script', async () => {
       const payment = clientAs('payment-service');
 
-      await expect(payment.xadd('order-events', '*', 'type', 'order-created')).rejects.toThrow(/NOPERM/);
+      await expect(payment.xadd(ORDERS, '*', 'type', 'order-created')).rejects.toThrow(/NOPERM/);
       // Commands a script runs are checked against the user that runs it: EVAL is no way round.
       await expect(
-        payment.eval("return redis.call('XADD', KEYS[1], '*', 'type', 'order-created')", 1, 'order-events'),
+        payment.eval("return redis.call('XADD', KEYS[1], '*', 'type', 'order-created')", 1, ORDERS),
       ).rejects.toThrow(/NOPERM|user executing the script can't/);
-      expect(await stack.admin!.xlen('order-events')).toBeGreaterThan(0);
+      expect(await stack.admin!.xlen(ORDERS)).toBeGreaterThan(0);
     });
 
     // stream-kit's scripts read the clock and delete entries: the commands inside are checked too.
     it.each([
       {
         user: 'order-service' as const,
-        keys: ['order-events'],
+        keys: [ORDERS],
         lua: "redis.call('TIME'); redis.call('XDEL', KEYS[1], '0-1'); return 'ok'",
       },
       {
         user: 'payment-service' as const,
-        keys: ['payment-events', 'order-events:runs:payment-service-group:c1'],
+        keys: [PAYMENTS, runKey(ORDERS, PAYMENT_GROUP)],
         lua: "redis.call('TIME'); redis.call('SET', KEYS[2], 'x'); redis.call('GET', KEYS[2]); redis.call('DEL', KEYS[2]); redis.call('XDEL', KEYS[1], '0-1'); return 'ok'",
       },
       {
         user: 'notification-service' as const,
-        keys: [
-          'order-events:runs:notification-service-group:c1',
-          'payment-events:runs:notification-service-group:c1',
-        ],
+        keys: [runKey(ORDERS, NOTIFICATION_GROUP), runKey(PAYMENTS, NOTIFICATION_GROUP)],
         lua: "redis.call('TIME'); redis.call('SET', KEYS[1], 'x'); redis.call('GET', KEYS[2]); redis.call('DEL', KEYS[1]); return 'ok'",
       },
     ])('lets $user run TIME, XDEL and its run keys inside a script', async ({ user, keys, lua }) => {
@@ -485,17 +491,15 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     it('refuses notification-service an XADD to either stream', async () => {
       const notification = clientAs('notification-service');
 
-      await expect(notification.xadd('order-events', '*', 'type', 'order-created')).rejects.toThrow(/NOPERM/);
-      await expect(notification.xadd('payment-events', '*', 'type', 'payment-completed')).rejects.toThrow(
-        /NOPERM/,
-      );
+      await expect(notification.xadd(ORDERS, '*', 'type', 'order-created')).rejects.toThrow(/NOPERM/);
+      await expect(notification.xadd(PAYMENTS, '*', 'type', 'payment-completed')).rejects.toThrow(/NOPERM/);
     });
 
     it('refuses order-service reading order-events as a consumer group', async () => {
       const order = clientAs('order-service');
 
       await expect(
-        order.xreadgroup('GROUP', 'payment-service-group', 'intruder', 'STREAMS', 'order-events', '>'),
+        order.xreadgroup('GROUP', PAYMENT_GROUP, 'intruder', 'STREAMS', ORDERS, '>'),
       ).rejects.toThrow(/NOPERM/);
     });
 
@@ -505,7 +509,7 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       await expect(client.flushall()).rejects.toThrow(/NOPERM/);
       await expect(client.config('GET', '*')).rejects.toThrow(/NOPERM/);
       await expect(client.keys('*')).rejects.toThrow(/NOPERM/);
-      expect(await stack.admin!.exists('order-events')).toBe(1);
+      expect(await stack.admin!.exists(ORDERS)).toBe(1);
     });
 
     it('turns away a client that does not log in: the default user is off', async () => {
@@ -530,45 +534,33 @@ describe('under redis/users.acl, a consumer group is not a boundary', () => {
   beforeAll(async () => {
     stack.redisServer = await startRedisServer({ args: ['--aclfile', ACL_FILE] });
     stack.admin = new Redis(urlAs('admin'));
-    await stack.admin.xgroup('CREATE', 'order-events', 'payment-service-group', '0', 'MKSTREAM');
-    await stack.admin.xgroup('CREATE', 'order-events', 'notification-service-group', '0');
-    entryId = (await stack.admin.xadd('order-events', '*', 'userId', 'u', 'productId', 'p', 'price', '1'))!;
+    await stack.admin.xgroup('CREATE', ORDERS, PAYMENT_GROUP, '0', 'MKSTREAM');
+    await stack.admin.xgroup('CREATE', ORDERS, NOTIFICATION_GROUP, '0');
+    entryId = (await stack.admin.xadd(ORDERS, '*', 'userId', 'u', 'productId', 'p', 'price', '1'))!;
     // notification-service reads the entry: it is pending in its group, not handled yet.
     const notification = oneShotClient(stack, urlAs('notification-service'));
-    await notification.xreadgroup(
-      'GROUP',
-      'notification-service-group',
-      'n1',
-      'STREAMS',
-      'order-events',
-      '>',
-    );
+    await notification.xreadgroup('GROUP', NOTIFICATION_GROUP, 'n1', 'STREAMS', ORDERS, '>');
   });
 
   it("lets payment-service's user see and ack the entries pending in notification-service's group", async () => {
     const payment = oneShotClient(stack, urlAs('payment-service'));
 
-    const seen = await payment.xpending('order-events', 'notification-service-group');
-    const acked = await payment.xack('order-events', 'notification-service-group', entryId);
+    const seen = await payment.xpending(ORDERS, NOTIFICATION_GROUP);
+    const acked = await payment.xack(ORDERS, NOTIFICATION_GROUP, entryId);
 
     expect(seen).toEqual([1, entryId, entryId, [['n1', '1']]]);
     expect(acked).toBe(1);
     // Acked for notification-service, which never handled it: its mail would never be sent.
-    expect(await stack.admin!.xpending('order-events', 'notification-service-group')).toEqual([
-      0,
-      null,
-      null,
-      null,
-    ]);
+    expect(await stack.admin!.xpending(ORDERS, NOTIFICATION_GROUP)).toEqual([0, null, null, null]);
   });
 
   it("lets payment-service's user read, claim and remove consumers in notification-service's group", async () => {
-    const group = 'notification-service-group';
+    const group = NOTIFICATION_GROUP;
     const commands = [
-      ['XREADGROUP', 'GROUP', group, 'intruder', 'STREAMS', 'order-events', '>'],
-      ['XCLAIM', 'order-events', group, 'intruder', '0', entryId],
-      ['XAUTOCLAIM', 'order-events', group, 'intruder', '0', '0-0'],
-      ['XGROUP', 'DELCONSUMER', 'order-events', group, 'n1'],
+      ['XREADGROUP', 'GROUP', group, 'intruder', 'STREAMS', ORDERS, '>'],
+      ['XCLAIM', ORDERS, group, 'intruder', '0', entryId],
+      ['XAUTOCLAIM', ORDERS, group, 'intruder', '0', '0-0'],
+      ['XGROUP', 'DELCONSUMER', ORDERS, group, 'n1'],
     ];
 
     const answers = await Promise.all(
