@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
-import { fieldsFromReply, type Fields } from '../../stream-kit/src/stream.ts';
+import { fieldsFromReply, type Fields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
 
 /*
