@@ -7,13 +7,14 @@
  * texted exactly once, with nothing left pending and no dead letters.
  */
 import { parseArgs } from 'node:util';
+import { DEFAULT_CLAIM_IDLE_MS } from './instance.ts';
 import { formatReport, problemsOf } from './report.ts';
 import { runFault } from './run.ts';
 
 const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble]
   --orders N            orders to place (default 5000)
   --seed S              replay the kill and trouble schedules of an earlier run
-  --claim-idle-ms MS    the consumers' CLAIM_IDLE_MS (default: the services' own, 60000)
+  --claim-idle-ms MS    the consumers' CLAIM_IDLE_MS (default: the services' own, ${DEFAULT_CLAIM_IDLE_MS})
   --no-redis-trouble    no out-of-memory window and no stalls (Redis still restarts once)`;
 
 const { values } = (() => {
