@@ -40,21 +40,3 @@ export type PendingInfo = [id: string, consumer: string, idleMs: number, deliver
 export function stillOurs(idleMs: number): number {
   return Math.max(0, idleMs - 2);
 }
-
-/**
- * Resolves after `ms`, or at once when `signal` aborts. `unref`: the timer alone does not keep
- * the process alive.
- */
-export function sleep(ms: number, { signal, unref = false }: { signal?: AbortSignal; unref?: boolean } = {}) {
-  return new Promise<void>((resolve) => {
-    if (signal?.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    if (unref) timer.unref();
-    signal?.addEventListener('abort', done, { once: true });
-  });
-}

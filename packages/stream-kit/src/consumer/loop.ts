@@ -1,17 +1,19 @@
 import { ServerClock } from '../clock.ts';
 import { isNoGroupError, isRedisFault, openReaderConnection, reconnectIfStalled } from '../connection.ts';
-import { DeadLetterError, writeDeadLetter } from '../dead-letters.ts';
 import { maxIdAheadMs, type StreamDefinition } from '../stream.ts';
 import { AckBatcher } from './acks.ts';
-import { consumerContext, sleep, stillOurs, type ConsumerContext, type Entry } from './context.ts';
-import { Delivery, type Handler, type Outcome } from './delivery.ts';
+import { consumerContext, type ConsumerContext, type Entry } from './context.ts';
+import { Delivery, type Handler } from './delivery.ts';
 import { GroupKeeper } from './group.ts';
 import { LeaseKeeper } from './leases.ts';
 import type { Settings } from './options.ts';
-import { deleteIdleConsumers, takeOverIdle, walkOwnPending } from './reclaim.ts';
+import { OutcomeApplier, type OutcomeParts } from './outcomes.ts';
+import { runPool } from './pool.ts';
+import { deleteIdleConsumers, redeliver, takeOverIdle, walkOwnPending } from './reclaim.ts';
 import { pauseDelay, RetrySchedule } from './retry-policy.ts';
 import { RunCounts } from './runs.ts';
-import { nextStep, readsAhead, type LoopState } from './schedule.ts';
+import { nextStep, readsAhead, reclaimIntervalMs, type LoopState } from './schedule.ts';
+import { sleep, StepGuard } from './waits.ts';
 
 /**
  * One subscription's loop: start, then round after round (see `nextStep`) read, handle and apply
@@ -26,6 +28,9 @@ export class ConsumerLoop {
   private readonly retries: RetrySchedule;
   private readonly group: GroupKeeper;
   private readonly delivery: Delivery;
+  private readonly outcomes: OutcomeApplier;
+  /** The parts an entry's run changes, as `OutcomeApplier` and `redeliver` see them. */
+  private readonly parts: OutcomeParts;
   private readonly clock: ServerClock;
   private stopping = false;
   /** Aborted by close(): cuts the loop's waits short. */
@@ -33,10 +38,8 @@ export class ConsumerLoop {
   private closing: Promise<void> | undefined;
   /** The runs under way (handler and outcome), by entry ID: what `close()` waits for. */
   private readonly handling = new Map<string, Promise<void>>();
-  /** Set once `close()` has dropped the connection: the loop stops waiting on Redis. */
-  private dropped = false;
-  /** Ends the wait of `unlessStopped` for the step under way. */
-  private abandonStep: (() => void) | undefined;
+  /** Abandoned once `close()` has dropped the connection: the loop stops waiting on Redis. */
+  private readonly steps = new StepGuard();
   private readonly running: Promise<void>;
   /** A pass through our own pending list called for (see `LoopState`); `'all'` at start. */
   private ownPending: 'all' | 'due' | undefined = 'all';
@@ -44,7 +47,6 @@ export class ConsumerLoop {
   private readAhead: Promise<Entry[]> | undefined;
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
-  private readonly claimIntervalMs: number;
 
   constructor(
     group: string,
@@ -65,7 +67,6 @@ export class ConsumerLoop {
     // came: they sit in our pending list, and only a pass through it finds them.
     redis.on('close', () => (this.ownPending = 'all'));
     this.ctx = consumerContext(redis, stream, group, consumer, settings.logger);
-    this.claimIntervalMs = Math.min(Math.max(settings.claimIdleMs / 2, 50), 30_000);
     this.clock = new ServerClock(redis);
     this.leases = new LeaseKeeper(this.ctx, settings.claimIdleMs, (id) => this.handling.has(id));
     this.acks = new AckBatcher(this.ctx);
@@ -78,6 +79,8 @@ export class ConsumerLoop {
       () => this.stopping,
     );
     this.delivery = new Delivery(this.ctx, handler, settings.maxDeliveries, this.clock);
+    this.parts = { leases: this.leases, acks: this.acks, runs: this.runs, retries: this.retries };
+    this.outcomes = new OutcomeApplier(this.ctx, this.parts, settings);
     this.running = this.run();
   }
 
@@ -111,10 +114,7 @@ export class ConsumerLoop {
     // A blocked XREADGROUP only returns when its BLOCK expires; dropping the connection ends it
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.ctx.redis.disconnect();
-    // While ioredis is between reconnect attempts, disconnect() leaves queued commands hanging:
-    // the loop must not wait on them.
-    this.dropped = true;
-    this.abandonStep?.();
+    this.steps.abandon();
     if (timedOut) {
       // The loop is still inside the handler and may never come out: do not wait for it.
       this.ctx.log.warn(
@@ -129,10 +129,10 @@ export class ConsumerLoop {
   private async run() {
     const { log, where } = this.ctx;
     let failures = 0;
-    await this.unlessStopped(this.start());
+    await this.steps.run(this.start());
     while (!this.stopping) {
       try {
-        await this.unlessStopped(this.step());
+        await this.steps.run(this.step());
         if (failures > 0) {
           log.info({ ...where, failures }, 'consumer loop recovered');
           failures = 0;
@@ -152,7 +152,7 @@ export class ConsumerLoop {
         this.readAhead = undefined;
         if (isNoGroupError(err)) {
           this.retries.clear();
-          await this.unlessStopped(this.group.recreate());
+          await this.steps.run(this.group.recreate());
           continue;
         }
         failures += 1;
@@ -166,22 +166,6 @@ export class ConsumerLoop {
         await this.sleep(pauseDelay(failures));
       }
     }
-  }
-
-  /**
-   * Resolves with `work`, or as soon as the subscription is closed, abandoning `work`. Not a
-   * `Promise.race` with a promise that settles at close: each race would leave a reaction on that
-   * promise until then, a leak of a few hundred bytes per step of a long-lived loop.
-   */
-  private unlessStopped(work: Promise<void>): Promise<void> {
-    work.catch(() => {}); // an abandoned command may still fail later; nobody is listening then
-    if (this.dropped) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      this.abandonStep = resolve;
-      work.then(resolve, reject).finally(() => {
-        if (this.abandonStep === resolve) this.abandonStep = undefined;
-      });
-    });
   }
 
   private sleep(ms: number): Promise<void> {
@@ -223,13 +207,23 @@ export class ConsumerLoop {
             retries: this.retries,
             isStopping: () => this.stopping,
           },
-          (id, idleMs) => this.redeliver(id, idleMs),
+          (id, idleMs) =>
+            redeliver(this.ctx, this.parts, id, idleMs, (fields, run) =>
+              this.handleEntry(id, fields, run, true),
+            ),
           () => this.acks.flush(),
         );
-      case 'reclaim':
-        await this.reclaim();
-        this.claimAt = Date.now() + this.claimIntervalMs;
+      case 'reclaim': {
+        const { claimIdleMs, count, deleteIdleConsumersAfterMs } = this.settings;
+        const isStopping = () => this.stopping;
+        const runsKey = (id: string) => this.runs.key(id);
+        if ((await takeOverIdle(this.ctx, { claimIdleMs, count, isStopping, runsKey })) > 0)
+          this.ownPending ??= 'due';
+        await deleteIdleConsumers(this.ctx, deleteIdleConsumersAfterMs);
+        await this.group.markRecreatePoint();
+        this.claimAt = Date.now() + reclaimIntervalMs(claimIdleMs);
         return;
+      }
       case 'read':
         return this.handleNew(await this.read(step.blockMs));
     }
@@ -263,78 +257,28 @@ export class ConsumerLoop {
   }
 
   /**
-   * The worker pool: handles freshly read entries, `concurrency` at a time (one at a time keeps
-   * their order), skipping any whose lease another consumer took meanwhile.
+   * Handles freshly read entries through the worker pool, `concurrency` at a time, skipping any
+   * whose lease another consumer took meanwhile. A Redis error (a dead letter not acked, say)
+   * stops the batch; the loop then goes through the pending list.
    */
   private async handleBatch(entries: Entry[]) {
-    let next = 0;
     // IDs grow along a batch: if its last is not ahead of the clock, none is (one check a batch).
     const last = entries.at(-1);
     const mayBeAhead = last !== undefined && this.clock.looksAhead(last[0], maxIdAheadMs(this.ctx.stream));
-    let failed = false;
-    const work = async () => {
-      while (next < entries.length && !this.stopping && !failed) {
-        const [id, fields] = entries[next++]!;
-        try {
-          if (this.leases.holds(id)) await this.handleEntry(id, fields, 1, mayBeAhead);
-        } catch (err) {
-          // A Redis error (a dead letter not acked, say): stop taking entries, and let the loop
-          // go through the pending list once the others are done.
-          failed = true;
-          throw err;
-        }
-      }
-    };
-    try {
-      const workers = Math.min(this.settings.concurrency, entries.length);
-      const results = await Promise.allSettled(Array.from({ length: workers }, work));
-      const rejected = results.find((result) => result.status === 'rejected');
-      if (rejected) throw rejected.reason;
-    } finally {
-      for (const [id] of entries) this.leases.untrack(id);
-      // Stopped early: the entries never started come back through the pending list, where their
-      // first real run must count as the first.
-      if (failed) for (const [id] of entries.slice(next)) this.runs.uncount(id);
+    const { started, error } = await runPool(
+      entries,
+      this.settings.concurrency,
+      ([id, fields]) => (this.leases.holds(id) ? this.handleEntry(id, fields, 1, mayBeAhead) : undefined),
+      () => this.stopping,
+    );
+    for (const [id] of entries) this.leases.untrack(id);
+    if (error !== undefined) {
+      // The entries never started come back through the pending list, where their first real
+      // run must count as the first.
+      for (const [id] of entries.slice(started)) this.runs.uncount(id);
+      throw error;
     }
     await this.acks.flush();
-  }
-
-  /**
-   * Takes a pending entry and counts the run it is taken for, then handles it. The minimum idle
-   * time is the one it has if nobody touched it since XPENDING: if another consumer has taken it
-   * since, it is not ours to handle.
-   */
-  private async redeliver(id: string, idleMs: number) {
-    const claimed = await this.runs.claim(id, stillOurs(idleMs));
-    if (!claimed) {
-      this.retries.forget(id);
-      // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
-      this.ctx.log.debug({ ...this.ctx.where, entryId: id }, 'pending entry no longer ours to handle');
-      return;
-    }
-    this.leases.track(id);
-    try {
-      await this.handleEntry(id, claimed.fields, claimed.run, true);
-    } finally {
-      this.leases.untrack(id);
-      this.runs.done(id);
-    }
-  }
-
-  /**
-   * Takes over what other consumers left idle too long (the own pending pass then runs it), and
-   * tidies the group: removes long idle consumers that hold nothing, notes where to recreate it.
-   */
-  private async reclaim() {
-    const taken = await takeOverIdle(this.ctx, {
-      claimIdleMs: this.settings.claimIdleMs,
-      count: this.settings.count,
-      isStopping: () => this.stopping,
-      runsKey: (id) => this.runs.key(id),
-    });
-    if (taken > 0) this.ownPending ??= 'due';
-    await deleteIdleConsumers(this.ctx, this.settings.deleteIdleConsumersAfterMs);
-    await this.group.markRecreatePoint();
   }
 
   /**
@@ -358,57 +302,12 @@ export class ConsumerLoop {
   private async deliver(id: string, flat: Buffer[], run: number, mayBeAhead: boolean) {
     try {
       const outcome = await this.delivery.run(id, flat, run, mayBeAhead);
-      if (outcome.kind === 'dead-letter') await this.deadLetter(id, flat, run, outcome.reason);
-      else this.apply(id, run, outcome);
+      // Only a dead letter waits for Redis; an ack is queued (see AckBatcher).
+      if (outcome.kind === 'dead-letter') await this.outcomes.deadLetter(id, flat, run, outcome.reason);
+      else this.outcomes.apply(id, run, outcome);
     } catch (err) {
       if (isRedisFault(err)) this.runs.uncount(id);
       throw err;
     }
-  }
-
-  /** Acks the entry (unless the handler did, `handlerAcks`), or schedules its retry. */
-  private apply(id: string, run: number, outcome: Exclude<Outcome, { kind: 'dead-letter' }>) {
-    if (outcome.kind === 'retry') {
-      if (!outcome.counts) this.runs.uncount(id);
-      this.retries.failed(id, run);
-      return;
-    }
-    this.leases.untrack(id);
-    if (!this.settings.handlerAcks) this.acks.ack(id);
-    if (this.runs.inRedisFor(id)) this.acks.forgetRuns(this.runs.key(id));
-    this.retries.forget(id);
-  }
-
-  /**
-   * Copies the entry, with why it failed, to the dead-letter stream, then acks it. A crash between
-   * the two leaves the entry pending, to be dead-lettered again: a duplicate dead letter, never a
-   * lost one. If the dead-letter stream refuses the write for a reason of its own, the entry stays
-   * pending and comes back; the run does not count.
-   */
-  private async deadLetter(id: string, flat: Buffer[], run: number, reason: string) {
-    const { redis, stream, group, consumer, log, where } = this.ctx;
-    const deadLetterStream = this.settings.deadLetterStream;
-    try {
-      // prettier-ignore
-      await writeDeadLetter(redis, deadLetterStream, flat, {
-        entryId: id, stream: stream.name, group, consumer, deliveries: run, reason,
-      });
-    } catch (err) {
-      if (!(err instanceof DeadLetterError)) throw err;
-      // Redis is in trouble: the loop pauses (see run()).
-      if (isRedisFault(err.cause)) throw err.cause;
-      // The entries behind it go on meanwhile.
-      log.warn(
-        { ...where, entryId: id, err: err.cause },
-        'cannot write to the dead-letter stream; entry stays pending',
-      );
-      this.apply(id, run, { kind: 'retry', counts: false });
-      return;
-    }
-    this.leases.untrack(id);
-    await redis.xack(stream.name, group, id);
-    if (this.runs.inRedisFor(id)) redis.del(this.runs.key(id)).catch(() => {});
-    this.retries.forget(id);
-    log.warn({ ...where, entryId: id, deadLetterStream, reason }, 'entry moved to the dead-letter stream');
   }
 }

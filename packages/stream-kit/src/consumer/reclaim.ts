@@ -1,5 +1,6 @@
 import { DELETE_IDLE_CONSUMERS } from '../scripts.ts';
-import type { ConsumerContext, PendingInfo } from './context.ts';
+import { stillOurs, type ConsumerContext, type PendingInfo } from './context.ts';
+import type { OutcomeParts } from './outcomes.ts';
 import type { RetrySchedule } from './retry-policy.ts';
 
 /*
@@ -122,4 +123,33 @@ export async function deleteIdleConsumers(ctx: ConsumerContext, afterMs: number)
     consumer,
   )) as string[];
   if (removed.length > 0) log.info({ ...where, removed }, 'removed idle consumers that held no entries');
+}
+
+/**
+ * Takes pending entry `id` of ours and counts the run it is taken for (see `RunCounts.claim`),
+ * then hands its fields and run number to `handle`, holding its lease meanwhile. The minimum idle
+ * time is the one it has if nobody touched it since XPENDING said `idleMs`: if another consumer
+ * has taken it since, it is not ours to handle.
+ */
+export async function redeliver(
+  ctx: ConsumerContext,
+  { runs, leases, retries }: OutcomeParts,
+  id: string,
+  idleMs: number,
+  handle: (fields: Buffer[], run: number) => Promise<void>,
+): Promise<void> {
+  const claimed = await runs.claim(id, stillOurs(idleMs));
+  if (!claimed) {
+    retries.forget(id);
+    // Taken by another consumer meanwhile, or trimmed from the stream (XCLAIM then drops it).
+    ctx.log.debug({ ...ctx.where, entryId: id }, 'pending entry no longer ours to handle');
+    return;
+  }
+  leases.track(id);
+  try {
+    await handle(claimed.fields, claimed.run);
+  } finally {
+    leases.untrack(id);
+    runs.done(id);
+  }
 }

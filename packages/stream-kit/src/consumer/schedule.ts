@@ -58,3 +58,11 @@ export function readsAhead(state: LoopState, now: number, batchSize: number, cou
     state.ownPending !== undefined || now >= state.claimAt || (state.retryAt !== 0 && now >= state.retryAt);
   return !due;
 }
+
+/**
+ * How often a reclaim pass runs: every `claimIdleMs / 2`, so an entry idle too long waits at most
+ * half as long again; at least every 30 s, at most every 50 ms.
+ */
+export function reclaimIntervalMs(claimIdleMs: number): number {
+  return Math.min(Math.max(claimIdleMs / 2, 50), 30_000);
+}
