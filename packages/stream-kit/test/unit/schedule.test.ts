@@ -1,0 +1,86 @@
+import { describe, expect, it } from 'vitest';
+import { nextStep, readsAhead, reclaimIntervalMs, type LoopState } from '../../src/consumer/schedule.ts';
+
+/* What the loop does next, decided without Redis. */
+
+const NOW = 1_000_000;
+const idle: LoopState = { readAhead: false, ownPending: undefined, retryAt: 0, claimAt: NOW + 10_000 };
+
+describe('nextStep', () => {
+  it('handles a batch read ahead before anything else, even a pending pass or a reclaim that is due', () => {
+    const state = { ...idle, readAhead: true, ownPending: 'all' as const, claimAt: 0, retryAt: NOW - 1 };
+
+    expect(nextStep(state, NOW, 2_000)).toEqual({ kind: 'read-ahead' });
+  });
+
+  it.each(['all', 'due'] as const)(
+    'goes through the own pending list when a %s pass is called for',
+    (mode) => {
+      expect(nextStep({ ...idle, ownPending: mode, claimAt: 0 }, NOW, 2_000)).toEqual({
+        kind: 'own-pending',
+        mode,
+        retryTime: false,
+      });
+    },
+  );
+
+  it('goes through the due entries once a retry time has come, and says the retry time is used up', () => {
+    expect(nextStep({ ...idle, retryAt: NOW }, NOW, 2_000)).toEqual({
+      kind: 'own-pending',
+      mode: 'due',
+      retryTime: true,
+    });
+  });
+
+  it('reclaims when a reclaim pass is due and nothing of its own waits', () => {
+    expect(nextStep({ ...idle, claimAt: NOW }, NOW, 2_000)).toEqual({ kind: 'reclaim' });
+  });
+
+  it('reads new entries, blocking no longer than blockMs', () => {
+    expect(nextStep(idle, NOW, 2_000)).toEqual({ kind: 'read', blockMs: 2_000 });
+  });
+
+  it.each([
+    ['the next retry', { retryAt: NOW + 300 }, 300],
+    ['the next reclaim pass', { claimAt: NOW + 700 }, 700],
+    ['whichever comes first', { retryAt: NOW + 900, claimAt: NOW + 400 }, 400],
+  ])('wakes from a read in time for %s', (_, change, blockMs) => {
+    expect(nextStep({ ...idle, ...change }, NOW, 2_000)).toEqual({ kind: 'read', blockMs });
+  });
+
+  it('never blocks for less than 1 ms (BLOCK 0 would wait forever)', () => {
+    expect(nextStep({ ...idle, claimAt: NOW + 0.2 }, NOW, 2_000)).toEqual({ kind: 'read', blockMs: 1 });
+  });
+});
+
+describe('readsAhead', () => {
+  it('reads the next batch ahead after a full batch when nothing else is due', () => {
+    expect(readsAhead(idle, NOW, 10, 10)).toBe(true);
+  });
+
+  it('does not read ahead after a short batch: the stream is drained', () => {
+    expect(readsAhead(idle, NOW, 9, 10)).toBe(false);
+  });
+
+  it.each([
+    ['a pending pass is called for', { ownPending: 'all' as const }],
+    ['a reclaim pass is due', { claimAt: NOW }],
+    ['a retry is due', { retryAt: NOW }],
+  ])('does not read ahead when %s: it would wait behind the batch', (_, change) => {
+    expect(readsAhead({ ...idle, ...change }, NOW, 10, 10)).toBe(false);
+  });
+});
+
+describe('reclaimIntervalMs', () => {
+  it.each([
+    [60_000, 30_000],
+    [120_000, 30_000],
+    [1_000, 500],
+    [20, 50],
+  ])(
+    'reclaims every half claimIdleMs, between 50 ms and 30 s (claimIdleMs %i → %i)',
+    (claimIdleMs, interval) => {
+      expect(reclaimIntervalMs(claimIdleMs)).toBe(interval);
+    },
+  );
+});
