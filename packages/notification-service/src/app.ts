@@ -1,6 +1,12 @@
 import express, { type Request } from 'express';
 import { OrderCreated } from '@msa/stream-kit/events';
-import { malformedQueryParameter, readinessHandler } from '@msa/stream-kit/service';
+import {
+  errorMiddleware,
+  malformedQueryParameter,
+  readinessHandler,
+  UnavailableError,
+  ValidationError,
+} from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -56,7 +62,8 @@ export interface AppDeps {
  * - `GET /notifications?userId=&limit=&cursor=` → 200 `{notifications, nextCursor}`: what was
  *   sent to the user, oldest first, `limit` at a time (100 unless told, at most 1000). While
  *   `nextCursor` is not null, pass it as `cursor` for the next page. Bad input gets 400
- *   `{error, field}`; Redis unreachable or too slow gets 503.
+ *   `{error, field}`; Redis unreachable or too slow gets 503 `{error}` (`errorMiddleware`, the
+ *   one place that turns errors into answers).
  * - `GET /healthz` → 200 while the process runs; `GET /readyz` → 200 `{status: 'ready'}` when
  *   Redis takes a write (`notification-service:readyz`) within a second, else 503.
  */
@@ -72,38 +79,33 @@ export function createApp({ sentLog, redis, logger }: AppDeps) {
 
   /** What was sent to a user, oldest first: for people and tests to see the flow's outcome. */
   app.get('/notifications', async (req, res) => {
-    const query = parseQuery(req);
-    if (!query.ok) {
-      res.status(400).json({ error: `${query.field}: ${query.message}`, field: query.field });
-      return;
-    }
-    const { userId, limit = DEFAULT_PAGE_SIZE, cursor = 0 } = query.data;
-    try {
-      const page = await sentLog.list(userId, { start: cursor, limit });
-      res.json({
-        notifications: page.notifications,
-        nextCursor: page.next === null ? null : encodeCursor(page.next),
-      });
-    } catch (err) {
-      logger.warn({ err }, 'cannot read notifications');
-      res.status(503).json({ error: 'notifications cannot be read right now, try again later' });
-    }
+    const { userId, limit = DEFAULT_PAGE_SIZE, cursor = 0 } = parseQuery(req);
+    const page = await sentLog.list(userId, { start: cursor, limit }).catch((err: unknown) => {
+      throw new UnavailableError('notifications cannot be read right now, try again later', { cause: err });
+    });
+    res.json({
+      notifications: page.notifications,
+      nextCursor: page.next === null ? null : encodeCursor(page.next),
+    });
   });
 
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });
   });
+  app.use(errorMiddleware(logger));
   return app;
 }
 
-type Parsed<T> = { ok: true; data: T } | { ok: false; field: string; message: string };
-
-function parseQuery(req: Request): Parsed<z.output<typeof Query>> {
+/** The query of `GET /notifications`; throws `ValidationError` naming the parameter at fault. */
+function parseQuery(req: Request): z.output<typeof Query> {
   const malformed = malformedQueryParameter(req.url);
   if (malformed !== undefined)
-    return { ok: false, field: malformed, message: 'must be valid Unicode text (percent-encoded UTF-8)' };
+    throw new ValidationError(`${malformed}: must be valid Unicode text (percent-encoded UTF-8)`, {
+      field: malformed,
+    });
   const result = Query.safeParse(req.query);
-  if (result.success) return { ok: true, data: result.data };
+  if (result.success) return result.data;
   const [issue] = result.error.issues;
-  return { ok: false, field: issue?.path.join('.') || 'query', message: issue?.message ?? 'invalid' };
+  const field = issue?.path.join('.') || 'query';
+  throw new ValidationError(`${field}: ${issue?.message ?? 'invalid'}`, { field });
 }

@@ -40,6 +40,8 @@ const consumerOptions = {
   claimIdleMs: config.CLAIM_IDLE_MS,
   count: config.READ_COUNT,
   concurrency: config.CONCURRENCY,
+  // sendOnce resolves only after a script that acked the entry (see notify.ts): no second XACK.
+  handlerAcks: true,
 };
 const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),

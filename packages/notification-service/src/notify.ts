@@ -1,4 +1,4 @@
-import type { DeliveryContext, Handler } from '@msa/stream-kit';
+import { unknownEvent, type DeliveryContext, type Handler } from '@msa/stream-kit';
 import type { OrderEvent, PaymentEvent } from '@msa/stream-kit/events';
 import type { Channel, NotificationSender } from './sender.ts';
 import type { SentLog } from './sent-log.ts';
@@ -7,6 +7,14 @@ export interface NotifyDeps {
   sender: NotificationSender;
   sentLog: SentLog;
 }
+
+/*
+ * Both handlers ack their own entry (subscribe them with `handlerAcks: true`): they resolve only
+ * after `SentLog.sendOnce` resolved, and it resolves only after a script that acked the entry (the
+ * claim that finds the notification sent, or the record after the send). An event type they have
+ * no case for throws `NonRetryableError` (`unknownEvent`): dead-lettered, nothing sent, written
+ * or acked.
+ */
 
 /** Mails the customer once per order, however often the order event is delivered. */
 export function orderMailHandler(deps: NotifyDeps): Handler<OrderEvent> {
@@ -21,6 +29,13 @@ export function orderMailHandler(deps: NotifyDeps): Handler<OrderEvent> {
           orderId: order.orderId,
           text: `We received your order ${order.orderId} for product ${order.productId} (${order.price}).`,
         });
+        return;
+      default: {
+        // Compile-time check: every type of the stream has a case above. (On a stream of one type
+        // TypeScript narrows `order.type` to never, but not `order`.)
+        const _unhandled: never = order.type;
+        return unknownEvent(order as never);
+      }
     }
   };
 }
@@ -41,6 +56,11 @@ export function paymentSmsHandler(deps: NotifyDeps): Handler<PaymentEvent> {
           orderId: payment.orderId,
           text: `Payment ${payment.paymentProcessId} of ${payment.price}${payment.orderId ? ` for order ${payment.orderId}` : ''} completed.`,
         });
+        return;
+      default: {
+        const _unhandled: never = payment.type;
+        return unknownEvent(payment as never);
+      }
     }
   };
 }

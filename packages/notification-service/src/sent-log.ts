@@ -4,6 +4,21 @@ import { defineScript } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
 
+/**
+ * Someone else is sending this notification right now: another consumer (its lease in Redis) or
+ * another handler of this process. A wait, not a failure: as a `RetryLaterError`, the entry comes
+ * back `retryDelayMs` later and the run does not count toward `maxDeliveries`.
+ */
+export class NotificationLeasedError extends RetryLaterError {
+  constructor(
+    /** The notification's key, e.g. `mail:<orderId>`. */
+    readonly key: string,
+    holder: 'another consumer' | 'another handler of this process',
+  ) {
+    super(`${key} is being sent by ${holder}`);
+  }
+}
+
 export interface SentNotification {
   channel: Channel;
   /** The event type that caused it, e.g. `order-created`. */
@@ -45,14 +60,17 @@ export interface SentLog {
    * Calls `send` unless the notification was sent already, then records it and acks its entry in
    * one atomic step. While `send` runs, the notification is leased to this consumer name for
    * `leaseMs`, so another consumer that gets the same event waits instead of sending it too, and
-   * so does a second handler of this process: the call throws `RetryLaterError` (the entry comes
-   * back later, and the wait is not a failed delivery). A lease under this consumer's own name
-   * that no handler of this process holds is left by a claim or a release that failed on the way
-   * (or by an earlier run of this consumer name, which is dead: a name is never used by two live
-   * processes), and is taken again at once. If the record fails after a send, the call throws and
-   * the next delivery only records. A crash between `send` and the record sends it again once the
-   * lease expires: the one duplicate that no Redis step can rule out, which is why providers get
-   * `key` as their idempotency key. Resolves to whether it was sent now.
+   * so does a second handler of this process: the call throws `NotificationLeasedError`, a
+   * `RetryLaterError` (the entry comes back later, and the wait is not a failed delivery). A
+   * lease under this consumer's own name that no handler of this process holds is left by a
+   * claim or a release that failed on the way (or by an earlier run of this consumer name, which
+   * is dead: a name is never used by two live processes), and is taken again at once. If the
+   * record fails after a send, the call throws and the next delivery only records. A crash
+   * between `send` and the record sends it again once the lease expires: the one duplicate that
+   * no Redis step can rule out, which is why providers get `key` as their idempotency key.
+   * Resolves, to whether it was sent now, only once a script has acked the entry: the claim that
+   * finds the notification sent, or the record after the send. So its caller needs no XACK of
+   * its own (`handlerAcks`).
    */
   sendOnce(once: Once, send: () => Promise<void>): Promise<boolean>;
   /** Up to `limit` notifications from index `start` (0, the oldest, by default), oldest first. */
@@ -135,7 +153,7 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
         marker, context.stream, context.group, context.id, prefix, token, leaseMs,
       );
       if (state === 'sent') return false;
-      if (state === 'busy') throw new RetryLaterError(`${key} is being sent by another consumer`);
+      if (state === 'busy') throw new NotificationLeasedError(key, 'another consumer');
       try {
         await send();
       } catch (err) {
@@ -158,8 +176,7 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
     async sendOnce(once, send) {
       const marker = markerKey(once.key);
       // Checked and taken before the first await: two handlers cannot both get past it.
-      if (inHand.has(marker))
-        throw new RetryLaterError(`${once.key} is being sent by another handler of this process`);
+      if (inHand.has(marker)) throw new NotificationLeasedError(once.key, 'another handler of this process');
       inHand.add(marker);
       try {
         return await claimSendRecord(once, send);

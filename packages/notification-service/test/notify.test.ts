@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
+import { Writable } from 'node:stream';
+import { NonRetryableError, RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
 import { openRequestConnection } from '@msa/stream-kit/service';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -11,7 +12,13 @@ import { waitFor } from '../../../harness/wait.ts';
 import { createApp } from '../src/app.ts';
 import { orderMailHandler, paymentSmsHandler } from '../src/notify.ts';
 import type { Message, NotificationSender } from '../src/sender.ts';
-import { markerKey, redisSentLog, sentLogKey, type SentLog } from '../src/sent-log.ts';
+import {
+  markerKey,
+  NotificationLeasedError,
+  redisSentLog,
+  sentLogKey,
+  type SentLog,
+} from '../src/sent-log.ts';
 
 let redis: Redis;
 let sentLog: SentLog;
@@ -303,6 +310,8 @@ describe('the lease on a notification, at the lease the service uses by default 
     const handling = orderMailHandler({ sender, sentLog: log })(event, context);
 
     await expect(handling).rejects.toBeInstanceOf(RetryLaterError);
+    await expect(handling).rejects.toBeInstanceOf(NotificationLeasedError);
+    await expect(handling).rejects.toMatchObject({ name: 'NotificationLeasedError' });
     await expect(handling).rejects.toThrow(/being sent by another consumer/);
     expect(sender.sent).toEqual([]);
     expect(await admin.get(marker)).toBe(otherLease);
@@ -326,7 +335,7 @@ describe('the lease on a notification, at the lease the service uses by default 
     const outcomes = await Promise.allSettled([handle(event, context), handle(event, second)]);
 
     expect(outcomes[0]).toEqual({ status: 'fulfilled', value: undefined });
-    expect(outcomes[1]).toMatchObject({ status: 'rejected', reason: expect.any(RetryLaterError) });
+    expect(outcomes[1]).toMatchObject({ status: 'rejected', reason: expect.any(NotificationLeasedError) });
     expect(String((outcomes[1] as PromiseRejectedResult).reason)).toMatch(/another handler of this process/);
     expect(sent).toHaveLength(1);
     expect(await sentTo(userId, log)).toHaveLength(1);
@@ -392,6 +401,33 @@ describe("on a payment written by the tutorial's Java payment-service", () => {
       { channel: 'sms', event: 'payment-completed', entryId: context.id, time: expect.any(String) },
     ]);
   });
+});
+
+describe('on an event type the handlers have no case for', () => {
+  it.each([
+    ['the mail handler', 'order-cancelled', orderMailHandler],
+    ['the SMS handler', 'payment-refunded', paymentSmsHandler],
+  ] as const)(
+    '%s throws NonRetryableError, so the subscription dead-letters it, and sends, records and acks nothing',
+    async (_name, type, handler) => {
+      const userId = `user-${randomUUID()}`;
+      const sender = recordingSender();
+      const context = await delivered();
+      // What a schema with a new type would let through to a handler built without its case.
+      const forged = { ...order(userId), type };
+
+      const handling = handler({ sender, sentLog })(forged as never, context);
+
+      await expect(handling).rejects.toBeInstanceOf(NonRetryableError);
+      await expect(handling).rejects.toThrow(`no handler for event type "${type}"`);
+      expect(sender.sent).toEqual([]);
+      expect(await sentTo(userId)).toEqual([]);
+      expect(
+        await redis.exists(markerKey(`mail:${forged.orderId}`), markerKey(`sms:${forged.orderId}`)),
+      ).toBe(0);
+      expect(await pending(context)).toBe(1);
+    },
+  );
 });
 
 describe('GET /notifications', () => {
@@ -526,6 +562,37 @@ describe('GET /notifications', () => {
       error: expect.stringMatching(/^userId: must be valid Unicode/),
       field: 'userId',
     });
+  });
+});
+
+describe('GET /notifications while Redis cannot be reached', () => {
+  it('answers 503 and logs the failure as an err object', async () => {
+    const unreachable = openRequestConnection(`redis://127.0.0.1:${await freePort()}`, logger);
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    try {
+      const app = createApp({ sentLog: redisSentLog(unreachable), redis: unreachable, logger: pino(sink) });
+
+      const response = await request(app).get('/notifications').query({ userId: 'u1' });
+
+      expect([response.status, response.body]).toEqual([
+        503,
+        { error: 'notifications cannot be read right now, try again later' },
+      ]);
+      expect(lines).toEqual([
+        expect.objectContaining({
+          level: 40,
+          err: expect.objectContaining({ type: 'UnavailableError', stack: expect.any(String) }),
+        }),
+      ]);
+    } finally {
+      unreachable.disconnect();
+    }
   });
 });
 

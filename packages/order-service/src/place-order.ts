@@ -1,7 +1,8 @@
 import { createHash, randomUUID } from 'node:crypto';
-import type { Publisher } from '@msa/stream-kit';
-import { OrderEvents } from '@msa/stream-kit/events';
+import { EventValidationError, type Publisher } from '@msa/stream-kit';
+import { OrderEvents, type OrderCreated } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
+import { ConflictError, UnavailableError, ValidationError } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 
 export interface OrderInput {
@@ -25,6 +26,9 @@ export interface PlaceOrderDeps {
   redis: Redis;
 }
 
+/** The request header that carries a client's idempotency key. */
+export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
+
 /** How long an idempotency key is remembered after the order it placed: 24 hours. */
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60;
 
@@ -32,12 +36,16 @@ export const IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60;
 const redisKey = (idempotencyKey: string) => `order-service:idempotency:${idempotencyKey}`;
 
 /** The idempotency key was used before for an order with another body; nothing was published. */
-export class IdempotencyConflictError extends Error {
+export class IdempotencyConflictError extends ConflictError {
   constructor(readonly key: string) {
-    super('Idempotency-Key: already used for an order with another body');
-    this.name = new.target.name;
+    super(`${IDEMPOTENCY_HEADER}: already used for an order with another body`, {
+      field: IDEMPOTENCY_HEADER,
+    });
   }
 }
+
+/** What the client is told when Redis did not take an order. */
+const ORDERS_UNAVAILABLE = 'orders cannot be accepted right now, try again later';
 
 /**
  * Accepts an order by publishing `order-created`; payment and notification follow from the event.
@@ -48,10 +56,11 @@ export class IdempotencyConflictError extends Error {
  * The check and the publish run in one Lua script, so concurrent calls with one key publish once.
  * After the TTL the key is forgotten and places a new order.
  *
- * Throws `IdempotencyConflictError` (nothing published) if the key was used for another order,
- * `EventValidationError` if the order does not fit the event catalogue, or the Redis error if
- * Redis cannot be reached or does not answer in time (the order may or may not be placed: retry
- * with the same key to find out).
+ * Throws `IdempotencyConflictError` (a `ConflictError`; nothing published) if the key was used
+ * for another order, `ValidationError` if the order does not fit the event catalogue (nothing
+ * published), or `UnavailableError` with the Redis error as its cause if Redis cannot be reached,
+ * does not answer in time or refuses the write (out of memory; `order-events` takes no new IDs):
+ * the order may or may not be placed, so retry with the same key to find out.
  */
 export async function placeOrder(
   input: OrderInput,
@@ -59,17 +68,34 @@ export async function placeOrder(
   idempotencyKey?: string,
 ): Promise<PlacedOrder> {
   const event = { type: 'order-created' as const, orderId: randomUUID(), ...input };
-  if (idempotencyKey === undefined) {
-    const entryId = await deps.publisher.publish(OrderEvents, event);
-    return { orderId: event.orderId, entryId, replayed: false };
+  try {
+    if (idempotencyKey === undefined) {
+      const entryId = await deps.publisher.publish(OrderEvents, event);
+      return { orderId: event.orderId, entryId, replayed: false };
+    }
+    return await placeOnce(event, input, idempotencyKey, deps.redis);
+  } catch (err) {
+    if (err instanceof IdempotencyConflictError) throw err;
+    // The catalogue may be stricter than the route's schema in some corner: still bad input.
+    if (err instanceof EventValidationError) throw new ValidationError(err.message, { cause: err });
+    throw new UnavailableError(ORDERS_UNAVAILABLE, { cause: err, stream: OrderEvents.name });
   }
-  const placeOnce = defineScript<['replayed' | 'created', string, string] | ['conflict']>(
-    deps.redis,
+}
+
+/** `event` published once per idempotency key, in one script with the key's check and record. */
+async function placeOnce(
+  event: OrderCreated,
+  input: OrderInput,
+  idempotencyKey: string,
+  redis: Redis,
+): Promise<PlacedOrder> {
+  const placeOrderOnce = defineScript<['replayed' | 'created', string, string] | ['conflict']>(
+    redis,
     'orderServicePlaceOrderOnce',
     2,
     PLACE_ORDER_ONCE,
   );
-  const reply = await placeOnce(
+  const reply = await placeOrderOnce(
     redisKey(idempotencyKey),
     OrderEvents.name,
     bodyHash(input),

@@ -37,9 +37,11 @@ const subscription = subscribe(
     claimIdleMs: config.CLAIM_IDLE_MS,
     count: config.READ_COUNT,
     concurrency: config.CONCURRENCY,
+    // PAY_ONCE acks the order entry in the same script as the payment, on every path that resolves.
+    handlerAcks: true,
   },
 );
-const server = await listen(createApp({ redis }), {
+const server = await listen(createApp({ redis, logger: logger.child({ component: 'http' }) }), {
   port: config.PORT,
   host: config.HOST,
   maxConnections: config.MAX_CONNECTIONS,

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { DeliveryContext, Handler } from '@msa/stream-kit';
+import { unknownEvent, type DeliveryContext, type Handler } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents, type OrderEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
@@ -23,8 +23,9 @@ export const paymentKey = (orderId: string) => `payment-service:payment:${orderI
  * One atomic step: the payment record, its payment-events entry and the XACK of the order entry.
  * A crash before it leaves the order pending, to be paid on redelivery; a crash after it leaves
  * nothing to do. A redelivered order (reclaim, restart, a lost ack) finds the record and is only
- * acked. Only the XADD can fail (out of memory; `payment-events` IDs run ahead of the clock), and
- * it comes before the other writes, so a failure writes nothing.
+ * acked. Both paths that return ack the entry: the handler is subscribed with `handlerAcks`, so
+ * this XACK is the only one. Only the XADD can fail (out of memory; `payment-events` IDs run
+ * ahead of the clock), and it comes before the other writes, so a failure writes nothing.
  *
  * KEYS: payment record, payment-events, order-events.
  * ARGV: group, order entry ID, paymentProcessId, paidAt, how far an ID may run ahead of the
@@ -53,6 +54,11 @@ export interface PaymentDeps {
  * Pays for each order once and announces it on `payment-events`, however often the order is
  * delivered. The payment process ID is a UUID, not the tutorial's in-memory counter, so it stays
  * unique across restarts and instances.
+ *
+ * Acks its own entry (subscribe it with `handlerAcks: true`): it resolves only after PAY_ONCE,
+ * which acks the order entry with the payment, or finds the order paid and acks it. An event type
+ * it has no case for throws `NonRetryableError` (`unknownEvent`): dead-lettered, not acked
+ * silently, and nothing written.
  */
 export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEvent> {
   const payOnce = defineScript<[created: 0 | 1, paymentProcessId: string]>(redis, 'payOnce', 3, PAY_ONCE);
@@ -74,9 +80,16 @@ export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEve
           context.group, context.id, event.paymentProcessId, new Date().toISOString(),
           maxIdAheadMs(PaymentEvents), ...xaddArguments(PaymentEvents, event),
         );
-        const where = { orderId: order.orderId, orderEntryId: context.id, paymentProcessId };
+        const where = { orderId: order.orderId, entryId: context.id, paymentProcessId };
         if (created === 1) logger.info(where, 'payment completed');
         else logger.info(where, 'order already paid; acknowledged again');
+        return;
+      }
+      default: {
+        // Compile-time check: every type of the stream has a case above. (On a stream of one type
+        // TypeScript narrows `order.type` to never, but not `order`.)
+        const _unhandled: never = order.type;
+        return unknownEvent(order as never);
       }
     }
   };

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type { DeliveryContext } from '@msa/stream-kit';
+import { Writable } from 'node:stream';
+import { NonRetryableError, type DeliveryContext } from '@msa/stream-kit';
 import type { OrderEvent } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -102,5 +103,46 @@ describe('on order-created', () => {
       .map((p) => p.paymentProcessId);
     expect(ids).toHaveLength(3);
     expect(new Set(ids).size).toBe(3);
+  });
+});
+
+describe('the payment log line', () => {
+  it('names the order entry entryId, beside orderId and paymentProcessId', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    const [order, context] = await deliveredOrder();
+
+    await paymentHandler({ redis, logger: pino(sink) })(order, context);
+
+    expect(lines).toEqual([
+      expect.objectContaining({
+        msg: 'payment completed',
+        orderId: order.orderId,
+        entryId: context.id,
+        paymentProcessId: expect.any(String),
+      }),
+    ]);
+    expect(lines[0]).not.toHaveProperty('orderEntryId');
+  });
+});
+
+describe('on an event type the handler has no case for', () => {
+  it('throws NonRetryableError, so the subscription dead-letters it, and pays and acks nothing', async () => {
+    const [order, context] = await deliveredOrder();
+    // What a schema with a new type would let through to a handler built without its case.
+    const forged = { ...order, type: 'order-cancelled' } as unknown as OrderEvent;
+
+    const handling = paymentHandler({ redis, logger })(forged, context);
+
+    await expect(handling).rejects.toBeInstanceOf(NonRetryableError);
+    await expect(handling).rejects.toThrow('no handler for event type "order-cancelled"');
+    expect(await paymentsFor(order.orderId)).toEqual([]);
+    expect(await redis.exists(paymentKey(order.orderId))).toBe(0);
+    expect(await pending(context)).toBe(1);
   });
 });
