@@ -4,11 +4,17 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
 import { waitFor } from '../../../harness/wait.ts';
 import { createPublisher, defineStream, subscribe, type Subscription } from '../src/index.ts';
+import { keyedRandom, mulberry32, testSeed } from './seeded-random.ts';
 
 /*
  * Many consumers of one group come and go (closed mid-batch, back under new names, as restarted
  * processes are) while handlers fail at random. Whatever the interleaving: every entry succeeds
  * exactly once, no entry is ever in two handlers at once, and nothing is left pending.
+ *
+ * The draws come from a seed: each run of an entry's handler draws its delay and its failure from
+ * (seed, entry, run), and the churn picks the consumers it stops from the seed. A failure prints
+ * its SEED; run again with it, every entry meets the same failures and delays (the timing of
+ * Redis and of the consumers' reads still varies).
  */
 
 const redisUrl = inject('redisUrl');
@@ -29,16 +35,21 @@ describe('a consumer group under churn and failing handlers', () => {
         name: `churn-${randomUUID()}`,
         schema: z.object({ n: z.string().regex(/^\d+$/).transform(Number) }),
       });
+      const seed = testSeed();
       const total = 200;
+      const runs = new Map<number, number>();
       const succeeded = new Map<number, number>();
       const inFlight = new Set<number>();
       const overlaps: number[] = [];
       const handler = async (event: { n: number }) => {
         if (inFlight.has(event.n)) overlaps.push(event.n);
         inFlight.add(event.n);
+        const run = (runs.get(event.n) ?? 0) + 1;
+        runs.set(event.n, run);
+        const random = keyedRandom(seed, event.n, run);
         try {
-          await new Promise((resolve) => setTimeout(resolve, Math.random() * 40));
-          if (Math.random() < 0.2) throw new Error('flaky dependency');
+          await new Promise((resolve) => setTimeout(resolve, random() * 40));
+          if (random() < 0.2) throw new Error('flaky dependency');
           succeeded.set(event.n, (succeeded.get(event.n) ?? 0) + 1);
         } finally {
           inFlight.delete(event.n);
@@ -59,9 +70,10 @@ describe('a consumer group under churn and failing handlers', () => {
       try {
         for (let n = 0; n < total; n += 1) await publisher.publish(stream, { n });
         // Churn: every 150 ms one consumer stops and a new one (a new name) takes its place.
+        const churn = mulberry32(seed);
         for (let round = 0; round < 12; round += 1) {
           await new Promise((resolve) => setTimeout(resolve, 150));
-          const victim = Math.floor(Math.random() * consumers.length);
+          const victim = Math.floor(churn() * consumers.length);
           await consumers[victim]!.close();
           consumers[victim] = open();
         }
