@@ -1,4 +1,4 @@
-import { unknownEvent, type DeliveryContext, type Handler } from '@msa/stream-kit';
+import { byType, type DeliveryContext, type Handler } from '@msa/stream-kit';
 import type { OrderEvent, PaymentEvent } from '@msa/stream-kit/events';
 import type { Channel, NotificationSender } from './sender.ts';
 import type { SentLog } from './sent-log.ts';
@@ -11,33 +11,24 @@ export interface NotifyDeps {
 /*
  * Both handlers ack their own entry (subscribe them with `handlerAcks: true`): they resolve only
  * after `SentLog.sendOnce` resolved, and it resolves only after a script that acked the entry (the
- * claim that finds the notification sent, or the record after the send). An event type they have
- * no case for throws `NonRetryableError` (`unknownEvent`): dead-lettered, nothing sent, written
- * or acked.
+ * claim that finds the notification sent, or the record after the send). One handler per event type
+ * (`byType`): a type added to a stream fails the typecheck here, and one that arrives unhandled is
+ * dead-lettered, with nothing sent, written or acked.
  */
 
 /** Mails the customer once per order, however often the order event is delivered. */
 export function orderMailHandler(deps: NotifyDeps): Handler<OrderEvent> {
-  return async (order, context) => {
-    switch (order.type) {
-      case 'order-created':
-        await notifyOnce(deps, context, {
-          channel: 'mail',
-          key: `mail:${order.orderId}`,
-          userId: order.userId,
-          event: order.type,
-          orderId: order.orderId,
-          text: `We received your order ${order.orderId} for product ${order.productId} (${order.price}).`,
-        });
-        return;
-      default: {
-        // Compile-time check: every type of the stream has a case above. (On a stream of one type
-        // TypeScript narrows `order.type` to never, but not `order`.)
-        const _unhandled: never = order.type;
-        return unknownEvent(order as never);
-      }
-    }
-  };
+  return byType<OrderEvent>({
+    'order-created': (order, context) =>
+      notifyOnce(deps, context, {
+        channel: 'mail',
+        key: `mail:${order.orderId}`,
+        userId: order.userId,
+        event: order.type,
+        orderId: order.orderId,
+        text: `We received your order ${order.orderId} for product ${order.productId} (${order.price}).`,
+      }),
+  });
 }
 
 /**
@@ -45,24 +36,17 @@ export function orderMailHandler(deps: NotifyDeps): Handler<OrderEvent> {
  * order, per entry.
  */
 export function paymentSmsHandler(deps: NotifyDeps): Handler<PaymentEvent> {
-  return async (payment, context) => {
-    switch (payment.type) {
-      case 'payment-completed':
-        await notifyOnce(deps, context, {
-          channel: 'sms',
-          key: `sms:${payment.orderId ?? `${context.stream}/${context.id}`}`,
-          userId: payment.userId,
-          event: payment.type,
-          orderId: payment.orderId,
-          text: `Payment ${payment.paymentProcessId} of ${payment.price}${payment.orderId ? ` for order ${payment.orderId}` : ''} completed.`,
-        });
-        return;
-      default: {
-        const _unhandled: never = payment.type;
-        return unknownEvent(payment as never);
-      }
-    }
-  };
+  return byType<PaymentEvent>({
+    'payment-completed': (payment, context) =>
+      notifyOnce(deps, context, {
+        channel: 'sms',
+        key: `sms:${payment.orderId ?? `${context.stream}/${context.id}`}`,
+        userId: payment.userId,
+        event: payment.type,
+        orderId: payment.orderId,
+        text: `Payment ${payment.paymentProcessId} of ${payment.price}${payment.orderId ? ` for order ${payment.orderId}` : ''} completed.`,
+      }),
+  });
 }
 
 interface Notification {

@@ -403,7 +403,7 @@ describe("on a payment written by the tutorial's Java payment-service", () => {
   });
 });
 
-describe('on an event type the handlers have no case for', () => {
+describe('on an event type without a handler', () => {
   it.each([
     ['the mail handler', 'order-cancelled', orderMailHandler],
     ['the SMS handler', 'payment-refunded', paymentSmsHandler],

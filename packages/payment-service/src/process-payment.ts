@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { unknownEvent, type DeliveryContext, type Handler } from '@msa/stream-kit';
+import { byType, type DeliveryContext, type Handler } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents, type OrderEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
@@ -56,41 +56,32 @@ export interface PaymentDeps {
  * unique across restarts and instances.
  *
  * Acks its own entry (subscribe it with `handlerAcks: true`): it resolves only after PAY_ONCE,
- * which acks the order entry with the payment, or finds the order paid and acks it. An event type
- * it has no case for throws `NonRetryableError` (`unknownEvent`): dead-lettered, not acked
- * silently, and nothing written.
+ * which acks the order entry with the payment, or finds the order paid and acks it. One handler per
+ * event type (`byType`): a type added to order-events fails the typecheck here, and one that
+ * arrives unhandled is dead-lettered, not acked silently, with nothing written.
  */
 export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEvent> {
   const payOnce = defineScript<[created: 0 | 1, paymentProcessId: string]>(redis, 'payOnce', 3, PAY_ONCE);
 
-  return async (order, context: DeliveryContext) => {
-    switch (order.type) {
-      case 'order-created': {
-        const event = {
-          type: 'payment-completed' as const,
-          orderId: order.orderId,
-          userId: order.userId,
-          productId: order.productId,
-          price: order.price,
-          paymentProcessId: randomUUID(),
-        };
-        // prettier-ignore
-        const [created, paymentProcessId] = await payOnce(
-          paymentKey(order.orderId), PaymentEvents.name, OrderEvents.name,
-          context.group, context.id, event.paymentProcessId, new Date().toISOString(),
-          maxIdAheadMs(PaymentEvents), ...xaddArguments(PaymentEvents, event),
-        );
-        const where = { orderId: order.orderId, entryId: context.id, paymentProcessId };
-        if (created === 1) logger.info(where, 'payment completed');
-        else logger.info(where, 'order already paid; acknowledged again');
-        return;
-      }
-      default: {
-        // Compile-time check: every type of the stream has a case above. (On a stream of one type
-        // TypeScript narrows `order.type` to never, but not `order`.)
-        const _unhandled: never = order.type;
-        return unknownEvent(order as never);
-      }
-    }
-  };
+  return byType<OrderEvent>({
+    'order-created': async (order, context: DeliveryContext) => {
+      const event = {
+        type: 'payment-completed' as const,
+        orderId: order.orderId,
+        userId: order.userId,
+        productId: order.productId,
+        price: order.price,
+        paymentProcessId: randomUUID(),
+      };
+      // prettier-ignore
+      const [created, paymentProcessId] = await payOnce(
+        paymentKey(order.orderId), PaymentEvents.name, OrderEvents.name,
+        context.group, context.id, event.paymentProcessId, new Date().toISOString(),
+        maxIdAheadMs(PaymentEvents), ...xaddArguments(PaymentEvents, event),
+      );
+      const where = { orderId: order.orderId, entryId: context.id, paymentProcessId };
+      if (created === 1) logger.info(where, 'payment completed');
+      else logger.info(where, 'order already paid; acknowledged again');
+    },
+  });
 }

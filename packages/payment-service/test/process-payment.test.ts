@@ -131,7 +131,7 @@ describe('the payment log line', () => {
   });
 });
 
-describe('on an event type the handler has no case for', () => {
+describe('on an event type without a handler', () => {
   it('throws NonRetryableError, so the subscription dead-letters it, and pays and acks nothing', async () => {
     const [order, context] = await deliveredOrder();
     // What a schema with a new type would let through to a handler built without its case.

@@ -42,15 +42,3 @@ export class PublisherClosedError extends Error {
     this.name = new.target.name;
   }
 }
-
-/**
- * For the branch of a handler's `switch (event.type)` that no case took: with every type handled
- * TypeScript infers `never` there, so a type added to the stream's schema and not to the handler
- * fails the typecheck. Should one arrive anyway (code built without the check), it throws
- * `NonRetryableError`: the entry goes to the dead-letter stream with its type as the reason,
- * never acked silently.
- */
-export function unknownEvent(event: never): never {
-  const type = (event as { type?: unknown } | null)?.type;
-  throw new NonRetryableError(`no handler for event type ${JSON.stringify(type ?? null)}`);
-}

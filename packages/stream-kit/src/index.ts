@@ -5,13 +5,9 @@
  * shutdown) is `@msa/stream-kit/service`.
  */
 export type { Connection } from './connection.ts';
-export {
-  EventValidationError,
-  NonRetryableError,
-  PublisherClosedError,
-  RetryLaterError,
-  unknownEvent,
-} from './errors.ts';
+export { EventValidationError, NonRetryableError, PublisherClosedError, RetryLaterError } from './errors.ts';
+export { byType } from './handlers.ts';
+export type { HandlersByType } from './handlers.ts';
 export type { Logger } from './logger.ts';
 export { createPublisher } from './publisher.ts';
 export type { Publisher, PublisherOptions } from './publisher.ts';
