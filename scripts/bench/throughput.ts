@@ -170,8 +170,9 @@ async function decodeOnly(): Promise<number> {
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
 /**
- * payment-service's own handler on `order-events`: for each order, one Lua script writes the
- * payment record and the `payment-events` entry and acks the order.
+ * payment-service's own handler on `order-events`, subscribed as the service subscribes it: for
+ * each order, one Lua script writes the payment record and the `payment-events` entry and acks
+ * the order (`handlerAcks`: no second XACK).
  */
 async function streamKitPayments(redis: Redis, url: string): Promise<number> {
   await redis.del(OrderEvents.name, PaymentEvents.name);
@@ -190,8 +191,8 @@ async function streamKitPayments(redis: Redis, url: string): Promise<number> {
           await pay(event, context);
           all.count();
         },
-        // As BullMQ's Worker: 50 handlers at once.
-        { connection: url, count: 500, concurrency: 50, blockMs: 1_000 },
+        // As BullMQ's Worker: 50 handlers at once. As payment-service: the script acks.
+        { connection: url, count: 500, concurrency: 50, blockMs: 1_000, handlerAcks: true },
       );
       await all.done;
     });

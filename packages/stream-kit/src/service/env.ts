@@ -1,0 +1,70 @@
+import { z } from 'zod';
+import { defaultConsumerName } from '../subscriber.ts';
+
+/** The most HTTP connections a service keeps open at once, unless `MAX_CONNECTIONS` says otherwise. */
+export const DEFAULT_MAX_CONNECTIONS = 1_000;
+
+/** The variables every service reads; `extend()` it with a service's own. */
+export function serviceEnv(defaultPort: number) {
+  return z.object({
+    PORT: z.coerce.number().int().min(0).max(65_535).default(defaultPort),
+    /** The address to listen on; unset, every address of the host (Node's default). */
+    HOST: z
+      .union([z.ipv4(), z.ipv6(), z.hostname()], { error: 'must be an IP address or a host name' })
+      .optional(),
+    /** `listen()`'s `maxConnections`. */
+    MAX_CONNECTIONS: z.coerce.number().int().min(1).max(1_000_000).default(DEFAULT_MAX_CONNECTIONS),
+    REDIS_URL: z
+      .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
+      .default('redis://127.0.0.1:6379'),
+    LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  });
+}
+
+/**
+ * pino's `redact` paths for every service: secrets that could reach a log line through an error
+ * or a request are replaced by `[Redacted]`. No code logs them on purpose (the Redis URL is never
+ * logged, request bodies neither); this is the net under that.
+ */
+export const LOG_REDACT = [
+  'password',
+  '*.password',
+  'redisUrl',
+  '*.redisUrl',
+  'REDIS_URL',
+  '*.REDIS_URL',
+  'req.headers.authorization',
+  'req.headers.cookie',
+  '*.headers.authorization',
+  '*.headers.cookie',
+  '*.options.password',
+  // ioredis attaches the failed command to its error: for AUTH, its arguments are the password.
+  '*.command.args',
+];
+
+/** This instance's name in its consumer groups: unique per running instance. */
+export const ConsumerName = z.string().trim().min(1).default(defaultConsumerName);
+
+/** The variables of a service that consumes streams; `extend()` it with its own. */
+export function consumerEnv(defaultPort: number) {
+  return serviceEnv(defaultPort).extend({
+    CONSUMER_NAME: ConsumerName,
+    /** `subscribe()`'s `claimIdleMs`: how long a crashed instance's entries wait for another to take them. */
+    CLAIM_IDLE_MS: z.coerce.number().int().min(100).default(60_000),
+    /** `subscribe()`'s `count`: entries read per XREADGROUP; at most twice that are held. */
+    READ_COUNT: z.coerce.number().int().min(1).max(10_000).default(100),
+    /**
+     * `subscribe()`'s `concurrency`. The services' events are independent (one order each, and
+     * their effects are idempotent per order), so they need no order between them.
+     */
+    CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(16),
+  });
+}
+
+/** Parses `env` with `schema`; the error names every bad variable. */
+export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv): z.output<S> {
+  const result = schema.safeParse(env);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
+  throw new Error(`invalid environment: ${problems.join('; ')}`);
+}

@@ -1,0 +1,124 @@
+import { isStreamIdError } from '../connection.ts';
+import type { Logger } from '../logger.ts';
+
+/** Options of the named HTTP errors: the error they wrap, and the input at fault. */
+export interface HttpErrorOptions extends ErrorOptions {
+  /** The input at fault (`price`, `Idempotency-Key`, `body`), sent to the client as `field`. */
+  field?: string | undefined;
+}
+
+/**
+ * Bad input, the client's to fix: `errorMiddleware` answers 400 `{error: message, field}`
+ * (`field` left out when no single input is at fault). Nothing is logged.
+ */
+export class ValidationError extends Error {
+  readonly field: string | undefined;
+  constructor(message: string, options?: HttpErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.field = options?.field;
+  }
+}
+
+/**
+ * The request contradicts an earlier one (an idempotency key used before for another body):
+ * `errorMiddleware` answers 409 `{error: message, field}`. Nothing is logged.
+ */
+export class ConflictError extends Error {
+  readonly field: string | undefined;
+  constructor(message: string, options?: HttpErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.field = options?.field;
+  }
+}
+
+/** Options of `UnavailableError`. */
+export interface UnavailableErrorOptions extends ErrorOptions {
+  /** The stream the request writes to, named in the log line. */
+  stream?: string | undefined;
+}
+
+/**
+ * The request cannot be served now, through no fault of its own: Redis cannot be reached, does
+ * not answer in time or refuses the work (its error is the `cause`). `errorMiddleware` answers
+ * 503 `{error: message}`, so `message` is for the client and must not carry the cause; the cause
+ * goes to the log. The same request may succeed later.
+ */
+export class UnavailableError extends Error {
+  readonly stream: string | undefined;
+  constructor(message: string, options?: UnavailableErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.stream = options?.stream;
+  }
+}
+
+/**
+ * Express's body parser fails with the status to answer (4xx) and, mostly, a `type`. A body that
+ * does not inflate as its Content-Encoding says has no `type`: zlib's error, with status 400.
+ */
+const BODY_PARSER_ERRORS: Record<string, string> = {
+  'entity.parse.failed': 'body: malformed JSON',
+  'entity.too.large': 'body: too large (16 kB at most)',
+  'encoding.unsupported': 'body: unsupported content encoding',
+  'charset.unsupported': 'body: unsupported charset',
+  'request.aborted': 'body: request aborted',
+  'request.size.invalid': 'body: size does not match Content-Length',
+};
+
+/** The client's fault, as the body parser saw it: its status and a message naming the body. */
+function bodyParserError(err: unknown): { status: number; message: string } | undefined {
+  const { status, type } = (err ?? {}) as { status?: unknown; type?: unknown };
+  if (typeof status !== 'number' || status < 400 || status > 499) return undefined;
+  const known = typeof type === 'string' && Object.hasOwn(BODY_PARSER_ERRORS, type);
+  return { status, message: known ? BODY_PARSER_ERRORS[type]! : 'body: cannot be decoded' };
+}
+
+/** What `errorMiddleware` needs of Express's response. */
+export interface ErrorResponse {
+  readonly headersSent: boolean;
+  status(code: number): { json(body: unknown): unknown };
+}
+
+/**
+ * A service's one Express error middleware, to `app.use()` after every route: routes throw (or
+ * pass to `next`) the named errors above, and this alone decides the answer.
+ *
+ * - `ValidationError` → 400 `{error, field}`; `ConflictError` → 409 `{error, field}`;
+ * - a body that Express's body parser could not read (malformed JSON, too large, a bad
+ *   encoding) → its 4xx status, `{error, field: 'body'}`;
+ * - `UnavailableError` → 503 `{error}`, logged as a warning with its cause; as an error when the
+ *   cause is a stream that takes no new IDs (`isStreamIdError`), which only an operator's repair
+ *   heals (README, Entry IDs);
+ * - anything else → logged as `err` (`unexpected error`) and answered 500
+ *   `{error: 'internal error'}`: neither its message nor its stack reaches the client.
+ *
+ * An error raised after the answer has begun is left to Express, which closes the connection.
+ */
+export function errorMiddleware(logger: Logger) {
+  // Four parameters: that is how Express tells an error middleware from a route.
+  return (err: unknown, _req: unknown, res: ErrorResponse, next: (err: unknown) => void): void => {
+    if (res.headersSent) return next(err);
+    const bodyError = bodyParserError(err);
+    if (err instanceof ValidationError) {
+      res.status(400).json({ error: err.message, field: err.field });
+    } else if (err instanceof ConflictError) {
+      res.status(409).json({ error: err.message, field: err.field });
+    } else if (err instanceof UnavailableError) {
+      const { stream } = err;
+      if (isStreamIdError(err.cause))
+        logger.error(
+          { err, stream },
+          `${stream ?? 'a stream'} cannot take new entries (its IDs run ahead of the clock or are used up); requests that write to it are refused until an operator repairs it (README: Entry IDs)`,
+        );
+      else logger.warn({ err, stream }, err.message);
+      res.status(503).json({ error: err.message });
+    } else if (bodyError) {
+      res.status(bodyError.status).json({ error: bodyError.message, field: 'body' });
+    } else {
+      logger.error({ err }, 'unexpected error');
+      res.status(500).json({ error: 'internal error' });
+    }
+  };
+}
