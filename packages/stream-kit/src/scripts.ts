@@ -134,3 +134,16 @@ local runs = math.max(tonumber(redis.call('GET', KEYS[1]) or '1') - tonumber(ARG
 redis.call('SET', KEYS[1], runs, 'PX', ARGV[2])
 return runs
 `;
+
+/**
+ * KEYS[1] stream, KEYS[2] an entry's run count; ARGV group, entry ID. Deletes the count once the
+ * entry is no longer pending (its handler acked it in its own script): a count deleted while the
+ * entry is still pending would make its next run count as the second again, and it would never
+ * reach `maxDeliveries`.
+ */
+export const FORGET_RUNS_IF_ACKED = `
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
+  return redis.call('DEL', KEYS[2])
+end
+return 0
+`;

@@ -28,15 +28,20 @@ export class OutcomeApplier {
 
   /** Acks the entry (unless the handler did, `handlerAcks`), or schedules its retry. */
   apply(id: string, run: number, outcome: Exclude<Outcome, { kind: 'dead-letter' }>) {
+    const { leases, acks, runs, retries } = this.parts;
     if (outcome.kind === 'retry') {
-      if (!outcome.counts) this.parts.runs.uncount(id);
-      this.parts.retries.failed(id, run);
+      if (!outcome.counts) runs.uncount(id);
+      retries.failed(id, run);
       return;
     }
-    this.parts.leases.untrack(id);
-    if (!this.options.handlerAcks) this.parts.acks.ack(id);
-    if (this.parts.runs.inRedisFor(id)) this.parts.acks.forgetRuns(this.parts.runs.key(id));
-    this.parts.retries.forget(id);
+    leases.untrack(id);
+    retries.forget(id);
+    if (!this.options.handlerAcks) acks.ack(id);
+    if (!runs.inRedisFor(id)) return;
+    // With handlerAcks the handler acked, or should have: the count goes only if it did (a count
+    // deleted while the entry is pending would start again at 1, see FORGET_RUNS_IF_ACKED).
+    if (this.options.handlerAcks) runs.forgetIfAcked(id);
+    else acks.forgetRuns(runs.key(id));
   }
 
   /**

@@ -1,4 +1,4 @@
-import { CLAIM_RUN, UNCOUNT_RUNS } from '../scripts.ts';
+import { CLAIM_RUN, FORGET_RUNS_IF_ACKED, UNCOUNT_RUNS } from '../scripts.ts';
 import type { ConsumerContext } from './context.ts';
 
 /**
@@ -61,6 +61,16 @@ export class RunCounts {
   /** Whether entry `id`'s run count sits in Redis, to be deleted once the entry is done with. */
   inRedisFor(id: string): boolean {
     return this.inRedis.has(id);
+  }
+
+  /**
+   * Deletes the run count of `id` if its entry is no longer pending (a handler that acks in its
+   * own script resolved: `handlerAcks`); one left pending keeps counting. Best effort: a count
+   * left behind expires.
+   */
+  forgetIfAcked(id: string): void {
+    const { redis, stream, group } = this.ctx;
+    redis.eval(FORGET_RUNS_IF_ACKED, 2, stream.name, this.key(id), group, id).catch(() => {});
   }
 
   /** The run of `id` claimed by `claim` has ended. */

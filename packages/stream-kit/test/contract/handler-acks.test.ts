@@ -89,6 +89,23 @@ describe('acknowledgement', () => {
       expect(await pendingCount(stream)).toBe(1);
     });
 
+    it('handles an entry its handler never acks again, counting each run, and dead-letters it after maxDeliveries', async () => {
+      const stream = testStream();
+      const runs: number[] = [];
+      start(stream, (_, context) => void runs.push(context.deliveryCount), {
+        handlerAcks: true,
+        claimIdleMs: 100,
+        maxDeliveries: 3,
+      });
+
+      await publishRange(stream, 1);
+      await waitFor(async () => (await deadLetters(stream)).length === 1, { what: 'the dead letter' });
+
+      expect(runs).toEqual([1, 2, 3]);
+      expect((await deadLetters(stream))[0]?.['dlq:reason']).toMatch(/^not acked after 3 runs/);
+      expect(await pendingCount(stream)).toBe(0);
+    });
+
     it('still dead-letters and acks an entry the handler gave up on', async () => {
       const stream = testStream();
       start(

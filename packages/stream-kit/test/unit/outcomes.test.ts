@@ -192,6 +192,23 @@ describe('OutcomeApplier', () => {
       expect(held.parts.leases.holds(held.id)).toBe(false);
     });
 
+    it('with handlerAcks, deletes the run count of an entry its handler acked', async () => {
+      const held = await applierHolding(['n', '7'], { handlerAcks: true });
+      await suite.admin.xack(held.stream.name, held.group, held.id);
+
+      held.applier.apply(held.id, held.run, { kind: 'ack' });
+
+      expect(await held.runCount()).toBeNull();
+    });
+
+    it('with handlerAcks, keeps the run count of an entry its handler did not ack', async () => {
+      const held = await applierHolding(['n', '7'], { handlerAcks: true });
+
+      held.applier.apply(held.id, held.run, { kind: 'ack' });
+
+      expect(await held.runCount()).toBe('2');
+    });
+
     it('schedules the retry of a run that counts, keeping its count and lease', async () => {
       const held = await applierHolding(['n', '7']);
       const before = Date.now();
@@ -218,43 +235,37 @@ describe('OutcomeApplier', () => {
   });
 
   /*
-   * BUG (outcomes.ts, apply): with handlerAcks, an `ack` outcome deletes the entry's run count
-   * (forgetRuns) although the handler may have resolved without acking. The entry stays pending,
-   * and its next claim counts from 1 again: every redelivery is run 2, `run > maxDeliveries` never
-   * holds, and the entry is never dead-lettered, against the contract of `handlerAcks`
-   * (options.ts: "dead-lettered after maxDeliveries runs"). `it.fails` keeps the suite green
-   * while the bug stands; drop `.fails` once it is fixed.
+   * A handler subscribed with handlerAcks that resolves without acking leaves its entry pending:
+   * its run count must stay, or every redelivery would be run 2 and it would never be
+   * dead-lettered.
    */
-  it.fails(
-    'with handlerAcks, counts on the runs of an entry its handler resolves without acking, and dead-letters it after maxDeliveries',
-    async () => {
-      const held = await applierHolding(['n', '7'], { handlerAcks: true });
-      const maxDeliveries = 3;
-      const delivery = new Delivery(held.ctx, () => {}, maxDeliveries, new ServerClock(held.ctx.redis));
-      const runs: number[] = [];
-      const outcomes: Outcome['kind'][] = [];
-      // Run 2 was claimed by applierHolding: apply it, then redeliver as the loop's pending pass would.
-      held.applier.apply(held.id, held.run, { kind: 'ack' });
-      held.parts.runs.done(held.id);
+  it('with handlerAcks, counts on the runs of an entry its handler resolves without acking, and dead-letters it after maxDeliveries', async () => {
+    const held = await applierHolding(['n', '7'], { handlerAcks: true });
+    const maxDeliveries = 3;
+    const delivery = new Delivery(held.ctx, () => {}, maxDeliveries, new ServerClock(held.ctx.redis));
+    const runs: number[] = [];
+    const outcomes: Outcome['kind'][] = [];
+    // Run 2 was claimed by applierHolding: apply it, then redeliver as the loop's pending pass would.
+    held.applier.apply(held.id, held.run, { kind: 'ack' });
+    held.parts.runs.done(held.id);
+    await held.parts.acks.flush();
+
+    for (let pass = 0; pass < 3; pass += 1) {
+      await redeliver(held.ctx, held.parts, held.id, 0, async (fields, run) => {
+        runs.push(run);
+        const outcome = await delivery.run(held.id, fields, run, false);
+        outcomes.push(outcome.kind);
+        if (outcome.kind === 'dead-letter')
+          await held.applier.deadLetter(held.id, fields, run, outcome.reason);
+        else held.applier.apply(held.id, run, outcome);
+      });
       await held.parts.acks.flush();
+    }
 
-      for (let pass = 0; pass < 3; pass += 1) {
-        await redeliver(held.ctx, held.parts, held.id, 0, async (fields, run) => {
-          runs.push(run);
-          const outcome = await delivery.run(held.id, fields, run, false);
-          outcomes.push(outcome.kind);
-          if (outcome.kind === 'dead-letter')
-            await held.applier.deadLetter(held.id, fields, run, outcome.reason);
-          else held.applier.apply(held.id, run, outcome);
-        });
-        await held.parts.acks.flush();
-      }
-
-      expect(runs).toEqual([3, 4]);
-      expect(outcomes).toEqual(['ack', 'dead-letter']);
-      expect(await listDeadLetters(suite.admin, held.stream)).toMatchObject([
-        { entryId: held.id, reason: expect.stringMatching(/^not acked after 3 runs/) },
-      ]);
-    },
-  );
+    expect(runs).toEqual([3, 4]);
+    expect(outcomes).toEqual(['ack', 'dead-letter']);
+    expect(await listDeadLetters(suite.admin, held.stream)).toMatchObject([
+      { entryId: held.id, reason: expect.stringMatching(/^not acked after 3 runs/) },
+    ]);
+  });
 });
