@@ -7,7 +7,6 @@
 export type { Connection } from './connection.ts';
 export { EventValidationError, NonRetryableError, PublisherClosedError, RetryLaterError } from './errors.ts';
 export { byType } from './handlers.ts';
-export type { HandlersByType } from './handlers.ts';
 export type { Logger } from './logger.ts';
 export { createPublisher } from './publisher.ts';
 export type { Publisher, PublisherOptions } from './publisher.ts';

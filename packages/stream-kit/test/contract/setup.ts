@@ -1,38 +1,25 @@
-import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll } from 'vitest';
-import { z } from 'zod';
 import { startRedisServer, type RedisServer } from '../../../../harness/redis-server.ts';
 import { entryFields } from '../../../../harness/streams.ts';
 import { waitFor } from '../../../../harness/wait.ts';
 import {
   createPublisher,
-  defineStream,
   subscribe,
   type Handler,
   type Publisher,
   type SubscribeOptions,
   type Subscription,
 } from '../../src/index.ts';
+import { testStream, type TestEvent, type TestStream } from '../test-stream.ts';
+
+export { testStream, type TestEvent, type TestStream };
 
 /*
  * What every file of the contract suite shares. Each file calls `contractSuite()` once, at its top:
  * it gets a redis-server of its own (vitest runs the files side by side, and some of them flush,
  * restart or starve their server), and every test a stream of its own (`testStream()`).
  */
-
-/** A fresh stream, so tests never see each other's entries. */
-export function testStream() {
-  return defineStream({
-    name: `test-${randomUUID()}`,
-    schema: z.object({
-      n: z.string().regex(/^\d+$/, 'must be digits').transform(Number),
-      note: z.string().optional(),
-    }),
-  });
-}
-export type TestStream = ReturnType<typeof testStream>;
-export type TestEvent = { n: number; note?: string | undefined };
 
 /** Options of `subscribe`, and the group and consumer names, which default to 'g' and 'c1'. */
 export type StartOptions = Partial<SubscribeOptions> & { group?: string; consumer?: string };

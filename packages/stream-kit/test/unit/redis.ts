@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll } from 'vitest';
-import { z } from 'zod';
 import { startRedisServer, type RedisServer } from '../../../../harness/redis-server.ts';
 import {
   consumerContext,
@@ -10,25 +9,15 @@ import {
   type PendingInfo,
 } from '../../src/consumer/context.ts';
 import type { Logger } from '../../src/logger.ts';
-import { defineStream } from '../../src/stream.ts';
+import { testStream, type TestEvent, type TestStream } from '../test-stream.ts';
+
+export { testStream, type TestEvent, type TestStream };
 
 /*
  * What the unit tests of the consumer's parts share: each file gets a redis-server of its own
  * (some tests starve it of memory), every test a stream and group of its own, and each part a
  * context on a connection of its own, closed after the test.
  */
-
-/** A fresh stream, so tests never see each other's entries: `n` must be digits. */
-export function testStream() {
-  return defineStream({
-    name: `test-${randomUUID()}`,
-    schema: z.object({
-      n: z.string().regex(/^\d+$/, 'must be digits').transform(Number),
-      note: z.string().optional(),
-    }),
-  });
-}
-export type TestStream = ReturnType<typeof testStream>;
 
 export interface LogLine {
   readonly level: 'debug' | 'info' | 'warn' | 'error';

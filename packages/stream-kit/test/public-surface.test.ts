@@ -1,0 +1,67 @@
+import { describe, expect, it } from 'vitest';
+
+/*
+ * The public surface, entry point by entry point (the runtime names; types go with them). A name
+ * added here is a promise to every service: add one on purpose, with its contract comment.
+ */
+
+describe('the entry points of @msa/stream-kit', () => {
+  it.each([
+    [
+      '@msa/stream-kit: the messaging API',
+      '../src/index.ts',
+      [
+        'EventValidationError',
+        'NonRetryableError',
+        'PublisherClosedError',
+        'RetryLaterError',
+        'byType',
+        'createPublisher',
+        'defineStream',
+        'listDeadLetters',
+        'replayDeadLetters',
+        'subscribe',
+      ],
+    ],
+    [
+      '@msa/stream-kit/events: the catalogue',
+      '../src/events.ts',
+      ['OrderCreated', 'OrderEvents', 'PaymentCompleted', 'PaymentEvents', 'streams'],
+    ],
+    [
+      '@msa/stream-kit/lua: scripting for handlers that ack in their own script',
+      '../src/lua.ts',
+      ['XADD_CHECKED', 'defineScript', 'maxIdAheadMs', 'xaddArguments'],
+    ],
+    [
+      '@msa/stream-kit/service: the service chassis',
+      '../src/service.ts',
+      [
+        'ConflictError',
+        'LOG_REDACT',
+        'UnavailableError',
+        'ValidationError',
+        'closeServer',
+        'consumerEnv',
+        'errorMiddleware',
+        'gracefulShutdown',
+        'listen',
+        'malformedQueryParameter',
+        'openRequestConnection',
+        'parseEnv',
+        'readinessHandler',
+        'serviceEnv',
+      ],
+    ],
+  ])('%s exports these names and no others', async (_, path, names) => {
+    const module = (await import(path)) as Record<string, unknown>;
+
+    expect(Object.keys(module).sort()).toEqual([...names].sort());
+  });
+
+  it('lists every stream of the catalogue in `streams`', async () => {
+    const catalogue = await import('../src/events.ts');
+
+    expect(catalogue.streams.map((stream) => stream.name)).toEqual(['order-events', 'payment-events']);
+  });
+});
