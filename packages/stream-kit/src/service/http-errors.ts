@@ -7,11 +7,8 @@ export interface HttpErrorOptions extends ErrorOptions {
   field?: string | undefined;
 }
 
-/**
- * Bad input, the client's to fix: `errorMiddleware` answers 400 `{error: message, field}`
- * (`field` left out when no single input is at fault). Nothing is logged.
- */
-export class ValidationError extends Error {
+/** An error in the request's input, naming the input at fault (`field`). */
+abstract class InputError extends Error {
   readonly field: string | undefined;
   constructor(message: string, options?: HttpErrorOptions) {
     super(message, options);
@@ -21,17 +18,16 @@ export class ValidationError extends Error {
 }
 
 /**
+ * Bad input, the client's to fix: `errorMiddleware` answers 400 `{error: message, field}`
+ * (`field` left out when no single input is at fault). Nothing is logged.
+ */
+export class ValidationError extends InputError {}
+
+/**
  * The request contradicts an earlier one (an idempotency key used before for another body):
  * `errorMiddleware` answers 409 `{error: message, field}`. Nothing is logged.
  */
-export class ConflictError extends Error {
-  readonly field: string | undefined;
-  constructor(message: string, options?: HttpErrorOptions) {
-    super(message, options);
-    this.name = new.target.name;
-    this.field = options?.field;
-  }
-}
+export class ConflictError extends InputError {}
 
 /** Options of `UnavailableError`. */
 export interface UnavailableErrorOptions extends ErrorOptions {
