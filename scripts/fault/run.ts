@@ -1,5 +1,6 @@
 import { PaymentEvents } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
+import { mulberry32 } from '../../harness/random.ts';
 import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
 import { startService, type RunningService } from '../../harness/services.ts';
 import { waitFor } from '../../harness/wait.ts';
@@ -276,18 +277,6 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     redis.disconnect();
     await server.stop();
   }
-}
-
-/** A small seeded generator, so a run's schedules can be replayed from its seed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
 }
 
 function sleep(ms: number): Promise<void> {

@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { z } from 'zod';
 import { waitFor } from '../../../harness/wait.ts';
 import { createPublisher, defineStream, subscribe, type Subscription } from '../src/index.ts';
-import { keyedRandom, mulberry32, testSeed } from './seeded-random.ts';
+import { keyedRandom, mulberry32 } from '../../../harness/random.ts';
+import { testSeed } from './seeded-random.ts';
 
 /*
  * Many consumers of one group come and go (closed mid-batch, back under new names, as restarted
