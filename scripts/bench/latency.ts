@@ -256,10 +256,13 @@ interface Services {
 /**
  * POST `url` on keep-alive connections: node:http, not fetch. At 2,000 orders/s Node 20's fetch
  * (undici) took more than a core of this 2-core machine, starving the services it measures, and
- * failed some requests with "other side closed"; node:http took a quarter of a core.
+ * failed some requests with "other side closed"; node:http took a quarter of a core. A request
+ * sent on a kept-alive socket just as the server closed it for idleness fails with ECONNRESET
+ * before the server read it: it is sent again once, on a new socket, as Node's docs advise
+ * (`request.reusedSocket`).
  */
 function poster(url: string, agent: Agent): Services['post'] {
-  return (body) =>
+  const post = (body: string, retried: boolean): ReturnType<Services['post']> =>
     new Promise((resolve, reject) => {
       const headers = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
       const request = httpRequest(url, { method: 'POST', agent, headers }, (response) => {
@@ -270,9 +273,13 @@ function poster(url: string, agent: Agent): Services['post'] {
         response.on('end', () => resolve({ status: response.statusCode ?? 0, at, text }));
         response.on('error', reject);
       });
-      request.on('error', reject);
+      request.on('error', (err: NodeJS.ErrnoException) => {
+        if (!retried && request.reusedSocket && err.code === 'ECONNRESET') resolve(post(body, true));
+        else reject(err);
+      });
       request.end(body);
     });
+  return (body) => post(body, false);
 }
 
 async function startServices(url: string): Promise<Services> {
