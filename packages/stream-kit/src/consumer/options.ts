@@ -58,8 +58,9 @@ export interface SubscribeOptions {
    * The handler acks its entry itself, in the same atomic step as its effect (a Lua script that
    * writes its records and runs `XACK <context.stream> <context.group> <context.id>`): when it
    * resolves, the subscription sends no XACK of its own. A handler that resolves without having
-   * acked leaves its entry pending: it is handled again after `claimIdleMs`, and dead-lettered
-   * after `maxDeliveries` runs. Dead letters are acked by the subscription either way.
+   * acked leaves its entry pending: it is handled again (at the latest after `claimIdleMs`), and
+   * dead-lettered after `maxDeliveries` runs. Dead letters, and entries trimmed while pending, are
+   * acked by the subscription either way.
    * @defaultValue false
    */
   handlerAcks?: boolean;
