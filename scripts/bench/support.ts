@@ -132,3 +132,22 @@ export async function consumeAll(
   if (pending !== 0) throw new Error(`${pending} entries of ${stream.name} left pending`);
   return rate;
 }
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Calls `send(n)` for n = 0, 1, … at `rate` a second for `seconds`, never waiting for an earlier
+ * send to finish: each tick sends all that are due by then, so a late tick catches up in a burst.
+ * Resolves to the rate achieved, under `rate` when this process could not keep up.
+ */
+export async function offer(rate: number, seconds: number, send: (n: number) => void): Promise<number> {
+  const total = Math.round(rate * seconds);
+  const began = now();
+  for (let sent = 0; sent < total;) {
+    const due = Math.min(total, Math.floor(((now() - began) * rate) / 1_000) + 1);
+    while (sent < due) send(sent++);
+    // A 1 ms timer, not a busy loop: the services and Redis need the other core.
+    if (sent < total) await sleep(1);
+  }
+  return total / Math.max(seconds, (now() - began) / 1_000);
+}
