@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
-import { Socket } from 'node:net';
+import { createServer, Socket } from 'node:net';
 import { delimiter, dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
@@ -26,6 +26,8 @@ interface ServiceSpec {
   name: string;
   dir: string;
   port: number;
+  /** The variable that sets `port`. */
+  portVariable: string;
   color: number;
 }
 
@@ -66,16 +68,48 @@ function serviceSpecs(env: NodeJS.ProcessEnv): ServiceSpec[] {
       fail(`${name} must be a port number from 1 to 65535, got "${env[name]}"`);
     return value;
   };
+  const spec = (name: string, portVariable: string, fallback: number, color: number): ServiceSpec => ({
+    name,
+    dir: `packages/${name}-service`,
+    port: port(portVariable, fallback),
+    portVariable,
+    color,
+  });
   return [
-    { name: 'order', dir: 'packages/order-service', port: port('ORDER_PORT', 8080), color: 36 },
-    { name: 'payment', dir: 'packages/payment-service', port: port('PAYMENT_PORT', 8081), color: 35 },
-    {
-      name: 'notification',
-      dir: 'packages/notification-service',
-      port: port('NOTIFICATION_PORT', 8082),
-      color: 33,
-    },
+    spec('order', 'ORDER_PORT', 8080, 36),
+    spec('payment', 'PAYMENT_PORT', 8081, 35),
+    spec('notification', 'NOTIFICATION_PORT', 8082, 33),
   ];
+}
+
+/** Whether this process could listen on `port` as the services do (every address of the host). */
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen({ port, exclusive: true }, () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * Exits with one line unless every service has a port of its own that nobody holds: a service
+ * started on a taken port would die with EADDRINUSE, while whatever holds it (another `pnpm dev`,
+ * say) answered for it.
+ */
+async function checkPorts(specs: ServiceSpec[]): Promise<void> {
+  for (const [i, spec] of specs.entries()) {
+    const other = specs.slice(0, i).find((earlier) => earlier.port === spec.port);
+    if (other)
+      fail(
+        `${other.portVariable} and ${spec.portVariable} are both ${spec.port}: each service needs a port of its own`,
+      );
+  }
+  const free = await Promise.all(specs.map((spec) => portIsFree(spec.port)));
+  const taken = specs.filter((_, i) => !free[i]);
+  if (taken.length > 0)
+    fail(
+      `${taken.map((spec) => `port ${spec.port} (${spec.portVariable}, ${spec.name}-service)`).join(', ')} ${taken.length > 1 ? 'are' : 'is'} taken, by another \`pnpm dev\` or another program: stop it, or set ${taken.map((spec) => spec.portVariable).join(', ')} to a free port`,
+    );
 }
 
 // ---- Redis ------------------------------------------------------------------------------------
@@ -325,6 +359,7 @@ async function main(): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   const specs = serviceSpecs(process.env);
+  await checkPorts(specs);
   session.redis = ensureRedis(process.env.REDIS_URL || DEFAULT_REDIS_URL);
   const redis = await session.redis;
   if (session.stopping) return;

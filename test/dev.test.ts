@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -126,6 +126,61 @@ describe('pnpm dev', () => {
       expect(dev.output().stdout).not.toMatch(/shutdown timed out|did not stop/);
       for (const port of [redisPort!, ...servicePorts]) {
         expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
+      }
+    },
+  );
+
+  it(
+    'refuses, in one line and before starting anything, two services on one port',
+    { timeout: 60_000 },
+    async () => {
+      const port = String(await freePort());
+      const redisPort = await freePort();
+      redisPorts.push(redisPort);
+      const dev = startDev({
+        REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        ORDER_PORT: port,
+        PAYMENT_PORT: port,
+      });
+
+      const code = await dev.exit(10_000);
+
+      expect(code).toBe(1);
+      expect(dev.output().stderr).toBe(
+        `pnpm dev: ORDER_PORT and PAYMENT_PORT are both ${port}: each service needs a port of its own\n`,
+      );
+      expect(await canConnect(redisPort, '127.0.0.1')).toBe(false);
+    },
+  );
+
+  it(
+    'refuses, in one line and before starting anything, a port another program holds (a second pnpm dev)',
+    { timeout: 60_000 },
+    async () => {
+      const holder = createServer();
+      await new Promise<void>((resolve) => holder.listen(0, resolve));
+      const held = (holder.address() as AddressInfo).port;
+      const redisPort = await freePort();
+      redisPorts.push(redisPort);
+      try {
+        const dev = startDev({
+          REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+          ORDER_PORT: String(await freePort()),
+          PAYMENT_PORT: String(held),
+          NOTIFICATION_PORT: String(await freePort()),
+        });
+
+        const code = await dev.exit(10_000);
+
+        expect(code).toBe(1);
+        const { stdout, stderr } = dev.output();
+        expect(stderr).toBe(
+          `pnpm dev: port ${held} (PAYMENT_PORT, payment-service) is taken, by another \`pnpm dev\` or another program: stop it, or set PAYMENT_PORT to a free port\n`,
+        );
+        expect(stdout).not.toContain('all services are up');
+        expect(await canConnect(redisPort, '127.0.0.1')).toBe(false);
+      } finally {
+        holder.close();
       }
     },
   );
