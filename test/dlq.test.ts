@@ -72,19 +72,83 @@ it('lists the dead letters of a stream and replays them all, once per original e
   ]);
 });
 
-it('explains its usage and exits 2 when called wrong', async () => {
-  for (const args of [
-    ['replay', 'no-such-stream'],
-    ['list', 'toString'],
-    ['list', '__proto__'],
-  ]) {
-    const failure = await dlq(...args).catch((err: { code: number; stderr: string }) => err);
+it.each([
+  [['replay', 'no-such-stream'], '"no-such-stream" is not a stream of the catalogue'],
+  [['list', 'toString'], '"toString" is not a stream of the catalogue'],
+  [['list', '__proto__'], '"__proto__" is not a stream of the catalogue'],
+  [['replay', 'order-events'], 'replay needs dead-letter IDs or --all'],
+  [['drop', 'order-events', '1-0', '--all'], 'give dead-letter IDs or --all, not both'],
+  [['list', 'order-events', '--colour'], "Unknown option '--colour'"],
+  [['frobnicate', 'order-events'], 'unknown command "frobnicate"'],
+  [[], 'no command given'],
+])('says what is wrong, shows its usage and exits 2 for: pnpm dlq %j', async (args, problem) => {
+  const failure = await dlq(...args).catch((err: { code: number; stdout: string; stderr: string }) => err);
 
-    expect(failure, args.join(' ')).toMatchObject({
-      code: 2,
-      stderr: expect.stringContaining('usage: pnpm dlq'),
+  expect(failure).toMatchObject({ code: 2, stdout: '' });
+  const [first, second] = (failure as { stderr: string }).stderr.split('\n');
+  expect(first).toContain(problem);
+  expect(first).toMatch(/^pnpm dlq: /);
+  expect(second).toMatch(/^usage: pnpm dlq list <stream>/);
+});
+
+it('prints its usage on stdout and exits 0 for --help', async () => {
+  const { stdout, stderr } = await dlq('--help');
+
+  expect(stdout).toMatch(/^usage: pnpm dlq list <stream>/);
+  expect(stdout).toContain('pnpm dlq drop <stream>');
+  expect(stderr).toBe('');
+});
+
+it('says so, on stderr, when a stream has no dead letters, and prints nothing a pipe would read', async () => {
+  const { stdout, stderr } = await dlq('list', 'payment-events');
+
+  expect(stdout).toBe('');
+  expect(stderr).toBe('no dead letters in payment-events\n');
+});
+
+it('exits 1 when asked to replay or drop a dead letter that is not there', async () => {
+  for (const command of ['replay', 'drop']) {
+    const failure = await dlq(command, 'order-events', '123-0', '--yes').catch(
+      (err: { code: number; stderr: string }) => err,
+    );
+
+    expect(failure, command).toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining("123-0 not found in order-events's dead letters"),
     });
   }
+});
+
+it('drops a dead letter that can never succeed, for good, without putting it back', async () => {
+  const id = await redis.xadd(
+    'payment-events:dlq',
+    '*',
+    'price',
+    'free',
+    'dlq:id',
+    '7-0',
+    'dlq:reason',
+    'invalid entry: price: must be a positive decimal number',
+  );
+  const before = await redis.xlen('payment-events');
+
+  const { stdout } = await dlq('drop', 'payment-events', id!, '--yes');
+
+  expect(stdout).toBe(`${id} dropped\n`);
+  expect(await redis.xlen('payment-events:dlq')).toBe(0);
+  expect(await redis.xlen('payment-events')).toBe(before);
+});
+
+it('drops nothing without --yes when no one is at a terminal to answer, and says how', async () => {
+  const id = await redis.xadd('payment-events:dlq', '*', 'price', 'free', 'dlq:id', '8-0');
+
+  const failure = await dlq('drop', 'payment-events', '--all').catch(
+    (err: { code: number; stderr: string }) => err,
+  );
+
+  expect(failure).toMatchObject({ code: 2, stderr: expect.stringContaining('pass --yes') });
+  expect(await redis.xrange('payment-events:dlq', id!, id!)).toHaveLength(1);
+  await redis.xdel('payment-events:dlq', id!);
 });
 
 it('knows every stream of the catalogue, and names them in its usage', async () => {

@@ -193,3 +193,27 @@ export async function replayDeadLetters(
   }
   return replayed;
 }
+
+/** What `dropDeadLetters()` did with one dead letter. */
+export interface Dropped {
+  /** The dead letter's ID. */
+  readonly id: string;
+  /** Whether it was there to drop. */
+  readonly dropped: boolean;
+}
+
+/**
+ * Deletes dead letters for good (XDEL), for entries that can never succeed (`price: free`): their
+ * original entries are not put back. Resolves to what became of each ID, in order.
+ */
+export async function dropDeadLetters(
+  redis: Redis,
+  stream: StreamDefinition,
+  ids: readonly string[],
+  { deadLetterStream = defaultDeadLetterStream(stream) }: DeadLetterOptions = {},
+): Promise<Dropped[]> {
+  const dropped: Dropped[] = [];
+  for (const id of new Set(ids))
+    dropped.push({ id, dropped: (await redis.xdel(deadLetterStream, id)) === 1 });
+  return dropped;
+}

@@ -18,6 +18,7 @@ describe('the entry points of @msa/stream-kit', () => {
         'byType',
         'createPublisher',
         'defineStream',
+        'dropDeadLetters',
         'listDeadLetters',
         'replayDeadLetters',
         'subscribe',

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { waitFor } from '../../../../harness/wait.ts';
 import {
   defineStream,
+  dropDeadLetters,
   listDeadLetters,
   NonRetryableError,
   replayDeadLetters,
@@ -14,7 +15,7 @@ import { contractSuite, settle, testStream } from './setup.ts';
 /*
  * The dead-letter stream (`<stream>:dlq`): what lands there (entries that do not parse, with their
  * bytes kept as they were) and in what format, what happens while it cannot be written, and how
- * listDeadLetters and replayDeadLetters read and put back its entries.
+ * listDeadLetters, replayDeadLetters and dropDeadLetters read, put back and delete its entries.
  */
 
 const suite = contractSuite();
@@ -151,6 +152,28 @@ describe('dead letters', () => {
         fields: { n: '7', note: 'x' },
       },
     ]);
+  });
+
+  it('drops dead letters for good, without putting their entries back, and says which were not there', async () => {
+    const stream = testStream();
+    start(stream, () => {
+      throw new NonRetryableError('never payable');
+    });
+    await suite.publisher.publish(stream, { n: 1 });
+    await suite.publisher.publish(stream, { n: 2 });
+    const letters = await waitFor(async () => {
+      const found = await listDeadLetters(suite.redis, stream);
+      return found.length === 2 && found;
+    });
+
+    const dropped = await dropDeadLetters(suite.redis, stream, [letters[0]!.id, '1-0']);
+
+    expect(dropped).toEqual([
+      { id: letters[0]!.id, dropped: true },
+      { id: '1-0', dropped: false },
+    ]);
+    expect((await listDeadLetters(suite.redis, stream)).map((letter) => letter.id)).toEqual([letters[1]!.id]);
+    expect(await suite.redis.xlen(stream.name)).toBe(2);
   });
 
   it('replays a dead letter to its stream once, even when replayed twice at once, keeping its identity', async () => {
