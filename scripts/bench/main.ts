@@ -14,7 +14,27 @@ import { benchmarksMarkdown, CHART_PATH, latencyChart, machine, textTable } from
 import type { BenchOptions, Row } from './support.ts';
 import { throughputRows } from './throughput.ts';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
+const USAGE = `usage: pnpm bench [--quick]
+  --quick   a smoke run: every row, in a fraction of the time, writing no files; its ratios are
+            noisy and may flip a target either way (only a full run's figures count)`;
+
+const { values } = (() => {
+  try {
+    return parseArgs({
+      options: {
+        quick: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    console.error(`pnpm bench: ${(err as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+})();
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 const options: BenchOptions = { quick: values.quick };
 
 const modules: [string, (server: RedisServer, options: BenchOptions) => Promise<Row[]>][] = [

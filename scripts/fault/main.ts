@@ -29,7 +29,7 @@ const { values } = (() => {
       },
     });
   } catch (err) {
-    console.error(`${(err as Error).message}\n${USAGE}`);
+    console.error(`pnpm fault: ${(err as Error).message}\n${USAGE}`);
     process.exit(2);
   }
 })();
@@ -40,7 +40,9 @@ if (values.help) {
 const number = (name: string, value: string, min = 0) => {
   const parsed = Number(value);
   if (!Number.isInteger(parsed) || parsed < min) {
-    console.error(`--${name}: a whole number of at least ${min}, got ${JSON.stringify(value)}`);
+    console.error(
+      `pnpm fault: --${name} must be a whole number of at least ${min}, got ${JSON.stringify(value)}\n${USAGE}`,
+    );
     process.exit(2);
   }
   return parsed;
