@@ -95,7 +95,8 @@ describe('docker-compose.yml', () => {
     expect(volumeName).toMatch(/^[a-z][\w-]*$/);
     expect(Object.keys(compose.volumes ?? {})).toContain(volumeName);
 
-    expect(redis.ports).toContain('6379:6379');
+    // On this machine only, and movable off a local Redis's 6379.
+    expect(redis.ports).toEqual(['127.0.0.1:${REDIS_HOST_PORT:-6379}:6379']);
 
     // redis-cli exits 0 whatever Redis answers (NOAUTH included): the check must look for PONG.
     const healthcheck = redis.healthcheck;
@@ -114,10 +115,15 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('publishes each service on its documented port with REDIS_URL pointing at the redis service', () => {
+  it('publishes each service on 127.0.0.1 only, on a host port its variable can move, with REDIS_URL pointing at the redis service', () => {
+    const variables: Record<string, string> = {
+      'order-service': 'ORDER_PORT',
+      'payment-service': 'PAYMENT_PORT',
+      'notification-service': 'NOTIFICATION_PORT',
+    };
     for (const { name, port } of appServices) {
       const svc = service(name);
-      expect(svc.ports, name).toEqual([`${port}:${port}`]);
+      expect(svc.ports, name).toEqual([`127.0.0.1:\${${variables[name]}:-${port}}:${port}`]);
       const url = new URL(String(svc.environment?.REDIS_URL));
       expect(`${url.protocol}//${url.host}${url.pathname}`, name).toBe('redis://redis:6379');
       expect(String(svc.environment?.PORT), name).toBe(String(port));
@@ -174,14 +180,14 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('checks each service through its /healthz endpoint', () => {
+  it('checks each service through its /readyz endpoint, as a load balancer should route', () => {
     for (const { name, port } of appServices) {
       const healthcheck = service(name).healthcheck;
       const test = healthcheck?.test;
       expect(Array.isArray(test), name).toBe(true);
       const [kind, binary, flag, script] = test as string[];
       expect([kind, binary, flag], name).toEqual(['CMD', 'node', '-e']);
-      expect(script, name).toContain(`fetch('http://127.0.0.1:${port}/healthz')`);
+      expect(script, name).toContain(`fetch('http://127.0.0.1:${port}/readyz')`);
       expect(script, name).toContain('process.exit(1)');
       expect(healthcheck?.retries, name).toBeGreaterThan(0);
       expect(healthcheck?.start_period, name).toMatch(/^\d+s$/);
