@@ -100,12 +100,13 @@ export function createApp({ sentLog, redis, logger }: AppDeps) {
 function parseQuery(req: Request): z.output<typeof Query> {
   const malformed = malformedQueryParameter(req.url);
   if (malformed !== undefined)
-    throw new ValidationError(`${malformed}: must be valid Unicode text (percent-encoded UTF-8)`, {
+    throw new ValidationError(`${malformed} must be valid Unicode text (percent-encoded UTF-8)`, {
       field: malformed,
     });
-  const result = Query.safeParse(req.query);
+  const result = Query.safeParse(req.query, { reportInput: true });
   if (result.success) return result.data;
   const [issue] = result.error.issues;
   const field = issue?.path.join('.') || 'query';
-  throw new ValidationError(`${field}: ${issue?.message ?? 'invalid'}`, { field });
+  const what = issue?.code === 'invalid_type' && issue.input === undefined ? 'is required' : issue?.message;
+  throw new ValidationError(`${field} ${what ?? 'is invalid'}`, { field });
 }

@@ -520,7 +520,7 @@ describe('GET /notifications', () => {
 
         expect(response.status).toBe(400);
         expect(response.body).toEqual({
-          error: 'limit: must be a whole number from 1 to 1000',
+          error: 'limit must be a whole number from 1 to 1000',
           field: 'limit',
         });
       },
@@ -536,7 +536,7 @@ describe('GET /notifications', () => {
 
       expect(response.status).toBe(400);
       expect(response.body).toEqual({
-        error: 'cursor: must be a nextCursor from an earlier answer',
+        error: 'cursor must be a nextCursor from an earlier answer',
         field: 'cursor',
       });
     });
@@ -559,7 +559,7 @@ describe('GET /notifications', () => {
 
     expect(response.status).toBe(400);
     expect(response.body).toEqual({
-      error: expect.stringMatching(/^userId: must be valid Unicode/),
+      error: expect.stringMatching(/^userId must be valid Unicode/),
       field: 'userId',
     });
   });

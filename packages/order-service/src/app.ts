@@ -3,7 +3,9 @@ import type { Publisher } from '@msa/stream-kit';
 import { OrderCreated } from '@msa/stream-kit/events';
 import {
   errorMiddleware,
+  jsonBody,
   malformedQueryParameter,
+  methodNotAllowed,
   readinessHandler,
   ValidationError,
 } from '@msa/stream-kit/service';
@@ -15,25 +17,28 @@ import { IDEMPOTENCY_HEADER, placeOrder, type OrderInput } from './place-order.t
 /** Amounts in plain digits with at most two decimals, so they cross the wire exactly as sent. */
 const DECIMAL = /^\d+(\.\d{1,2})?$/;
 const PRICE_MESSAGE = 'must be a positive number with at most 2 decimals';
+const PRICE_LIMIT = 'must be at most 1000000000000';
 
-const OrderBody = z.object({
+/** An order as `POST /orders` takes it: these three fields, and no other. */
+const OrderBody = z.strictObject({
   userId: OrderCreated.shape.userId,
   productId: OrderCreated.shape.productId,
   price: z
     .number(PRICE_MESSAGE)
     .positive(PRICE_MESSAGE)
-    .max(1e12)
+    .max(1e12, PRICE_LIMIT)
     .refine((price) => DECIMAL.test(String(price)), PRICE_MESSAGE),
 });
 
-/** The tutorial's `GET /order`: every value arrives as a string. */
-const OrderQuery = OrderBody.extend({
+/** The tutorial's `GET /order`: every value arrives as a string; other parameters are ignored. */
+const OrderQuery = z.object({
+  ...OrderBody.shape,
   price: z
     .string(PRICE_MESSAGE)
     .trim()
     .regex(DECIMAL, PRICE_MESSAGE)
     .transform(Number)
-    .pipe(z.number().positive(PRICE_MESSAGE).max(1e12)),
+    .pipe(z.number().positive(PRICE_MESSAGE).max(1e12, PRICE_LIMIT)),
 });
 
 /** Printable ASCII, as the header may carry it: a UUID or any other client-chosen token. */
@@ -95,10 +100,12 @@ export function createApp({ publisher, redis, logger }: AppDeps) {
 
   app.post('/orders', express.json({ limit: '16kb' }), async (req: Request, res) => {
     const idempotencyKey = idempotencyKeyOf(req);
-    const { orderId } = await accept(parse(OrderBody, req.body, 'body'), idempotencyKey);
+    const { orderId } = await accept(parse(OrderBody, jsonBody(req), 'body'), idempotencyKey);
     res.status(202).json({ orderId });
   });
 
+  app.all('/orders', methodNotAllowed('POST'));
+  for (const path of ['/order', '/healthz', '/readyz']) app.all(path, methodNotAllowed('GET, HEAD'));
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });
   });
@@ -107,18 +114,33 @@ export function createApp({ publisher, redis, logger }: AppDeps) {
 }
 
 function parse<S extends z.ZodType>(schema: S, value: unknown, where: 'body' | 'query'): z.output<S> {
-  const result = schema.safeParse(value ?? undefined);
+  // reportInput: to tell a missing field (`is required`) from one of the wrong type.
+  const result = schema.safeParse(value ?? undefined, { reportInput: true });
   if (result.success) return result.data;
   const [issue] = result.error.issues;
+  if (issue?.code === 'unrecognized_keys') {
+    const [key] = issue.keys;
+    throw new ValidationError(`${key} is not a field of an order (userId, productId, price)`, { field: key });
+  }
   const field = issue?.path.join('.') || where;
-  throw new ValidationError(`${field}: ${issue?.message ?? 'invalid'}`, { field });
+  throw new ValidationError(`${field} ${plainly(issue, where)}`, { field });
+}
+
+/** What is wrong, in words a person can act on: `is required`, `must be a string`, or the schema's own `must ...`. */
+function plainly(issue: z.core.$ZodIssue | undefined, where: 'body' | 'query'): string {
+  if (issue?.code === 'invalid_type') {
+    if (issue.path.length === 0) return where === 'body' ? 'must be a JSON object' : 'is invalid';
+    if (issue.input === undefined) return 'is required';
+    return `must be a ${issue.expected}`;
+  }
+  return issue?.message ?? 'is invalid';
 }
 
 /** `parse` for a query string, whose percent-escapes must be UTF-8 (see `malformedQueryParameter`). */
 function parseQuery<S extends z.ZodType>(schema: S, req: Request): z.output<S> {
   const malformed = malformedQueryParameter(req.url);
   if (malformed !== undefined)
-    throw new ValidationError(`${malformed}: must be valid Unicode text (percent-encoded UTF-8)`, {
+    throw new ValidationError(`${malformed} must be valid Unicode text (percent-encoded UTF-8)`, {
       field: malformed,
     });
   return parse(schema, req.query, 'query');
@@ -131,10 +153,10 @@ function idempotencyKeyOf(req: Request): string | undefined {
   const values = req.headersDistinct['idempotency-key'];
   if (values === undefined) return undefined;
   if (values.length !== 1)
-    throw new ValidationError(`${IDEMPOTENCY_HEADER}: must be given once`, { field: IDEMPOTENCY_HEADER });
+    throw new ValidationError(`${IDEMPOTENCY_HEADER} must be given once`, { field: IDEMPOTENCY_HEADER });
   const [key] = values;
   if (!IDEMPOTENCY_KEY.test(key!))
-    throw new ValidationError(`${IDEMPOTENCY_HEADER}: must be 1 to 255 printable ASCII characters`, {
+    throw new ValidationError(`${IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters`, {
       field: IDEMPOTENCY_HEADER,
     });
   return key;

@@ -38,7 +38,7 @@ const redisKey = (idempotencyKey: string) => `order-service:idempotency:${idempo
 /** The idempotency key was used before for an order with another body; nothing was published. */
 export class IdempotencyConflictError extends ConflictError {
   constructor(readonly key: string) {
-    super(`${IDEMPOTENCY_HEADER}: already used for an order with another body`, {
+    super(`${IDEMPOTENCY_HEADER} already used for an order with another body`, {
       field: IDEMPOTENCY_HEADER,
     });
   }

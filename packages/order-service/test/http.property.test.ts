@@ -110,7 +110,8 @@ async function sendAndCheck(sent: Sent, canonical?: string) {
   const before = key === undefined ? undefined : placedByKey.get(key);
 
   expect(response.status, context).toBeLessThan(500);
-  if (illFormedIds(sent.body).length > 0) expect(response.status, context).toBe(400);
+  // 413 comes first for a body over 16 kB, whatever it holds.
+  if (illFormedIds(sent.body).length > 0) expect([400, 413], context).toContain(response.status);
   if (response.status >= 400) {
     expect(response.headers.get('content-type'), context).toMatch(/^application\/json/);
     expect(JSON.parse(text), context).toMatchObject({ error: expect.any(String) });
@@ -297,7 +298,7 @@ describe('the HTTP API, under generated requests', () => {
         });
 
         expect(response.status).toBe(400);
-        expect(await response.json()).toEqual({ error: expect.stringMatching(`^${name}: `), field: name });
+        expect(await response.json()).toEqual({ error: expect.stringMatching(`^${name} `), field: name });
         expect(await newEntries()).toEqual([]);
       }),
       { numRuns: 200 },
@@ -417,7 +418,7 @@ describe('the HTTP API, under generated requests', () => {
     /** Valid orders, each with the canonical order it validates to. */
     const orders = [
       { canonical: 'A', body: { userId: 'u1', productId: 'p1', price: 1000 } },
-      { canonical: 'A', body: { userId: ' u1 ', productId: 'p1\n', price: 1000.0, note: 'extra' } },
+      { canonical: 'A', body: { userId: ' u1 ', productId: 'p1\n', price: 1000.0 } },
       { canonical: 'B', body: { userId: 'u1', productId: 'p1', price: 1000.5 } },
       { canonical: 'C', body: { userId: 'u2', productId: 'p1', price: 1000 } },
     ];

@@ -117,12 +117,77 @@ describe('POST /orders', () => {
       expect(await orderEntries()).toEqual([]);
     });
 
-    it('a body that is not JSON', async () => {
-      const response = await request(app).post('/orders').set('content-type', 'text/plain').send('userId=u1');
+    it('an unknown field, named', async () => {
+      const response = await request(app)
+        .post('/orders')
+        .send({ ...valid, discount: 50 });
 
       expect(response.status).toBe(400);
-      expect(response.body.field).toBe('body');
+      expect(response.body).toEqual({
+        error: 'discount is not a field of an order (userId, productId, price)',
+        field: 'discount',
+      });
       expect(await orderEntries()).toEqual([]);
+    });
+  });
+
+  describe('answers in words a person can act on', () => {
+    it.each([
+      ['a missing field', { productId: 'p', price: 1 }, 'userId is required'],
+      ['a field of the wrong type', { ...valid, price: '1000' }, 'price must be a number'],
+      ['a price of 0', { ...valid, price: 0 }, 'price must be a positive number with at most 2 decimals'],
+      [
+        'an ID too long',
+        { ...valid, productId: 'p'.repeat(129) },
+        'productId must be at most 128 characters',
+      ],
+      ['a body that is not an object', [valid], 'body must be a JSON object'],
+    ])('%s: %j', async (_name, body, error) => {
+      const response = await request(app)
+        .post('/orders')
+        .set('content-type', 'application/json')
+        .send(JSON.stringify(body));
+
+      expect([response.status, response.body.error]).toEqual([400, error]);
+    });
+  });
+
+  describe('with a body that is not JSON', () => {
+    it.each([
+      ['text/plain', 'userId=u1'],
+      ['application/x-www-form-urlencoded', 'userId=u1&productId=p1&price=1'],
+    ])('answers 415 naming the content type it takes (%s), and publishes nothing', async (type, body) => {
+      const response = await request(app).post('/orders').set('content-type', type).send(body);
+
+      expect(response.status).toBe(415);
+      expect(response.body).toEqual({
+        error: 'content-type must be application/json',
+        field: 'content-type',
+      });
+      expect(await orderEntries()).toEqual([]);
+    });
+
+    it('answers 415 to a request with no content type at all', async () => {
+      const response = await request(app).post('/orders');
+
+      expect([response.status, response.body.field]).toEqual([415, 'content-type']);
+    });
+  });
+
+  describe('on a known path asked with another method', () => {
+    it.each([
+      ['get', '/orders', 'POST'],
+      ['delete', '/orders', 'POST'],
+      ['post', '/order', 'GET, HEAD'],
+      ['put', '/healthz', 'GET, HEAD'],
+    ] as const)('answers %s %s with 405 and Allow: %s', async (method, path, allow) => {
+      const response = await request(app)[method](path);
+
+      expect(response.status).toBe(405);
+      expect(response.headers.allow).toBe(allow);
+      expect(response.body).toEqual({
+        error: `${method.toUpperCase()} ${path} is not allowed; use ${allow}`,
+      });
     });
   });
 
@@ -135,7 +200,7 @@ describe('POST /orders', () => {
 
       expect(response.status).toBe(400);
       expect(response.body).toEqual({
-        error: 'userId: must be valid Unicode text (it has a lone surrogate)',
+        error: 'userId must be valid Unicode text (it has a lone surrogate)',
         field: 'userId',
       });
       expect(await orderEntries()).toEqual([]);

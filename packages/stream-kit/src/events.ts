@@ -19,7 +19,7 @@ const Id = z
   .string()
   .trim()
   .min(1, 'must not be blank')
-  .max(128)
+  .max(128, 'must be at most 128 characters')
   .refine(isWellFormed, 'must be valid Unicode text (it has a lone surrogate)');
 
 /** A positive decimal such as `1000` or `12.50`, written as digits so `redis-cli` shows it as is. */

@@ -7,7 +7,14 @@
 
 export { openRequestConnection } from './connection.ts';
 export { consumerEnv, LOG_REDACT, parseEnv, serviceEnv } from './service/env.ts';
-export { ConflictError, errorMiddleware, UnavailableError, ValidationError } from './service/http-errors.ts';
+export {
+  ConflictError,
+  errorMiddleware,
+  jsonBody,
+  methodNotAllowed,
+  UnavailableError,
+  ValidationError,
+} from './service/http-errors.ts';
 export { closeServer, listen, malformedQueryParameter } from './service/http.ts';
 export type { ListenOptions } from './service/http.ts';
 export { readinessHandler } from './service/readiness.ts';

@@ -29,6 +29,53 @@ export class ValidationError extends InputError {}
  */
 export class ConflictError extends InputError {}
 
+/** A request body in a format the route does not read: `errorMiddleware` answers 415. */
+class UnsupportedMediaTypeError extends InputError {}
+
+/** A known path asked with a method it does not serve: `errorMiddleware` answers 405 with `Allow`. */
+class MethodNotAllowedError extends Error {
+  constructor(
+    message: string,
+    /** The methods the path serves, as the `Allow` header lists them. */
+    readonly allow: string,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** What the helpers below need of Express's request. */
+interface RequestLike {
+  readonly method: string;
+  readonly path: string;
+  readonly body?: unknown;
+  is(type: string): string | false | null;
+}
+
+/**
+ * The JSON body of a request that went through `express.json()`, which leaves `body` unset for
+ * any other content type: then a 415 `{error: 'content-type must be application/json', field:
+ * 'content-type'}` instead of a confusing 400 about the body (or 400 `body is required` for a
+ * JSON request without one). Costs nothing on the way of a JSON body: the content type is looked
+ * at only when there is no body.
+ */
+export function jsonBody(req: RequestLike): unknown {
+  if (req.body !== undefined) return req.body;
+  if (req.is('application/json')) throw new ValidationError('body is required', { field: 'body' });
+  throw new UnsupportedMediaTypeError('content-type must be application/json', { field: 'content-type' });
+}
+
+/**
+ * The handler for every other method on a known path (`app.all(path, methodNotAllowed('GET,
+ * HEAD'))` after its routes): 405 `{error: 'DELETE /orders is not allowed; use POST'}` with an
+ * `Allow` header, where a 404 would say the path does not exist.
+ */
+export function methodNotAllowed(allow: string) {
+  return (req: RequestLike, _res: unknown, next: (err?: unknown) => void): void => {
+    next(new MethodNotAllowedError(`${req.method} ${req.path} is not allowed; use ${allow}`, allow));
+  };
+}
+
 /** Options of `UnavailableError`. */
 export interface UnavailableErrorOptions extends ErrorOptions {
   /** The stream the request writes to, named in the log line. */
@@ -74,6 +121,7 @@ function bodyParserError(err: unknown): { status: number; message: string } | un
 /** What `errorMiddleware` needs of Express's response. */
 export interface ErrorResponse {
   readonly headersSent: boolean;
+  setHeader(name: string, value: string): unknown;
   status(code: number): { json(body: unknown): unknown };
 }
 
@@ -82,6 +130,8 @@ export interface ErrorResponse {
  * pass to `next`) the named errors above, and this alone decides the answer.
  *
  * - `ValidationError` → 400 `{error, field}`; `ConflictError` → 409 `{error, field}`;
+ * - a body that is not JSON where `jsonBody()` wants it → 415 `{error, field: 'content-type'}`;
+ * - a method a known path does not serve (`methodNotAllowed`) → 405 `{error}` with `Allow`;
  * - a body that Express's body parser could not read (malformed JSON, too large, a bad
  *   encoding) → its 4xx status, `{error, field: 'body'}`;
  * - `UnavailableError` → 503 `{error}`, logged as a warning with its cause; as an error when the
@@ -101,6 +151,11 @@ export function errorMiddleware(logger: Logger) {
       res.status(400).json({ error: err.message, field: err.field });
     } else if (err instanceof ConflictError) {
       res.status(409).json({ error: err.message, field: err.field });
+    } else if (err instanceof UnsupportedMediaTypeError) {
+      res.status(415).json({ error: err.message, field: err.field });
+    } else if (err instanceof MethodNotAllowedError) {
+      res.setHeader('Allow', err.allow);
+      res.status(405).json({ error: err.message });
     } else if (err instanceof UnavailableError) {
       const { stream } = err;
       if (isStreamIdError(err.cause))
