@@ -1,31 +1,38 @@
-# One image for the whole workspace; docker-compose.yml picks the service with `command`.
-FROM node:20-slim
+# One production image for all three services; docker-compose.yml picks the service with `command`.
+# Two stages: `build` holds the whole toolchain and bundles each service into one file
+# (`pnpm build`: dist/<service>.mjs with its source map); the final stage is node:20-slim plus those
+# bundles and nothing else: no node_modules, no pnpm, no tsx, no tests, no bench.
+
+FROM node:20-slim AS build
 
 # Corepack is not usable here, so pnpm is pinned to root package.json's packageManager version.
 RUN npm i -g pnpm@10.34.8
 
-WORKDIR /app
-RUN chown node:node /app
-USER node
+WORKDIR /build
 
-# Manifests and lockfile first: the install layer is rebuilt only when dependencies change.
-# Every workspace package's package.json must be listed, or the frozen install fails.
-COPY --chown=node:node package.json pnpm-lock.yaml pnpm-workspace.yaml ./
-COPY --chown=node:node packages/stream-kit/package.json packages/stream-kit/
-COPY --chown=node:node packages/order-service/package.json packages/order-service/
-COPY --chown=node:node packages/payment-service/package.json packages/payment-service/
-COPY --chown=node:node packages/notification-service/package.json packages/notification-service/
+# The lockfile alone decides what is downloaded (pnpm-workspace.yaml holds the install settings):
+# this layer is rebuilt only when dependencies change, and no package is named here, so a new
+# service needs no edit.
+COPY pnpm-lock.yaml pnpm-workspace.yaml ./
+RUN pnpm fetch
 
-# Services run TypeScript through tsx, and --prod=false keeps the toolchain whatever NODE_ENV says.
-RUN pnpm install --frozen-lockfile --prod=false
+# The build context is what .dockerignore lets in: the manifests, the packages' src/ and the build
+# script. NODE_ENV is unset in this stage, so the devDependencies the build needs (esbuild, tsx) are
+# installed.
+COPY . .
+RUN pnpm install --offline --frozen-lockfile
+RUN pnpm build
 
-COPY --chown=node:node . .
+FROM node:20-slim
 
 ENV NODE_ENV=production
+WORKDIR /app
+# The bundles hold every package they import; root owns them and the service cannot change them.
+COPY --from=build /build/dist/ dist/
+USER node
 EXPOSE 8080 8081 8082
 
-# Default to the order service; docker-compose.yml sets the directory and command for each.
-# node runs as PID 1 itself (not under pnpm, which does not pass SIGTERM on), so
-# `docker stop` triggers the graceful shutdown.
-WORKDIR /app/packages/order-service
-CMD ["node", "--import", "tsx", "src/main.ts"]
+# Default to the order service; docker-compose.yml names each service's bundle in `command`.
+# node runs as PID 1 itself (not under a shell or pnpm, which do not pass SIGTERM on), so
+# `docker stop` triggers the graceful shutdown. --enable-source-maps: stack traces name .ts lines.
+CMD ["node", "--enable-source-maps", "dist/order-service.mjs"]

@@ -3,7 +3,15 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['**/node_modules/**', '**/.scratch/**', 'packages/stream-kit/test/.readme-sample-*.ts'] },
+  {
+    // dist/: `pnpm build`'s generated bundles.
+    ignores: [
+      '**/node_modules/**',
+      'dist/**',
+      '**/.scratch/**',
+      'packages/stream-kit/test/.readme-sample-*.ts',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
@@ -203,55 +205,162 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it("runs each service's start script with node as the main process, so SIGTERM reaches it", () => {
+  it('runs each service from its bundle with node as the main process, so SIGTERM reaches it', () => {
     for (const { name } of appServices) {
-      const dir = `packages/${name}/`;
-      expect(existsSync(new URL(dir, repoRoot)), dir).toBe(true);
-      expect(service(name).working_dir, name).toBe(`/app/${dir.slice(0, -1)}`);
-      expect(service(name).command?.join(' '), name).toBe(readPackageJson(dir).scripts?.start);
+      const svc = service(name);
+      // Exec form, node itself: no shell, no pnpm, no tsx in between.
+      expect(svc.command, name).toEqual(['node', '--enable-source-maps', `dist/${name}.mjs`]);
+      // The bundle path is relative to the image's WORKDIR, which no service moves.
+      expect(svc.working_dir, name).toBeUndefined();
     }
   });
 
-  it('builds every service from the Dockerfile, which installs from the lockfile', () => {
+  it('builds every service from the Dockerfile', () => {
     for (const { name } of appServices) {
       expect(service(name).build, name).toBe('.');
     }
+  });
+});
 
-    expect(dockerfile).toMatch(/^FROM node:20-slim\b/m);
-    expect(dockerfile).toMatch(/^RUN pnpm install --frozen-lockfile --prod=false$/m);
-    expect(dockerfile).toMatch(/^USER node$/m);
-    expect(dockerfile).toMatch(/^ENV NODE_ENV=production$/m);
+/** One instruction of a Dockerfile, its keyword in capitals and the rest of its line. */
+interface Instruction {
+  keyword: string;
+  args: string;
+}
 
+/** A stage of a multi-stage Dockerfile: its base image, its `AS` name and what follows. */
+interface Stage {
+  from: string;
+  name?: string;
+  instructions: Instruction[];
+}
+
+/** The stages of the Dockerfile, in order (enough of the format for the file kept here). */
+function stagesOf(text: string): Stage[] {
+  const stages: Stage[] = [];
+  const lines = text
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'));
+  for (const line of lines) {
+    const [, keyword, args] = /^(\w+)\s+(.*)$/.exec(line) ?? [];
+    if (!keyword || args === undefined) throw new Error(`Dockerfile: cannot read "${line}"`);
+    if (keyword.toUpperCase() === 'FROM') {
+      const [, from, name] = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(args) ?? [];
+      if (!from) throw new Error(`Dockerfile: cannot read "${line}"`);
+      stages.push({ from, ...(name ? { name } : {}), instructions: [] });
+    } else {
+      if (stages.length === 0) throw new Error(`Dockerfile: "${line}" comes before any FROM`);
+      stages.at(-1)!.instructions.push({ keyword: keyword.toUpperCase(), args });
+    }
+  }
+  return stages;
+}
+
+describe('Dockerfile', () => {
+  const stages = stagesOf(dockerfile);
+  const buildStage = stages.find((stage) => stage.name === 'build');
+  const finalStage = stages.at(-1)!;
+  const argsOf = (stage: Stage | undefined, keyword: string) =>
+    (stage?.instructions ?? []).filter((i) => i.keyword === keyword).map((i) => i.args);
+  const indexOf = (stage: Stage | undefined, keyword: string, args: string) =>
+    (stage?.instructions ?? []).findIndex((i) => i.keyword === keyword && i.args === args);
+
+  it('has two stages on node:20-slim: `build`, then the image that runs', () => {
+    expect(stages.map((stage) => [stage.from, stage.name])).toEqual([
+      ['node:20-slim', 'build'],
+      ['node:20-slim', undefined],
+    ]);
+  });
+
+  it('installs in the build stage from the lockfile alone, then bundles with pnpm build', () => {
     // The pinned pnpm is the one root package.json declares (corepack is not used).
     const packageManager = readPackageJson('').packageManager;
     expect(packageManager).toMatch(/^pnpm@\d+\.\d+\.\d+$/);
-    expect(dockerfile).toContain(`npm i -g ${packageManager}`);
+    expect(argsOf(buildStage, 'RUN')[0]).toBe(`npm i -g ${packageManager}`);
     expect(dockerfile.match(/pnpm@[\w.-]+/g)).toEqual([packageManager]);
+    expect(readPackageJson('').scripts?.build).toBeDefined();
+
+    // In this order: what `pnpm fetch` reads, the fetch (a layer that only a dependency change
+    // rebuilds), the whole context, the install from the fetched store, the bundles.
+    const steps = [
+      ['COPY', 'pnpm-lock.yaml pnpm-workspace.yaml ./'],
+      ['RUN', 'pnpm fetch'],
+      ['COPY', '. .'],
+      ['RUN', 'pnpm install --offline --frozen-lockfile'],
+      ['RUN', 'pnpm build'],
+    ] as const;
+    const at = steps.map(([keyword, args]) => indexOf(buildStage, keyword, args));
+    expect(
+      at.every((i) => i >= 0),
+      JSON.stringify(steps),
+    ).toBe(true);
+    expect([...at].sort((a, b) => a - b)).toEqual(at);
+
+    // The build needs the devDependencies (esbuild, tsx): nothing asks for production ones only.
+    expect(argsOf(buildStage, 'ENV').join('\n')).not.toMatch(/NODE_ENV/);
+    expect(argsOf(buildStage, 'RUN').join('\n')).not.toMatch(/--prod\b|-P\b/);
   });
 
-  it('copies the lockfile and every workspace manifest before installing, and sources after', () => {
-    const lines = dockerfile.split('\n');
-    const installAt = lines.findIndex((l) => l.startsWith('RUN pnpm install'));
-    const lineOf = (pattern: RegExp) => lines.findIndex((l) => pattern.test(l));
-    expect(installAt).toBeGreaterThan(0);
-
-    for (const file of ['package.json', 'pnpm-lock.yaml', 'pnpm-workspace.yaml']) {
-      const at = lines.findIndex((l) => l.startsWith('COPY ') && l.split(/\s+/).includes(file));
-      expect(at, file).toBeGreaterThanOrEqual(0);
-      expect(at, file).toBeLessThan(installAt);
-    }
-
+  it('names no package or service, so a new one needs no edit', () => {
     const packages = readdirSync(new URL('packages/', repoRoot), { withFileTypes: true })
       .filter((entry) => entry.isDirectory())
       .map((entry) => entry.name);
     expect(packages).toEqual(expect.arrayContaining(appServices.map((s) => s.name)));
-    for (const pkg of packages) {
-      const manifestPattern = new RegExp(`^COPY .*\\bpackages/${pkg}/package\\.json\\b`);
-      const at = lineOf(manifestPattern);
-      expect(at, pkg).toBeGreaterThanOrEqual(0);
-      expect(at, pkg).toBeLessThan(installAt);
-    }
 
-    expect(lineOf(/^COPY (--chown=\S+ )?\. \.$/)).toBeGreaterThan(installAt);
+    const instructions = stages.flatMap((stage) => stage.instructions);
+    const copies = instructions.filter((i) => i.keyword === 'COPY').map((i) => i.args);
+    expect(copies.filter((args) => /\bpackages\//.test(args))).toEqual([]);
+    // Only the default CMD names one service, the one started when no command is given.
+    const named = instructions.filter(
+      (i) => i.keyword !== 'CMD' && packages.some((pkg) => i.args.includes(pkg)),
+    );
+    expect(named).toEqual([]);
+  });
+
+  it('ships only the bundles, from the build stage, in an image that runs as a non-root user in production mode', () => {
+    expect(finalStage.from).toBe('node:20-slim');
+    const keywords = finalStage.instructions.map((i) => i.keyword);
+    // No RUN: nothing is installed, and the image holds no pnpm, npm install or build.
+    expect(keywords).not.toContain('RUN');
+    expect(keywords).not.toContain('ADD');
+
+    // One COPY: the build stage's dist/ (where `pnpm build` writes), into WORKDIR/dist/.
+    const buildWorkdir = argsOf(buildStage, 'WORKDIR').at(-1);
+    expect(argsOf(finalStage, 'COPY')).toEqual([`--from=build ${buildWorkdir}/dist/ dist/`]);
+    expect(argsOf(finalStage, 'WORKDIR')).toEqual(['/app']);
+    expect(keywords.indexOf('WORKDIR')).toBeLessThan(keywords.indexOf('COPY'));
+
+    const finalText = finalStage.instructions.map((i) => `${i.keyword} ${i.args}`).join('\n');
+    expect(finalText).not.toMatch(/pnpm|tsx|node_modules|esbuild|vitest|devDependencies/);
+
+    expect(argsOf(finalStage, 'USER')).toEqual(['node']);
+    expect(argsOf(finalStage, 'ENV')).toContain('NODE_ENV=production');
+    expect(argsOf(finalStage, 'EXPOSE')).toEqual([appServices.map((s) => s.port).join(' ')]);
+  });
+
+  it('runs a bundle that `pnpm build` makes, in CMD and in each compose service', () => {
+    const cmds = argsOf(finalStage, 'CMD');
+    expect(cmds).toHaveLength(1);
+    // Exec form (JSON): node is PID 1 and gets SIGTERM from `docker stop`.
+    const cmd = JSON.parse(cmds[0]!) as string[];
+    expect(cmd).toEqual(service('order-service').command);
+
+    const outdir = mkdtempSync(join(tmpdir(), 'bundles-'));
+    try {
+      execFileSync(process.execPath, ['--import', 'tsx', 'scripts/build.ts', '--outdir', outdir], {
+        cwd: fileURLToPath(repoRoot),
+        stdio: 'pipe',
+      });
+      const built = readdirSync(outdir);
+      for (const command of [cmd, ...appServices.map(({ name }) => service(name).command ?? [])]) {
+        const bundle = command.at(-1)!;
+        expect(bundle, command.join(' ')).toMatch(/^dist\/[^/]+\.mjs$/);
+        expect(built, command.join(' ')).toContain(bundle.slice('dist/'.length));
+      }
+    } finally {
+      rmSync(outdir, { recursive: true, force: true });
+    }
   });
 });
