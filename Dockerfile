@@ -30,7 +30,7 @@ WORKDIR /app
 # The bundles hold every package they import; root owns them and the service cannot change them.
 COPY --from=build /build/dist/ dist/
 USER node
-EXPOSE 8080 8081 8082
+# No EXPOSE: the one image runs any service, on the PORT docker-compose.yml gives it.
 
 # Default to the order service; docker-compose.yml names each service's bundle in `command`.
 # node runs as PID 1 itself (not under a shell or pnpm, which do not pass SIGTERM on), so

@@ -1,12 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { answersHealthz, freePort } from './net.ts';
+import type { ServiceName } from '../services.ts';
 import { waitFor } from './wait.ts';
 
-export type ServiceName = 'order-service' | 'payment-service' | 'notification-service';
-
-/** The consumer group a service reads its streams as, named as its main.ts names it: `<service>-group`. */
-export const groupOf = (service: ServiceName) => `${service}-group`;
+export { groupOf, type ServiceName } from '../services.ts';
 
 /** A service started as a real process, the way `pnpm --filter ... start` starts it. */
 export interface RunningService {

@@ -1,7 +1,7 @@
 /**
- * `pnpm dev`: finds (or starts) a Redis, runs the three services with readable logs, and stops
- * everything it started on Ctrl-C. A service that dies on its own takes the session down with
- * exit code 1, so nothing is left half-running.
+ * `pnpm dev`: finds (or starts) a Redis, runs every service of the registry (services.ts) with
+ * readable logs, and stops everything it started on Ctrl-C. A service that dies on its own takes
+ * the session down with exit code 1, so nothing is left half-running.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
@@ -11,8 +11,9 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { isColorSupported, prettyFactory } from 'pino-pretty';
-import { answersHealthz, canConnect } from '../harness/net.ts';
+import { canConnect } from '../harness/net.ts';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
+import { portVariableOf, services } from '../services.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
@@ -23,12 +24,15 @@ const HOW_TO_GET_REDIS =
   'start one with `docker compose up -d redis` (then REDIS_URL=redis://admin:admin-dev-password@127.0.0.1:6379, see redis/users.acl), or install it (`sudo apt-get install redis-server` / `brew install redis`) so `pnpm dev` can start redis-server itself, or set REDIS_URL to a Redis you can reach';
 
 interface ServiceSpec {
+  /** As the registry names it: `payment-service`. */
   name: string;
   dir: string;
   port: number;
   /** The variable that sets `port`. */
   portVariable: string;
   color: number;
+  /** The `INSTANCE_ID` it is started with. */
+  instance: string;
 }
 
 interface Service {
@@ -42,12 +46,17 @@ interface Service {
 /** The Redis this session talks to; `stop()` is a no-op unless we started it. */
 interface SessionRedis {
   url: string;
+  /** Where the redis-server this run started listens; undefined for a Redis that was there. */
+  started?: string;
   stop(): Promise<void>;
 }
 
 const colors = isColorSupported;
 const paint = (code: number, text: string) => (colors ? `\u001b[${code}m${text}\u001b[39m` : text);
-const prefix = (name: string, color: number) => paint(color, `${name.padEnd(13)}|`);
+/** A service's tag in the log: its name without `-service`, as wide as the widest. */
+const shortName = (name: string) => name.replace(/-service$/, '');
+const TAG_WIDTH = Math.max(3, ...services.map((service) => shortName(service.name).length)) + 1;
+const prefix = (name: string, color: number) => paint(color, `${shortName(name).padEnd(TAG_WIDTH)}|`);
 const DEV_PREFIX = prefix('dev', 90);
 
 function say(line: string): void {
@@ -60,26 +69,27 @@ function fail(line: string): never {
   process.exit(1);
 }
 
+/** Colors for the services' log prefixes, in the registry's order (then round again). */
+const COLORS = [36, 35, 33, 32, 34, 31];
+
+/** What to start: every service of the registry, on the port its variable gives or its own. */
 function serviceSpecs(env: NodeJS.ProcessEnv): ServiceSpec[] {
-  const port = (name: string, fallback: number) => {
+  return services.map((service, i) => {
+    const portVariable = portVariableOf(service.name);
     // An empty variable means unset; 0 would let the service pick a port nobody knows.
-    const value = Number(env[name] || fallback);
-    if (!Number.isInteger(value) || value < 1 || value > 65_535)
-      fail(`${name} must be a port number from 1 to 65535, got "${env[name]}"`);
-    return value;
-  };
-  const spec = (name: string, portVariable: string, fallback: number, color: number): ServiceSpec => ({
-    name,
-    dir: `packages/${name}-service`,
-    port: port(portVariable, fallback),
-    portVariable,
-    color,
+    const port = Number(env[portVariable] || service.port);
+    if (!Number.isInteger(port) || port < 1 || port > 65_535)
+      fail(`${portVariable} must be a port number from 1 to 65535, got "${env[portVariable]}"`);
+    return {
+      name: service.name,
+      dir: `packages/${service.name}`,
+      port,
+      portVariable,
+      color: COLORS[i % COLORS.length]!,
+      // Told to the service, which answers it on /healthz: a service of another run on the port is not ours.
+      instance: `dev-${process.pid}-${service.name}`,
+    };
   });
-  return [
-    spec('order', 'ORDER_PORT', 8080, 36),
-    spec('payment', 'PAYMENT_PORT', 8081, 35),
-    spec('notification', 'NOTIFICATION_PORT', 8082, 33),
-  ];
 }
 
 /** Whether this process could listen on `port` as the services do (every address of the host). */
@@ -108,7 +118,7 @@ async function checkPorts(specs: ServiceSpec[]): Promise<void> {
   const taken = specs.filter((_, i) => !free[i]);
   if (taken.length > 0)
     fail(
-      `${taken.map((spec) => `port ${spec.port} (${spec.portVariable}, ${spec.name}-service)`).join(', ')} ${taken.length > 1 ? 'are' : 'is'} taken, by another \`pnpm dev\` or another program: stop it, or set ${taken.map((spec) => spec.portVariable).join(', ')} to a free port`,
+      `${taken.map((spec) => `port ${spec.port} (${spec.portVariable}, ${spec.name})`).join(', ')} ${taken.length > 1 ? 'are' : 'is'} taken, by another \`pnpm dev\` or another program: stop it, or set ${taken.map((spec) => spec.portVariable).join(', ')} to a free port`,
     );
 }
 
@@ -213,7 +223,7 @@ async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
   say(
     `no Redis answered at ${redact(url)}; started redis-server on 127.0.0.1:${port} for this session (it keeps no data: everything is gone when pnpm dev stops)`,
   );
-  return { url: sessionUrl.href, stop: () => server.stop() };
+  return { url: sessionUrl.href, started: `127.0.0.1:${port}`, stop: () => server.stop() };
 }
 
 // ---- Services ---------------------------------------------------------------------------------
@@ -246,7 +256,7 @@ function pipeLines(input: Readable, output: NodeJS.WritableStream, tag: string, 
 function startService(spec: ServiceSpec, redisUrl: string, prettify: Prettify): Service {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
     cwd: join(ROOT, spec.dir),
-    env: { ...process.env, REDIS_URL: redisUrl, PORT: String(spec.port) },
+    env: { ...process.env, REDIS_URL: redisUrl, PORT: String(spec.port), INSTANCE_ID: spec.instance },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const tag = prefix(spec.name, spec.color);
@@ -281,13 +291,28 @@ async function stopService(service: Service): Promise<void> {
   clearTimeout(timer);
 }
 
-/** Resolves once every service answers /healthz; says once if that takes long, but keeps waiting. */
+/**
+ * Whether the service on `spec.port` is the one this run started: its /healthz answers with the
+ * `INSTANCE_ID` it was given. Another run's service on that port (it took the port after the check)
+ * answers too, but as another instance.
+ */
+async function answersAsOurs(spec: ServiceSpec): Promise<boolean> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${spec.port}/healthz`, { signal: AbortSignal.timeout(1_000) });
+    const body = (await res.json()) as { instance?: unknown };
+    return res.ok && body.instance === spec.instance;
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves once every service this run started answers /healthz; says once if that takes long, but keeps waiting. */
 async function waitUntilHealthy(specs: ServiceSpec[]): Promise<void> {
   const slowAt = Date.now() + 30_000;
   let saidSlow = false;
   let pending = specs;
   for (;;) {
-    const healthy = await Promise.all(pending.map((spec) => answersHealthz(spec.port)));
+    const healthy = await Promise.all(pending.map(answersAsOurs));
     pending = pending.filter((_, i) => !healthy[i]);
     if (pending.length === 0) return;
     if (!saidSlow && Date.now() > slowAt) {
@@ -301,11 +326,12 @@ async function waitUntilHealthy(specs: ServiceSpec[]): Promise<void> {
 }
 
 function banner(specs: ServiceSpec[], redisUrl: string): string {
-  const order = specs[0]!;
+  const order = specs.find((spec) => spec.name === 'order-service') ?? specs[0]!;
+  const width = Math.max(...specs.map((spec) => spec.name.length)) + 1;
   return [
     'all services are up',
-    ...specs.map((spec) => `  ${spec.name.padEnd(13)} http://localhost:${spec.port}`),
-    `  ${'redis'.padEnd(13)} ${redact(new URL(redisUrl))}`,
+    ...specs.map((spec) => `  ${spec.name.padEnd(width)} http://localhost:${spec.port}`),
+    `  ${'redis'.padEnd(width)} ${redact(new URL(redisUrl))}`,
     'try:',
     `  curl -X POST localhost:${order.port}/orders -H 'content-type: application/json' -d '{"userId":"u1","productId":"p1","price":1000}'`,
     'Ctrl-C stops everything.',
@@ -325,7 +351,9 @@ function shutdown(code: number): Promise<never> {
     await Promise.all(session.services.map(stopService));
     try {
       // Awaiting the start too: a signal during it must not orphan a half-started redis-server.
-      await (await session.redis)?.stop();
+      const redis = await session.redis;
+      if (redis?.started) say(`stopping the redis-server this run started on ${redis.started}`);
+      await redis?.stop();
     } catch (err) {
       process.stderr.write(`pnpm dev: could not stop redis-server: ${(err as Error).message}\n`);
       code = 1;
@@ -348,9 +376,8 @@ function onSignal(signal: NodeJS.Signals): void {
 function watch(service: Service): void {
   void service.closed.then(({ code, signal }) => {
     if (session.stopping) return;
-    process.stderr.write(
-      `pnpm dev: ${service.spec.name} exited (${signal ?? `code ${code}`}); stopping the others\n`,
-    );
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    process.stderr.write(`pnpm dev: ${service.spec.name} ${how}; stopping the others\n`);
     void shutdown(1);
   });
 }
@@ -368,7 +395,8 @@ async function main(): Promise<void> {
     colorize: colors,
     translateTime: 'SYS:HH:MM:ss.l',
     singleLine: true,
-    ignore: 'pid,hostname,name',
+    // The tag in front says which service; `instance` is the one this run gave it.
+    ignore: 'pid,hostname,name,instance',
   });
   for (const spec of specs) {
     const service = startService(spec, redis.url, prettify);

@@ -13,10 +13,10 @@ import {
   type DeadLetter,
   type StreamDefinition,
 } from '@msa/stream-kit';
-import { streams } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
+import { streams } from '../services.ts';
 
-/** Every stream of the catalogue, by name. */
+/** Every stream of the catalogue (as the registry lists them), by name. */
 const STREAMS = new Map<string, StreamDefinition>(streams.map((stream) => [stream.name, stream]));
 const USAGE = `usage: pnpm dlq list <stream>
        pnpm dlq replay <stream> <dead-letter-id>... | --all

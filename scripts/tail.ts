@@ -8,9 +8,9 @@
  */
 import { parseArgs } from 'node:util';
 import type { StreamDefinition } from '@msa/stream-kit';
-import { streams } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { isColorSupported } from 'pino-pretty';
+import { streams } from '../services.ts';
 
 /** Entries per stream and XREAD; more waiting entries are read in further rounds. */
 const BATCH = 100;

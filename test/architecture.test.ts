@@ -2,11 +2,12 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { services, streams } from '../services.ts';
 
 /* The boundaries the house style draws, checked on the source itself. */
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const SERVICES = ['order-service', 'payment-service', 'notification-service'];
+const SERVICES = services.map((service) => service.name);
 
 function sourceFiles(pkg: string): string[] {
   const dir = join(root, 'packages', pkg, 'src');
@@ -36,6 +37,33 @@ function dependencies(file: string): string[] {
 }
 
 const name = (file: string) => relative(root, file);
+
+describe('the registry (services.ts)', () => {
+  it('lists every service package under packages/, and nothing else', () => {
+    const packages = readdirSync(join(root, 'packages')).filter(
+      (dir) => dir.endsWith('-service') && existsSync(join(root, 'packages', dir, 'package.json')),
+    );
+
+    expect([...SERVICES].sort()).toEqual(packages.sort());
+  });
+
+  it('gives each service the default port its config.ts gives it, and no two services one port', () => {
+    const defaults = SERVICES.map((service) => {
+      const config = readFileSync(join(root, 'packages', service, 'src', 'config.ts'), 'utf8');
+      return Number(/\b(?:serviceEnv|consumerEnv)\((\d+)\)/.exec(config)?.[1]);
+    });
+
+    expect(defaults).toEqual(services.map((service) => service.port));
+    expect(new Set(defaults).size).toBe(defaults.length);
+  });
+
+  it('names only streams of the event catalogue', () => {
+    const catalogue = streams.map((stream) => stream.name);
+    const named = services.flatMap((service) => [...service.publishes, ...service.consumes]);
+
+    expect(named.filter((stream) => !catalogue.includes(stream))).toEqual([]);
+  });
+});
 
 describe('the source', () => {
   it('has no circular imports', () => {

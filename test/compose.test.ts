@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { startRedisServer } from '../harness/redis-server.ts';
+import { portVariableOf, services } from '../services.ts';
 
 /** The parts of the Compose file format these tests look at. */
 interface Healthcheck {
@@ -50,12 +51,8 @@ function readPackageJson(dir: string): PackageJson {
   return JSON.parse(readFileSync(new URL(`${dir}package.json`, repoRoot), 'utf8')) as PackageJson;
 }
 
-/** Each application service and the port it listens on. */
-const appServices = [
-  { name: 'order-service', port: 8080 },
-  { name: 'payment-service', port: 8081 },
-  { name: 'notification-service', port: 8082 },
-] as const;
+/** Each application service and the port it listens on: the registry's. */
+const appServices = services;
 
 function service(name: string): ComposeService {
   const found = compose.services[name];
@@ -70,13 +67,8 @@ function hasOption(command: string[], flag: string, value: string): boolean {
 }
 
 describe('docker-compose.yml', () => {
-  it('defines Redis and the three services, and nothing else', () => {
-    expect(Object.keys(compose.services).sort()).toEqual([
-      'notification-service',
-      'order-service',
-      'payment-service',
-      'redis',
-    ]);
+  it('defines Redis and the services of the registry (services.ts), and nothing else', () => {
+    expect(Object.keys(compose.services).sort()).toEqual(['redis', ...appServices.map((s) => s.name)].sort());
   });
 
   it('runs Redis with AOF persistence and a healthcheck that pings as the admin user', () => {
@@ -118,14 +110,10 @@ describe('docker-compose.yml', () => {
   });
 
   it('publishes each service on 127.0.0.1 only, on a host port its variable can move, with REDIS_URL pointing at the redis service', () => {
-    const variables: Record<string, string> = {
-      'order-service': 'ORDER_PORT',
-      'payment-service': 'PAYMENT_PORT',
-      'notification-service': 'NOTIFICATION_PORT',
-    };
     for (const { name, port } of appServices) {
       const svc = service(name);
-      expect(svc.ports, name).toEqual([`127.0.0.1:\${${variables[name]}:-${port}}:${port}`]);
+      // The variable `pnpm dev` reads too: PAYMENT_PORT moves payment-service in both.
+      expect(svc.ports, name).toEqual([`127.0.0.1:\${${portVariableOf(name)}:-${port}}:${port}`]);
       const url = new URL(String(svc.environment?.REDIS_URL));
       expect(`${url.protocol}//${url.host}${url.pathname}`, name).toBe('redis://redis:6379');
       expect(String(svc.environment?.PORT), name).toBe(String(port));
@@ -177,7 +165,9 @@ describe('docker-compose.yml', () => {
   });
 
   it('leaves CONSUMER_NAME unset so scaled consumers get unique names', () => {
-    for (const name of ['payment-service', 'notification-service']) {
+    const consumers = appServices.filter((s) => s.consumes.length > 0).map((s) => s.name);
+    expect(consumers.length).toBeGreaterThan(0);
+    for (const name of consumers) {
       expect(Object.keys(service(name).environment ?? {}), name).not.toContain('CONSUMER_NAME');
     }
   });
@@ -337,7 +327,8 @@ describe('Dockerfile', () => {
 
     expect(argsOf(finalStage, 'USER')).toEqual(['node']);
     expect(argsOf(finalStage, 'ENV')).toContain('NODE_ENV=production');
-    expect(argsOf(finalStage, 'EXPOSE')).toEqual([appServices.map((s) => s.port).join(' ')]);
+    // No EXPOSE: the one image runs any service, on the PORT compose gives it.
+    expect(keywords).not.toContain('EXPOSE');
   });
 
   it('runs a bundle that `pnpm build` makes, in CMD and in each compose service', () => {

@@ -1,13 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { answersHealthz, canConnect, freePort } from '../harness/net.ts';
+import { canConnect, freePort } from '../harness/net.ts';
 import { startRedisServer } from '../harness/redis-server.ts';
 import { waitFor } from '../harness/wait.ts';
+import { portVariableOf, services } from '../services.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -82,41 +83,76 @@ function shutdownRedis(port: number): Promise<void> {
   });
 }
 
+/** A free port for each service of the registry, and the variables that give them to `pnpm dev`. */
+async function servicePorts(): Promise<{ ports: number[]; env: Record<string, string> }> {
+  const ports = await Promise.all(services.map(() => freePort()));
+  const env = Object.fromEntries(
+    services.map((service, i) => [portVariableOf(service.name), String(ports[i])]),
+  );
+  return { ports, env };
+}
+
+/** What `GET /healthz` on `port` answers, or undefined while nothing does. */
+async function healthz(port: number): Promise<{ status?: string; instance?: string } | undefined> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(1_000) });
+    return res.ok ? ((await res.json()) as { status?: string; instance?: string }) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Rejects once `dev` exits, with its output: to race against a wait for something it should do first. */
+function exitsEarly(dev: DevRun): Promise<never> {
+  const early = dev.exit(45_000).then((code) => {
+    throw new Error(
+      `pnpm dev exited early with code ${code}\n${dev.output().stdout}\n${dev.output().stderr}`,
+    );
+  });
+  early.catch(() => {});
+  return early;
+}
+
+/** The PIDs of the processes `parent` started, by the directory each runs in. */
+function childrenByDirectory(parent: number): Map<string, number> {
+  const found = new Map<string, number>();
+  for (const pid of readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // The parent PID is the 2nd field after the command, which is in parentheses and may hold spaces.
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === parent) found.set(readlinkSync(`/proc/${pid}/cwd`), Number(pid));
+    } catch {
+      // The process ended meanwhile.
+    }
+  }
+  return found;
+}
+
 describe('pnpm dev', () => {
   it(
     'starts its own redis-server when none answers, and stops everything on Ctrl-C',
     { timeout: 60_000 },
     async () => {
-      const [redisPort, orderPort, paymentPort, notificationPort] = await Promise.all([
-        freePort(),
-        freePort(),
-        freePort(),
-        freePort(),
-      ]);
-      const servicePorts = [orderPort!, paymentPort!, notificationPort!];
-      redisPorts.push(redisPort!);
-      const dev = startDev({
-        REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-        ORDER_PORT: String(orderPort),
-        PAYMENT_PORT: String(paymentPort),
-        NOTIFICATION_PORT: String(notificationPort),
-      });
+      const redisPort = await freePort();
+      const { ports: servicePortList, env } = await servicePorts();
+      redisPorts.push(redisPort);
+      const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${redisPort}`, ...env });
 
-      const exitedEarly = dev.exit(45_000).then((code) => {
-        throw new Error(
-          `pnpm dev exited early with code ${code}\n${dev.output().stdout}\n${dev.output().stderr}`,
-        );
-      });
-      exitedEarly.catch(() => {});
       await Promise.race([
-        waitFor(async () => (await Promise.all(servicePorts.map(answersHealthz))).every(Boolean), {
+        waitFor(() => dev.output().stdout.includes('all services are up'), {
           timeoutMs: 45_000,
           intervalMs: 200,
-          what: 'all three services to answer /healthz',
+          what: 'the banner',
         }),
-        exitedEarly,
+        exitsEarly(dev),
       ]);
-      expect(await canConnect(redisPort!, '127.0.0.1')).toBe(true);
+      // The banner came once each port answered as the instance this run started.
+      const answers = await Promise.all(servicePortList.map(healthz));
+      expect(answers.map((answer) => answer?.instance)).toEqual(
+        services.map((service) => `dev-${dev.child.pid}-${service.name}`),
+      );
+      expect(await canConnect(redisPort, '127.0.0.1')).toBe(true);
 
       // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
       process.kill(-dev.child.pid!, 'SIGINT');
@@ -124,9 +160,73 @@ describe('pnpm dev', () => {
 
       expect(code, dev.output().stderr).toBe(0);
       expect(dev.output().stdout).not.toMatch(/shutdown timed out|did not stop/);
-      for (const port of [redisPort!, ...servicePorts]) {
+      expect(dev.output().stdout).toContain(
+        `stopping the redis-server this run started on 127.0.0.1:${redisPort}`,
+      );
+      for (const port of [redisPort, ...servicePortList]) {
         expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
       }
+    },
+  );
+
+  it(
+    'reports in one line a service that is killed, stops the others, and stops the Redis it started',
+    { timeout: 60_000 },
+    async () => {
+      const redisPort = await freePort();
+      const { ports, env } = await servicePorts();
+      redisPorts.push(redisPort);
+      const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${redisPort}`, ...env });
+      await Promise.race([
+        waitFor(() => dev.output().stdout.includes('all services are up'), {
+          timeoutMs: 45_000,
+          intervalMs: 200,
+          what: 'the banner',
+        }),
+        exitsEarly(dev),
+      ]);
+      const payment = childrenByDirectory(dev.child.pid!).get(join(ROOT, 'packages', 'payment-service'));
+      expect(payment, 'the payment-service process').toBeDefined();
+
+      process.kill(payment!, 'SIGKILL');
+      const code = await dev.exit(20_000);
+
+      expect(code).toBe(1);
+      const { stdout, stderr } = dev.output();
+      expect(stderr.split('\n').filter((line) => line.startsWith('pnpm dev:'))).toEqual([
+        'pnpm dev: payment-service was killed by SIGKILL; stopping the others',
+      ]);
+      expect(stdout).toContain(`stopping the redis-server this run started on 127.0.0.1:${redisPort}`);
+      for (const port of [redisPort, ...ports]) {
+        expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
+      }
+    },
+  );
+
+  it(
+    'reports in one line, with its exit code, a service that cannot start, and shows no banner',
+    { timeout: 60_000 },
+    async () => {
+      const redisPort = await freePort();
+      redisPorts.push(redisPort);
+      // Both consumers refuse it at start, so whichever exits first is reported, and only it.
+      const dev = startDev({
+        REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+        ...(await servicePorts()).env,
+        CLAIM_IDLE_MS: 'soon',
+      });
+
+      const code = await dev.exit(30_000);
+
+      expect(code).toBe(1);
+      const { stdout, stderr } = dev.output();
+      const reports = stderr.split('\n').filter((line) => line.startsWith('pnpm dev:'));
+      expect(reports, stderr).toHaveLength(1);
+      expect(reports[0]).toMatch(
+        /^pnpm dev: (payment|notification)-service exited with code 1; stopping the others$/,
+      );
+      expect(stderr).toContain('CLAIM_IDLE_MS');
+      expect(stdout).not.toContain('all services are up');
     },
   );
 

@@ -5,6 +5,7 @@ import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 import { exitOf, spawnService, startService, type RunningService } from '../harness/services.ts';
 import { entryFields } from '../harness/streams.ts';
 import { waitFor } from '../harness/wait.ts';
+import { consumersOf, streams } from '../services.ts';
 
 /*
  * The three services as real processes, on free ports, against their own redis-server: an order
@@ -83,6 +84,34 @@ async function placeOrder(body: object) {
   expect(response.status).toBe(202);
   return ((await response.json()) as { orderId: string }).orderId;
 }
+
+describe('the running services', () => {
+  /** Each stream of the catalogue with the names of its groups, sorted. */
+  const groupsByStream = () =>
+    Promise.all(
+      streams.map(async (stream) => {
+        const infos = (await redis.xinfo('GROUPS', stream.name).catch(() => [])) as unknown[][];
+        return [stream.name, infos.map((info) => String(info[1])).sort()];
+      }),
+    );
+
+  it('read each stream as the groups the registry (services.ts) names, and no other', async () => {
+    const expected = streams.map((stream) => [
+      stream.name,
+      consumersOf(stream.name)
+        .map(({ group }) => group)
+        .sort(),
+    ]);
+
+    // Each subscription creates its group as it starts, which may be just after /healthz answers.
+    await waitFor(async () => JSON.stringify(await groupsByStream()) === JSON.stringify(expected), {
+      timeoutMs: 10_000,
+      what: 'the groups the registry names',
+    }).catch(() => {});
+
+    expect(await groupsByStream()).toEqual(expected);
+  });
+});
 
 describe('an order placed over HTTP', () => {
   it('is paid once and notified by mail and SMS', async () => {

@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { canConnect, freePort } from '../harness/net.ts';
 import { exitOf, spawnService, type ServiceName } from '../harness/services.ts';
 import { waitFor } from '../harness/wait.ts';
+import { services } from '../services.ts';
 
 /*
  * The services' HTTP servers, as real processes: the time limits that keep a slow client from
@@ -25,7 +26,7 @@ const CHECKING_INTERVAL_MS = 1_000;
 /** What a loaded test machine may add to a deadline. */
 const SLACK_MS = 1_500;
 
-const SERVICES: readonly ServiceName[] = ['order-service', 'payment-service', 'notification-service'];
+const SERVICES: readonly ServiceName[] = services.map((service) => service.name);
 
 interface Started {
   name: ServiceName;

@@ -9,6 +9,7 @@ import { groupOf, startService, type RunningService, type ServiceName } from '..
 import { entryFields } from '../harness/streams.ts';
 import { createTestCertificates, startTlsRedisServer, type TestCertificates } from '../harness/tls.ts';
 import { waitFor } from '../harness/wait.ts';
+import { services } from '../services.ts';
 
 /*
  * Redis connections the services can be trusted with: behind a password, as one ACL user per
@@ -17,7 +18,7 @@ import { waitFor } from '../harness/wait.ts';
  * processes, and stops them all in afterAll.
  */
 
-const SERVICES: readonly ServiceName[] = ['order-service', 'payment-service', 'notification-service'];
+const SERVICES: readonly ServiceName[] = services.map((service) => service.name);
 const ACL_FILE = fileURLToPath(new URL('../redis/users.acl', import.meta.url));
 
 /** The streams and groups as the catalogue and the services name them: what the ACL file must grant. */
@@ -28,15 +29,13 @@ const NOTIFICATION_GROUP = groupOf('notification-service');
 
 /**
  * The development passwords whose SHA-256 hashes redis/users.acl holds, for local use only
- * (docker-compose.yml lists them too: a Redis 7 ACL file cannot carry comments).
+ * (docker-compose.yml lists them too: a Redis 7 ACL file cannot carry comments): `<user>-dev-password`
+ * for admin and for each service of the registry.
  */
-const DEV_PASSWORDS = {
-  admin: 'admin-dev-password',
-  'order-service': 'order-service-dev-password',
-  'payment-service': 'payment-service-dev-password',
-  'notification-service': 'notification-service-dev-password',
-} as const;
-type AclUser = keyof typeof DEV_PASSWORDS;
+const DEV_PASSWORDS = Object.fromEntries(
+  ['admin', ...SERVICES].map((user) => [user, `${user}-dev-password`]),
+) as Record<'admin' | ServiceName, string>;
+type AclUser = 'admin' | ServiceName;
 
 /** What one describe runs. Everything in it is stopped in afterAll, whatever failed. */
 interface Stack {
@@ -213,13 +212,8 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     const lines = readFileSync(ACL_FILE, 'utf8').split('\n').filter(Boolean);
     const rulesOf = new Map(lines.map((line) => [line.split(' ')[1], line.split(' ')]));
 
-    expect([...rulesOf.keys()].sort()).toEqual([
-      'admin',
-      'default',
-      'notification-service',
-      'order-service',
-      'payment-service',
-    ]);
+    // A user per service of the registry (services.ts), and nobody else.
+    expect([...rulesOf.keys()].sort()).toEqual(['admin', 'default', ...SERVICES].sort());
     expect(rulesOf.get('default')).toEqual(expect.arrayContaining(['off', '-@all']));
     expect(rulesOf.get('default')!.filter((rule) => /^(on|nopass|[#>])/.test(rule))).toEqual([]);
     for (const [user, password] of Object.entries(DEV_PASSWORDS)) {
@@ -453,6 +447,30 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
 
       expect(Object.entries(answers).filter(([, answer]) => answer === 'OK')).toEqual([]);
     });
+
+    it.each(SERVICES)(
+      '%s may add to and read exactly the streams the registry (services.ts) gives it',
+      async (name) => {
+        const { publishes, consumes } = services.find((service) => service.name === name)!;
+        const others = (list: readonly string[]) =>
+          streams.map((stream) => stream.name).filter((stream) => !list.includes(stream));
+        const xadd = (stream: string) => ['XADD', stream, '*', 'type', 'x'];
+        // A consumer reads the stream and adds its dead letters to `<stream>:dlq`.
+        const consume = (stream: string) => [
+          ['XREADGROUP', 'GROUP', groupOf(name), 'c1', 'STREAMS', stream, '>'],
+          xadd(`${stream}:dlq`),
+        ];
+
+        const allowed = await dryRun(name, [...publishes.map(xadd), ...consumes.flatMap(consume)]);
+        const refusedOnes = await dryRun(name, [
+          ...others(publishes).map(xadd),
+          ...others(consumes).flatMap(consume),
+        ]);
+
+        expect(Object.entries(allowed).filter(([, answer]) => answer !== 'OK')).toEqual([]);
+        expect(Object.entries(refusedOnes).filter(([, answer]) => answer === 'OK')).toEqual([]);
+      },
+    );
 
     it('refuses payment-service an XADD to order-events, directly or from a script', async () => {
       const payment = clientAs('payment-service');
