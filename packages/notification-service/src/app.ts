@@ -1,7 +1,9 @@
 import express, { type Request } from 'express';
 import { OrderCreated } from '@msa/stream-kit/events';
 import {
+  accessLog,
   errorMiddleware,
+  healthzHandler,
   malformedQueryParameter,
   readinessHandler,
   UnavailableError,
@@ -54,6 +56,8 @@ export interface AppDeps {
   /** For the readiness probe. */
   redis: Redis;
   logger: Logger;
+  /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
+  instance: string;
 }
 
 /**
@@ -64,16 +68,19 @@ export interface AppDeps {
  *   `nextCursor` is not null, pass it as `cursor` for the next page. Bad input gets 400
  *   `{error, field}`; Redis unreachable or too slow gets 503 `{error}` (`errorMiddleware`, the
  *   one place that turns errors into answers).
- * - `GET /healthz` → 200 while the process runs; `GET /readyz` → 200 `{status: 'ready'}` when
- *   Redis takes a write (`notification-service:readyz`) within a second, else 503.
+ * - `GET /healthz` → 200 `{status: 'ok', instance}` while the process runs; `GET /readyz` → 200
+ *   `{status: 'ready'}` when Redis takes a write (`notification-service:readyz`) within a second,
+ *   else 503.
+ *
+ * Every request gets one access line (`accessLog`).
  */
-export function createApp({ sentLog, redis, logger }: AppDeps) {
+export function createApp({ sentLog, redis, logger, instance }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
+  // The access lines carry no secret: no redaction, whose wildcard paths cost 7 µs a line.
+  app.use(accessLog(logger.child({}, { redact: [] })));
 
-  app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
+  app.get('/healthz', healthzHandler(instance));
 
   app.get('/readyz', readinessHandler(redis, 'notification-service'));
 

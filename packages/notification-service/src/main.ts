@@ -7,6 +7,7 @@ import {
   LOG_REDACT,
   openRequestConnection,
 } from '@msa/stream-kit/service';
+import { hostname } from 'node:os';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -23,7 +24,13 @@ try {
 }
 
 const GROUP = 'notification-service-group';
-const logger = pino({ name: 'notification-service', level: config.LOG_LEVEL, redact: LOG_REDACT });
+const logger = pino({
+  name: 'notification-service',
+  level: config.LOG_LEVEL,
+  redact: LOG_REDACT,
+  // pino's own base fields, and `instance`: written into the logger once, not per line.
+  base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
+});
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),
@@ -47,7 +54,12 @@ const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),
   subscribe(GROUP, config.CONSUMER_NAME, PaymentEvents, paymentSmsHandler(deps), consumerOptions),
 ];
-const app = createApp({ sentLog: deps.sentLog, redis, logger: logger.child({ component: 'http' }) });
+const app = createApp({
+  sentLog: deps.sentLog,
+  redis,
+  logger: logger.child({ component: 'http' }),
+  instance: config.INSTANCE_ID,
+});
 const server = await listen(app, {
   port: config.PORT,
   host: config.HOST,

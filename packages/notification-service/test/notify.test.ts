@@ -441,7 +441,7 @@ describe('GET /notifications', () => {
       await delivered(),
     );
 
-    const response = await request(createApp({ sentLog, redis, logger }))
+    const response = await request(createApp({ sentLog, redis, logger, instance: 'test' }))
       .get('/notifications')
       .query({ userId });
 
@@ -451,7 +451,7 @@ describe('GET /notifications', () => {
   });
 
   describe('in pages', () => {
-    const app = () => createApp({ sentLog, redis, logger });
+    const app = () => createApp({ sentLog, redis, logger, instance: 'test' });
 
     /** `count` notifications recorded for a new user, as the sent log writes them; returns the user. */
     async function userWith(count: number): Promise<string> {
@@ -543,7 +543,9 @@ describe('GET /notifications', () => {
   });
 
   it('answers 400 naming userId when it is missing', async () => {
-    const response = await request(createApp({ sentLog, redis, logger })).get('/notifications');
+    const response = await request(createApp({ sentLog, redis, logger, instance: 'test' })).get(
+      '/notifications',
+    );
 
     expect(response.status).toBe(400);
     expect(response.body).toEqual({ error: expect.stringContaining('userId'), field: 'userId' });
@@ -553,7 +555,7 @@ describe('GET /notifications', () => {
     ['a lone surrogate, percent-encoded', 'alice%ED%A0%80'],
     ['bytes that are not UTF-8', 'alice%FF'],
   ])('answers 400 naming userId when it has %s, instead of reading U+FFFD', async (_name, userId) => {
-    const response = await request(createApp({ sentLog, redis, logger })).get(
+    const response = await request(createApp({ sentLog, redis, logger, instance: 'test' })).get(
       `/notifications?userId=${userId}`,
     );
 
@@ -566,7 +568,7 @@ describe('GET /notifications', () => {
 });
 
 describe('GET /notifications while Redis cannot be reached', () => {
-  it('answers 503 and logs the failure as an err object', async () => {
+  it('answers 503, logs the failure as an err object and the request as its access line, both with its requestId', async () => {
     const unreachable = openRequestConnection(`redis://127.0.0.1:${await freePort()}`, logger);
     const lines: Record<string, unknown>[] = [];
     const sink = new Writable({
@@ -576,7 +578,12 @@ describe('GET /notifications while Redis cannot be reached', () => {
       },
     });
     try {
-      const app = createApp({ sentLog: redisSentLog(unreachable), redis: unreachable, logger: pino(sink) });
+      const app = createApp({
+        sentLog: redisSentLog(unreachable),
+        redis: unreachable,
+        logger: pino(sink),
+        instance: 'test',
+      });
 
       const response = await request(app).get('/notifications').query({ userId: 'u1' });
 
@@ -584,10 +591,21 @@ describe('GET /notifications while Redis cannot be reached', () => {
         503,
         { error: 'notifications cannot be read right now, try again later' },
       ]);
+      const requestId = response.headers['x-request-id'];
+      expect(requestId).toEqual(expect.any(String));
       expect(lines).toEqual([
         expect.objectContaining({
           level: 40,
+          requestId,
           err: expect.objectContaining({ type: 'UnavailableError', stack: expect.any(String) }),
+        }),
+        expect.objectContaining({
+          level: 30,
+          msg: 'request',
+          method: 'GET',
+          route: '/notifications',
+          status: 503,
+          requestId,
         }),
       ]);
     } finally {
@@ -601,16 +619,20 @@ describe('GET /readyz', () => {
     const unreachable = new Redis(await freePort(), { lazyConnect: true, maxRetriesPerRequest: 0 });
     unreachable.on('error', () => {});
     try {
-      const ready = await request(createApp({ sentLog, redis, logger })).get('/readyz');
-      const notReady = await request(createApp({ sentLog, redis: unreachable, logger })).get('/readyz');
-      const health = await request(createApp({ sentLog, redis: unreachable, logger })).get('/healthz');
+      const ready = await request(createApp({ sentLog, redis, logger, instance: 'test' })).get('/readyz');
+      const notReady = await request(
+        createApp({ sentLog, redis: unreachable, logger, instance: 'test' }),
+      ).get('/readyz');
+      const health = await request(createApp({ sentLog, redis: unreachable, logger, instance: 'test' })).get(
+        '/healthz',
+      );
 
       expect([ready.status, ready.body]).toEqual([200, { status: 'ready' }]);
       expect([notReady.status, notReady.body]).toEqual([
         503,
         { status: 'not ready', reason: expect.any(String) },
       ]);
-      expect(health.status).toBe(200);
+      expect([health.status, health.body]).toEqual([200, { status: 'ok', instance: 'test' }]);
     } finally {
       unreachable.disconnect();
     }

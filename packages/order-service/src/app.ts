@@ -1,8 +1,11 @@
-import express, { type Request } from 'express';
+import express, { type Request, type Response } from 'express';
 import type { Publisher } from '@msa/stream-kit';
 import { OrderCreated } from '@msa/stream-kit/events';
 import {
+  accessLog,
+  type AccessLogLocals,
   errorMiddleware,
+  healthzHandler,
   jsonBody,
   malformedQueryParameter,
   methodNotAllowed,
@@ -50,6 +53,8 @@ export interface AppDeps {
   /** A request connection (`openRequestConnection`): idempotent orders and `/readyz`. */
   redis: Redis;
   logger: Logger;
+  /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
+  instance: string;
 }
 
 /**
@@ -65,42 +70,53 @@ export interface AppDeps {
  * `userId` and `productId` are the catalogue's IDs: 1 to 128 characters after trimming, valid
  * Unicode (a lone surrogate, or a query's percent-escape that is not UTF-8, is a 400 naming the
  * field: Redis would store it as U+FFFD, and two users would become one).
- * - `GET /healthz` → 200 while the process runs; `GET /readyz` → 200 `{status: 'ready'}` when
- *   Redis takes a write (`order-service:readyz`) within a second, else 503
+ * - `GET /healthz` → 200 `{status: 'ok', instance}` while the process runs; `GET /readyz` → 200
+ *   `{status: 'ready'}` when Redis takes a write (`order-service:readyz`) within a second, else 503
  *   `{status: 'not ready', reason}`.
  *
  * Bad input gets 4xx `{error, field}`; Redis unreachable or too slow gets 503 `{error}`
- * (`errorMiddleware`, the one place that turns errors into answers).
+ * (`errorMiddleware`, the one place that turns errors into answers). Every request gets one access
+ * line (`accessLog`); an order's is `order accepted` (or `order replayed for its idempotency key`)
+ * with its `orderId` and `entryId`.
  */
-export function createApp({ publisher, redis, logger }: AppDeps) {
-  // For the two lines logged per order, which carry two IDs and nothing else: the redaction's
-  // wildcard paths would cost 7 µs a line, 4% of a request. Everything else keeps them.
-  const orderLog = logger.child({}, { redact: [] });
+export function createApp({ publisher, redis, logger, instance }: AppDeps) {
+  // For the access lines, one per request, which carry the request's method, route, status and
+  // IDs and nothing else: the redaction's wildcard paths would cost 7 µs a line, 4% of a request.
+  // Everything else keeps them.
+  const accessLogger = logger.child({}, { redact: [] });
   const app = express();
   app.disable('x-powered-by');
+  app.use(accessLog(accessLogger));
 
-  app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
+  app.get('/healthz', healthzHandler(instance));
 
   app.get('/readyz', readinessHandler(redis, 'order-service'));
 
-  async function accept(input: OrderInput, idempotencyKey?: string) {
-    const order = await placeOrder(input, { publisher, redis }, idempotencyKey);
-    const { orderId, entryId } = order;
-    if (order.replayed) orderLog.info({ orderId, entryId }, 'order replayed for its idempotency key');
-    else orderLog.info({ orderId, entryId }, 'order accepted');
-    return order;
+  /**
+   * Places the order. Its IDs go on the request's access line, so that an order is one line; a
+   * client that left before the answer has had its line already, and the order gets its own.
+   */
+  async function accept(res: Response, input: OrderInput, idempotencyKey?: string) {
+    const { orderId, entryId, replayed } = await placeOrder(input, { publisher, redis }, idempotencyKey);
+    const message = replayed ? 'order replayed for its idempotency key' : 'order accepted';
+    if (res.closed)
+      accessLogger.info({ orderId, entryId, requestId: res.getHeader('x-request-id') }, message);
+    else {
+      const locals: AccessLogLocals = res.locals;
+      locals.logFields = { orderId, entryId };
+      locals.logMessage = message;
+    }
+    return orderId;
   }
 
   app.get('/order', async (req, res) => {
-    await accept(parseQuery(OrderQuery, req));
+    await accept(res, parseQuery(OrderQuery, req));
     res.type('text/plain').send('ok');
   });
 
   app.post('/orders', express.json({ limit: '16kb' }), async (req: Request, res) => {
     const idempotencyKey = idempotencyKeyOf(req);
-    const { orderId } = await accept(parse(OrderBody, jsonBody(req), 'body'), idempotencyKey);
+    const orderId = await accept(res, parse(OrderBody, jsonBody(req), 'body'), idempotencyKey);
     res.status(202).json({ orderId });
   });
 

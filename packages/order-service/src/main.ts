@@ -6,6 +6,7 @@ import {
   LOG_REDACT,
   openRequestConnection,
 } from '@msa/stream-kit/service';
+import { hostname } from 'node:os';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -18,12 +19,23 @@ try {
   process.exit(1);
 }
 
-const logger = pino({ name: 'order-service', level: config.LOG_LEVEL, redact: LOG_REDACT });
+const logger = pino({
+  name: 'order-service',
+  level: config.LOG_LEVEL,
+  redact: LOG_REDACT,
+  // pino's own base fields, and `instance`: written into the logger once, not per line.
+  base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
+});
 // One request connection for everything: the publisher, the idempotent-order script and /readyz.
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
 const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');
 const publisher = createPublisher({ connection: redis, logger: logger.child({ component: 'publisher' }) });
-const app = createApp({ publisher, redis, logger: logger.child({ component: 'http' }) });
+const app = createApp({
+  publisher,
+  redis,
+  logger: logger.child({ component: 'http' }),
+  instance: config.INSTANCE_ID,
+});
 const server = await listen(app, {
   port: config.PORT,
   host: config.HOST,

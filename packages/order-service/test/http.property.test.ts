@@ -29,7 +29,7 @@ beforeAll(async () => {
   redis = new Redis(redisServer.url);
   appRedis = openRequestConnection(redisServer.url, logger);
   publisher = createPublisher({ connection: appRedis });
-  server = createServer(createApp({ publisher, redis: appRedis, logger }));
+  server = createServer(createApp({ publisher, redis: appRedis, logger, instance: 'test' }));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   baseUrl = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
 });

@@ -22,7 +22,7 @@ beforeAll(async () => {
   redis = new Redis(server.url);
   appRedis = openRequestConnection(server.url, logger);
   publisher = createPublisher({ connection: appRedis });
-  app = createApp({ publisher, redis: appRedis, logger });
+  app = createApp({ publisher, redis: appRedis, logger, instance: 'test' });
 });
 beforeEach(async () => {
   await redis.del('order-events');
@@ -269,8 +269,8 @@ describe('GET /order with percent-encoded UTF-8', () => {
 });
 
 describe('the HTTP surface', () => {
-  it('answers /healthz', async () => {
-    await request(app).get('/healthz').expect(200, { status: 'ok' });
+  it('answers /healthz with its instance', async () => {
+    await request(app).get('/healthz').expect(200, { status: 'ok', instance: 'test' });
   });
 
   it('answers unknown routes with a JSON 404 and does not advertise Express', async () => {
@@ -285,7 +285,12 @@ describe('the HTTP surface', () => {
     const nowhere = openRequestConnection(`redis://127.0.0.1:${await freePort()}`, logger);
     try {
       const response = await request(
-        createApp({ publisher: createPublisher({ connection: nowhere }), redis: nowhere, logger }),
+        createApp({
+          publisher: createPublisher({ connection: nowhere }),
+          redis: nowhere,
+          logger,
+          instance: 'test',
+        }),
       )
         .post('/orders')
         .send(valid);

@@ -20,7 +20,7 @@ beforeAll(() => {
   redis = new Redis(inject('redisUrl'));
   appRedis = openRequestConnection(inject('redisUrl'), logger);
   publisher = createPublisher({ connection: appRedis });
-  app = createApp({ publisher, redis: appRedis, logger });
+  app = createApp({ publisher, redis: appRedis, logger, instance: 'test' });
 });
 afterAll(async () => {
   await publisher?.close();

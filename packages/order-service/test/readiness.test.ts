@@ -23,7 +23,7 @@ afterAll(() => {
 function appOn(url: string) {
   const redis = openRequestConnection(url, logger);
   opened.push(redis);
-  return createApp({ publisher: createPublisher({ connection: redis }), redis, logger });
+  return createApp({ publisher: createPublisher({ connection: redis }), redis, logger, instance: 'test' });
 }
 
 /** Milliseconds `promise` took to settle, and its value. */
@@ -157,7 +157,7 @@ describe('when Redis is unreachable', () => {
   it('still answers /healthz', async () => {
     const app = appOn(`redis://127.0.0.1:${await freePort()}`);
 
-    await request(app).get('/healthz').expect(200, { status: 'ok' });
+    await request(app).get('/healthz').expect(200, { status: 'ok', instance: 'test' });
   });
 
   it.each([

@@ -7,6 +7,7 @@ import {
   LOG_REDACT,
   openRequestConnection,
 } from '@msa/stream-kit/service';
+import { hostname } from 'node:os';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -20,7 +21,13 @@ try {
   process.exit(1);
 }
 
-const logger = pino({ name: 'payment-service', level: config.LOG_LEVEL, redact: LOG_REDACT });
+const logger = pino({
+  name: 'payment-service',
+  level: config.LOG_LEVEL,
+  redact: LOG_REDACT,
+  // pino's own base fields, and `instance`: written into the logger once, not per line.
+  base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
+});
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),
@@ -41,12 +48,15 @@ const subscription = subscribe(
     handlerAcks: true,
   },
 );
-const server = await listen(createApp({ redis, logger: logger.child({ component: 'http' }) }), {
-  port: config.PORT,
-  host: config.HOST,
-  maxConnections: config.MAX_CONNECTIONS,
-  logger: logger.child({ component: 'http' }),
-}).catch((err: unknown) => {
+const server = await listen(
+  createApp({ redis, logger: logger.child({ component: 'http' }), instance: config.INSTANCE_ID }),
+  {
+    port: config.PORT,
+    host: config.HOST,
+    maxConnections: config.MAX_CONNECTIONS,
+    logger: logger.child({ component: 'http' }),
+  },
+).catch((err: unknown) => {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
   process.exit(1);
 });

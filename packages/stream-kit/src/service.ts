@@ -1,11 +1,13 @@
 /*
- * What the three services share besides streams: environment parsing, the HTTP errors and their
- * one middleware, listening and graceful shutdown. A separate entry point
- * (`@msa/stream-kit/service`): the stream API does not depend on it. Nothing here touches
- * `process`; signals and exit codes stay in each service's main.ts.
+ * What the three services share besides streams: environment parsing, the access log, the HTTP
+ * errors and their one middleware, health and readiness, listening and graceful shutdown. A
+ * separate entry point (`@msa/stream-kit/service`): the stream API does not depend on it. Nothing
+ * here touches `process`; signals and exit codes stay in each service's main.ts.
  */
 
 export { openRequestConnection } from './connection.ts';
+export { accessLog } from './service/access-log.ts';
+export type { AccessLogLocals } from './service/access-log.ts';
 export { consumerEnv, LOG_REDACT, parseEnv, serviceEnv } from './service/env.ts';
 export {
   ConflictError,
@@ -17,5 +19,5 @@ export {
 } from './service/http-errors.ts';
 export { closeServer, listen, malformedQueryParameter } from './service/http.ts';
 export type { ListenOptions } from './service/http.ts';
-export { readinessHandler } from './service/readiness.ts';
+export { healthzHandler, readinessHandler } from './service/readiness.ts';
 export { gracefulShutdown } from './service/shutdown.ts';

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { defaultConsumerName } from '../subscriber.ts';
 
@@ -18,6 +19,14 @@ export function serviceEnv(defaultPort: number) {
       .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
       .default('redis://127.0.0.1:6379'),
     LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+    /**
+     * This process's name, on `/healthz` and on every log line, so that a supervisor can tell its
+     * own child from another process on the port; unset, a random UUID made at start.
+     */
+    INSTANCE_ID: z
+      .string()
+      .regex(/^[\x21-\x7e]{1,64}$/, 'must be 1 to 64 printable ASCII characters, without spaces')
+      .default(() => randomUUID()),
   });
 }
 

@@ -121,6 +121,7 @@ function bodyParserError(err: unknown): { status: number; message: string } | un
 /** What `errorMiddleware` needs of Express's response. */
 export interface ErrorResponse {
   readonly headersSent: boolean;
+  getHeader(name: string): unknown;
   setHeader(name: string, value: string): unknown;
   status(code: number): { json(body: unknown): unknown };
 }
@@ -140,6 +141,9 @@ export interface ErrorResponse {
  * - anything else → logged as `err` (`unexpected error`) and answered 500
  *   `{error: 'internal error'}`: neither its message nor its stack reaches the client.
  *
+ * Its lines carry the request's `requestId` (the `X-Request-Id` that `accessLog` set), which ties
+ * them to the request's access line.
+ *
  * An error raised after the answer has begun is left to Express, which closes the connection.
  */
 export function errorMiddleware(logger: Logger) {
@@ -158,17 +162,18 @@ export function errorMiddleware(logger: Logger) {
       res.status(405).json({ error: err.message });
     } else if (err instanceof UnavailableError) {
       const { stream } = err;
+      const requestId = res.getHeader('x-request-id');
       if (isStreamIdError(err.cause))
         logger.error(
-          { err, stream },
+          { err, stream, requestId },
           `${stream ?? 'a stream'} cannot take new entries (its IDs run ahead of the clock or are used up); requests that write to it are refused until an operator repairs it (README: Entry IDs)`,
         );
-      else logger.warn({ err, stream }, err.message);
+      else logger.warn({ err, stream, requestId }, err.message);
       res.status(503).json({ error: err.message });
     } else if (bodyError) {
       res.status(bodyError.status).json({ error: bodyError.message, field: 'body' });
     } else {
-      logger.error({ err }, 'unexpected error');
+      logger.error({ err, requestId: res.getHeader('x-request-id') }, 'unexpected error');
       res.status(500).json({ error: 'internal error' });
     }
   };

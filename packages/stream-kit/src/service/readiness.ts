@@ -45,3 +45,14 @@ export function readinessHandler(redis: Redis, service: string) {
     res.status(readiness.status === 'ready' ? 200 : 503).json(readiness);
   };
 }
+
+/**
+ * `GET /healthz` for Express: 200 `{status: 'ok', instance}` while the process runs, with or
+ * without Redis. `instance` (the service's `INSTANCE_ID`) tells which process answered.
+ */
+export function healthzHandler(instance: string) {
+  const body = { status: 'ok', instance } as const;
+  return (_req: unknown, res: { json(body: unknown): unknown }): void => {
+    res.json(body);
+  };
+}
