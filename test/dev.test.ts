@@ -113,6 +113,18 @@ function exitsEarly(dev: DevRun): Promise<never> {
   return early;
 }
 
+/** Resolves once `dev` prints its banner; rejects, with its output, if it exits first. */
+async function untilBanner(dev: DevRun): Promise<void> {
+  await Promise.race([
+    waitFor(() => dev.output().stdout.includes('all services are up'), {
+      timeoutMs: 45_000,
+      intervalMs: 200,
+      what: 'the banner',
+    }),
+    exitsEarly(dev),
+  ]);
+}
+
 /** The PIDs of the processes `parent` started, by the directory each runs in. */
 function childrenByDirectory(parent: number): Map<string, number> {
   const found = new Map<string, number>();
@@ -139,14 +151,7 @@ describe('pnpm dev', () => {
       redisPorts.push(redisPort);
       const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${redisPort}`, ...env });
 
-      await Promise.race([
-        waitFor(() => dev.output().stdout.includes('all services are up'), {
-          timeoutMs: 45_000,
-          intervalMs: 200,
-          what: 'the banner',
-        }),
-        exitsEarly(dev),
-      ]);
+      await untilBanner(dev);
       // The banner came once each port answered as the instance this run started.
       const answers = await Promise.all(servicePortList.map(healthz));
       expect(answers.map((answer) => answer?.instance)).toEqual(
@@ -177,14 +182,7 @@ describe('pnpm dev', () => {
       const { ports, env } = await servicePorts();
       redisPorts.push(redisPort);
       const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${redisPort}`, ...env });
-      await Promise.race([
-        waitFor(() => dev.output().stdout.includes('all services are up'), {
-          timeoutMs: 45_000,
-          intervalMs: 200,
-          what: 'the banner',
-        }),
-        exitsEarly(dev),
-      ]);
+      await untilBanner(dev);
       const payment = childrenByDirectory(dev.child.pid!).get(join(ROOT, 'packages', 'payment-service'));
       expect(payment, 'the payment-service process').toBeDefined();
 

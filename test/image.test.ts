@@ -17,6 +17,7 @@ import { sentLogKey } from '@msa/notification-service';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFailed } from 'vitest';
 import { parse } from 'yaml';
+import { stagesOf, type Stage } from '../harness/dockerfile.ts';
 import { answersHealthz, freePort } from '../harness/net.ts';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 import { entryFields } from '../harness/streams.ts';
@@ -138,34 +139,6 @@ function buildContext(): string[] {
 
 // ---------------------------------------------------------------------------------------------
 // The Dockerfile's stages, and a replay of the instructions this Dockerfile uses.
-
-interface Instruction {
-  keyword: string;
-  args: string;
-}
-interface Stage {
-  name?: string;
-  instructions: Instruction[];
-}
-
-function stagesOf(text: string): Stage[] {
-  const stages: Stage[] = [];
-  const lines = text
-    .replace(/\\\n/g, ' ')
-    .split('\n')
-    .map((line) => line.trim())
-    .filter((line) => line !== '' && !line.startsWith('#'));
-  for (const line of lines) {
-    const [, keyword = '', args = ''] = /^(\w+)\s+(.*)$/.exec(line) ?? [];
-    if (keyword.toUpperCase() === 'FROM') {
-      const name = /\sAS\s+(\S+)$/i.exec(args)?.[1];
-      stages.push({ ...(name ? { name } : {}), instructions: [] });
-    } else {
-      stages.at(-1)!.instructions.push({ keyword: keyword.toUpperCase(), args });
-    }
-  }
-  return stages;
-}
 
 /** A stage's file system: container paths live under `root`. */
 interface StageFs {
