@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
-/* `pnpm fault` and `pnpm bench` called wrong, or asked for help, as real processes. (`pnpm dlq`: dlq.test.ts.) */
+/* `pnpm fault`, `pnpm bench` and `pnpm build` called wrong, or asked for help, as real processes. (`pnpm dlq`: dlq.test.ts; `pnpm tail`: tail.test.ts.) */
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -17,6 +17,7 @@ function cli(script: string, ...args: string[]) {
 describe.each([
   ['pnpm fault', 'scripts/fault/main.ts', 'usage: pnpm fault'],
   ['pnpm bench', 'scripts/bench/main.ts', 'usage: pnpm bench'],
+  ['pnpm build', 'scripts/build.ts', 'usage: pnpm build'],
 ])('%s', (name, script, usage) => {
   it('prints its usage on stdout and exits 0 for --help', async () => {
     const { code, stdout, stderr } = await cli(script, '--help');
