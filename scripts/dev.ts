@@ -385,6 +385,9 @@ function watch(service: Service): void {
 async function main(): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // Output that goes away (`pnpm dev | head`, a closed terminal) ends the session as Ctrl-C does:
+  // unhandled, the EPIPE would crash this process and leave the services running without it.
+  for (const output of [process.stdout, process.stderr]) output.on('error', () => void shutdown(0));
   const specs = serviceSpecs(process.env);
   await checkPorts(specs);
   session.redis = ensureRedis(process.env.REDIS_URL || DEFAULT_REDIS_URL);

@@ -40,7 +40,8 @@ try {
     },
   });
 } catch (err) {
-  calledWrong((err as Error).message);
+  // Node's hint on positionals that start with '-' means nothing here: a stream name never does.
+  calledWrong((err as Error).message.replace(/\. To specify a positional argument[\s\S]*$/, ''));
 }
 const { values, positionals } = parsed;
 if (values.help) {

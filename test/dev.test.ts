@@ -202,6 +202,29 @@ describe('pnpm dev', () => {
   );
 
   it(
+    'stops everything when its output goes away (pnpm dev | head), leaving no service running',
+    { timeout: 60_000 },
+    async () => {
+      const redisPort = await freePort();
+      const { ports, env } = await servicePorts();
+      redisPorts.push(redisPort);
+      const dev = startDev({ REDIS_URL: `redis://127.0.0.1:${redisPort}`, ...env, LOG_LEVEL: 'info' });
+      await untilBanner(dev);
+
+      // The reader goes, as `head` does once it has its lines; the next access line meets EPIPE.
+      dev.child.stdout!.destroy();
+      await fetch(`http://127.0.0.1:${ports[0]}/healthz`);
+      const code = await dev.exit(20_000);
+
+      expect(code).toBe(0);
+      expect(dev.output().stderr).not.toMatch(/EPIPE|Unhandled/);
+      for (const port of [redisPort, ...ports]) {
+        expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
+      }
+    },
+  );
+
+  it(
     'reports in one line, with its exit code, a service that cannot start, and shows no banner',
     { timeout: 60_000 },
     async () => {
