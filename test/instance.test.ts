@@ -1,7 +1,14 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort } from '../harness/net.ts';
-import { exitOf, spawnService, startService, type RunningService } from '../harness/services.ts';
+import {
+  exitOf,
+  spawnService,
+  startService,
+  type RunningService,
+  type ServiceName,
+} from '../harness/services.ts';
 import { waitFor } from '../harness/wait.ts';
+import { services } from '../services.ts';
 
 /*
  * Each service says which process it is, as a real process: `INSTANCE_ID` (else a random UUID
@@ -11,7 +18,7 @@ import { waitFor } from '../harness/wait.ts';
  * without it, and nothing here reaches it.
  */
 
-const SERVICES = ['order-service', 'payment-service', 'notification-service'] as const;
+const SERVICES: readonly ServiceName[] = services.map((service) => service.name);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 const started: RunningService[] = [];
@@ -19,7 +26,7 @@ afterAll(async () => {
   await Promise.all(started.map((service) => service.stop()));
 });
 
-async function start(name: (typeof SERVICES)[number], env: Record<string, string> = {}) {
+async function start(name: ServiceName, env: Record<string, string> = {}) {
   const service = await startService(name, { REDIS_URL: `redis://127.0.0.1:${await freePort()}`, ...env });
   started.push(service);
   return service;
