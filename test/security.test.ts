@@ -328,6 +328,12 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       ['XGROUP', 'DELCONSUMER', stream, group, 'c0'],
       ['EVAL', 'return {}', '1', stream, group],
       ['XADD', `${stream}:dlq`, '*', 'dlq:id', '1-0'],
+      // The group's liveness marks, and the scripts that read them beside the stream.
+      ['HSET', `${stream}:alive:${group}`, 'c1', '1 1'],
+      ['HGET', `${stream}:alive:${group}`, 'c1'],
+      ['HDEL', `${stream}:alive:${group}`, 'c0'],
+      ['HGETALL', `${stream}:alive:${group}`],
+      ['EVALSHA', anySha, '2', stream, `${stream}:alive:${group}`],
     ];
     const needs: Record<ServiceName, string[][]> = {
       'order-service': [
@@ -417,6 +423,7 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['XDEL', `${ORDERS}:dlq`, '1-0'],
         ['GET', runKey(ORDERS, NOTIFICATION_GROUP)],
         ['SET', runKey(PAYMENTS, NOTIFICATION_GROUP), 'x'],
+        ['HSET', `${ORDERS}:alive:${NOTIFICATION_GROUP}`, 'c1', '1 1'],
         readyz('notification-service'),
       ],
       'notification-service': [
@@ -432,6 +439,7 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['XDEL', PAYMENTS, '1-0'],
         ['GET', runKey(ORDERS, PAYMENT_GROUP)],
         ['EVAL', 'return 1', '1', runKey(ORDERS, PAYMENT_GROUP)],
+        ['HSET', `${ORDERS}:alive:${PAYMENT_GROUP}`, 'c1', '1 1'],
         readyz('order-service'),
       ],
     };

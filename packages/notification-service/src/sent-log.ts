@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
-import { defineScript } from '@msa/stream-kit/lua';
+import { CONSUMER_DEAD, defineScript, livenessKey } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
 
@@ -87,15 +87,17 @@ export const markerKey = (key: string) => `notification-service:once:${key}`;
 export const REMEMBER_SENT_MS = 30 * 24 * 60 * 60 * 1000;
 
 /**
- * KEYS: marker, stream. ARGV: group, entry ID, this consumer's lease prefix (`sending:<consumer>:`),
- * token (the prefix and a UUID), lease ms.
+ * KEYS: marker, stream, the group's liveness marks (see `livenessKey`). ARGV: group, entry ID, this
+ * consumer's lease prefix (`sending:<consumer>:`), token (the prefix and a UUID), lease ms.
  * 'sent': done before (the entry is acked now). 'busy': another consumer name holds the lease.
  * 'claimed': ours to send. A lease under our own consumer name (the prefix, then a token without
  * a colon: not a longer name that starts the same) is ours whatever its token: the caller has
  * already ruled out a handler of its own process sending this notification right now, and a
- * consumer name is never used by two live processes.
+ * consumer name is never used by two live processes. A lease whose holder is dead (its liveness
+ * mark lapsed) is ours too: stream-kit gives a dead consumer's entries to the others within
+ * seconds, and they should not then wait out the lease.
  */
-const CLAIM = `
+const CLAIM = `${CONSUMER_DEAD}
 local state = redis.call('GET', KEYS[1])
 if state == 'sent' then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -103,7 +105,8 @@ if state == 'sent' then
 end
 local prefix = ARGV[3]
 if state and (string.sub(state, 1, #prefix) ~= prefix or string.find(state, ':', #prefix + 1, true)) then
-  return 'busy'
+  local holder = string.match(state, '^sending:(.*):[^:]*$')
+  if not (holder and consumer_dead(KEYS[3], holder)) then return 'busy' end
 end
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 return 'claimed'
@@ -128,7 +131,7 @@ return 1
 /** A sent log on `redis` (the service's own connection: the scripts are defined on it). */
 export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
   const scripts = {
-    claimOnce: defineScript<'sent' | 'busy' | 'claimed'>(redis, 'claimOnce', 2, CLAIM),
+    claimOnce: defineScript<'sent' | 'busy' | 'claimed'>(redis, 'claimOnce', 3, CLAIM),
     completeOnce: defineScript<number>(redis, 'completeOnce', 3, COMPLETE),
     releaseOnce: defineScript<number>(redis, 'releaseOnce', 1, RELEASE),
   };
@@ -150,11 +153,15 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
       const token = `${prefix}${randomUUID()}`;
       // prettier-ignore
       const state = await scripts.claimOnce(
-        marker, context.stream, context.group, context.id, prefix, token, leaseMs,
+        marker, context.stream, livenessKey(context.stream, context.group),
+        context.group, context.id, prefix, token, leaseMs,
       );
       if (state === 'sent') return false;
       if (state === 'busy') throw new NotificationLeasedError(key, 'another consumer');
       try {
+        // Paused since the claim (its answer may be stale), long enough to be taken for dead:
+        // another consumer may be sending it now. The last check before the provider.
+        if (!context.stillHeld()) throw new NotificationLeasedError(key, 'another consumer');
         await send();
       } catch (err) {
         // If this fails too, the lease stays until it expires; this consumer takes it again at once.

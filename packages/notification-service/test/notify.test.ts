@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { NonRetryableError, RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
+import { livenessKey } from '@msa/stream-kit/lua';
 import { openRequestConnection } from '@msa/stream-kit/service';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -49,7 +50,7 @@ async function delivered(consumer = 'c1', on: Redis = redis): Promise<DeliveryCo
   await on.xgroup('CREATE', stream, 'g', '$', 'MKSTREAM');
   const id = (await on.xadd(stream, '*', 'any', 'thing'))!;
   await on.xreadgroup('GROUP', 'g', consumer, 'STREAMS', stream, '>');
-  return { id, stream, group: 'g', consumer, deliveryCount: 1 };
+  return { id, stream, group: 'g', consumer, deliveryCount: 1, stillHeld: () => true };
 }
 
 async function pending({ stream, group }: DeliveryContext, on: Redis = redis) {
@@ -160,6 +161,40 @@ describe('on order-created', () => {
     await handle(event, { ...context, deliveryCount: 2 });
 
     expect(sender.sent).toHaveLength(1);
+  });
+
+  it.each([
+    ['is dead (its liveness mark lapsed): the mail is sent at once', 'dead', 1],
+    ['is alive: the mail waits for it', 'alive', 0],
+  ] as const)("takes over another consumer's live lease when that consumer %s", async (_, state, sends) => {
+    const userId = `user-${randomUUID()}`;
+    const event = order(userId);
+    const context = await delivered('b');
+    await redis.set(markerKey(`mail:${event.orderId}`), 'sending:a:1', 'PX', 60_000);
+    const [seconds] = await redis.time();
+    const deadline = (Number(seconds) + (state === 'dead' ? -60 : 60)) * 1000;
+    await redis.hset(livenessKey(context.stream, context.group), 'a', `${deadline} 0`);
+    const sender = recordingSender();
+
+    const handling = orderMailHandler({ sender, sentLog })(event, context);
+
+    if (sends === 1) await handling;
+    else await expect(handling).rejects.toThrow(/being sent by another consumer/);
+    expect(sender.sent).toHaveLength(sends);
+  });
+
+  it('sends nothing, and gives the lease back, when the consumer may no longer hold the entry (it was paused long enough to be taken for dead)', async () => {
+    const userId = `user-${randomUUID()}`;
+    const event = order(userId);
+    const context = await delivered('b');
+    const sender = recordingSender();
+
+    const handling = orderMailHandler({ sender, sentLog })(event, { ...context, stillHeld: () => false });
+
+    await expect(handling).rejects.toBeInstanceOf(RetryLaterError);
+    expect(sender.sent).toEqual([]);
+    expect(await redis.get(markerKey(`mail:${event.orderId}`))).toBeNull();
+    expect(await pending(context)).toBe(1);
   });
 
   it('mails once when two entries of one order are handled side by side by one instance', async () => {

@@ -38,7 +38,10 @@ async function deliveredOrder(): Promise<[OrderEvent & { type: 'order-created' }
   };
   const id = (await redis.xadd('order-events', '*', ...Object.entries(order).flat().map(String)))!;
   await redis.xreadgroup('GROUP', group, 'c', 'STREAMS', 'order-events', '>');
-  return [order, { id, stream: 'order-events', group, consumer: 'c', deliveryCount: 1 }];
+  return [
+    order,
+    { id, stream: 'order-events', group, consumer: 'c', deliveryCount: 1, stillHeld: () => true },
+  ];
 }
 
 async function pending(context: DeliveryContext) {

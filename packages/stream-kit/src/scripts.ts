@@ -65,18 +65,108 @@ return ids
 `;
 
 /**
- * KEYS[1] stream; ARGV group, minimum idle ms, consumer to spare. Deletes the group's consumers
- * idle at least that long that hold no pending entries, and returns their names. Atomic: no
- * consumer can be handed an entry between the check and the delete.
+ * Lua helpers for the liveness marks (see consumer/liveness.ts): `now_ms()`, Redis's clock in ms;
+ * `liveness_of(mark)`, a mark's deadline and since when it has lived without a gap (nil for none);
+ * `consumer_dead(key, consumer)`, whether `consumer` keeps a mark in hash `key` (`livenessKey`)
+ * and it has lapsed. A consumer with no mark at all is not called dead: it may not keep one
+ * (another library). For a handler's own script, as `CONSUMER_DEAD` (`@msa/stream-kit/lua`).
  */
-export const DELETE_IDLE_CONSUMERS = `
+export const LIVENESS_LUA = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function liveness_of(mark)
+  if not mark then return nil end
+  local deadline, since = string.match(mark, '^(%d+) (%d+)$')
+  return tonumber(deadline), tonumber(since)
+end
+local function consumer_dead(key, consumer)
+  local deadline = liveness_of(redis.call('HGET', key, consumer))
+  return deadline ~= nil and deadline < now_ms()
+end
+`;
+
+export const CONSUMER_DEAD = LIVENESS_LUA;
+
+/**
+ * KEYS[1] the group's liveness hash; ARGV consumer, how long the mark lasts (ms). Renews the
+ * consumer's mark and returns how long it has lived without a gap (0: it had lapsed, or there was
+ * none). `allow-oom`: a live consumer stays live while Redis is out of memory (the field keeps its
+ * size, so this adds no memory).
+ */
+export const RENEW_LIVENESS = `#!lua flags=allow-oom
+${LIVENESS_LUA}
+local now = now_ms()
+local deadline, since = liveness_of(redis.call('HGET', KEYS[1], ARGV[1]))
+if deadline == nil or deadline < now then since = now end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %d', now + tonumber(ARGV[2]), since))
+return now - since
+`;
+
+/**
+ * KEYS[1] stream, KEYS[2] the group's liveness hash; ARGV group, this consumer, how many entries
+ * to take per dead consumer at most, a mark's life (ms). Moves (XCLAIM JUSTID: no delivery
+ * counted) the entries of every consumer of the group whose mark has lapsed to this one, whatever
+ * their idle time; returns their IDs and the dead consumers' names. Judges only while this
+ * consumer's own mark is alive and has lived a full life: after a pause of its own or of Redis,
+ * the others need that long to renew theirs. Atomic: no two consumers take the same entry.
+ * `allow-oom`: moving entries between consumers takes next to no memory, and a dead consumer's
+ * entries should wait no longer for Redis's memory than for anything else.
+ */
+export const TAKE_FROM_DEAD = `#!lua flags=allow-oom
+${LIVENESS_LUA}
+local now = now_ms()
+local deadline, since = liveness_of(redis.call('HGET', KEYS[2], ARGV[2]))
+if deadline == nil or deadline < now or now - since < tonumber(ARGV[4]) then return {{}, {}} end
+local taken, from = {}, {}
+for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local consumer = {}
+  for i = 1, #info, 2 do consumer[info[i]] = info[i + 1] end
+  if consumer.pending > 0 and consumer.name ~= ARGV[2] and consumer_dead(KEYS[2], consumer.name) then
+    -- unpack() only spreads in last place: the IDs go into the argument list one by one.
+    local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+    for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], consumer.name)) do
+      claim[#claim + 1] = row[1]
+    end
+    claim[#claim + 1] = 'JUSTID'
+    for _, id in ipairs(redis.call(unpack(claim))) do
+      taken[#taken + 1] = id
+    end
+    from[#from + 1] = consumer.name
+  end
+end
+return {taken, from}
+`;
+
+/**
+ * KEYS[1] stream, KEYS[2] the group's liveness hash; ARGV group, minimum idle ms, consumer to
+ * spare. Deletes the group's consumers idle at least that long that hold no pending entries, with
+ * their liveness marks, and returns their names; marks of consumers no longer in the group
+ * (deleted by hand, the group recreated) go once they have been dead that long too. Atomic: no
+ * consumer can be handed an entry between the check and the delete. `allow-oom`: it only deletes.
+ */
+export const DELETE_IDLE_CONSUMERS = `#!lua flags=allow-oom
+${LIVENESS_LUA}
 local removed = {}
+local present = {}
 for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local consumer = {}
   for i = 1, #info, 2 do consumer[info[i]] = info[i + 1] end
   if consumer.pending == 0 and consumer.idle >= tonumber(ARGV[2]) and consumer.name ~= ARGV[3] then
     redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], consumer.name)
+    redis.call('HDEL', KEYS[2], consumer.name)
     removed[#removed + 1] = consumer.name
+  else
+    present[consumer.name] = true
+  end
+end
+local marks = redis.call('HGETALL', KEYS[2])
+local long_ago = now_ms() - tonumber(ARGV[2])
+for i = 1, #marks, 2 do
+  local deadline = liveness_of(marks[i + 1])
+  if not present[marks[i]] and (deadline == nil or deadline < long_ago) then
+    redis.call('HDEL', KEYS[2], marks[i])
   end
 end
 return removed

@@ -32,6 +32,23 @@ export interface DeliveryContext {
    * nor are deliveries whose handler never ran (Redis's own delivery counter counts those).
    */
   readonly deliveryCount: number;
+  /**
+   * Whether this consumer still holds the entry: false once it may have lost it to another
+   * consumer, which then handles it too (this process was paused, by SIGSTOP, a long GC pause or a
+   * stalled Redis, long enough to be taken for dead; or its lease was taken). Call it right before
+   * an effect outside Redis that must not be repeated (a mail, a charge), and give up with
+   * `RetryLaterError` when false. Effects written in Redis need no such check: write them in one
+   * script with a guard (see `handlerAcks`), which holds whoever runs it.
+   */
+  stillHeld(): boolean;
+}
+
+/** Whether this consumer still holds an entry: what `DeliveryContext.stillHeld` asks. */
+export interface Tenure {
+  /** Changes whenever held entries may have been lost (a gap in the liveness mark). */
+  epoch(): number;
+  /** Whether entry `id`, taken in `epoch`, is still held. */
+  holds(id: string, epoch: number): boolean;
 }
 
 /**
@@ -67,6 +84,7 @@ export class Delivery {
     private readonly handler: Handler<unknown>,
     private readonly maxDeliveries: number,
     private readonly clock: ServerClock,
+    private readonly tenure: Tenure,
   ) {}
 
   /** Runs the handler for entry `id`, run number `run`. `mayBeAhead` false: its ID is known not to be ahead of the clock. */
@@ -93,8 +111,14 @@ export class Delivery {
     const decoded = decode(this.ctx.stream, id, fields);
     if (!decoded.ok) return deadLetter(`invalid entry: ${decoded.reason}`);
     const { stream, group, consumer, log, where } = this.ctx;
+    const { tenure } = this;
+    const epoch = tenure.epoch();
+    const stillHeld = () => tenure.holds(id, epoch);
     try {
-      await this.handler(decoded.event, { id, stream: stream.name, group, consumer, deliveryCount: run });
+      // prettier-ignore
+      await this.handler(decoded.event, {
+        id, stream: stream.name, group, consumer, deliveryCount: run, stillHeld,
+      });
       return ACK;
     } catch (err) {
       if (err instanceof NonRetryableError) return deadLetter(`non-retryable: ${err.message}`);

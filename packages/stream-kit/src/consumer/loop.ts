@@ -6,6 +6,7 @@ import { consumerContext, type ConsumerContext, type Entry } from './context.ts'
 import { Delivery, type Handler } from './delivery.ts';
 import { GroupKeeper } from './group.ts';
 import { LeaseKeeper } from './leases.ts';
+import { Liveness, LIVENESS_CHECK_MS } from './liveness.ts';
 import type { Settings } from './options.ts';
 import { OutcomeApplier, type OutcomeParts } from './outcomes.ts';
 import { runPool } from './pool.ts';
@@ -23,6 +24,7 @@ import { sleep, StepGuard } from './waits.ts';
 export class ConsumerLoop {
   private readonly ctx: ConsumerContext;
   private readonly leases: LeaseKeeper;
+  private readonly liveness: Liveness;
   private readonly acks: AckBatcher;
   private readonly runs: RunCounts;
   private readonly retries: RetrySchedule;
@@ -47,6 +49,8 @@ export class ConsumerLoop {
   private readAhead: Promise<Entry[]> | undefined;
   /** When the next reclaim pass is due; the first runs at start. */
   private claimAt = 0;
+  /** When the group is next checked for dead consumers; the first check runs at start. */
+  private livenessAt = 0;
 
   constructor(
     group: string,
@@ -69,6 +73,8 @@ export class ConsumerLoop {
     this.ctx = consumerContext(redis, stream, group, consumer, settings.logger);
     this.clock = new ServerClock(redis);
     this.leases = new LeaseKeeper(this.ctx, settings.claimIdleMs, (id) => this.handling.has(id));
+    // After a gap in our liveness others may have taken our entries: go through what is still ours.
+    this.liveness = new Liveness(this.ctx, settings, () => (this.ownPending = 'all'));
     this.acks = new AckBatcher(this.ctx);
     this.runs = new RunCounts(this.ctx);
     this.retries = new RetrySchedule(settings.retryDelayMs);
@@ -78,7 +84,10 @@ export class ConsumerLoop {
       (ms) => this.sleep(ms),
       () => this.stopping,
     );
-    this.delivery = new Delivery(this.ctx, handler, settings.maxDeliveries, this.clock);
+    this.delivery = new Delivery(this.ctx, handler, settings.maxDeliveries, this.clock, {
+      epoch: () => this.liveness.epoch,
+      holds: (id, epoch) => this.leases.holds(id) && this.liveness.holdsSince(epoch),
+    });
     this.parts = { leases: this.leases, acks: this.acks, runs: this.runs, retries: this.retries };
     this.outcomes = new OutcomeApplier(this.ctx, this.parts, settings);
     this.running = this.run();
@@ -115,6 +124,8 @@ export class ConsumerLoop {
     // now. Whatever it would have returned stays in this consumer's pending list.
     this.ctx.redis.disconnect();
     this.steps.abandon();
+    // Dead from now on: whatever a handler that outlived closeTimeoutMs holds is taken at once.
+    await this.liveness.close();
     if (timedOut) {
       // The loop is still inside the handler and may never come out: do not wait for it.
       this.ctx.log.warn(
@@ -184,6 +195,7 @@ export class ConsumerLoop {
       ownPending: this.ownPending,
       retryAt: this.retries.nextAt,
       claimAt: this.claimAt,
+      livenessAt: this.livenessAt,
     };
   }
 
@@ -213,6 +225,18 @@ export class ConsumerLoop {
             ),
           () => this.acks.flush(),
         );
+      case 'take-from-dead': {
+        const { ids, from } = await this.liveness.takeFromDead(this.settings.count);
+        // A full page from some consumer: it may hold more, take them at the next step.
+        this.livenessAt = ids.length >= this.settings.count ? 0 : Date.now() + LIVENESS_CHECK_MS;
+        if (ids.length === 0) return;
+        this.retries.dueNow(ids);
+        this.ctx.log.info(
+          { ...this.ctx.where, count: ids.length, from },
+          'took over the entries of consumers that died (their liveness marks lapsed)',
+        );
+        return;
+      }
       case 'reclaim': {
         const { claimIdleMs, count, deleteIdleConsumersAfterMs } = this.settings;
         const isStopping = () => this.stopping;
@@ -290,6 +314,14 @@ export class ConsumerLoop {
     // close() may have come while we were reading or claiming: its connection is gone, so a
     // handler started now could not be acked and its entry would be handled again elsewhere.
     if (this.stopping) return;
+    if (this.liveness.lapsed()) {
+      // Paused long enough (SIGSTOP, a long GC pause, Redis stalled) that others may have taken
+      // this entry for a dead consumer's: start nothing until a renewal gets through, then go
+      // through what is still ours (see the gap callback). This run never happened.
+      this.runs.uncount(id);
+      this.ownPending = 'all';
+      return;
+    }
     const handling = this.deliver(id, flat, run, mayBeAhead);
     this.handling.set(id, handling);
     try {

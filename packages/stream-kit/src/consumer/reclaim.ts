@@ -1,4 +1,5 @@
 import { DELETE_IDLE_CONSUMERS } from '../scripts.ts';
+import { livenessKey } from './liveness.ts';
 import { stillOurs, type ConsumerContext, type PendingInfo } from './context.ts';
 import type { OutcomeParts } from './outcomes.ts';
 import type { RetrySchedule } from './retry-policy.ts';
@@ -109,15 +110,16 @@ export async function takeOverIdle(
 
 /**
  * Removes, in one atomic script, the group's consumers idle at least `afterMs` that hold nothing
- * (never this one): consumers of processes long gone do not pile up, and one that still holds
- * entries is never removed (that would lose them).
+ * (never this one), with their liveness marks: consumers of processes long gone do not pile up,
+ * and one that still holds entries is never removed (that would lose them).
  */
 export async function deleteIdleConsumers(ctx: ConsumerContext, afterMs: number): Promise<void> {
   const { redis, stream, group, consumer, log, where } = ctx;
   const removed = (await redis.eval(
     DELETE_IDLE_CONSUMERS,
-    1,
+    2,
     stream.name,
+    livenessKey(stream.name, group),
     group,
     afterMs,
     consumer,

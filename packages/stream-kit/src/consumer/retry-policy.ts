@@ -57,6 +57,15 @@ export class RetrySchedule {
     return at;
   }
 
+  /**
+   * Entries taken from a dead consumer: due now. They did not fail; their consumer died (the few
+   * that had failed there lose the rest of their wait, which is no harm).
+   */
+  dueNow(ids: readonly string[], now = Date.now()): void {
+    for (const id of ids) this.due.set(id, now);
+    if (ids.length > 0) this.wakeAt(now);
+  }
+
   /** Makes sure the loop looks at its pending list again by `at`. */
   wakeAt(at: number): void {
     if (this.next === 0 || at < this.next) this.next = at;

@@ -16,6 +16,8 @@ export interface LoopState {
   readonly retryAt: number;
   /** When the next reclaim pass is due. */
   readonly claimAt: number;
+  /** When the group is next checked for dead consumers (see liveness.ts). */
+  readonly livenessAt: number;
 }
 
 export type Step =
@@ -23,6 +25,8 @@ export type Step =
   | { readonly kind: 'read-ahead' }
   /** Go through our own pending list; `retryTime`: because a retry time came (it is used up). */
   | { readonly kind: 'own-pending'; readonly mode: 'all' | 'due'; readonly retryTime: boolean }
+  /** Take over what dead consumers hold (their liveness marks lapsed). */
+  | { readonly kind: 'take-from-dead' }
   /** Take over what other consumers left idle, and tidy the group. */
   | { readonly kind: 'reclaim' }
   /** Read new entries, waiting up to `blockMs` for the first. */
@@ -30,11 +34,13 @@ export type Step =
 
 const READ_AHEAD: Step = { kind: 'read-ahead' };
 const RECLAIM: Step = { kind: 'reclaim' };
+const TAKE_FROM_DEAD: Step = { kind: 'take-from-dead' };
 
 /**
  * One round: a batch read ahead; else this consumer's own pending entries when a pass is called
- * for or a retry is due; else a reclaim pass when due; else new entries, blocking no longer than
- * `maxBlockMs` and waking in time for the next retry and reclaim.
+ * for or a retry is due; else the check for dead consumers when due; else a reclaim pass when
+ * due; else new entries, blocking no longer than `maxBlockMs` and waking in time for the next
+ * retry, check and reclaim.
  */
 export function nextStep(state: LoopState, now: number, maxBlockMs: number): Step {
   if (state.readAhead) return READ_AHEAD;
@@ -42,8 +48,9 @@ export function nextStep(state: LoopState, now: number, maxBlockMs: number): Ste
     return { kind: 'own-pending', mode: state.ownPending, retryTime: false };
   if (state.retryAt !== 0 && now >= state.retryAt)
     return { kind: 'own-pending', mode: 'due', retryTime: true };
+  if (now >= state.livenessAt) return TAKE_FROM_DEAD;
   if (now >= state.claimAt) return RECLAIM;
-  const wakeAt = Math.min(state.claimAt, state.retryAt || Infinity);
+  const wakeAt = Math.min(state.claimAt, state.livenessAt, state.retryAt || Infinity);
   return { kind: 'read', blockMs: Math.max(1, Math.min(maxBlockMs, wakeAt - now)) };
 }
 

@@ -153,26 +153,35 @@ describe('when entries wait in its batch longer than claimIdleMs', () => {
 });
 
 describe('when a handler runs longer than claimIdleMs', () => {
-  it('keeps renewing its lease, so no other consumer takes the entry while it runs', async () => {
-    const stream = testStream();
-    const starts: [number, string, number][] = [];
-    const handler = (consumer: string) => async (event: { n: number }, context: DeliveryContext) => {
-      starts.push([event.n, consumer, context.deliveryCount]);
-      await new Promise((resolve) => setTimeout(resolve, 1_500));
-    };
+  it.each([
     // Both reclaim every 150 ms; the handler runs five times claimIdleMs.
-    start(stream, handler('a'), { consumer: 'a', claimIdleMs: 300 });
-    start(stream, handler('b'), { consumer: 'b', claimIdleMs: 300 });
-    await groupCreated(stream);
+    ['five times claimIdleMs 300', 300, 1_500],
+    // Three times claimIdleMs, five liveness marks' lives (3 s): the lease and the mark both hold.
+    ['three times claimIdleMs 5000, five liveness marks', 5_000, 15_500],
+  ])(
+    'keeps renewing its lease and its liveness, so no other consumer takes the entry while it runs %s',
+    async (_, claimIdleMs, handlerMs) => {
+      const stream = testStream();
+      const starts: [number, string, number][] = [];
+      const handler = (consumer: string) => async (event: { n: number }, context: DeliveryContext) => {
+        starts.push([event.n, consumer, context.deliveryCount]);
+        await new Promise((resolve) => setTimeout(resolve, handlerMs));
+      };
+      start(stream, handler('a'), { consumer: 'a', claimIdleMs });
+      start(stream, handler('b'), { consumer: 'b', claimIdleMs });
+      await groupCreated(stream);
 
-    await suite.publisher.publish(stream, { n: 1 });
+      await suite.publisher.publish(stream, { n: 1 });
 
-    await waitFor(async () => starts.length > 0 && (await pendingCount(stream)) === 0, {
-      what: 'the slow entry acked',
-    });
-    await settle();
-    expect(starts).toEqual([[1, expect.any(String), 1]]);
-  });
+      await waitFor(async () => starts.length > 0 && (await pendingCount(stream)) === 0, {
+        what: 'the slow entry acked',
+        timeoutMs: handlerMs + 10_000,
+      });
+      await settle();
+      expect(starts).toEqual([[1, expect.any(String), 1]]);
+    },
+    30_000,
+  );
 
   it('keeps its lease while Redis answers slowly now and then', async () => {
     // Its own Redis: a busy script every 250 ms makes every command there wait up to ~60 ms.

@@ -5,7 +5,14 @@ type Shipped = { type: 'shipped'; orderId: string };
 type Returned = { type: 'returned'; orderId: string; reason: string };
 type ShipmentEvent = Shipped | Returned;
 
-const context: DeliveryContext = { id: '1-0', stream: 's', group: 'g', consumer: 'c', deliveryCount: 1 };
+const context: DeliveryContext = {
+  id: '1-0',
+  stream: 's',
+  group: 'g',
+  consumer: 'c',
+  deliveryCount: 1,
+  stillHeld: () => true,
+};
 
 describe('byType', () => {
   it('hands each event to the handler of its type, typed as that type', async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ServerClock } from '../../src/clock.ts';
-import { Delivery, type DeliveryContext, type Handler } from '../../src/consumer/delivery.ts';
+import { Delivery, type Tenure, type DeliveryContext, type Handler } from '../../src/consumer/delivery.ts';
 import { NonRetryableError, RetryLaterError } from '../../src/errors.ts';
 import { commandStats, commandsBetween, unitSuite } from './redis.ts';
 
@@ -14,8 +14,22 @@ function flat(...parts: (string | Buffer)[]): Buffer[] {
   return parts.map((part) => (typeof part === 'string' ? Buffer.from(part) : part));
 }
 
+/** A tenure whose epoch and lost entries a test sets. */
+function testTenure() {
+  const state = { epoch: 0, lost: new Set<string>() };
+  const tenure: Tenure = {
+    epoch: () => state.epoch,
+    holds: (id, epoch) => epoch === state.epoch && !state.lost.has(id),
+  };
+  return { state, tenure };
+}
+
 /** A Delivery with at most `maxDeliveries` runs, recording the handler's calls. */
-async function deliveryOf(handler: Handler<unknown> = () => {}, maxDeliveries = 3) {
+async function deliveryOf(
+  handler: Handler<unknown> = () => {},
+  maxDeliveries = 3,
+  tenure: Tenure = testTenure().tenure,
+) {
   const part = await suite.part({ createGroup: false });
   const calls: [event: unknown, context: DeliveryContext][] = [];
   const delivery = new Delivery(
@@ -26,6 +40,7 @@ async function deliveryOf(handler: Handler<unknown> = () => {}, maxDeliveries = 
     },
     maxDeliveries,
     new ServerClock(part.ctx.redis),
+    tenure,
   );
   return { ...part, delivery, calls };
 }
@@ -47,9 +62,33 @@ describe('Delivery', () => {
       expect(calls).toEqual([
         [
           { n: 42, note: 'hi' },
-          { id: ID, stream: stream.name, group, consumer, deliveryCount: 2 },
+          { id: ID, stream: stream.name, group, consumer, deliveryCount: 2, stillHeld: expect.any(Function) },
         ],
       ]);
+    });
+
+    it("tells the handler it no longer holds the entry once the consumer's liveness had a gap since the run began, or the entry was lost", async () => {
+      const { state, tenure } = testTenure();
+      const seen: boolean[] = [];
+      const { delivery } = await deliveryOf(
+        async (_event, context) => {
+          seen.push(context.stillHeld());
+          state.epoch += 1; // a gap while the handler runs
+          seen.push(context.stillHeld());
+        },
+        3,
+        tenure,
+      );
+      await delivery.run(ID, flat('n', '1'), 1, false);
+      state.lost.add('2-0');
+      const lost = await deliveryOf(
+        async (_event, context) => void seen.push(context.stillHeld()),
+        3,
+        tenure,
+      );
+      await lost.delivery.run('2-0', flat('n', '1'), 1, false);
+
+      expect(seen).toEqual([true, false, false]);
     });
 
     it('is acked with a value that holds U+FFFD itself, which is valid UTF-8', async () => {

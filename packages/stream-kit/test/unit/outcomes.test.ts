@@ -242,7 +242,10 @@ describe('OutcomeApplier', () => {
   it('with handlerAcks, counts on the runs of an entry its handler resolves without acking, and dead-letters it after maxDeliveries', async () => {
     const held = await applierHolding(['n', '7'], { handlerAcks: true });
     const maxDeliveries = 3;
-    const delivery = new Delivery(held.ctx, () => {}, maxDeliveries, new ServerClock(held.ctx.redis));
+    const delivery = new Delivery(held.ctx, () => {}, maxDeliveries, new ServerClock(held.ctx.redis), {
+      epoch: () => 0,
+      holds: () => true,
+    });
     const runs: number[] = [];
     const outcomes: Outcome['kind'][] = [];
     // Run 2 was claimed by applierHolding: apply it, then redeliver as the loop's pending pass would.

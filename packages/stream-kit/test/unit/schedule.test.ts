@@ -4,7 +4,13 @@ import { nextStep, readsAhead, reclaimIntervalMs, type LoopState } from '../../s
 /* What the loop does next, decided without Redis. */
 
 const NOW = 1_000_000;
-const idle: LoopState = { readAhead: false, ownPending: undefined, retryAt: 0, claimAt: NOW + 10_000 };
+const idle: LoopState = {
+  readAhead: false,
+  ownPending: undefined,
+  retryAt: 0,
+  claimAt: NOW + 10_000,
+  livenessAt: NOW + 10_000,
+};
 
 describe('nextStep', () => {
   it('handles a batch read ahead before anything else, even a pending pass or a reclaim that is due', () => {
@@ -36,6 +42,15 @@ describe('nextStep', () => {
     expect(nextStep({ ...idle, claimAt: NOW }, NOW, 2_000)).toEqual({ kind: 'reclaim' });
   });
 
+  it('checks for dead consumers when the check is due, before a reclaim pass, and after its own pending entries', () => {
+    expect(nextStep({ ...idle, livenessAt: NOW, claimAt: NOW }, NOW, 2_000)).toEqual({
+      kind: 'take-from-dead',
+    });
+    expect(nextStep({ ...idle, livenessAt: NOW, retryAt: NOW }, NOW, 2_000)).toMatchObject({
+      kind: 'own-pending',
+    });
+  });
+
   it('reads new entries, blocking no longer than blockMs', () => {
     expect(nextStep(idle, NOW, 2_000)).toEqual({ kind: 'read', blockMs: 2_000 });
   });
@@ -43,6 +58,7 @@ describe('nextStep', () => {
   it.each([
     ['the next retry', { retryAt: NOW + 300 }, 300],
     ['the next reclaim pass', { claimAt: NOW + 700 }, 700],
+    ['the next check for dead consumers', { livenessAt: NOW + 600 }, 600],
     ['whichever comes first', { retryAt: NOW + 900, claimAt: NOW + 400 }, 400],
   ])('wakes from a read in time for %s', (_, change, blockMs) => {
     expect(nextStep({ ...idle, ...change }, NOW, 2_000)).toEqual({ kind: 'read', blockMs });
