@@ -266,6 +266,8 @@ interface Tally {
   ms: number;
   /** The lowest rate the load generator achieved in a window. */
   achieved: number;
+  /** CPU ms per order of each window, all processes together. */
+  windows: number[];
 }
 
 /**
@@ -287,6 +289,7 @@ async function measure(chain: Chain, tally: Tally, rate: number, seconds: number
   tally.orders += Math.round(rate * seconds);
   tally.ms += ms;
   tally.achieved = Math.min(tally.achieved, achieved);
+  tally.windows.push(cpuShares(spent, Math.round(rate * seconds)).perOrder);
   for (const [name, value] of Object.entries(spent)) tally.spent[name] = (tally.spent[name] ?? 0) + value;
 }
 
@@ -352,7 +355,13 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
     // The JIT counts calls: the first thousands of orders run slower and are not counted.
     for (const chain of chains) await drive(chain, rate, warmUp);
     // The two chains take turns, so that whatever else this shared machine does weighs on both.
-    const tallies = chains.map((): Tally => ({ orders: 0, spent: {}, ms: 0, achieved: Infinity }));
+    const tallies = chains.map((): Tally => ({
+      orders: 0,
+      spent: {},
+      ms: 0,
+      achieved: Infinity,
+      windows: [],
+    }));
     for (let turn = 0; turn < turns; turn += 1)
       for (const [i, chain] of chains.entries()) await measure(chain, tallies[i]!, rate, seconds);
     for (const chain of chains) await checkRecorded(chain);
@@ -370,6 +379,12 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
         `${cores.toFixed(2)} cores busy${short}`
       );
     };
+    // A turn of each chain, side by side: how far the ratio moves between turns on this machine.
+    const ratios = tallies[0]!.windows.map((ms, turn) => ms / tallies[1]!.windows[turn]!);
+    const spread =
+      turns > 1
+        ? `; turn by turn ${Math.min(...ratios).toFixed(2)}x to ${Math.max(...ratios).toFixed(2)}x the bare chain`
+        : '';
     return [
       {
         section: SECTION,
@@ -384,7 +399,7 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
         value: servicesCpu!.perOrder,
         unit: 'ms',
         vs: [{ baseline: BARE, target: 1.5 }],
-        note: `${sharesNote(servicesCpu!.shares, bareCpu!.shares)}; as shipped, LOG_LEVEL=info; ${load(tallies[0]!)}`,
+        note: `${sharesNote(servicesCpu!.shares, bareCpu!.shares)}; as shipped, LOG_LEVEL=info; ${load(tallies[0]!)}${spread}`,
       },
     ];
   } finally {
