@@ -5,7 +5,8 @@
  * (bare-chain-*.ts): HTTP → XADD order-events; XREADGROUP → XADD payment-events + XACK;
  * XREADGROUP of both streams → record (RPUSH + SET) + XACK. Each chain has a redis-server of its
  * own, so that `INFO cpu` is its alone, and both carry the same open-loop HTTP load, taking turns.
- * Each process's part is printed beside the total, so that the next bottleneck is visible.
+ * Each process's part is printed beside the total, so that the next bottleneck is visible. The
+ * load generator (this process, which also reads the services' logs) is not counted.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Agent } from 'node:http';

@@ -58,7 +58,7 @@ const modules = only ? all.filter(([what]) => only.includes(what)) : all;
 const writes = !options.quick && !only;
 
 // Exit on Ctrl-C or a kill, so that the 'exit' hooks end the redis-servers, services and the bare
-// endpoint this run started.
+// endpoint and bare chain this run started.
 for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
 
 const began = Date.now();
