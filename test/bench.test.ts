@@ -1,5 +1,17 @@
+import { execFile, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { sharesNote } from '../scripts/bench/chain.ts';
+import {
+  assertNodeProcess,
+  cpuMsOfInfo,
+  cpuShares,
+  cpuSpent,
+  processCpuMs,
+  ticksOfStat,
+} from '../scripts/bench/cpu.ts';
 import { benchmarksMarkdown, CHART_PATH, latencyChart, textTable } from '../scripts/bench/report.ts';
 import { median, percentiles, type Row } from '../scripts/bench/support.ts';
 
@@ -82,6 +94,82 @@ describe('pnpm bench report', () => {
     const samples = Array.from({ length: 1000 }, (_, i) => i + 1);
 
     expect(percentiles(samples)).toEqual({ p50: 500, p99: 990, p999: 999 });
+  });
+});
+
+describe('the chain rows', () => {
+  describe('when reading a process from /proc/<pid>/stat', () => {
+    it('adds utime and stime, counting the fields from the last parenthesis of the name', () => {
+      // A command name may hold spaces and parentheses: `(node (x) y)`.
+      const stat = '4242 (node (x) y) S 1 4242 4242 0 -1 4194560 9000 0 0 0 1234 567 0 0 20 0 11 0 8600 1';
+
+      expect(ticksOfStat(stat)).toBe(1234 + 567);
+    });
+
+    it('refuses a line that is not a stat line', () => {
+      expect(() => ticksOfStat('no such thing')).toThrow(/not a \/proc\/<pid>\/stat line/);
+    });
+
+    it('reads this very process, and knows it for a Node process', () => {
+      expect(processCpuMs(process.pid)).toBeGreaterThan(0);
+      expect(() => assertNodeProcess(process.pid, 'this test')).not.toThrow();
+    });
+
+    it('refuses a process that is not node, such as a wrapper', async () => {
+      const child = spawn('sleep', ['5']);
+      try {
+        expect(() => assertNodeProcess(child.pid!, 'sleep')).toThrow(/sleep: pid \d+ runs .*sleep, not node/);
+      } finally {
+        child.kill();
+      }
+    });
+  });
+
+  it("reads Redis's CPU from INFO cpu as user + system ms", () => {
+    const info =
+      '# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.000000\r\n';
+
+    expect(cpuMsOfInfo(info)).toBe(3_750);
+  });
+
+  it('shares the CPU spent in a window among the orders and the processes', () => {
+    const spent = cpuSpent({ order: 100, redis: 50 }, { order: 400, redis: 150 });
+    const { perOrder, shares } = cpuShares(spent, 200);
+
+    expect(spent).toEqual({ order: 300, redis: 100 });
+    expect(perOrder).toBe(2);
+    expect(shares).toEqual([
+      { name: 'order', perOrder: 1.5, share: 0.75 },
+      { name: 'redis', perOrder: 0.5, share: 0.25 },
+    ]);
+    expect(sharesNote(shares, [{ name: 'order', perOrder: 1, share: 1 }])).toBe(
+      'order 1.500 ms (75%, 1.5x bare) · redis 0.500 ms (25%)',
+    );
+  });
+
+  it('refuses a window without orders, or a process read only once', () => {
+    expect(() => cpuShares({ order: 1 }, 0)).toThrow(RangeError);
+    expect(() => cpuSpent({ order: 1, redis: 1 }, { order: 2 })).toThrow(/redis/);
+  });
+});
+
+describe('pnpm bench --only', () => {
+  it('names a module it does not know and exits 2, before starting anything', async () => {
+    const main = fileURLToPath(new URL('../scripts/bench/main.ts', import.meta.url));
+    const failed = await promisify(execFile)(process.execPath, [
+      '--import',
+      'tsx',
+      main,
+      '--only',
+      'chain,nowhere',
+    ]).then(
+      () => undefined,
+      (err: { code: number; stdout: string; stderr: string }) => err,
+    );
+
+    expect(failed?.code).toBe(2);
+    expect(failed?.stdout).toBe('');
+    expect(failed?.stderr).toMatch(/^pnpm bench: no module nowhere\nusage: pnpm bench/);
   });
 });
 

@@ -85,9 +85,11 @@ ${machineInfo}.
 Every row was measured in the same run, on private redis-servers started by the benchmark, beside
 the baselines it is compared with: only the ratios carry over to another machine. The rows of a
 section take turns (throughput and stream length: the median of several turns each, after a
-warm-up; latency and HTTP: alternating turns), so that a busy neighbour on a shared machine spoils a turn of every row
+warm-up; latency, HTTP and chain CPU: alternating turns), so that a busy neighbour on a shared machine spoils a turn of every row
 rather than the whole of one. Latency rows read p50 / p99 / p99.9; their ratio compares the
-p99s. \`pnpm bench --quick\` runs the same rows with less work in under a minute, and prints them
+p99s. Chain CPU rows read the CPU time (user + system) of every process of a chain, Redis
+included, per order carried; their notes give each process's part, the next bottleneck first
+to see. \`pnpm bench --quick\` runs the same rows with less work in under a minute, and prints them
 without writing this file.
 
 ![Latency percentiles](${CHART_PATH})

@@ -101,7 +101,7 @@ export interface Services {
  * before the server read it: it is sent again once, on a new socket, as Node's docs advise
  * (`request.reusedSocket`).
  */
-function poster(url: string, agent: Agent): Services['post'] {
+export function poster(url: string, agent: Agent): Services['post'] {
   const post = (body: string, retried: boolean): ReturnType<Services['post']> =>
     new Promise((resolve, reject) => {
       const headers = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };

@@ -1,0 +1,410 @@
+/**
+ * Chain rows (section 7): the CPU time the whole chain spends per order — order-service,
+ * payment-service, notification-service and their Redis — beside a bare chain of three small
+ * processes that do the same hops with plain ioredis and none of the guarantees
+ * (bare-chain-*.ts): HTTP → XADD order-events; XREADGROUP → XADD payment-events + XACK;
+ * XREADGROUP of both streams → record (RPUSH + SET) + XACK. Each chain has a redis-server of its
+ * own, so that `INFO cpu` is its alone, and both carry the same open-loop HTTP load, taking turns.
+ * Each process's part is printed beside the total, so that the next bottleneck is visible. The
+ * load generator (this process, which also reads the services' logs) is not counted.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { Agent } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { freePort, waitForPort } from '../../harness/net.ts';
+import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
+import { exitOf, startService, type RunningService, type ServiceName } from '../../harness/services.ts';
+import { waitFor } from '../../harness/wait.ts';
+import { assertNodeProcess, cpuShares, cpuSpent, processCpuMs, redisCpuMs, type CpuShare } from './cpu.ts';
+import { poster, type Services } from './services-load.ts';
+import { now, offer, order, sleep, type BenchOptions, type Row } from './support.ts';
+
+const SECTION = '7. chain CPU per order';
+const BARE = 'bare ioredis chain: CPU per order (3 processes + Redis)';
+const SERVICES = 'services: CPU per order (3 services + Redis)';
+
+/** The processes of a chain, by role; both chains name them alike, so that they can be compared. */
+const ROLES = ['order', 'payment', 'notification'] as const;
+type Role = (typeof ROLES)[number];
+
+/** The streams and groups both chains use: the real names, so that keys and entries are the same size. */
+const GROUPS: Record<string, string[]> = {
+  'order-events': ['payment-service-group', 'notification-service-group'],
+  'payment-events': ['notification-service-group'],
+};
+
+/** A process of a chain: a service, or a bare-chain script. */
+interface Member {
+  role: Role;
+  label: string;
+  process: ChildProcess;
+  /** Where the order process answers HTTP. */
+  url?: string;
+  output(): string;
+  stop(): Promise<unknown>;
+}
+
+interface Chain {
+  post: Services['post'];
+  members: Member[];
+  /** A connection to the chain's own redis-server, for `INFO cpu` and the checks. */
+  admin: Redis;
+  /** Orders answered 202 so far, the warm-up's included: what the streams must hold. */
+  placed: number;
+  stop(): Promise<void>;
+}
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+
+/** A bare-chain script as a process: `node --import tsx`, as the harness starts the services. */
+function spawnBare(role: Role, env: Record<string, string>): Member & { exited: Promise<number | null> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', `scripts/bench/bare-chain-${role}.ts`], {
+    cwd: root,
+    env: { ...process.env, NODE_ENV: 'production', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  // If the bench dies first (an uncaught error, a signal), the process must not linger.
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  child.once('exit', () => process.off('exit', kill));
+  let stderr = '';
+  child.stderr!.on('data', (chunk) => (stderr += chunk));
+  const exited = exitOf(child);
+  return {
+    role,
+    label: `bare ${role}`,
+    process: child,
+    exited,
+    output: () => stderr,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Throws if a process of the chain has exited: waiting on would only time out. */
+function checkAlive(chain: Pick<Chain, 'members'>) {
+  for (const { label, process: child, output } of chain.members) {
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`${label} exited (${child.exitCode ?? child.signalCode}):\n${output().slice(-3_000)}`);
+  }
+}
+
+/**
+ * Starts every one of `starts` and checks that each is a Node process itself (the pid whose CPU
+ * is read); if one fails, stops those that started and throws its error.
+ */
+async function startAll(starts: Promise<Member>[]): Promise<Member[]> {
+  const started = await Promise.allSettled(starts);
+  const members = started.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+  const failed = started.find((result) => result.status === 'rejected');
+  try {
+    if (failed) throw failed.reason;
+    for (const member of members) assertNodeProcess(member.process.pid!, member.label);
+  } catch (err) {
+    await Promise.all(members.map((member) => member.stop()));
+    throw err;
+  }
+  return members;
+}
+
+/** A chain's HTTP client, its admin connection and a stop() that ends every process of it. */
+function chainOf(members: Member[], redisUrl: string): Chain {
+  const agent = new Agent({ keepAlive: true });
+  const admin = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  admin.on('error', () => {});
+  return {
+    post: poster(`${members[0]!.url}/orders`, agent),
+    members,
+    admin,
+    placed: 0,
+    async stop() {
+      agent.destroy();
+      await Promise.all(members.map((member) => member.stop()));
+      admin.disconnect();
+    },
+  };
+}
+
+async function startServicesChain(redisUrl: string): Promise<Chain> {
+  const start = (role: Role): Promise<Member> => {
+    const name: ServiceName = `${role}-service`;
+    // As shipped and deployed (the Dockerfile's NODE_ENV, the default LOG_LEVEL info: a line per
+    // order in order-service and payment-service, one per mail and SMS in notification-service):
+    // logging is part of what an order costs in production.
+    return startService(name, { REDIS_URL: redisUrl, LOG_LEVEL: 'info', NODE_ENV: 'production' }).then(
+      (service: RunningService) => ({
+        role,
+        label: name,
+        process: service.process,
+        url: service.url,
+        output: service.output,
+        stop: () => service.stop(5_000),
+      }),
+    );
+  };
+  return chainOf(await startAll(ROLES.map(start)), redisUrl);
+}
+
+async function startBareChain(redisUrl: string): Promise<Chain> {
+  // The groups first, from the stream's start, as stream-kit makes them: no order is missed
+  // however the three processes' starts interleave.
+  const setup = new Redis(redisUrl);
+  try {
+    for (const [stream, groups] of Object.entries(GROUPS))
+      for (const group of groups) await setup.xgroup('CREATE', stream, group, '0', 'MKSTREAM');
+  } finally {
+    setup.disconnect();
+  }
+  const start = async (role: Role): Promise<Member> => {
+    const port = await freePort();
+    const member = spawnBare(role, { REDIS_URL: redisUrl, PORT: String(port) });
+    if (role !== 'order') return member;
+    const died = member.exited.then((code) => {
+      throw new Error(`bare-chain-order.ts exited with ${code}:\n${member.output()}`);
+    });
+    died.catch(() => {});
+    try {
+      await Promise.race([waitForPort(port, 20_000), died]);
+    } catch (err) {
+      await member.stop();
+      throw err;
+    }
+    return { ...member, url: `http://127.0.0.1:${port}` };
+  };
+  return chainOf(await startAll(ROLES.map(start)), redisUrl);
+}
+
+/** The CPU ms each process of the chain has used so far, by role, and its Redis's as `redis`. */
+async function readCpu(chain: Chain): Promise<Record<string, number>> {
+  const redis = await redisCpuMs(chain.admin);
+  return { ...Object.fromEntries(chain.members.map((m) => [m.role, processCpuMs(m.process.pid!)])), redis };
+}
+
+/** Flat `[key, value, …]` replies (XINFO) as an object. */
+function fieldsOf(reply: unknown[]): Record<string, unknown> {
+  const fields: Record<string, unknown> = {};
+  for (let i = 0; i + 1 < reply.length; i += 2) fields[String(reply[i])] = reply[i + 1];
+  return fields;
+}
+
+/**
+ * Whether every order placed so far is all the way through: each stream holds one entry per
+ * order, and each group has been handed its last entry and acked everything (both services and
+ * the bare consumers ack an entry only once its work is written).
+ */
+async function throughAll(chain: Chain): Promise<boolean> {
+  for (const [stream, groups] of Object.entries(GROUPS)) {
+    const info = fieldsOf((await chain.admin.xinfo('STREAM', stream)) as unknown[]);
+    if (Number(info.length) < chain.placed) return false;
+    const byName = new Map(
+      ((await chain.admin.xinfo('GROUPS', stream)) as unknown[][]).map((reply) => {
+        const group = fieldsOf(reply);
+        return [String(group.name), group];
+      }),
+    );
+    for (const name of groups) {
+      const group = byName.get(name);
+      if (!group || group.pending !== 0 || group['last-delivered-id'] !== info['last-generated-id'])
+        return false;
+    }
+  }
+  return true;
+}
+
+/** Waits until every order placed so far is through the chain; throws after `ms`, or if a process died. */
+async function drain(chain: Chain, ms: number): Promise<void> {
+  const deadline = now() + ms;
+  // Polled only once the load is over, every 5 ms: a few commands, against the hundreds of
+  // thousands of µs the window's orders cost Redis.
+  while (!(await throughAll(chain))) {
+    checkAlive(chain);
+    if (now() > deadline) throw new Error(`chain: orders not through ${ms / 1_000} s after the last send`);
+    await sleep(5);
+  }
+}
+
+/**
+ * POSTs `rate × seconds` orders at `rate` a second (an open loop: each on its schedule, whatever
+ * became of the ones before), and waits for every answer. Throws unless each was a 202. Resolves
+ * to the rate achieved.
+ */
+async function drive(chain: Chain, rate: number, seconds: number): Promise<number> {
+  const total = Math.round(rate * seconds);
+  const first = chain.placed;
+  let answered = 0;
+  const errors: string[] = [];
+  const achieved = await offer(rate, seconds, (n) => {
+    // One of 100 users per order, as the other rows' orders: each user's sent log grows alike.
+    const { userId, productId, price } = order(first + n);
+    chain.post(JSON.stringify({ userId, productId, price })).then(
+      ({ status, text }) => {
+        answered += 1;
+        if (status !== 202) errors.push(`HTTP ${status} ${text}`);
+      },
+      (err: unknown) => {
+        answered += 1;
+        errors.push((err as Error).message);
+      },
+    );
+  });
+  await waitFor(() => answered === total, { timeoutMs: 15_000, intervalMs: 5, what: 'every answer' });
+  if (errors.length > 0) throw new Error(`chain: ${errors.length} of ${total} orders failed: ${errors[0]}`);
+  chain.placed += total;
+  return achieved;
+}
+
+/** What a chain spent over its measured windows. */
+interface Tally {
+  orders: number;
+  /** CPU ms by process. */
+  spent: Record<string, number>;
+  /** Wall ms of the windows, from the first send to the last order through. */
+  ms: number;
+  /** The lowest rate the load generator achieved in a window. */
+  achieved: number;
+  /** CPU ms per order of each window, all processes together. */
+  windows: number[];
+}
+
+/**
+ * One measured window: CPU read, orders sent for `seconds`, CPU read again once every one of them
+ * is through. Waiting for the window's orders to be fully through (rather than counting the
+ * orders completed within a fixed time) makes the count exact: every CPU ms any process spends on
+ * an order of the window falls inside it, and nothing of an earlier order does, since the chain
+ * was drained before it began. The cost is the few ms of tail and idle polling after the last
+ * send, which is the same for both chains.
+ */
+async function measure(chain: Chain, tally: Tally, rate: number, seconds: number): Promise<void> {
+  await drain(chain, 15_000);
+  const before = await readCpu(chain);
+  const began = now();
+  const achieved = await drive(chain, rate, seconds);
+  await drain(chain, 15_000);
+  const ms = now() - began;
+  const spent = cpuSpent(before, await readCpu(chain));
+  tally.orders += Math.round(rate * seconds);
+  tally.ms += ms;
+  tally.achieved = Math.min(tally.achieved, achieved);
+  tally.windows.push(cpuShares(spent, Math.round(rate * seconds)).perOrder);
+  for (const [name, value] of Object.entries(spent)) tally.spent[name] = (tally.spent[name] ?? 0) + value;
+}
+
+/** Throws unless the chain recorded both notifications of every order and dead-lettered nothing. */
+async function checkRecorded(chain: Chain): Promise<void> {
+  const pipeline = chain.admin.pipeline();
+  for (let user = 0; user < 100; user += 1) pipeline.llen(`notification-service:sent:user-${user}`);
+  const recorded = (await pipeline.exec())!.reduce((sum, [err, count]) => {
+    if (err) throw err;
+    return sum + Number(count);
+  }, 0);
+  if (recorded !== 2 * chain.placed)
+    throw new Error(`chain: ${recorded} notifications recorded for ${chain.placed} orders (2 each)`);
+  const dead = await chain.admin.exists('order-events:dlq', 'payment-events:dlq');
+  if (dead > 0) throw new Error('chain: the services dead-lettered some entries');
+}
+
+/** `order 0.123 ms (31%) · …`, each process's CPU per order and part of the whole; `than`: ratio to the other chain's. */
+export function sharesNote(shares: readonly CpuShare[], than?: readonly CpuShare[]): string {
+  return shares
+    .map(({ name, perOrder, share }) => {
+      const other = than?.find((process) => process.name === name)?.perOrder;
+      const ratio = other ? `, ${(perOrder / other).toFixed(1)}x bare` : '';
+      return `${name} ${perOrder.toFixed(3)} ms (${(share * 100).toFixed(0)}%${ratio})`;
+    })
+    .join(' · ');
+}
+
+export async function chainRows(server: RedisServer, { quick }: BenchOptions): Promise<Row[]> {
+  // Far below the services' highest sustained rate (section 4: about 1,000/s on this 2-core
+  // machine), so that neither chain queues and both run as they would under a steady load; the
+  // same rate for both, since batching makes the cost per order depend on it.
+  const rate = 400;
+  const warmUp = quick ? 0.5 : 5;
+  const turns = quick ? 1 : 4;
+  const seconds = quick ? 1.5 : 8;
+  const bareServer = await startRedisServer();
+  let services: Chain | undefined;
+  let bare: Chain | undefined;
+  try {
+    const [servicesStart, bareStart] = await Promise.allSettled([
+      startServicesChain(server.url),
+      startBareChain(bareServer.url),
+    ]);
+    if (servicesStart.status === 'fulfilled') services = servicesStart.value;
+    if (bareStart.status === 'fulfilled') bare = bareStart.value;
+    if (servicesStart.status === 'rejected') throw servicesStart.reason;
+    if (bareStart.status === 'rejected') throw bareStart.reason;
+    const chains = [services!, bare!];
+    // The services make their groups as they start; the drain checks read them.
+    await waitFor(
+      async () => {
+        for (const [stream, groups] of Object.entries(GROUPS)) {
+          const have = (await services!.admin.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
+          const names = have.map((reply) => String(fieldsOf(reply).name));
+          if (!groups.every((group) => names.includes(group))) return false;
+        }
+        return true;
+      },
+      { timeoutMs: 20_000, what: "the services' consumer groups" },
+    );
+
+    // The JIT counts calls: the first thousands of orders run slower and are not counted.
+    for (const chain of chains) await drive(chain, rate, warmUp);
+    // The two chains take turns, so that whatever else this shared machine does weighs on both.
+    const tallies = chains.map((): Tally => ({
+      orders: 0,
+      spent: {},
+      ms: 0,
+      achieved: Infinity,
+      windows: [],
+    }));
+    for (let turn = 0; turn < turns; turn += 1)
+      for (const [i, chain] of chains.entries()) await measure(chain, tallies[i]!, rate, seconds);
+    for (const chain of chains) await checkRecorded(chain);
+
+    const [servicesCpu, bareCpu] = tallies.map((tally) => cpuShares(tally.spent, tally.orders));
+    const load = (tally: Tally) => {
+      const cores = Object.values(tally.spent).reduce((sum, ms) => sum + ms, 0) / tally.ms;
+      const short =
+        tally.achieved < 0.95 * rate
+          ? `, the load generator reached only ${Math.round(tally.achieved)}/s`
+          : '';
+      return (
+        `${rate}/s over HTTP, open loop, ${turns} × ${seconds} s in turns with the other chain after ${warmUp} s of ` +
+        `warm-up; ${tally.orders} orders counted, each window until its last order was recorded; ` +
+        `${cores.toFixed(2)} cores busy${short}`
+      );
+    };
+    // A turn of each chain, side by side: how far the ratio moves between turns on this machine.
+    const ratios = tallies[0]!.windows.map((ms, turn) => ms / tallies[1]!.windows[turn]!);
+    const spread =
+      turns > 1
+        ? `; turn by turn ${Math.min(...ratios).toFixed(2)}x to ${Math.max(...ratios).toFixed(2)}x the bare chain`
+        : '';
+    return [
+      {
+        section: SECTION,
+        name: BARE,
+        value: bareCpu!.perOrder,
+        unit: 'ms',
+        note: `${sharesNote(bareCpu!.shares)}; Express 5 + ioredis, no guarantees, no logs; ${load(tallies[1]!)}`,
+      },
+      {
+        section: SECTION,
+        name: SERVICES,
+        value: servicesCpu!.perOrder,
+        unit: 'ms',
+        vs: [{ baseline: BARE, target: 1.5 }],
+        note: `${sharesNote(servicesCpu!.shares, bareCpu!.shares)}; as shipped, LOG_LEVEL=info; ${load(tallies[0]!)}${spread}`,
+      },
+    ];
+  } finally {
+    await Promise.all([services?.stop(), bare?.stop()]);
+    await bareServer.stop();
+  }
+}
