@@ -1,4 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
+import { hostname } from 'node:os';
 import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
 import { exitOf, spawnService, type ServiceName } from '../../harness/services.ts';
 
@@ -8,6 +9,13 @@ import { exitOf, spawnService, type ServiceName } from '../../harness/services.t
  */
 export const SERVICE_DEFAULTS = parseEnv(consumerEnv(0), {});
 export const DEFAULT_CLAIM_IDLE_MS = SERVICE_DEFAULTS.CLAIM_IDLE_MS;
+
+/**
+ * How long the fault run pauses an instance (see `Instance.pause`), drawn between the two: longer
+ * than a liveness mark of a few seconds, so that others may take its entries over, and far shorter
+ * than the default claim time.
+ */
+export const PAUSE_MS = { min: 2_000, max: 12_000 } as const;
 
 /** A consumer instance that can be killed and started again. */
 export class Instance {
@@ -22,6 +30,10 @@ export class Instance {
   private upAt: number | undefined;
   /** Held with SIGSTOP (see `hold`): a process started meanwhile is stopped too. */
   private held = false;
+  /** The pause under way (see `pause`), if any: a mark its own resume checks. */
+  private pausedBy: object | undefined;
+  /** Pauses so far (see `pause`). */
+  pauses = 0;
 
   constructor(
     readonly service: ServiceName,
@@ -63,14 +75,30 @@ export class Instance {
     });
   }
 
-  /** SIGKILL, or SIGTERM for a graceful stop (which acks what finished and leaves the rest pending). */
+  /**
+   * The name its current process reads under: `consumerName`, or the services' default
+   * (stream-kit's `defaultConsumerName`, `${hostname}-${pid}`); undefined before the first start.
+   */
+  get consumer(): string | undefined {
+    if (this.consumerName !== undefined) return this.consumerName;
+    return this.child?.pid === undefined ? undefined : `${hostname()}-${this.child.pid}`;
+  }
+
+  /**
+   * SIGKILL, or SIGTERM for a graceful stop (which acks what finished and leaves the rest pending).
+   * Ends a pause under way; not to be called while held.
+   */
   async kill(signal: 'SIGKILL' | 'SIGTERM' = 'SIGKILL') {
     const child = this.child;
     if (!child) return;
     // A process still booting has no signal handlers yet: SIGTERM ends it like SIGKILL does, and
     // says nothing about its graceful stop.
     const graceful = signal === 'SIGTERM' && this.up;
+    const paused = this.paused;
+    this.pausedBy = undefined;
     child.kill(signal);
+    // A stopped process only handles its SIGTERM once it runs again (SIGKILL needs no help).
+    if (signal === 'SIGTERM' && paused && !this.held) child.kill('SIGCONT');
     if (signal === 'SIGKILL') this.kills += 1;
     // The services give up on their own after 15 s; later than that is a hang.
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
@@ -90,10 +118,34 @@ export class Instance {
     this.child?.kill('SIGSTOP');
   }
 
-  /** Lets a held process go on (SIGCONT). */
+  /** Lets a held process go on (SIGCONT), unless it is paused: its pause ends it. */
   release() {
     this.held = false;
-    this.child?.kill('SIGCONT');
+    if (!this.paused) this.child?.kill('SIGCONT');
+  }
+
+  /** Whether a pause (see `pause`) is under way. */
+  get paused(): boolean {
+    return this.pausedBy !== undefined;
+  }
+
+  /**
+   * Stops the process where it is (SIGSTOP), as a stalled host or a long GC pause would, and
+   * returns the function that ends the pause: SIGCONT, unless the process was killed since (its
+   * successor was never paused) or the instance is held (`release` then lets it go). So a pause
+   * and a hold never let each other's process go early. The returned function is safe to call
+   * twice.
+   */
+  pause(): () => void {
+    const mark = {};
+    this.pausedBy = mark;
+    this.pauses += 1;
+    this.child?.kill('SIGSTOP');
+    return () => {
+      if (this.pausedBy !== mark) return;
+      this.pausedBy = undefined;
+      if (!this.held) this.child?.kill('SIGCONT');
+    };
   }
 
   describe() {

@@ -1,21 +1,25 @@
 /**
- * `pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble]`: the fault test
+ * `pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--takeover-bound-ms MS]`: the fault test
  * at any size (the suite runs one of 3,000 orders at the services' default CLAIM_IDLE_MS).
  * `--claim-idle-ms 1000` makes a quick run: a crashed instance's entries are taken over after a
  * second instead of a minute. `--no-redis-trouble` leaves out the out-of-memory window and the
- * stalls (Redis still restarts once). Exit code 0 when every accepted order was paid, mailed and
- * texted exactly once, with nothing left pending and no dead letters.
+ * stalls (Redis still restarts once). `--takeover-bound-ms 5000` fails a run whose per-start
+ * instances' entries took longer than that to be taken over after a SIGKILL (p99). Exit code 0
+ * when every accepted order was paid, mailed and texted exactly once, with nothing left pending and
+ * no dead letters (and the bound held, if given).
  */
 import { parseArgs } from 'node:util';
 import { DEFAULT_CLAIM_IDLE_MS } from './instance.ts';
 import { formatReport, problemsOf } from './report.ts';
 import { runFault } from './run.ts';
 
-const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble]
-  --orders N            orders to place (default 5000)
-  --seed S              replay the kill and trouble schedules of an earlier run
-  --claim-idle-ms MS    the consumers' CLAIM_IDLE_MS (default: the services' own, ${DEFAULT_CLAIM_IDLE_MS})
-  --no-redis-trouble    no out-of-memory window and no stalls (Redis still restarts once)`;
+const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--takeover-bound-ms MS]
+  --orders N              orders to place (default 5000)
+  --seed S                replay the kill and trouble schedules of an earlier run
+  --claim-idle-ms MS      the consumers' CLAIM_IDLE_MS (default: the services' own, ${DEFAULT_CLAIM_IDLE_MS})
+  --no-redis-trouble      no out-of-memory window and no stalls (Redis still restarts once)
+  --takeover-bound-ms MS  fail the run if the p99 of the per-start instances' takeover times
+                          (entries a SIGKILL left, clear of Redis trouble) is over MS (default: not checked)`;
 
 const { values } = (() => {
   try {
@@ -25,6 +29,7 @@ const { values } = (() => {
         seed: { type: 'string' },
         'claim-idle-ms': { type: 'string' },
         'no-redis-trouble': { type: 'boolean', default: false },
+        'takeover-bound-ms': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -48,6 +53,8 @@ const number = (name: string, value: string, min = 0) => {
   return parsed;
 };
 const claimIdleMs = values['claim-idle-ms'];
+const bound = values['takeover-bound-ms'];
+const takeoverBoundMs = bound === undefined ? undefined : number('takeover-bound-ms', bound, 1);
 const report = await runFault({
   orders: number('orders', values.orders, 1),
   ...(values.seed !== undefined ? { seed: number('seed', values.seed) } : {}),
@@ -57,6 +64,6 @@ const report = await runFault({
   log: (line) => console.log(line),
 });
 console.log(formatReport(report));
-const problems = problemsOf(report);
+const problems = problemsOf(report, { takeoverBoundMs });
 console.log(problems.length === 0 ? 'OK: exactly once' : `FAILED:\n${problems.join('\n')}`);
 process.exit(problems.length === 0 ? 0 : 1);

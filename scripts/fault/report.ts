@@ -1,5 +1,6 @@
-import { DEFAULT_CLAIM_IDLE_MS } from './instance.ts';
+import { DEFAULT_CLAIM_IDLE_MS, PAUSE_MS } from './instance.ts';
 import type { Histogram } from './outcome.ts';
+import type { Naming, Takeovers } from './takeover.ts';
 
 export type { Histogram } from './outcome.ts';
 
@@ -16,6 +17,15 @@ export interface FaultReport {
   kills: number;
   /** SIGTERMs of consumer instances: graceful stops in the middle of the work. */
   terms: number;
+  /** Pauses of consumer instances: SIGSTOP, then SIGCONT after `PAUSE_MS` (unless killed meanwhile). */
+  pauses: number;
+  /**
+   * For each SIGKILL of a consumer instance, the entries it held (pending under its name right
+   * after the kill) and how long each took to be acked, by anyone: apart for the instances under
+   * a fixed name, whose restart takes its own entries back at once, and those named per start,
+   * whose entries another instance must take over.
+   */
+  takeovers: Record<Naming, Takeovers>;
   redisRestarts: number;
   /** Whether the run had Redis trouble besides its restart. */
   redisTrouble: boolean;
@@ -41,9 +51,11 @@ export interface FaultReport {
   sends: Histogram;
   /** SIGKILLs of notification-service instances. */
   notificationKills: number;
+  /** Pauses of notification-service instances. */
+  notificationPauses: number;
   /**
-   * The most sends one SIGKILL of a notification instance can catch between the provider's
-   * answer and the record: its handlers running at once, over its two subscriptions.
+   * The most sends one SIGKILL (or pause) of a notification instance can catch between the
+   * provider's answer and the record: its handlers running at once, over its two subscriptions.
    */
   sendsInFlightPerKill: number;
   /** SIGTERMs to running instances that did not end in exit code 0 within their own 15 s limit. */
@@ -55,14 +67,27 @@ export interface FaultReport {
   durationMs: number;
 }
 
+/** What `problemsOf` checks besides exactly once. */
+export interface ProblemOptions {
+  /**
+   * The most the p99 of the per-start instances' takeover times may be, in ms, or undefined: not
+   * checked. Only the entries whose wait overlapped no Redis trouble count (`Takeovers.clearMs`):
+   * out of memory or held, nobody can ack. A run with no such entry has nothing to check (its
+   * report says `none`): a seed whose per-start kills all meet trouble is no failure.
+   * @defaultValue undefined
+   */
+  takeoverBoundMs?: number;
+}
+
 /**
  * What is wrong with a run, as sentences; empty when every accepted order was paid, mailed and
- * texted exactly once, each notification reached the sender (twice only where a SIGKILL hit the
- * window the Guarantees leave open), nothing is pending, no entry was dead-lettered, and the Redis
- * trouble happened as planned (with `redisTrouble`, an out-of-memory window that refused writes
- * and three stalls).
+ * texted exactly once, each notification reached the sender (twice only where a SIGKILL or a
+ * pause hit the window the Guarantees leave open), nothing is pending, no entry was
+ * dead-lettered, the Redis trouble happened as planned (with `redisTrouble`, an out-of-memory
+ * window that refused writes and three stalls), and, with `takeoverBoundMs`, the per-start
+ * instances' entries were taken over in time.
  */
-export function problemsOf(report: FaultReport): string[] {
+export function problemsOf(report: FaultReport, options: ProblemOptions = {}): string[] {
   const problems: string[] = [];
   const onlyOnce = (histogram: Histogram) => Object.keys(histogram).join() === '1';
   for (const what of ['payments', 'mails', 'sms'] as const) {
@@ -73,16 +98,22 @@ export function problemsOf(report: FaultReport): string[] {
   // The sends are counted from the sender's log lines, which pino writes asynchronously: a SIGKILL
   // can take the last few with it. So a notification recorded as sent but not seen in the log is
   // allowed for each send in flight at a SIGKILL of a notification instance, no more; so is a repeat.
-  const allowed = report.notificationKills * report.sendsInFlightPerKill;
-  if ((report.sends[0] ?? 0) > allowed)
+  const unseen = report.notificationKills * report.sendsInFlightPerKill;
+  if ((report.sends[0] ?? 0) > unseen)
     problems.push(`${report.sends[0]} notifications never seen reaching the sender`);
+  // A pause long enough for another instance to take the entries over is, for a send already on
+  // its way to the provider, a crash: the other sends it again, and the paused one, let go,
+  // records its own. So each pause of a notification instance allows as many repeats as a SIGKILL
+  // (it loses no log line: the process lives on). The records stay exactly once (checked above).
+  const faults = report.notificationKills + report.notificationPauses;
+  const repeats = faults * report.sendsInFlightPerKill;
   const extra = Object.entries(report.sends).reduce(
     (sum, [times, n]) => sum + Math.max(0, Number(times) - 1) * n,
     0,
   );
-  if (extra > allowed)
+  if (extra > repeats)
     problems.push(
-      `${extra} repeated sends, more than the ${report.notificationKills} SIGKILLs could cause (${allowed})`,
+      `${extra} repeated sends, more than the ${report.notificationKills} SIGKILLs and ${report.notificationPauses} pauses could cause (${repeats})`,
     );
   for (const [where, count] of Object.entries(report.pending))
     if (count !== 0) problems.push(`${count} pending in ${where}`);
@@ -91,7 +122,33 @@ export function problemsOf(report: FaultReport): string[] {
   problems.push(...report.troubleFailures);
   if (report.redisTrouble && report.oomWindows === 0) problems.push('no out-of-memory window refused writes');
   if (report.redisTrouble && report.stalls < 3) problems.push(`${report.stalls} stalls, not 3`);
+  if (options.takeoverBoundMs !== undefined) {
+    const p99 = summary(report.takeovers.perStart.clearMs)?.p99;
+    if (p99 !== undefined && p99 > options.takeoverBoundMs)
+      problems.push(
+        `takeover of a per-start instance's entries: p99 ${p99} ms, over the bound of ${options.takeoverBoundMs} ms`,
+      );
+  }
   return problems;
+}
+
+/** Count, median, 99th percentile and maximum of some values. */
+export interface Summary {
+  count: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+/**
+ * The `Summary` of `values` (in any order), or undefined for none. Percentiles by nearest rank:
+ * the smallest value with at least p% of the values at or below it, always one of the values.
+ */
+export function summary(values: readonly number[]): Summary | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = (p: number) => sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)]!;
+  return { count: sorted.length, p50: rank(50), p99: rank(99), max: sorted.at(-1)! };
 }
 
 /** The report as a few lines of text. */
@@ -107,7 +164,7 @@ export function formatReport(report: FaultReport): string {
   return [
     `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s, ${claim}`,
     `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)`,
-    `faults: ${report.kills} SIGKILLs and ${report.terms} SIGTERMs of consumer instances, ${report.redisRestarts} Redis restart`,
+    `faults: ${report.kills} SIGKILLs, ${report.terms} SIGTERMs and ${report.pauses} pauses (SIGSTOP, SIGCONT ${PAUSE_MS.min / 1000}-${PAUSE_MS.max / 1000} s later) of consumer instances, ${report.redisRestarts} Redis restart`,
     report.redisTrouble
       ? `redis trouble: ${plural(report.oomWindows, 'out-of-memory window')}, ${plural(report.stalls, 'stall')}`
       : 'redis trouble: none but the restart (--no-redis-trouble)',
@@ -115,7 +172,9 @@ export function formatReport(report: FaultReport): string {
     `payments per order: ${show(report.payments)}`,
     `mails per order:    ${show(report.mails)}`,
     `SMS per order:      ${show(report.sms)}`,
-    `sender calls per (order, channel): ${show(report.sends).replaceAll('orders', 'notifications')} (${report.notificationKills} notification-service SIGKILLs)`,
+    `takeover after SIGKILL, fixed names (the restart takes its own back): ${takeoverLine(report.takeovers.fixed)}`,
+    `takeover after SIGKILL, per-start names (another instance takes over): ${takeoverLine(report.takeovers.perStart)}`,
+    `sender calls per (order, channel): ${show(report.sends).replaceAll('orders', 'notifications')} (${report.notificationKills} notification-service SIGKILLs, ${plural(report.notificationPauses, 'pause')})`,
     `strays: ${report.strays}; pending: ${JSON.stringify(report.pending)}; dead letters: ${JSON.stringify(report.deadLetters)}`,
     ...report.deadLetterReasons.slice(0, 10).map((reason) => `  dead-lettered: ${reason}`),
     ...(report.deadLetterReasons.length > 10
@@ -124,4 +183,19 @@ export function formatReport(report: FaultReport): string {
   ].join('\n');
 }
 
-const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+const plural = (n: number, what: string, many = `${what}s`) => `${n} ${n === 1 ? what : many}`;
+
+/** `12 SIGKILLs, 80 entries held: p50 61.0 s, p99 89.9 s, max 90.2 s; 60 clear of Redis trouble: ...` */
+function takeoverLine(takeovers: Takeovers): string {
+  const times = (values: number[]) => {
+    const s = summary(values);
+    return s === undefined ? 'none' : `p50 ${sec(s.p50)} s, p99 ${sec(s.p99)} s, max ${sec(s.max)} s`;
+  };
+  return [
+    `${plural(takeovers.kills, 'SIGKILL')}, ${plural(takeovers.ms.length, 'entry', 'entries')} held and acked: ${times(takeovers.ms)}`,
+    `${takeovers.clearMs.length} clear of Redis trouble: ${times(takeovers.clearMs)}`,
+    ...(takeovers.unhandled > 0 ? [`${takeovers.unhandled} never acked`] : []),
+  ].join('; ');
+}
+
+const sec = (ms: number) => (ms / 1000).toFixed(1);

@@ -2,22 +2,33 @@ import { PaymentEvents } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { mulberry32 } from '../../harness/random.ts';
 import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
-import { startService, type RunningService } from '../../harness/services.ts';
-import { waitFor } from '../../harness/wait.ts';
-import { DEFAULT_CLAIM_IDLE_MS, Instance, SERVICE_DEFAULTS } from './instance.ts';
+import { groupOf, startService, type RunningService } from '../../harness/services.ts';
+import { deferred, waitFor } from '../../harness/wait.ts';
+import { DEFAULT_CLAIM_IDLE_MS, Instance, PAUSE_MS, SERVICE_DEFAULTS } from './instance.ts';
 import { placeOrders } from './orders.ts';
-import { caughtUp, histogramOf, outcomeOf, pendingCounts, quiescent, sentCount } from './outcome.ts';
+import {
+  caughtUp,
+  CONSUMER_GROUPS,
+  histogramOf,
+  outcomeOf,
+  pendingCounts,
+  quiescent,
+  sentCount,
+} from './outcome.ts';
 import { describeStall, TROUBLE_SERVER_ARGS } from './redis-trouble.ts';
 import type { FaultReport } from './report.ts';
+import { TakeoverWatch, takeoversOf, type Naming } from './takeover.ts';
 import { cause, troubleSchedule } from './trouble-schedule.ts';
 
 /*
  * The fault run: orders placed over HTTP while payment-service and notification-service, two
- * instances each, are killed with SIGKILL (or stopped with SIGTERM) and restarted at random, and
+ * instances each, are killed with SIGKILL (or stopped with SIGTERM) and restarted, or paused
+ * (SIGSTOP, then SIGCONT a few seconds later), at random, and
  * Redis (AOF, fsync always) is in trouble: it runs out of memory for 20-30 s on a backlog of
  * orders, stalls (DEBUG SLEEP), pauses its clients' writes, then all their commands, and is
  * restarted once (see `troubleSchedule`). Then every accepted order must have exactly one payment,
  * one mail and one SMS, nothing may be left pending, and the dead-letter streams must be empty.
+ * Beside that, it measures how long the entries each SIGKILL left behind take to be handled.
  */
 
 export interface FaultOptions {
@@ -27,7 +38,10 @@ export interface FaultOptions {
   concurrency?: number;
   /** Seed of the kill and trouble schedules, printed so a failing run can be replayed. @defaultValue random */
   seed?: number;
-  /** Mean time between two kills, in ms. @defaultValue 700 */
+  /**
+   * Mean time between two kills (SIGKILL or SIGTERM), in ms, not counting the restart; pauses
+   * come on top, about one fault in four (a pause every `4 * killEveryMs`). @defaultValue 700
+   */
   killEveryMs?: number;
   /**
    * The consumers' `CLAIM_IDLE_MS`: how long the entries of a crashed instance wait before another
@@ -55,9 +69,10 @@ const MIN_KILLS = 6;
 export async function runFault(options: FaultOptions): Promise<FaultReport> {
   const log = options.log ?? (() => {});
   const seed = options.seed ?? Math.floor(Math.random() * 2 ** 31);
-  // Two generators, so that the kill schedule and the trouble schedule each replay from the seed
-  // whatever order the two loops draw in.
+  // A generator per schedule (kills, pauses, trouble), so that each replays from the seed whatever
+  // order the loops draw in, and a seed from before the pauses replays its kills.
   const random = mulberry32(seed);
+  const pauseRandom = mulberry32(seed ^ 0x9a05e);
   const redisTrouble = options.redisTrouble ?? true;
   const concurrency = options.concurrency ?? 16;
   const schedule = troubleSchedule(mulberry32(seed ^ 0x5eed), options.orders, redisTrouble);
@@ -100,8 +115,27 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   const trouble: string[] = [];
   const troubleFailures: string[] = [];
   // While the consumers are held the kill loop waits; holding waits for a kill under way. During
-  // an out-of-memory window the spared instances are not killed.
+  // an out-of-memory window the spared instances are not killed (nor paused).
   const holding = { value: false, killing: false, spared: new Set<Instance>() };
+  // The pauses under way, each its timer and the promise of its end.
+  const paused = new Map<NodeJS.Timeout, Promise<void>>();
+  const pauseFor = (instance: Instance, ms: number) => {
+    const resume = instance.pause();
+    const ended = deferred();
+    const timer = setTimeout(() => {
+      paused.delete(timer);
+      resume();
+      ended.resolve();
+    }, ms);
+    paused.set(timer, ended.promise);
+  };
+  // Its own connection: polling every 100 ms must not queue behind the trouble's commands.
+  const watchRedis = new Redis(server.url, { maxRetriesPerRequest: null });
+  watchRedis.on('error', () => {});
+  const watch = new TakeoverWatch(watchRedis);
+  const killsBy: Record<Naming, number> = { fixed: 0, perStart: 0 };
+  // When each Redis trouble began and ended: no entry can be acked in some of it, whatever the takeover.
+  const troubleSpans: [number, number][] = [];
   try {
     order = await startService('order-service', { ...env, LOG_LEVEL: 'error' });
     for (const instance of instances) instance.start();
@@ -118,8 +152,11 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       concurrency,
       limit: () => gate.paused ?? (schedule[troubleStarted]?.afterOrders ?? Infinity) + margin + gate.extra,
     });
+    watch.start();
+    const every = options.killEveryMs ?? 700;
+    // The instance being killed and restarted, which is not paused meanwhile.
+    let killingNow: Instance | undefined;
     const killing = (async () => {
-      const every = options.killEveryMs ?? 700;
       while (chaos) {
         await sleep(every * (0.5 + random()));
         if (!chaos) break;
@@ -128,9 +165,17 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         holding.killing = true;
         const victims = instances.filter((instance) => !holding.spared.has(instance));
         const victim = victims[Math.floor(random() * victims.length)]!;
+        killingNow = victim;
         // Two in three are crashes, every third a graceful stop.
         if ((kills + terms) % 3 !== 2) {
+          const consumer = victim.consumer;
+          const killedAt = Date.now();
           await victim.kill('SIGKILL');
+          // Before the restart, which under a fixed name takes the same entries back.
+          const naming = victim.consumerName === undefined ? 'perStart' : 'fixed';
+          const groups = CONSUMER_GROUPS.filter(([, group]) => group === groupOf(victim.service));
+          if (consumer !== undefined) await watch.killed(consumer, naming, groups, killedAt);
+          killsBy[naming] += 1;
           kills += 1;
         } else {
           await victim.kill('SIGTERM');
@@ -138,7 +183,21 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         }
         await sleep(random() * 300);
         victim.start();
+        killingNow = undefined;
         holding.killing = false;
+      }
+    })();
+    // Pauses, a loop of their own beside the kills, which keep their pace and their draws: about
+    // one fault in four (a kill takes `every` plus its restart, ~0.2 s).
+    const pausing = (async () => {
+      while (chaos) {
+        await sleep(4 * every * (0.5 + pauseRandom()));
+        if (!chaos) break;
+        if (holding.value) continue;
+        const running = instances.filter((i) => !holding.spared.has(i) && !i.paused && i !== killingNow);
+        if (running.length === 0) continue;
+        const ms = Math.round(PAUSE_MS.min + pauseRandom() * (PAUSE_MS.max - PAUSE_MS.min));
+        pauseFor(running[Math.floor(pauseRandom() * running.length)]!, ms);
       }
     })();
     // One trouble at a time, in the schedule's order, each once enough orders are in.
@@ -150,6 +209,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         });
         if (!chaos) return;
         troubleStarted += 1;
+        const from = Date.now();
         const when = `${seconds(Date.now() - began)} s, ${placing.accepted.size} orders in`;
         log(`${when}: ${what.kind === 'stall' ? describeStall(what.stall) : what.kind}`);
         const line = await cause(what, {
@@ -191,6 +251,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
             },
           },
         });
+        troubleSpans.push([from, Date.now()]);
         trouble.push(`${when}: ${line}`);
         log(`  ${line}`);
       }
@@ -203,9 +264,12 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       intervalMs: 100,
     });
     chaos = false;
-    await killing;
+    await Promise.all([killing, pausing]);
+    // Every pause runs its course: the settling meets every instance running.
+    await Promise.all(paused.values());
+    const pauses = instances.reduce((sum, i) => sum + i.pauses, 0);
     log(
-      `${placing.accepted.size} orders accepted (${placing.retried} requests retried), ${kills} kills, ${terms} stops; settling`,
+      `${placing.accepted.size} orders accepted (${placing.retried} requests retried), ${kills} kills, ${terms} stops, ${pauses} pauses; settling`,
     );
 
     const accepted = placing.accepted;
@@ -237,6 +301,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     });
     // Late duplicates, if any, would show up now.
     await sleep(1_500);
+    const held = await watch.stop();
 
     const outcome = await outcomeOf(redis, placing);
     const sendCounts = [...accepted].flatMap((id) => [
@@ -250,6 +315,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       retriedRequests: placing.retried,
       kills,
       terms,
+      pauses,
+      takeovers: takeoversOf(held, killsBy, troubleSpans),
       ...counts,
       redisTrouble,
       trouble,
@@ -264,6 +331,10 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         (sum, i) => sum + (i.service === 'notification-service' ? i.kills : 0),
         0,
       ),
+      notificationPauses: instances.reduce(
+        (sum, i) => sum + (i.service === 'notification-service' ? i.pauses : 0),
+        0,
+      ),
       sendsInFlightPerKill: 2 * SERVICE_DEFAULTS.CONCURRENCY,
       pending: outcome.pending,
       deadLetters: outcome.deadLetters,
@@ -272,6 +343,9 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     };
   } finally {
     chaos = false;
+    for (const timer of paused.keys()) clearTimeout(timer);
+    void watch.stop();
+    watchRedis.disconnect();
     await Promise.all(instances.map((instance) => instance.kill()));
     await order?.stop(5_000);
     redis.disconnect();
