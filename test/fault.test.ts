@@ -79,7 +79,7 @@ describe('TakeoverWatch', () => {
       await redis.xreadgroup('GROUP', group, 'alive', 'COUNT', 1, 'STREAMS', stream, '>');
       const killedAt = Date.now();
 
-      const held = await watch.killed('dead', 'perStart', [[stream, group]], killedAt);
+      const held = await watch.killed('payment-service', 'dead', 'perStart', [[stream, group]], killedAt);
       watch.start();
       await redis.xack(stream, group, ids[0]!);
       await new Promise((resolve) => setTimeout(resolve, 200));
@@ -99,7 +99,13 @@ describe('TakeoverWatch', () => {
 });
 
 describe('takeoversOf', () => {
-  const entry = (killedAt: number, handledAt: number | undefined, naming: HeldEntry['naming']) => ({
+  const entry = (
+    killedAt: number,
+    handledAt: number | undefined,
+    naming: HeldEntry['naming'],
+    service = 'payment-service',
+  ) => ({
+    service,
     stream: 's',
     group: 'g',
     id: '1-0',
@@ -126,6 +132,19 @@ describe('takeoversOf', () => {
       unhandled: 1,
     });
     expect(takeovers.fixed).toEqual({ kills: 1, ms: [200], clearMs: [200], unhandled: 0 });
+  });
+
+  it('leaves out of the clear times the entries whose service had no instance up to take over all through their wait', () => {
+    const entries = [
+      entry(1_000, 1_500, 'perStart', 'payment-service'),
+      entry(1_000, 1_500, 'perStart', 'notification-service'),
+    ];
+    const peerUp = (service: string) => service === 'payment-service';
+
+    const takeovers = takeoversOf(entries, { fixed: 0, perStart: 2 }, [], peerUp);
+
+    expect(takeovers.perStart.ms).toEqual([500, 500]);
+    expect(takeovers.perStart.clearMs).toEqual([500]);
   });
 });
 

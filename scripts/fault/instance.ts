@@ -1,6 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { hostname } from 'node:os';
 import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
+import { LIVENESS_TTL_MS } from '@msa/stream-kit/lua';
 import { exitOf, spawnService, type ServiceName } from '../../harness/services.ts';
 
 /**
@@ -34,6 +35,13 @@ export class Instance {
   private pausedBy: object | undefined;
   /** Pauses so far (see `pause`). */
   pauses = 0;
+  /**
+   * When it could not take over a peer's entries, as `[from, to]` (epoch ms; `to` Infinity while
+   * it lasts): killed or paused, until its consumers have run a liveness mark's life again (a
+   * consumer judges others only then, see stream-kit's liveness.ts). What `takeoversOf` needs to
+   * tell a slow takeover from one that had nobody to do it.
+   */
+  readonly unavailable: [from: number, to: number][] = [];
 
   constructor(
     readonly service: ServiceName,
@@ -69,6 +77,7 @@ export class Instance {
         if (entry.msg?.endsWith(' listening')) {
           this.up = true;
           this.upAt = Date.now();
+          this.available(this.upAt);
         }
         this.onLog(entry);
       }
@@ -96,6 +105,7 @@ export class Instance {
     const graceful = signal === 'SIGTERM' && this.up;
     const paused = this.paused;
     this.pausedBy = undefined;
+    this.unavailableFrom(Date.now());
     child.kill(signal);
     // A stopped process only handles its SIGTERM once it runs again (SIGKILL needs no help).
     if (signal === 'SIGTERM' && paused && !this.held) child.kill('SIGCONT');
@@ -140,12 +150,30 @@ export class Instance {
     const mark = {};
     this.pausedBy = mark;
     this.pauses += 1;
+    this.unavailableFrom(Date.now());
     this.child?.kill('SIGSTOP');
     return () => {
       if (this.pausedBy !== mark) return;
       this.pausedBy = undefined;
       if (!this.held) this.child?.kill('SIGCONT');
+      this.available(Date.now());
     };
+  }
+
+  /** Whether it could take over a peer's entries all through `[from, to]`. */
+  availableThrough(from: number, to: number): boolean {
+    return this.unavailable.every(([down, up]) => to < down || from > up);
+  }
+
+  private unavailableFrom(at: number) {
+    const last = this.unavailable.at(-1);
+    if (!last || last[1] !== Infinity) this.unavailable.push([at, Infinity]);
+  }
+
+  /** Running again at `at`: able to judge others once its liveness marks have lived a full life. */
+  private available(at: number) {
+    const last = this.unavailable.at(-1);
+    if (last && last[1] === Infinity) last[1] = at + LIVENESS_TTL_MS;
   }
 
   describe() {

@@ -1,5 +1,5 @@
 /**
- * `pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--takeover-bound-ms MS]`: the fault test
+ * `pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--kill-every-ms MS] [--takeover-bound-ms MS]`: the fault test
  * at any size (the suite runs one of 3,000 orders at the services' default CLAIM_IDLE_MS).
  * `--claim-idle-ms 1000` makes a quick run: a crashed instance's entries are taken over after a
  * second instead of a minute. `--no-redis-trouble` leaves out the out-of-memory window and the
@@ -13,13 +13,16 @@ import { DEFAULT_CLAIM_IDLE_MS } from './instance.ts';
 import { formatReport, problemsOf } from './report.ts';
 import { runFault } from './run.ts';
 
-const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--takeover-bound-ms MS]
+const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--kill-every-ms MS] [--takeover-bound-ms MS]
   --orders N              orders to place (default 5000)
   --seed S                replay the kill and trouble schedules of an earlier run
   --claim-idle-ms MS      the consumers' CLAIM_IDLE_MS (default: the services' own, ${DEFAULT_CLAIM_IDLE_MS})
   --no-redis-trouble      no out-of-memory window and no stalls (Redis still restarts once)
+  --kill-every-ms MS      mean time between two kills or stops (default 700); pauses come about
+                          one in four. Calmer runs leave each service a live peer to take over
   --takeover-bound-ms MS  fail the run if the p99 of the per-start instances' takeover times
-                          (entries a SIGKILL left, clear of Redis trouble) is over MS (default: not checked)`;
+                          (entries a SIGKILL left, waiting with a live peer and no Redis
+                          trouble) is over MS (default: not checked)`;
 
 const { values } = (() => {
   try {
@@ -29,6 +32,7 @@ const { values } = (() => {
         seed: { type: 'string' },
         'claim-idle-ms': { type: 'string' },
         'no-redis-trouble': { type: 'boolean', default: false },
+        'kill-every-ms': { type: 'string' },
         'takeover-bound-ms': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -53,6 +57,7 @@ const number = (name: string, value: string, min = 0) => {
   return parsed;
 };
 const claimIdleMs = values['claim-idle-ms'];
+const killEvery = values['kill-every-ms'];
 const bound = values['takeover-bound-ms'];
 const takeoverBoundMs = bound === undefined ? undefined : number('takeover-bound-ms', bound, 1);
 const report = await runFault({
@@ -60,6 +65,7 @@ const report = await runFault({
   ...(values.seed !== undefined ? { seed: number('seed', values.seed) } : {}),
   ...(claimIdleMs !== undefined ? { claimIdleMs: number('claim-idle-ms', claimIdleMs, 100) } : {}),
   redisTrouble: !values['no-redis-trouble'],
+  ...(killEvery !== undefined ? { killEveryMs: number('kill-every-ms', killEvery, 50) } : {}),
   settleTimeoutMs: 600_000,
   log: (line) => console.log(line),
 });

@@ -71,9 +71,9 @@ export interface FaultReport {
 export interface ProblemOptions {
   /**
    * The most the p99 of the per-start instances' takeover times may be, in ms, or undefined: not
-   * checked. Only the entries whose wait overlapped no Redis trouble count (`Takeovers.clearMs`):
-   * out of memory or held, nobody can ack. A run with no such entry has nothing to check (its
-   * report says `none`): a seed whose per-start kills all meet trouble is no failure.
+   * checked. Only the entries whose wait overlapped no Redis trouble and had a live peer count
+   * (`Takeovers.clearMs`): out of memory or held, or with the other instance killed or paused too,
+   * nobody can ack. A run with no such entry has nothing to check (its report says `none`).
    * @defaultValue undefined
    */
   takeoverBoundMs?: number;
@@ -185,7 +185,7 @@ export function formatReport(report: FaultReport): string {
 
 const plural = (n: number, what: string, many = `${what}s`) => `${n} ${n === 1 ? what : many}`;
 
-/** `12 SIGKILLs, 80 entries held: p50 61.0 s, p99 89.9 s, max 90.2 s; 60 clear of Redis trouble: ...` */
+/** `12 SIGKILLs, 80 entries held: p50 61.0 s, p99 89.9 s, max 90.2 s; 60 with a live peer and no Redis trouble: ...` */
 function takeoverLine(takeovers: Takeovers): string {
   const times = (values: number[]) => {
     const s = summary(values);
@@ -193,7 +193,7 @@ function takeoverLine(takeovers: Takeovers): string {
   };
   return [
     `${plural(takeovers.kills, 'SIGKILL')}, ${plural(takeovers.ms.length, 'entry', 'entries')} held and acked: ${times(takeovers.ms)}`,
-    `${takeovers.clearMs.length} clear of Redis trouble: ${times(takeovers.clearMs)}`,
+    `${takeovers.clearMs.length} with a live peer and no Redis trouble: ${times(takeovers.clearMs)}`,
     ...(takeovers.unhandled > 0 ? [`${takeovers.unhandled} never acked`] : []),
   ].join('; ');
 }

@@ -174,7 +174,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
           // Before the restart, which under a fixed name takes the same entries back.
           const naming = victim.consumerName === undefined ? 'perStart' : 'fixed';
           const groups = CONSUMER_GROUPS.filter(([, group]) => group === groupOf(victim.service));
-          if (consumer !== undefined) await watch.killed(consumer, naming, groups, killedAt);
+          if (consumer !== undefined) await watch.killed(victim.service, consumer, naming, groups, killedAt);
           killsBy[naming] += 1;
           kills += 1;
         } else {
@@ -316,7 +316,9 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       kills,
       terms,
       pauses,
-      takeovers: takeoversOf(held, killsBy, troubleSpans),
+      takeovers: takeoversOf(held, killsBy, troubleSpans, (service, from, to) =>
+        instances.some((i) => i.service === service && i.availableThrough(from, to)),
+      ),
       ...counts,
       redisTrouble,
       trouble,

@@ -12,6 +12,8 @@ export type Naming = 'fixed' | 'perStart';
 
 /** One entry a killed consumer held, and when it stopped being pending. */
 export interface HeldEntry {
+  /** The service of the killed instance. */
+  service: string;
   stream: string;
   group: string;
   id: string;
@@ -48,6 +50,7 @@ export class TakeoverWatch {
    * not exist yet holds nothing.
    */
   async killed(
+    service: string,
     consumer: string,
     naming: Naming,
     groups: readonly (readonly [string, string])[],
@@ -59,7 +62,7 @@ export class TakeoverWatch {
         .xpending(stream, group, '-', '+', 100_000, consumer)
         .catch(() => [])) as [string, string, number, number][];
       for (const [id] of held) {
-        const entry = { stream, group, id, naming, killedAt };
+        const entry = { service, stream, group, id, naming, killedAt };
         this.entries.push(entry);
         this.open.push(entry);
       }
@@ -130,8 +133,10 @@ export interface Takeovers {
   ms: number[];
   /**
    * The same, for the entries whose wait overlapped no Redis trouble (a hold of the consumers, a
-   * stall, the out-of-memory window, the restart): while Redis refuses writes or the consumers
-   * are held, nobody can ack, however soon a dead consumer is noticed.
+   * stall, the out-of-memory window, the restart) and had a live peer all along (another instance
+   * of the service, neither killed nor paused, and up long enough to judge others): while Redis
+   * refuses writes, or no instance is there to take over, nobody can ack, however soon a dead
+   * consumer is noticed.
    */
   clearMs: number[];
   /** Entries still pending when the watch stopped: they have no time. */
@@ -140,18 +145,22 @@ export interface Takeovers {
 
 /**
  * The watched entries' times by how the killed instance was named, given the SIGKILLs of each
- * kind and the spans `[from, to]` (epoch ms) of Redis trouble.
+ * kind, the spans `[from, to]` (epoch ms) of Redis trouble, and whether an instance of a service
+ * could take over all through `[from, to]`.
  */
 export function takeoversOf(
   entries: readonly HeldEntry[],
   kills: Record<Naming, number>,
   trouble: readonly (readonly [number, number])[],
+  peerUp: (service: string, from: number, to: number) => boolean = () => true,
 ): Record<Naming, Takeovers> {
   const of = (naming: Naming): Takeovers => {
     const held = entries.filter((entry) => entry.naming === naming);
     const handled = held.filter((entry) => entry.handledAt !== undefined) as Required<HeldEntry>[];
-    const clear = handled.filter(({ killedAt, handledAt }) =>
-      trouble.every(([from, to]) => handledAt < from || killedAt > to),
+    const clear = handled.filter(
+      ({ service, killedAt, handledAt }) =>
+        trouble.every(([from, to]) => handledAt < from || killedAt > to) &&
+        peerUp(service, killedAt, handledAt),
     );
     return {
       kills: kills[naming],
