@@ -3,5 +3,6 @@
  * effects (a handler subscribed with `handlerAcks`, a use case that records and publishes in one
  * step): `@msa/stream-kit/lua`. The messaging API at the root does not need it.
  */
+export { batchCalls, type BatchFunction, type BatchOptions } from './batch.ts';
 export { defineScript } from './scripts.ts';
 export { maxIdAheadMs, XADD_CHECKED, xaddArguments } from './stream.ts';

@@ -32,7 +32,7 @@ describe('the entry points of @msa/stream-kit', () => {
     [
       '@msa/stream-kit/lua: scripting for handlers that ack in their own script',
       '../src/lua.ts',
-      ['XADD_CHECKED', 'defineScript', 'maxIdAheadMs', 'xaddArguments'],
+      ['XADD_CHECKED', 'batchCalls', 'defineScript', 'maxIdAheadMs', 'xaddArguments'],
     ],
     [
       '@msa/stream-kit/service: the service chassis',
