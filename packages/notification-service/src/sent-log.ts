@@ -158,8 +158,11 @@ interface Complete {
   entryId: string;
 }
 
-/** The most notifications one COMPLETE_MANY call records. */
-const MAX_RECORDS_PER_CALL = 500;
+/**
+ * The most notifications one COMPLETE_MANY call records: below the service's CONCURRENCY, so that
+ * Redis runs one call while this process builds the next (see payment-service's PAY_MANY).
+ */
+const MAX_RECORDS_PER_CALL = 100;
 
 /** KEYS: marker. ARGV: token. Gives the lease up after a failed send, so a retry need not wait. */
 const RELEASE = `

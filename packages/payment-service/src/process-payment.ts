@@ -81,8 +81,12 @@ interface Pay {
 
 type PayAnswer = [created: 0 | 1, paymentProcessId: string] | [failed: -1, message: string];
 
-/** The most orders one PAY_MANY call carries: Lua's `unpack` of the XACK IDs stays far from its limit. */
-const MAX_ORDERS_PER_CALL = 500;
+/**
+ * The most orders one PAY_MANY call carries. Below the service's CONCURRENCY, so that several calls
+ * are in flight: Redis runs one while this process builds the next (one call for all would leave
+ * each waiting on the other). Also keeps Lua's `unpack` of the XACK IDs far from its limit.
+ */
+const MAX_ORDERS_PER_CALL = 100;
 
 export interface PaymentDeps {
   /** payment-service's own connection; the script is defined on it. */
