@@ -107,6 +107,9 @@ export interface PaymentDeps {
  * arrives unhandled is dead-lettered, not acked silently, with nothing written.
  */
 export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEvent> {
+  // A line per payment, of IDs only: no redaction, whose wildcard paths cost 7 µs a line (a tenth
+  // of a payment's CPU time in a profile of the service draining a backlog).
+  const lines = logger.child({}, { redact: [] });
   const payMany = defineScript<PayAnswer[]>(redis, 'payMany', null, PAY_MANY);
   const pay = batchCalls<Pay, [created: 0 | 1, paymentProcessId: string]>(
     async (orders) => {
@@ -141,8 +144,8 @@ export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEve
         xadd: xaddArguments(PaymentEvents, event),
       });
       const where = { orderId: order.orderId, entryId: context.id, paymentProcessId };
-      if (created === 1) logger.info(where, 'payment completed');
-      else logger.info(where, 'order already paid; acknowledged again');
+      if (created === 1) lines.info(where, 'payment completed');
+      else lines.info(where, 'order already paid; acknowledged again');
     },
   });
 }
