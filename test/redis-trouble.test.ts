@@ -27,7 +27,7 @@ import { waitFor } from '../harness/wait.ts';
 /*
  * Transient Redis trouble never dead-letters a good order: each case of the issue, end to end,
  * against the services as real processes at their default settings (only REDIS_URL and PORT are
- * set: CLAIM_IDLE_MS 60 s, READ_COUNT 100, CONCURRENCY 16), on a private redis-server per describe
+ * set: CLAIM_IDLE_MS 60 s, READ_COUNT 1000, CONCURRENCY 400), on a private redis-server per describe
  * block that takes DEBUG. Every order is placed over HTTP with an Idempotency-Key and retried with
  * it until it gets a 202, as a careful client does.
  */

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
-import { CONSUMER_DEAD, defineScript, livenessKey } from '@msa/stream-kit/lua';
+import { batchCalls, CONSUMER_DEAD, defineScript, livenessKey } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
 
@@ -65,7 +65,9 @@ export interface SentLog {
    * lease under this consumer's own name that no handler of this process holds is left by a
    * claim or a release that failed on the way (or by an earlier run of this consumer name, which
    * is dead: a name is never used by two live processes), and is taken again at once. If the
-   * record fails after a send, the call throws and the next delivery only records. A crash
+   * record fails after a send, the call throws and the next delivery only records. The records
+   * of the calls for one stream and group that reach that step in the same tick go to Redis in
+   * one script call; one that fails there (Redis's error for its own keys) fails alone. A crash
    * between `send` and the record sends it again once the lease expires: the one duplicate that
    * no Redis step can rule out, which is why providers get `key` as their idempotency key.
    * Resolves, to whether it was sent now, only once a script has acked the entry: the claim that
@@ -112,15 +114,58 @@ redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 return 'claimed'
 `;
 
-/** KEYS: marker, user's log, stream. ARGV: record, group, entry ID, remember ms. */
-const COMPLETE = `
-if redis.call('GET', KEYS[1]) ~= 'sent' then
-  redis.call('SET', KEYS[1], 'sent', 'PX', ARGV[4])
-  redis.call('RPUSH', KEYS[2], ARGV[1])
+/**
+ * Records notifications as sent and acks their entries: many per call (the handlers of one stream
+ * and group that got there in the same tick, see `batchCalls`), each in a `pcall` of its own, so
+ * one that fails (its marker or log key holds another type: WRONGTYPE) answers its own error and
+ * is not acked while the others are recorded. RPUSH before SET: the SET cannot fail once the
+ * script runs, so a failed record writes nothing. One XACK at the end, of every entry recorded.
+ * `#!lua` (no flags): while Redis is out of memory it refuses the whole script up front, rather
+ * than failing each record inside its pcall.
+ *
+ * KEYS: stream, then for each notification its marker and its user's log. ARGV: group, remember
+ * ms, then for each notification its record and its entry ID. Answers, for each in turn, 1 or
+ * Redis's error message.
+ */
+const COMPLETE_MANY = `#!lua
+local group, remember = ARGV[1], ARGV[2]
+local answers, acked = {}, {}
+for i = 1, (#KEYS - 1) / 2 do
+  local marker, log = KEYS[2 * i], KEYS[2 * i + 1]
+  local record, entry = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local ok, err = pcall(function()
+    if redis.call('GET', marker) ~= 'sent' then
+      redis.call('RPUSH', log, record)
+      redis.call('SET', marker, 'sent', 'PX', remember)
+    end
+  end)
+  if ok then
+    acked[#acked + 1] = entry
+    answers[i] = 1
+  else
+    -- Redis 7.0 hands pcall the error's message, later versions the error table.
+    answers[i] = type(err) == 'table' and err.err or tostring(err)
+  end
 end
-redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
-return 1
+if #acked > 0 then redis.call('XACK', KEYS[1], group, unpack(acked)) end
+return answers
 `;
+
+/** A notification for COMPLETE_MANY, as one handler queues it. */
+interface Complete {
+  marker: string;
+  log: string;
+  record: string;
+  stream: string;
+  group: string;
+  entryId: string;
+}
+
+/**
+ * The most notifications one COMPLETE_MANY call records: below the service's CONCURRENCY, so that
+ * Redis runs one call while this process builds the next (see payment-service's PAY_MANY).
+ */
+const MAX_RECORDS_PER_CALL = 100;
 
 /** KEYS: marker. ARGV: token. Gives the lease up after a failed send, so a retry need not wait. */
 const RELEASE = `
@@ -132,9 +177,27 @@ return 1
 export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
   const scripts = {
     claimOnce: defineScript<'sent' | 'busy' | 'claimed'>(redis, 'claimOnce', 3, CLAIM),
-    completeOnce: defineScript<number>(redis, 'completeOnce', 3, COMPLETE),
+    completeOnce: defineScript<(1 | string)[]>(redis, 'completeOnce', null, COMPLETE_MANY),
     releaseOnce: defineScript<number>(redis, 'releaseOnce', 1, RELEASE),
   };
+  const complete = batchCalls<Complete, void>(
+    async (records) => {
+      const { stream, group } = records[0]!;
+      const keys = [stream];
+      const args: (string | number)[] = [group, REMEMBER_SENT_MS];
+      for (const record of records) {
+        keys.push(record.marker, record.log);
+        args.push(record.record, record.entryId);
+      }
+      const answers = await scripts.completeOnce(keys.length, keys, args);
+      return answers.map((answer) => (answer === 1 ? undefined : new Error(answer)));
+    },
+    {
+      maxBatchSize: MAX_RECORDS_PER_CALL,
+      // One XACK per call: the entries of one call share their stream and group.
+      keyOf: ({ stream, group }) => JSON.stringify([stream, group]),
+    },
+  );
   /**
    * Sent by this process, not recorded yet: the record failed (Redis away a moment), and the
    * entry comes back for it. Its next delivery only records: sending again would be a duplicate.
@@ -170,11 +233,14 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
       }
       unrecorded.add(marker);
     }
-    // prettier-ignore
-    await scripts.completeOnce(
-      marker, sentLogKey(userId), context.stream,
-      JSON.stringify(notification), context.group, context.id, REMEMBER_SENT_MS,
-    );
+    await complete({
+      marker,
+      log: sentLogKey(userId),
+      record: JSON.stringify(notification),
+      stream: context.stream,
+      group: context.group,
+      entryId: context.id,
+    });
     unrecorded.delete(marker);
     return true;
   }

@@ -673,3 +673,138 @@ describe('GET /readyz', () => {
     }
   });
 });
+
+describe('records of notifications handled side by side (one record call per tick, stream and group)', () => {
+  // A Redis of its own: these tests count its script calls.
+  let server: RedisServer;
+  let own: Redis;
+
+  beforeAll(async () => {
+    server = await startRedisServer();
+    own = new Redis(server.url);
+  });
+  afterAll(async () => {
+    own?.disconnect();
+    await server?.stop();
+  });
+
+  /** `count` entries of one stream, delivered to one consumer of one group. */
+  async function deliveredTogether(count: number): Promise<DeliveryContext[]> {
+    const stream = `test-${randomUUID()}`;
+    await own.xgroup('CREATE', stream, 'g', '$', 'MKSTREAM');
+    const contexts: DeliveryContext[] = [];
+    for (let n = 0; n < count; n += 1) {
+      const id = (await own.xadd(stream, '*', 'any', 'thing'))!;
+      contexts.push({ id, stream, group: 'g', consumer: 'c1', deliveryCount: 1, stillHeld: () => true });
+    }
+    await own.xreadgroup('GROUP', 'g', 'c1', 'STREAMS', stream, '>');
+    return contexts;
+  }
+
+  /**
+   * A provider that answers once it has been asked for `count` messages, all of them at once: the
+   * handlers then reach the record step in the same tick, however their claims were answered.
+   */
+  function answeringTogether(count: number): NotificationSender & { sent: Message[] } {
+    const sent: Message[] = [];
+    let all!: () => void;
+    const asked = new Promise<void>((resolve) => (all = resolve));
+    return {
+      sent,
+      send: async (message) => {
+        sent.push(message);
+        if (sent.length === count) all();
+        await asked;
+      },
+    };
+  }
+
+  const pendingIds = async ({ stream, group }: DeliveryContext) =>
+    ((await own.xpending(stream, group, '-', '+', 100)) as [string][]).map(([id]) => id);
+  const scriptCalls = async () => {
+    const stats = await own.info('commandstats');
+    return Number(/^cmdstat_evalsha:calls=(\d+)/m.exec(stats)?.[1] ?? 0);
+  };
+
+  it('records and acks them all, in fewer record calls than notifications', async () => {
+    const contexts = await deliveredTogether(6);
+    const events = contexts.map(() => order(`user-${randomUUID()}`));
+    const log = redisSentLog(own);
+    const sender = answeringTogether(6);
+    const handle = orderMailHandler({ sender, sentLog: log });
+    // Defines the scripts on the connection, so that no call below goes as EVAL.
+    await orderMailHandler({ sender: recordingSender(), sentLog: log })(
+      order('warm-up'),
+      (await deliveredTogether(1))[0]!,
+    );
+    const before = await scriptCalls();
+
+    await Promise.all(events.map((event, i) => handle(event, contexts[i]!)));
+
+    // One claim per notification (the claim is not batched), then one record call for all.
+    expect((await scriptCalls()) - before).toBe(contexts.length + 1);
+    expect(sender.sent).toHaveLength(6);
+    for (const event of events) expect(await sentTo(event.userId, log)).toHaveLength(1);
+    expect(await pendingIds(contexts[0]!)).toEqual([]);
+  });
+
+  it('records and acks the others when one record fails, which fails alone with its own Redis error, stays pending and is only recorded on its retry', async () => {
+    const contexts = await deliveredTogether(3);
+    const events = contexts.map(() => order(`user-${randomUUID()}`));
+    // The second user's log key holds a string: RPUSH answers WRONGTYPE for that record alone.
+    await own.set(sentLogKey(events[1]!.userId), 'not a list');
+    const log = redisSentLog(own);
+    const sender = answeringTogether(3);
+    const handle = orderMailHandler({ sender, sentLog: log });
+
+    const outcomes = await Promise.allSettled(events.map((event, i) => handle(event, contexts[i]!)));
+
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    const reason = (outcomes[1] as PromiseRejectedResult).reason as Error;
+    expect(reason).toBeInstanceOf(Error);
+    expect(reason.message).toMatch(/^WRONGTYPE /);
+    expect(await sentTo(events[0]!.userId, log)).toHaveLength(1);
+    expect(await sentTo(events[2]!.userId, log)).toHaveLength(1);
+    expect(await own.get(markerKey(`mail:${events[1]!.orderId}`))).not.toBe('sent');
+    expect(await pendingIds(contexts[0]!)).toEqual([contexts[1]!.id]);
+
+    await own.del(sentLogKey(events[1]!.userId));
+    await handle(events[1]!, { ...contexts[1]!, deliveryCount: 2 });
+
+    expect(sender.sent).toHaveLength(3);
+    expect(await sentTo(events[1]!.userId, log)).toHaveLength(1);
+    expect(await pendingIds(contexts[0]!)).toEqual([]);
+  });
+
+  it('records them one at a time when the record call for all of them fails', async () => {
+    const contexts = await deliveredTogether(3);
+    const events = contexts.map(() => order(`user-${randomUUID()}`));
+    const connection = new Redis(server.url);
+    try {
+      const log = redisSentLog(connection);
+      const scripts = connection as unknown as { completeOnce: (...args: unknown[]) => Promise<unknown> };
+      const complete = scripts.completeOnce.bind(connection);
+      const calls: number[] = [];
+      // A call for more than one record fails as a whole (a stand-in for, say, a script error
+      // outside the pcalls); a call for one goes through.
+      scripts.completeOnce = (keys, ...args) => {
+        calls.push((Number(keys) - 1) / 2);
+        return Number(keys) > 3
+          ? Promise.reject(new Error('ERR something broke the batch'))
+          : complete(keys, ...args);
+      };
+      const sender = answeringTogether(3);
+
+      await Promise.all(
+        events.map((event, i) => orderMailHandler({ sender, sentLog: log })(event, contexts[i]!)),
+      );
+
+      expect(calls).toEqual([3, 1, 1, 1]);
+      expect(sender.sent).toHaveLength(3);
+      for (const event of events) expect(await sentTo(event.userId, log)).toHaveLength(1);
+      expect(await pendingIds(contexts[0]!)).toEqual([]);
+    } finally {
+      connection.disconnect();
+    }
+  });
+});

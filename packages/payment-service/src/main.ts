@@ -44,7 +44,7 @@ const subscription = subscribe(
     claimIdleMs: config.CLAIM_IDLE_MS,
     count: config.READ_COUNT,
     concurrency: config.CONCURRENCY,
-    // PAY_ONCE acks the order entry in the same script as the payment, on every path that resolves.
+    // PAY_MANY acks the order entry in the same script as the payment, on every path that resolves.
     handlerAcks: true,
   },
 );

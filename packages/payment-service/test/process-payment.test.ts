@@ -5,6 +5,7 @@ import type { OrderEvent } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { entryFields } from '../../../harness/streams.ts';
 import { paymentHandler, paymentKey } from '../src/process-payment.ts';
 
@@ -147,5 +148,173 @@ describe('on an event type without a handler', () => {
     expect(await paymentsFor(order.orderId)).toEqual([]);
     expect(await redis.exists(paymentKey(order.orderId))).toBe(0);
     expect(await pending(context)).toBe(1);
+  });
+});
+
+describe('orders handled side by side (one PAY_MANY call per tick)', () => {
+  // A Redis of its own: these tests count its script calls, starve it of memory and push
+  // payment-events' IDs ahead of the clock, which would disturb the suites on the shared one.
+  let server: RedisServer;
+  let own: Redis;
+
+  beforeAll(async () => {
+    server = await startRedisServer();
+    own = new Redis(server.url);
+  });
+  afterAll(async () => {
+    own?.disconnect();
+    await server?.stop();
+  });
+
+  /** `count` orders, delivered to a group of their own, as the subscription hands them over. */
+  async function deliveredOrders(count: number) {
+    const group = `test-${randomUUID()}`;
+    await own.xgroup('CREATE', 'order-events', group, '$', 'MKSTREAM');
+    const orders: [OrderEvent & { type: 'order-created' }, DeliveryContext][] = [];
+    for (let n = 0; n < count; n += 1) {
+      const order = {
+        type: 'order-created' as const,
+        orderId: randomUUID(),
+        userId: 'u1',
+        productId: 'p1',
+        price: 1000,
+      };
+      const id = (await own.xadd('order-events', '*', ...Object.entries(order).flat().map(String)))!;
+      orders.push([
+        order,
+        { id, stream: 'order-events', group, consumer: 'c', deliveryCount: 1, stillHeld: () => true },
+      ]);
+    }
+    await own.xreadgroup('GROUP', group, 'c', 'STREAMS', 'order-events', '>');
+    return { group, orders };
+  }
+
+  const pendingIds = async (group: string) =>
+    ((await own.xpending('order-events', group, '-', '+', 100)) as [string][]).map(([id]) => id);
+  const paidOrders = async () =>
+    new Set((await entryFields(own, 'payment-events')).map((fields) => fields.orderId));
+  /** Script calls Redis refused before running them (`#!lua` under OOM). */
+  const rejectedScriptCalls = async () => {
+    const stats = await own.info('commandstats');
+    return Number(/^cmdstat_evalsha:.*rejected_calls=(\d+)/m.exec(stats)?.[1] ?? 0);
+  };
+  const scriptCalls = async () => {
+    const stats = await own.info('commandstats');
+    return [...stats.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)].reduce(
+      (sum, [, calls]) => sum + Number(calls),
+      0,
+    );
+  };
+
+  it('pays and acks all of them in one script call', async () => {
+    const { group, orders } = await deliveredOrders(8);
+    const handle = paymentHandler({ redis: own, logger });
+    const before = await scriptCalls();
+
+    await Promise.all(orders.map(([order, context]) => handle(order, context)));
+
+    const calls = (await scriptCalls()) - before;
+    expect(calls).toBe(1);
+    const paid = await paidOrders();
+    expect(orders.every(([order]) => paid.has(order.orderId))).toBe(true);
+    expect(await pendingIds(group)).toEqual([]);
+  });
+
+  it('pays and acks the others when one order fails, which fails alone with its own Redis error and stays pending', async () => {
+    const { group, orders } = await deliveredOrders(4);
+    const [bad, badContext] = orders[1]!;
+    // Its record key holds a string: HGET answers WRONGTYPE for this order alone.
+    await own.set(paymentKey(bad.orderId), 'not a hash');
+    const handle = paymentHandler({ redis: own, logger });
+
+    const outcomes = await Promise.allSettled(orders.map(([order, context]) => handle(order, context)));
+
+    expect(outcomes.map((outcome) => outcome.status)).toEqual([
+      'fulfilled',
+      'rejected',
+      'fulfilled',
+      'fulfilled',
+    ]);
+    const reason = (outcomes[1] as PromiseRejectedResult).reason as Error;
+    expect(reason).toBeInstanceOf(Error);
+    expect(reason.message).toMatch(/^WRONGTYPE /);
+    const paid = await paidOrders();
+    expect(orders.map(([order]) => paid.has(order.orderId))).toEqual([true, false, true, true]);
+    expect(await pendingIds(group)).toEqual([badContext.id]);
+  });
+
+  it('pays the rest one at a time when the call for all of them fails', async () => {
+    const { group, orders } = await deliveredOrders(3);
+    const scripts = own as unknown as { payMany: (...args: unknown[]) => Promise<unknown> };
+    const payMany = scripts.payMany.bind(own);
+    const calls: number[] = [];
+    // A call for more than one order fails as a whole (a stand-in for, say, a script error
+    // outside the pcalls); a call for one goes through.
+    scripts.payMany = (keys, ...args) => {
+      calls.push(Number(keys) - 2);
+      return Number(keys) > 3
+        ? Promise.reject(new Error('ERR something broke the batch'))
+        : payMany(keys, ...args);
+    };
+    try {
+      const handle = paymentHandler({ redis: own, logger });
+
+      await Promise.all(orders.map(([order, context]) => handle(order, context)));
+    } finally {
+      scripts.payMany = payMany;
+    }
+
+    expect(calls).toEqual([3, 1, 1, 1]);
+    const paid = await paidOrders();
+    expect(orders.every(([order]) => paid.has(order.orderId))).toBe(true);
+    expect(await pendingIds(group)).toEqual([]);
+  });
+
+  it('is refused whole while Redis is out of memory: every order fails with OOM, even one paid before, and nothing is written or acked', async () => {
+    const { group, orders } = await deliveredOrders(3);
+    // Paid before: a script run under OOM could still ack it; one refused up front does not.
+    await own.hset(paymentKey(orders[0]![0].orderId), 'paymentProcessId', 'paid-before');
+    const handle = paymentHandler({ redis: own, logger });
+    const paidBefore = await own.xlen('payment-events');
+    const refusedBefore = await rejectedScriptCalls();
+
+    await own.config('SET', 'maxmemory', '1');
+    let outcomes: PromiseSettledResult<void>[];
+    try {
+      outcomes = await Promise.allSettled(orders.map(([order, context]) => handle(order, context)));
+    } finally {
+      await own.config('SET', 'maxmemory', '0');
+    }
+
+    // An Error with Redis's own message: the subscription tells a Redis fault by it, and pauses.
+    for (const outcome of outcomes) {
+      expect(outcome.status).toBe('rejected');
+      expect((outcome as PromiseRejectedResult).reason).toBeInstanceOf(Error);
+      expect(((outcome as PromiseRejectedResult).reason as Error).message).toMatch(/^OOM /);
+    }
+    expect((await rejectedScriptCalls()) - refusedBefore).toBe(1);
+    expect(await own.xlen('payment-events')).toBe(paidBefore);
+    expect(await pendingIds(group)).toHaveLength(3);
+  });
+
+  it("fails each order with Redis's IDAHEAD error once payment-events IDs run ahead of the clock", async () => {
+    const { group, orders } = await deliveredOrders(2);
+    const handle = paymentHandler({ redis: own, logger });
+    // An ID set by hand an hour ahead: every `*` ID after it follows.
+    await own.xadd('payment-events', `${Date.now() + 3_600_000}-0`, 'type', 'forged');
+
+    const outcomes = await Promise.allSettled(orders.map(([order, context]) => handle(order, context)));
+    await own.del('payment-events');
+
+    // Each an Error with Redis's own message, which the subscription reads as a stream ID error.
+    for (const outcome of outcomes) {
+      expect(outcome.status).toBe('rejected');
+      expect((outcome as PromiseRejectedResult).reason).toBeInstanceOf(Error);
+      expect(((outcome as PromiseRejectedResult).reason as Error).message).toMatch(
+        /^IDAHEAD payment-events: /,
+      );
+    }
+    expect(await pendingIds(group)).toHaveLength(2);
+    expect(await Promise.all(orders.map(([order]) => own.exists(paymentKey(order.orderId))))).toEqual([0, 0]);
   });
 });

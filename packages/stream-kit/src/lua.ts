@@ -3,6 +3,7 @@
  * effects (a handler subscribed with `handlerAcks`, a use case that records and publishes in one
  * step): `@msa/stream-kit/lua`. The messaging API at the root does not need it.
  */
+export { batchCalls, type BatchFunction, type BatchOptions } from './batch.ts';
 export { LIVENESS_TTL_MS, livenessKey } from './consumer/liveness.ts';
 export { CONSUMER_DEAD, defineScript } from './scripts.ts';
 export { maxIdAheadMs, XADD_CHECKED, xaddArguments } from './stream.ts';

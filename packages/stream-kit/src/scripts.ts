@@ -11,14 +11,15 @@ import { XADD_CHECKED } from './stream.ts';
  * A Lua script as a command of `redis`: EVALSHA, with EVAL the first time on each connection, so
  * the script's text does not cross the wire with every call. Defined once per client, however
  * often this is called; the caller passes the keys (`numberOfKeys` of them) first, then the
- * arguments, and gets the script's reply.
+ * arguments, and gets the script's reply. With `numberOfKeys` null (a script over as many keys as
+ * the call brings, e.g. one per item of a batch), the caller passes the number of keys first.
  */
-export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: number, lua: string) {
+export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: number | null, lua: string) {
   const commands = redis as unknown as Record<
     string,
     (...args: (string | number | Buffer)[]) => Promise<Reply>
   >;
-  if (!commands[name]) redis.defineCommand(name, { numberOfKeys, lua });
+  if (!commands[name]) redis.defineCommand(name, { lua, ...(numberOfKeys === null ? {} : { numberOfKeys }) });
   // Looked up at each call, not bound once: a test may stand a failing command in for it. An
   // array argument is flattened by ioredis: a long list goes as one, since spreading it into the
   // call would overflow the stack.

@@ -32,7 +32,16 @@ describe('the entry points of @msa/stream-kit', () => {
     [
       '@msa/stream-kit/lua: scripting for handlers that ack in their own script',
       '../src/lua.ts',
-      ['CONSUMER_DEAD', 'LIVENESS_TTL_MS', 'XADD_CHECKED', 'defineScript', 'livenessKey', 'maxIdAheadMs', 'xaddArguments'],
+      [
+        'CONSUMER_DEAD',
+        'LIVENESS_TTL_MS',
+        'XADD_CHECKED',
+        'batchCalls',
+        'defineScript',
+        'livenessKey',
+        'maxIdAheadMs',
+        'xaddArguments',
+      ],
     ],
     [
       '@msa/stream-kit/service: the service chassis',
