@@ -185,6 +185,7 @@ describe('BENCHMARKS.md', () => {
       '4. latency',
       '5. HTTP',
       '6. cost',
+      '7. chain CPU',
     ]) {
       expect(markdown).toContain(`### ${section}`);
     }
