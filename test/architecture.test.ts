@@ -50,7 +50,7 @@ describe('the registry (services.ts)', () => {
   it('gives each service the default port its config.ts gives it, and no two services one port', () => {
     const defaults = SERVICES.map((service) => {
       const config = readFileSync(join(root, 'packages', service, 'src', 'config.ts'), 'utf8');
-      return Number(/\b(?:serviceEnv|consumerEnv)\((\d+)\)/.exec(config)?.[1]);
+      return Number(/\b(?:serviceEnv|consumerEnv)\((\d+)[,)]/.exec(config)?.[1]);
     });
 
     expect(defaults).toEqual(services.map((service) => service.port));

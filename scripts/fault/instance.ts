@@ -4,12 +4,8 @@ import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
 import { LIVENESS_TTL_MS } from '@msa/stream-kit/lua';
 import { exitOf, spawnService, type ServiceName } from '../../harness/services.ts';
 
-/**
- * The services' defaults: `CONCURRENCY`, which the fault run keeps (what ships is what is
- * tested), and `CLAIM_IDLE_MS`, which it keeps unless told otherwise.
- */
-export const SERVICE_DEFAULTS = parseEnv(consumerEnv(0), {});
-export const DEFAULT_CLAIM_IDLE_MS = SERVICE_DEFAULTS.CLAIM_IDLE_MS;
+/** The services' `CLAIM_IDLE_MS`, which the fault run keeps unless told otherwise. */
+export const DEFAULT_CLAIM_IDLE_MS = parseEnv(consumerEnv(0), {}).CLAIM_IDLE_MS;
 
 /**
  * How long the fault run pauses an instance (see `Instance.pause`), drawn between the two: longer

@@ -4,7 +4,8 @@ import { mulberry32 } from '../../harness/random.ts';
 import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
 import { groupOf, startService, type RunningService } from '../../harness/services.ts';
 import { deferred, waitFor } from '../../harness/wait.ts';
-import { DEFAULT_CLAIM_IDLE_MS, Instance, PAUSE_MS, SERVICE_DEFAULTS } from './instance.ts';
+import { DEFAULT_CONCURRENCY as NOTIFICATION_CONCURRENCY } from '@msa/notification-service';
+import { DEFAULT_CLAIM_IDLE_MS, Instance, PAUSE_MS } from './instance.ts';
 import { placeOrders } from './orders.ts';
 import {
   caughtUp,
@@ -337,7 +338,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         (sum, i) => sum + (i.service === 'notification-service' ? i.pauses : 0),
         0,
       ),
-      sendsInFlightPerKill: 2 * SERVICE_DEFAULTS.CONCURRENCY,
+      sendsInFlightPerKill: 2 * NOTIFICATION_CONCURRENCY,
       pending: outcome.pending,
       deadLetters: outcome.deadLetters,
       deadLetterReasons: outcome.deadLetterReasons,

@@ -1,7 +1,13 @@
 import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
 import type { z } from 'zod';
 
-const Config = consumerEnv(8082);
+/**
+ * Each handler may call a mail or SMS provider: 64 calls at once per subscription, not the 400 of
+ * a service whose effects are Redis scripts alone. Its records still go out many to a call.
+ */
+export const DEFAULT_CONCURRENCY = 64;
+
+const Config = consumerEnv(8082, { concurrency: DEFAULT_CONCURRENCY });
 export type Config = z.infer<typeof Config>;
 
 /** Parses the environment once, at start-up; throws naming each bad variable. */

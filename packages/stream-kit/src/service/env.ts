@@ -54,8 +54,12 @@ export const LOG_REDACT = [
 /** This instance's name in its consumer groups: unique per running instance. */
 export const ConsumerName = z.string().trim().min(1).default(defaultConsumerName);
 
-/** The variables of a service that consumes streams; `extend()` it with its own. */
-export function consumerEnv(defaultPort: number) {
+/**
+ * The variables of a service that consumes streams; `extend()` it with its own. `concurrency`:
+ * the default of `CONCURRENCY`, for a service whose handlers call something that takes fewer at
+ * once (a provider's API).
+ */
+export function consumerEnv(defaultPort: number, { concurrency = 400 }: { concurrency?: number } = {}) {
   return serviceEnv(defaultPort).extend({
     CONSUMER_NAME: ConsumerName,
     /** `subscribe()`'s `claimIdleMs`: how long a crashed instance's entries wait for another to take them. */
@@ -72,7 +76,7 @@ export function consumerEnv(defaultPort: number) {
      * up to 100 a call, so a few calls are in flight and Redis runs one while the process builds
      * the next (on a busy 2-core machine, about 1.5x the rate of 16 at READ_COUNT 100).
      */
-    CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(400),
+    CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(concurrency),
   });
 }
 
