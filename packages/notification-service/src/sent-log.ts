@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
-import { batchCalls, CONSUMER_DEAD, defineScript, livenessKey } from '@msa/stream-kit/lua';
+import { batchCalls, CONSUMER_DEAD, defineScript, LIVENESS_TTL_MS, livenessKey } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Channel } from './sender.ts';
 
@@ -90,13 +90,15 @@ export const REMEMBER_SENT_MS = 30 * 24 * 60 * 60 * 1000;
 
 /**
  * KEYS: marker, stream, the group's liveness marks (see `livenessKey`). ARGV: group, entry ID, this
- * consumer's lease prefix (`sending:<consumer>:`), token (the prefix and a UUID), lease ms.
+ * consumer's lease prefix (`sending:<consumer>:`), token (the prefix and a UUID), lease ms, this
+ * consumer's name, a liveness mark's life (ms).
  * 'sent': done before (the entry is acked now). 'busy': another consumer name holds the lease.
  * 'claimed': ours to send. A lease under our own consumer name (the prefix, then a token without
  * a colon: not a longer name that starts the same) is ours whatever its token: the caller has
  * already ruled out a handler of its own process sending this notification right now, and a
  * consumer name is never used by two live processes. A lease whose holder is dead (its liveness
- * mark lapsed) is ours too: stream-kit gives a dead consumer's entries to the others within
+ * mark lapsed) is ours too, if this consumer may judge (`may_judge`: right after a stall of Redis
+ * every mark looks lapsed): stream-kit gives a dead consumer's entries to the others within
  * seconds, and they should not then wait out the lease.
  */
 const CLAIM = `${CONSUMER_DEAD}
@@ -108,7 +110,9 @@ end
 local prefix = ARGV[3]
 if state and (string.sub(state, 1, #prefix) ~= prefix or string.find(state, ':', #prefix + 1, true)) then
   local holder = string.match(state, '^sending:(.*):[^:]*$')
-  if not (holder and consumer_dead(KEYS[3], holder)) then return 'busy' end
+  if not (holder and may_judge(KEYS[3], ARGV[6], ARGV[7]) and consumer_dead(KEYS[3], holder)) then
+    return 'busy'
+  end
 end
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 return 'claimed'
@@ -217,7 +221,7 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
       // prettier-ignore
       const state = await scripts.claimOnce(
         marker, context.stream, livenessKey(context.stream, context.group),
-        context.group, context.id, prefix, token, leaseMs,
+        context.group, context.id, prefix, token, leaseMs, context.consumer, LIVENESS_TTL_MS,
       );
       if (state === 'sent') return false;
       if (state === 'busy') throw new NotificationLeasedError(key, 'another consumer');

@@ -173,7 +173,14 @@ describe('on order-created', () => {
     await redis.set(markerKey(`mail:${event.orderId}`), 'sending:a:1', 'PX', 60_000);
     const [seconds] = await redis.time();
     const deadline = (Number(seconds) + (state === 'dead' ? -60 : 60)) * 1000;
-    await redis.hset(livenessKey(context.stream, context.group), 'a', `${deadline} 0`);
+    // 'a' holds the lease; 'b', this consumer, is alive and has been for long: it may judge.
+    await redis.hset(
+      livenessKey(context.stream, context.group),
+      'a',
+      `${deadline} 0`,
+      'b',
+      `${(Number(seconds) + 60) * 1000} 0`,
+    );
     const sender = recordingSender();
 
     const handling = orderMailHandler({ sender, sentLog })(event, context);

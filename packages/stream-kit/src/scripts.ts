@@ -70,7 +70,10 @@ return ids
  * `liveness_of(mark)`, a mark's deadline and since when it has lived without a gap (nil for none);
  * `consumer_dead(key, consumer)`, whether `consumer` keeps a mark in hash `key` (`livenessKey`)
  * and it has lapsed. A consumer with no mark at all is not called dead: it may not keep one
- * (another library). For a handler's own script, as `CONSUMER_DEAD` (`@msa/stream-kit/lua`).
+ * (another library). `may_judge(key, me, life)`: whether consumer `me` may call others dead: its
+ * own mark is alive and has lived `life` ms without a gap (after a pause of its own, or a stall of
+ * Redis, the others need that long to renew theirs). For a handler's own script, as
+ * `CONSUMER_DEAD` (`@msa/stream-kit/lua`): call `consumer_dead` only where `may_judge` allows it.
  */
 export const LIVENESS_LUA = `
 local function now_ms()
@@ -85,6 +88,11 @@ end
 local function consumer_dead(key, consumer)
   local deadline = liveness_of(redis.call('HGET', key, consumer))
   return deadline ~= nil and deadline < now_ms()
+end
+local function may_judge(key, me, life)
+  local deadline, since = liveness_of(redis.call('HGET', key, me))
+  local now = now_ms()
+  return deadline ~= nil and deadline >= now and now - since >= tonumber(life)
 end
 `;
 
@@ -117,17 +125,17 @@ return now - since
  */
 export const TAKE_FROM_DEAD = `#!lua flags=allow-oom
 ${LIVENESS_LUA}
-local now = now_ms()
-local deadline, since = liveness_of(redis.call('HGET', KEYS[2], ARGV[2]))
-if deadline == nil or deadline < now or now - since < tonumber(ARGV[4]) then return {{}, {}} end
+if not may_judge(KEYS[2], ARGV[2], ARGV[4]) then return {{}, {}} end
+local most = tonumber(ARGV[3])
 local taken, from = {}, {}
 for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local consumer = {}
   for i = 1, #info, 2 do consumer[info[i]] = info[i + 1] end
-  if consumer.pending > 0 and consumer.name ~= ARGV[2] and consumer_dead(KEYS[2], consumer.name) then
+  if #taken < most and consumer.pending > 0 and consumer.name ~= ARGV[2]
+    and consumer_dead(KEYS[2], consumer.name) then
     -- unpack() only spreads in last place: the IDs go into the argument list one by one.
     local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
-    for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], consumer.name)) do
+    for _, row in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', most - #taken, consumer.name)) do
       claim[#claim + 1] = row[1]
     end
     claim[#claim + 1] = 'JUSTID'

@@ -68,6 +68,17 @@ export class LeaseKeeper {
     return handedBack;
   }
 
+  /**
+   * Forgets, after a gap in this consumer's liveness, the entries held whose handlers have not
+   * started: another consumer may have taken them meanwhile, so they are not to be started from
+   * the batch; the pass through the pending list takes back those still ours. Returns their IDs.
+   */
+  dropUnstarted(): string[] {
+    const unstarted = [...this.held.keys()].filter((id) => !this.isRunning(id));
+    for (const id of unstarted) this.held.delete(id);
+    return unstarted;
+  }
+
   /** Stops renewing. Safe to call twice. */
   close(): void {
     clearInterval(this.timer);

@@ -41,7 +41,6 @@ export function livenessKey(stream: string, group: string): string {
 export class Liveness {
   private readonly redis: Redis;
   private readonly timer: NodeJS.Timeout;
-  private renewing = false;
   /** Renewals failed in a row. */
   private failures = 0;
   /** When (performance.now()) the last renewal that got through was sent: its deadline is later. */
@@ -50,6 +49,19 @@ export class Liveness {
   private gaps = 0;
   /** Whether a renewal has got through yet: the first always starts a new life, which is no gap. */
   private started = false;
+  /** Closed: nothing is held any more, whatever a handler still running thinks. */
+  private closed = false;
+  /** The renewal on its way, if one is. */
+  private renewal: Promise<void> | undefined;
+  private markReady!: () => void;
+  /**
+   * Resolves once the first renewal got through: the loop reads nothing before it, since a mark
+   * left by an earlier process of this consumer name may have lapsed, and others would take what
+   * this one reads meanwhile.
+   */
+  readonly ready = new Promise<void>((resolve) => (this.markReady = resolve));
+  /** Whether the lapse that has lasted too long was logged. */
+  private warnedLapse = false;
   private readonly key: string;
 
   constructor(
@@ -72,6 +84,10 @@ export class Liveness {
     void this.renew();
   }
 
+  private renew(): Promise<void> {
+    return (this.renewal ??= this.renewOnce().finally(() => (this.renewal = undefined)));
+  }
+
   /** The current epoch: pass it to `holdsSince` later. */
   get epoch(): number {
     return this.gaps;
@@ -83,7 +99,7 @@ export class Liveness {
    * deadline; a fifth of the life is kept back for clocks that run apart.
    */
   lapsed(now = performance.now()): boolean {
-    return now - this.confirmedAt >= LIVENESS_TTL_MS * 0.8;
+    return this.closed || now - this.confirmedAt >= LIVENESS_TTL_MS * 0.8;
   }
 
   /** Whether this consumer has been alive without a gap since `epoch`, and is not lapsed now. */
@@ -98,13 +114,16 @@ export class Liveness {
    * others need that long to renew theirs. Consumers that keep no mark (another library, an older
    * stream-kit) are left to `claimIdleMs`. Resolves to the IDs taken and whom from.
    */
-  async takeFromDead(count: number): Promise<{ ids: string[]; from: string[] }> {
+  async takeFromDead(count: number): Promise<{ ids: string[]; from: string[]; more: boolean }> {
     const { redis, stream, group, consumer } = this.ctx;
+    // At most this many a call, whatever the number of dead consumers: one script must not hold
+    // Redis for long. A full call means more may wait.
+    const most = Math.min(count, 1_000);
     // prettier-ignore
     const [ids, from] = (await redis.eval(
-      TAKE_FROM_DEAD, 2, stream.name, this.key, group, consumer, Math.min(count, 1_000), LIVENESS_TTL_MS,
+      TAKE_FROM_DEAD, 2, stream.name, this.key, group, consumer, most, LIVENESS_TTL_MS,
     )) as [string[], string[]];
-    return { ids, from };
+    return { ids, from, more: ids.length >= most };
   }
 
   /**
@@ -114,17 +133,23 @@ export class Liveness {
    */
   async close(): Promise<void> {
     clearInterval(this.timer);
-    // Not while Redis is away: close() must not wait for it (the mark lapses by itself then).
+    // A handler still running (it outlived closeTimeoutMs) holds nothing from now on: others take
+    // its entry at once, so `stillHeld()` must say so before they can.
+    this.closed = true;
+    this.gaps += 1;
+    // Not while Redis is away: close() must not wait for it (the mark lapses by itself then). A
+    // renewal still on its way goes first, or it would bring the mark back to life.
     if (this.redis.status === 'ready') {
-      const marked = this.redis.hset(this.key, this.ctx.consumer, '0 0').catch(() => {});
+      const marked = Promise.resolve(this.renewal)
+        .then(() => this.redis.hset(this.key, this.ctx.consumer, '0 0'))
+        .catch(() => {});
       await Promise.race([marked, sleep(500, { unref: true })]);
     }
     this.redis.disconnect();
   }
 
-  private async renew() {
-    if (this.renewing) return;
-    this.renewing = true;
+  private async renewOnce() {
+    if (this.closed) return;
     const sentAt = performance.now();
     const previous = this.confirmedAt;
     const wasLapsed = this.lapsed(sentAt);
@@ -132,13 +157,20 @@ export class Liveness {
       const aliveForMs = (await (
         this.redis as unknown as { streamKitRenewLiveness(...args: unknown[]): Promise<number> }
       ).streamKitRenewLiveness(this.key, this.ctx.consumer, LIVENESS_TTL_MS)) as number;
+      // Lapsed while this renewal was on its way (a slow answer): the loop may have skipped
+      // entries meanwhile, which only a pass through its pending list finds again.
+      const lapsedMeanwhile = this.lapsed();
       this.confirmedAt = sentAt;
       const first = !this.started;
       this.started = true;
-      if (first) return;
+      this.warnedLapse = false;
+      if (first) {
+        this.markReady();
+        return;
+      }
       // A gap: Redis found the mark expired (0: this renewal started a new life), or this process
       // went too long without one. Either way others may have taken our entries meanwhile.
-      if (aliveForMs === 0 || wasLapsed) {
+      if (aliveForMs === 0 || wasLapsed || lapsedMeanwhile) {
         this.gaps += 1;
         // Info, not a warning: after a Redis restart or flush every consumer sees one, as expected.
         this.ctx.log.info(
@@ -157,8 +189,14 @@ export class Liveness {
         { ...this.ctx.where, err },
         'cannot renew the liveness mark; if this lasts, other consumers will take this one for dead',
       );
-    } finally {
-      this.renewing = false;
+      // The loop handles nothing while lapsed: say so once it lasts, whatever the cause.
+      if (!this.warnedLapse && performance.now() - this.confirmedAt > 10_000) {
+        this.warnedLapse = true;
+        this.ctx.log.warn(
+          { ...this.ctx.where, err },
+          'liveness mark not renewed for over 10 s: this consumer handles nothing until it is',
+        );
+      }
     }
   }
 }

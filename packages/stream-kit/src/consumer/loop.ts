@@ -73,8 +73,12 @@ export class ConsumerLoop {
     this.ctx = consumerContext(redis, stream, group, consumer, settings.logger);
     this.clock = new ServerClock(redis);
     this.leases = new LeaseKeeper(this.ctx, settings.claimIdleMs, (id) => this.handling.has(id));
-    // After a gap in our liveness others may have taken our entries: go through what is still ours.
-    this.liveness = new Liveness(this.ctx, settings, () => (this.ownPending = 'all'));
+    // After a gap in our liveness others may have taken our entries: start none of the entries
+    // read before it (their first run is still to come), and go through what is still ours.
+    this.liveness = new Liveness(this.ctx, settings, () => {
+      for (const id of this.leases.dropUnstarted()) this.runs.uncount(id);
+      this.ownPending = 'all';
+    });
     this.acks = new AckBatcher(this.ctx);
     this.runs = new RunCounts(this.ctx);
     this.retries = new RetrySchedule(settings.retryDelayMs);
@@ -156,8 +160,9 @@ export class ConsumerLoop {
         // pass's XPENDING, on the same connection): handling it first would break the order.
         this.ownPending = 'all';
         // Its entries, if it brought any, were never started: their first run is still to come.
+        // (Unless a gap in our liveness dropped them and took their run off already.)
         this.readAhead?.then(
-          (entries) => entries.forEach(([id]) => this.runs.uncount(id)),
+          (entries) => entries.forEach(([id]) => this.leases.holds(id) && this.runs.uncount(id)),
           () => {},
         );
         this.readAhead = undefined;
@@ -184,6 +189,12 @@ export class ConsumerLoop {
   }
 
   private async start() {
+    // Nothing is read before this consumer's mark is live (see `Liveness.ready`).
+    await new Promise<void>((resolve) => {
+      void this.liveness.ready.then(resolve);
+      this.stop.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+    if (this.stopping) return;
     await this.group.ensure();
     // Where the group stands, in case it is lost before the first reclaim pass.
     await this.group.markRecreatePoint().catch(() => {});
@@ -200,6 +211,12 @@ export class ConsumerLoop {
   }
 
   private async step() {
+    if (this.liveness.lapsed()) {
+      // Others may be taking our entries for a dead consumer's right now: read and start nothing
+      // until a renewal gets through (the gap callback then sends us through what is still ours).
+      await this.sleep(LIVENESS_CHECK_MS / 4);
+      return;
+    }
     if (this.runs.hasUncounted) await this.runs.writeBack();
     const step = nextStep(this.state(), Date.now(), this.settings.blockMs);
     switch (step.kind) {
@@ -217,7 +234,8 @@ export class ConsumerLoop {
             mode: step.mode,
             count: this.settings.count,
             retries: this.retries,
-            isStopping: () => this.stopping,
+            // Lapsed: what it would claim may be another consumer's by now; the gap sends it back.
+            isStopping: () => this.stopping || this.liveness.lapsed(),
           },
           (id, idleMs) =>
             redeliver(this.ctx, this.parts, id, idleMs, (fields, run) =>
@@ -226,9 +244,11 @@ export class ConsumerLoop {
           () => this.acks.flush(),
         );
       case 'take-from-dead': {
-        const { ids, from } = await this.liveness.takeFromDead(this.settings.count);
-        // A full page from some consumer: it may hold more, take them at the next step.
-        this.livenessAt = ids.length >= this.settings.count ? 0 : Date.now() + LIVENESS_CHECK_MS;
+        // Set first: a check that fails (Redis refusing it) must not come before every read.
+        this.livenessAt = Date.now() + LIVENESS_CHECK_MS;
+        const { ids, from, more } = await this.liveness.takeFromDead(this.settings.count);
+        // A full call: more may wait, take them at the next step.
+        if (more) this.livenessAt = 0;
         if (ids.length === 0) return;
         this.retries.dueNow(ids);
         this.ctx.log.info(
@@ -273,7 +293,11 @@ export class ConsumerLoop {
 
   /** Handles a batch of new entries, reading the next one ahead meanwhile when `readsAhead` says so. */
   private async handleNew(entries: Entry[]) {
-    if (!this.stopping && readsAhead(this.state(), Date.now(), entries.length, this.settings.count)) {
+    if (
+      !this.stopping &&
+      !this.liveness.lapsed() &&
+      readsAhead(this.state(), Date.now(), entries.length, this.settings.count)
+    ) {
       this.readAhead = this.read(undefined);
       this.readAhead.catch(() => {}); // awaited at the next step
     }
@@ -317,7 +341,9 @@ export class ConsumerLoop {
     if (this.liveness.lapsed()) {
       // Paused long enough (SIGSTOP, a long GC pause, Redis stalled) that others may have taken
       // this entry for a dead consumer's: start nothing until a renewal gets through, then go
-      // through what is still ours (see the gap callback). This run never happened.
+      // through what is still ours (see the gap callback). This run never happened; untracked, so
+      // that the gap callback does not take it off twice.
+      this.leases.untrack(id);
       this.runs.uncount(id);
       this.ownPending = 'all';
       return;

@@ -62,7 +62,10 @@ export function nextStep(state: LoopState, now: number, maxBlockMs: number): Ste
 export function readsAhead(state: LoopState, now: number, batchSize: number, count: number): boolean {
   if (batchSize !== count) return false;
   const due =
-    state.ownPending !== undefined || now >= state.claimAt || (state.retryAt !== 0 && now >= state.retryAt);
+    state.ownPending !== undefined ||
+    now >= state.claimAt ||
+    now >= state.livenessAt ||
+    (state.retryAt !== 0 && now >= state.retryAt);
   return !due;
 }
 

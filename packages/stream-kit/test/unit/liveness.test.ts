@@ -76,21 +76,26 @@ describe('Liveness', () => {
 
     const taken = await liveness.takeFromDead(100);
 
-    expect(taken).toEqual({ ids, from: ['dead'] });
+    expect(taken).toEqual({ ids, from: ['dead'], more: false });
     const pending = await pendingOf(suite.admin, part.stream.name, part.group);
     expect(pending.map(([id, owner, , deliveries]) => [id, owner, deliveries])).toEqual(
       ids.map((id) => [id, part.consumer, 1]),
     );
   });
 
-  it('takes at most `count` entries of a dead consumer a call, the rest at the next', async () => {
+  it('takes at most `count` entries a call, over all dead consumers, saying more may wait; the rest at the next', async () => {
     const part = await suite.part();
     const { liveness } = await judging(part);
-    const ids = await heldBy(part, 'dead', 5);
-    await setMark(part, 'dead', 'dead');
+    const ids = [...(await heldBy(part, 'dead-1', 2)), ...(await heldBy(part, 'dead-2', 3))];
+    await setMark(part, 'dead-1', 'dead');
+    await setMark(part, 'dead-2', 'dead');
 
-    expect((await liveness.takeFromDead(3)).ids).toEqual(ids.slice(0, 3));
-    expect((await liveness.takeFromDead(3)).ids).toEqual(ids.slice(3));
+    expect(await liveness.takeFromDead(3)).toEqual({
+      ids: ids.slice(0, 3),
+      from: ['dead-1', 'dead-2'],
+      more: true,
+    });
+    expect(await liveness.takeFromDead(3)).toEqual({ ids: ids.slice(3), from: ['dead-2'], more: false });
   });
 
   it('leaves the entries of a live consumer, and of one that keeps no mark (another library), to claimIdleMs', async () => {
@@ -100,7 +105,7 @@ describe('Liveness', () => {
     await setMark(part, 'alive', 'alive');
     await heldBy(part, 'unmarked', 2);
 
-    expect(await liveness.takeFromDead(100)).toEqual({ ids: [], from: [] });
+    expect(await liveness.takeFromDead(100)).toEqual({ ids: [], from: [], more: false });
     const owners = (await pendingOf(suite.admin, part.stream.name, part.group)).map(([, owner]) => owner);
     expect(owners).toEqual(['alive', 'alive', 'unmarked', 'unmarked']);
   });
@@ -151,7 +156,19 @@ describe('Liveness', () => {
 
     await leaving.liveness.close();
 
-    expect(await liveness.takeFromDead(100)).toEqual({ ids, from: [closing.consumer] });
+    expect(await liveness.takeFromDead(100)).toEqual({ ids, from: [closing.consumer], more: false });
+  });
+
+  it('holds nothing once closed: a handler still running is told at once, before others take its entry', async () => {
+    const part = await suite.part();
+    const { liveness } = livenessOf(part);
+    await liveness.ready;
+    const epoch = liveness.epoch;
+
+    await liveness.close();
+
+    expect(liveness.lapsed()).toBe(true);
+    expect(liveness.holdsSince(epoch)).toBe(false);
   });
 });
 

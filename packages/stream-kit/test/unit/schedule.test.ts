@@ -82,6 +82,7 @@ describe('readsAhead', () => {
     ['a pending pass is called for', { ownPending: 'all' as const }],
     ['a reclaim pass is due', { claimAt: NOW }],
     ['a retry is due', { retryAt: NOW }],
+    ['a check for dead consumers is due', { livenessAt: NOW }],
   ])('does not read ahead when %s: it would wait behind the batch', (_, change) => {
     expect(readsAhead({ ...idle, ...change }, NOW, 10, 10)).toBe(false);
   });
