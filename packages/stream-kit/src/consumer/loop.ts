@@ -233,6 +233,7 @@ export class ConsumerLoop {
           {
             mode: step.mode,
             count: this.settings.count,
+            concurrency: this.settings.concurrency,
             retries: this.retries,
             // Lapsed: what it would claim may be another consumer's by now; the gap sends it back.
             isStopping: () => this.stopping || this.liveness.lapsed(),

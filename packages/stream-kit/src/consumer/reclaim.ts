@@ -1,5 +1,6 @@
 import { DELETE_IDLE_CONSUMERS } from '../scripts.ts';
 import { livenessKey } from './liveness.ts';
+import { runPool } from './pool.ts';
 import { stillOurs, type ConsumerContext, type PendingInfo } from './context.ts';
 import type { OutcomeParts } from './outcomes.ts';
 import type { RetrySchedule } from './retry-policy.ts';
@@ -13,19 +14,24 @@ import type { RetrySchedule } from './retry-policy.ts';
 /**
  * Goes through this consumer's own pending list (XPENDING, a page of `count` at a time) and calls
  * `redeliver` for each entry due: all of them (`'all'`), or those whose retry time has come
- * (`'due'`; the others set the schedule's next wake-up). `endOfPage` runs after each page (the
- * acks of its entries go out there). Stops early once `isStopping()`.
+ * (`'due'`; the others set the schedule's next wake-up), up to `concurrency` at once, in the list's
+ * order (one at a time keeps it, as new entries do). `endOfPage` runs after each page (the acks of
+ * its entries go out there). Stops early once `isStopping()`; throws the first error `redeliver`
+ * threw, once those under way have ended.
  */
 export async function walkOwnPending(
   ctx: ConsumerContext,
   {
     mode,
     count,
+    concurrency = 1,
     retries,
     isStopping,
   }: {
     mode: 'all' | 'due';
     count: number;
+    /** How many entries are redelivered at once: the subscription's `concurrency`. */
+    concurrency?: number;
     retries: RetrySchedule;
     isStopping: () => boolean;
   },
@@ -39,18 +45,23 @@ export async function walkOwnPending(
     // prettier-ignore
     const page = (await redis.xpending(stream.name, group, start, '+', count, consumer)) as PendingInfo[];
     const fetchedAt = Date.now();
+    const dueNow: [id: string, idleMs: number][] = [];
     for (const [id, , idleMs, deliveries] of page) {
       listed.add(id);
-      if (isStopping()) return;
-      // Idle time goes on growing while earlier entries of the page are handled.
-      const idleNow = idleMs + Date.now() - fetchedAt;
-      const due = retries.dueAt(id, deliveries, idleNow);
-      if (mode === 'due' && due > Date.now()) {
-        retries.wakeAt(due);
-        continue;
-      }
-      await redeliver(id, idleNow);
+      const due = retries.dueAt(id, deliveries, idleMs + Date.now() - fetchedAt);
+      if (mode === 'due' && due > Date.now()) retries.wakeAt(due);
+      else dueNow.push([id, idleMs]);
     }
+    if (isStopping()) return;
+    const { error } = await runPool(
+      dueNow,
+      concurrency,
+      // Idle time goes on growing while earlier entries of the page are handled.
+      ([id, idleMs]) => redeliver(id, idleMs + Date.now() - fetchedAt),
+      isStopping,
+    );
+    if (error !== undefined) throw error;
+    if (isStopping()) return;
     await endOfPage();
     if (page.length < count) break;
     start = `(${page.at(-1)![0]}`;

@@ -50,6 +50,29 @@ async function walk(
 }
 
 describe('walkOwnPending', () => {
+  it('redelivers up to `concurrency` entries at once, started in the order of the list', async () => {
+    const part = await suite.part();
+    const ids = await pendingTo(part, part.consumer, 6);
+    const started: string[] = [];
+    let running = 0;
+    let most = 0;
+
+    await walkOwnPending(
+      part.ctx,
+      { mode: 'all', count: 10, concurrency: 3, retries: new RetrySchedule(1_000), isStopping: () => false },
+      async (id) => {
+        started.push(id);
+        most = Math.max(most, (running += 1));
+        await sleep(20);
+        running -= 1;
+      },
+      async () => {},
+    );
+
+    expect(started).toEqual(ids);
+    expect(most).toBe(3);
+  });
+
   it("redelivers every entry of this consumer's own in 'all' mode, a page at a time", async () => {
     const part = await suite.part();
     const ids = await pendingTo(part, part.consumer, 5);
