@@ -461,12 +461,28 @@ async function holdWithEntries(
         'order-events', 'payment-service-group', '-', '+', 1_000, consumer,
       )) as [string][];
       return pending.length > 0 && pending.map(([id]) => id);
-    }, 3_000);
+    }, 2_000);
     if (held) return held;
     system.release(service);
-    await sleep(200);
+    // Stopped 2 s, its liveness mark is stale when it wakes, and it reads nothing until a renewal
+    // says so: stopped again before that, it could never hold an entry. Its next read (idle time
+    // back to near zero) says it is reading again.
+    await waitFor(async () => (await idleOf(redis, consumer)) < 500, {
+      timeoutMs: 20_000,
+      what: `${consumer} to read again`,
+    });
   }
   throw new Error(`${consumer} never held an entry when stopped`);
+}
+
+/** Milliseconds since `consumer` of the payment group last read (XINFO CONSUMERS `idle`). */
+async function idleOf(redis: Redis, consumer: string): Promise<number> {
+  const infos = (await redis.xinfo('CONSUMERS', 'order-events', 'payment-service-group')) as unknown[][];
+  for (const info of infos) {
+    if (info[1] !== consumer) continue;
+    return Number(info[info.indexOf('idle') + 1]);
+  }
+  throw new Error(`no consumer ${consumer}`);
 }
 
 /** The payment group's `last-delivered-id`. */
