@@ -133,16 +133,17 @@ return 'claimed'
  */
 const COMPLETE_MANY = `#!lua
 local group, remember = ARGV[1], ARGV[2]
+-- One function for every record, not a closure per record: pcall(record_one, ...) makes no garbage.
+local function record_one(marker, log, record)
+  if redis.call('GET', marker) ~= 'sent' then
+    redis.call('RPUSH', log, record)
+    redis.call('SET', marker, 'sent', 'PX', remember)
+  end
+end
 local answers, acked = {}, {}
 for i = 1, (#KEYS - 1) / 2 do
-  local marker, log = KEYS[2 * i], KEYS[2 * i + 1]
-  local record, entry = ARGV[2 * i + 1], ARGV[2 * i + 2]
-  local ok, err = pcall(function()
-    if redis.call('GET', marker) ~= 'sent' then
-      redis.call('RPUSH', log, record)
-      redis.call('SET', marker, 'sent', 'PX', remember)
-    end
-  end)
+  local entry = ARGV[2 * i + 2]
+  local ok, err = pcall(record_one, KEYS[2 * i], KEYS[2 * i + 1], ARGV[2 * i + 1])
   if ok then
     acked[#acked + 1] = entry
     answers[i] = 1

@@ -43,19 +43,21 @@ export const paymentKey = (orderId: string) => `payment-service:payment:${orderI
 const PAY_MANY = `#!lua
 ${XADD_CHECKED}
 local group, max_ahead = ARGV[1], ARGV[2]
+-- One function for every order, not a closure per order: pcall(pay, ...) makes no garbage.
+local function pay(record, entry, process, paid_at, first, last)
+  local existing = redis.call('HGET', record, 'paymentProcessId')
+  if existing then return {0, existing} end
+  local id = xadd_checked(KEYS[1], max_ahead, unpack(ARGV, first, last))
+  redis.call('HSET', record, 'paymentProcessId', process, 'orderEntryId', entry,
+    'paymentEntryId', id, 'paidAt', paid_at)
+  return {1, process}
+end
 local answers, acked = {}, {}
 local at = 3
 for i = 3, #KEYS do
-  local record, entry, process, paid_at = KEYS[i], ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local entry = ARGV[at]
   local first, last = at + 4, at + 3 + tonumber(ARGV[at + 3])
-  local ok, answer = pcall(function()
-    local existing = redis.call('HGET', record, 'paymentProcessId')
-    if existing then return {0, existing} end
-    local id = xadd_checked(KEYS[1], max_ahead, unpack(ARGV, first, last))
-    redis.call('HSET', record, 'paymentProcessId', process, 'orderEntryId', entry,
-      'paymentEntryId', id, 'paidAt', paid_at)
-    return {1, process}
-  end)
+  local ok, answer = pcall(pay, KEYS[i], entry, ARGV[at + 1], ARGV[at + 2], first, last)
   if ok then
     acked[#acked + 1] = entry
     answers[#answers + 1] = answer
