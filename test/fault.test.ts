@@ -187,6 +187,14 @@ describe('problemsOf', () => {
     });
   });
 
+  describe('when a notification was recorded but never reached the sender', () => {
+    it('names it, even after a SIGKILL of a notification instance: each line is written before its record', () => {
+      const report = reportWith({ sends: { 0: 1, 1: 19 }, notificationKills: 1, sendsInFlightPerKill: 32 });
+
+      expect(problemsOf(report)).toEqual(['1 notifications never seen reaching the sender']);
+    });
+  });
+
   describe('when notifications were sent twice', () => {
     const sends = { 1: 10, 2: 20 };
 

@@ -4,10 +4,9 @@ import {
   closeServer,
   gracefulShutdown,
   listen,
-  LOG_REDACT,
+  logOptions,
   openRequestConnection,
 } from '@msa/stream-kit/service';
-import { hostname } from 'node:os';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -24,13 +23,8 @@ try {
 }
 
 const GROUP = 'notification-service-group';
-const logger = pino({
-  name: 'notification-service',
-  level: config.LOG_LEVEL,
-  redact: LOG_REDACT,
-  // pino's own base fields, and `instance`: written into the logger once, not per line.
-  base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
-});
+// Each line written at once, as console.log writes (see README, Logs).
+const logger = pino(logOptions('notification-service', config), process.stdout);
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),

@@ -4,10 +4,9 @@ import {
   closeServer,
   gracefulShutdown,
   listen,
-  LOG_REDACT,
+  logOptions,
   openRequestConnection,
 } from '@msa/stream-kit/service';
-import { hostname } from 'node:os';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
@@ -21,13 +20,8 @@ try {
   process.exit(1);
 }
 
-const logger = pino({
-  name: 'payment-service',
-  level: config.LOG_LEVEL,
-  redact: LOG_REDACT,
-  // pino's own base fields, and `instance`: written into the logger once, not per line.
-  base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
-});
+// Each line written at once, as console.log writes (see README, Logs).
+const logger = pino(logOptions('payment-service', config), process.stdout);
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),

@@ -2,13 +2,13 @@
  * What the three services share besides streams: environment parsing, the access log, the HTTP
  * errors and their one middleware, health and readiness, listening and graceful shutdown. A
  * separate entry point (`@msa/stream-kit/service`): the stream API does not depend on it. Nothing
- * here touches `process`; signals and exit codes stay in each service's main.ts.
+ * here handles signals or exits: signals and exit codes stay in each service's main.ts.
  */
 
 export { openRequestConnection } from './connection.ts';
 export { accessLog } from './service/access-log.ts';
 export type { AccessLogLocals } from './service/access-log.ts';
-export { consumerEnv, LOG_REDACT, parseEnv, serviceEnv } from './service/env.ts';
+export { consumerEnv, LOG_REDACT, logOptions, parseEnv, serviceEnv } from './service/env.ts';
 export {
   ConflictError,
   errorMiddleware,

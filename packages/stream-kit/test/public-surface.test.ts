@@ -59,6 +59,7 @@ describe('the entry points of @msa/stream-kit', () => {
         'healthzHandler',
         'jsonBody',
         'listen',
+        'logOptions',
         'malformedQueryParameter',
         'methodNotAllowed',
         'openRequestConnection',

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { z } from 'zod';
 import { defaultConsumerName } from '../subscriber.ts';
 
@@ -50,6 +51,20 @@ export const LOG_REDACT = [
   // ioredis attaches the failed command to its error: for AUTH, its arguments are the password.
   '*.command.args',
 ];
+
+/**
+ * pino's options for a service's root logger: its name, `LOG_LEVEL`, `LOG_REDACT`, and as base
+ * fields pino's own (`pid`, `hostname`) and the instance's `INSTANCE_ID`, written into the logger
+ * once, not per line. Give it `process.stdout` as destination (see README, Logs).
+ */
+export function logOptions(name: string, config: { LOG_LEVEL: string; INSTANCE_ID: string }) {
+  return {
+    name,
+    level: config.LOG_LEVEL,
+    redact: LOG_REDACT,
+    base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
+  };
+}
 
 /** This instance's name in its consumer groups: unique per running instance. */
 export const ConsumerName = z.string().trim().min(1).default(defaultConsumerName);
