@@ -95,11 +95,13 @@ export function problemsOf(report: FaultReport, options: ProblemOptions = {}): s
   }
   if (report.badStops.length > 0) problems.push(`graceful stops that failed: ${report.badStops.join(', ')}`);
   if (report.strays > 0) problems.push(`${report.strays} effects for orders nobody placed`);
-  // The sends are counted from the sender's log lines. The services write each line at once, so a
-  // send's line is out before its notification is recorded: a notification recorded as sent and
-  // not seen in the log is never allowed, not even at a SIGKILL. A repeat is allowed for each
-  // send in flight at a SIGKILL of a notification instance (below).
-  if ((report.sends[0] ?? 0) > 0)
+  // The sends are counted from the sender's log lines. A service writes each line to stdout at once
+  // while the pipe has room, but when this run's reading lags behind, lines wait in the process's
+  // memory, and a SIGKILL takes them with it. So a notification recorded as sent but not seen in
+  // the log is allowed for each send in flight at a SIGKILL of a notification instance, no more;
+  // so is a repeat.
+  const unseen = report.notificationKills * report.sendsInFlightPerKill;
+  if ((report.sends[0] ?? 0) > unseen)
     problems.push(`${report.sends[0]} notifications never seen reaching the sender`);
   // A pause long enough for another instance to take the entries over is, for a send already on
   // its way to the provider, a crash: the other sends it again, and the paused one, let go,

@@ -2,6 +2,7 @@ import { subscribe } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import {
   closeServer,
+  drained,
   gracefulShutdown,
   listen,
   logOptions,
@@ -23,7 +24,7 @@ try {
 }
 
 const GROUP = 'notification-service-group';
-// Each line written at once, as console.log writes (see README, Logs).
+// Straight to stdout, without pino's thread-pool hand-off per write (see README, Logs).
 const logger = pino(logOptions('notification-service', config), process.stdout);
 const redis = openRequestConnection(
   config.REDIS_URL,
@@ -61,7 +62,7 @@ const server = await listen(app, {
   logger: logger.child({ component: 'http' }),
 }).catch((err: unknown) => {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
-  process.exit(1);
+  return drained(process.stdout).then(() => process.exit(1));
 });
 logger.info(
   { host: config.HOST, port: config.PORT, consumer: config.CONSUMER_NAME },
@@ -69,11 +70,15 @@ logger.info(
 );
 
 // The subscriptions before the connection their handlers record notifications with.
-const shutdown = gracefulShutdown(logger, [
-  () => closeServer(server),
-  () => Promise.all(subscriptions.map((subscription) => subscription.close())),
-  () => redis.quit().catch(() => redis.disconnect()),
-]);
+const shutdown = gracefulShutdown(
+  logger,
+  [
+    () => closeServer(server),
+    () => Promise.all(subscriptions.map((subscription) => subscription.close())),
+    () => redis.quit().catch(() => redis.disconnect()),
+  ],
+  { output: process.stdout },
+);
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
 }

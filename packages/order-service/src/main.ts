@@ -1,6 +1,7 @@
 import { createPublisher } from '@msa/stream-kit';
 import {
   closeServer,
+  drained,
   gracefulShutdown,
   listen,
   logOptions,
@@ -18,7 +19,7 @@ try {
   process.exit(1);
 }
 
-// Each line written at once, as console.log writes (see README, Logs).
+// Straight to stdout, without pino's thread-pool hand-off per write (see README, Logs).
 const logger = pino(logOptions('order-service', config), process.stdout);
 // One request connection for everything: the publisher, the idempotent-order script and /readyz.
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
@@ -37,17 +38,17 @@ const server = await listen(app, {
   logger: logger.child({ component: 'http' }),
 }).catch((err: unknown) => {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
-  process.exit(1);
+  return drained(process.stdout).then(() => process.exit(1));
 });
 logger.info({ host: config.HOST, port: config.PORT }, 'order-service listening');
 
 // HTTP first, so no request arrives to find the publisher closed; the publisher waits for its
 // publishes under way, then the connection it shares goes.
-const shutdown = gracefulShutdown(logger, [
-  () => closeServer(server),
-  () => publisher.close(),
-  () => redis.quit().catch(() => redis.disconnect()),
-]);
+const shutdown = gracefulShutdown(
+  logger,
+  [() => closeServer(server), () => publisher.close(), () => redis.quit().catch(() => redis.disconnect())],
+  { output: process.stdout },
+);
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
 }

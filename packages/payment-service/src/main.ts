@@ -2,6 +2,7 @@ import { subscribe } from '@msa/stream-kit';
 import { OrderEvents } from '@msa/stream-kit/events';
 import {
   closeServer,
+  drained,
   gracefulShutdown,
   listen,
   logOptions,
@@ -20,7 +21,7 @@ try {
   process.exit(1);
 }
 
-// Each line written at once, as console.log writes (see README, Logs).
+// Straight to stdout, without pino's thread-pool hand-off per write (see README, Logs).
 const logger = pino(logOptions('payment-service', config), process.stdout);
 const redis = openRequestConnection(
   config.REDIS_URL,
@@ -52,7 +53,7 @@ const server = await listen(
   },
 ).catch((err: unknown) => {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
-  process.exit(1);
+  return drained(process.stdout).then(() => process.exit(1));
 });
 logger.info(
   { host: config.HOST, port: config.PORT, consumer: config.CONSUMER_NAME },
@@ -60,11 +61,11 @@ logger.info(
 );
 
 // The subscription before the connection: the payment under way still needs it.
-const shutdown = gracefulShutdown(logger, [
-  () => closeServer(server),
-  () => subscription.close(),
-  () => redis.quit().catch(() => redis.disconnect()),
-]);
+const shutdown = gracefulShutdown(
+  logger,
+  [() => closeServer(server), () => subscription.close(), () => redis.quit().catch(() => redis.disconnect())],
+  { output: process.stdout },
+);
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));
 }

@@ -20,4 +20,5 @@ export {
 export { closeServer, listen, malformedQueryParameter } from './service/http.ts';
 export type { ListenOptions } from './service/http.ts';
 export { healthzHandler, readinessHandler } from './service/readiness.ts';
-export { gracefulShutdown } from './service/shutdown.ts';
+export { drained, gracefulShutdown } from './service/shutdown.ts';
+export type { ShutdownOptions } from './service/shutdown.ts';

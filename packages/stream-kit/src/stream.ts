@@ -105,19 +105,25 @@ export function maxIdAheadMs(stream: StreamDefinition): number {
  * `xaddArguments(stream, event)`.
  *
  * Redis's clock is read once per script run, at its first XADD, not at each: a script writing a
- * hundred events spent a tenth of its time in TIME. A later XADD of the run is thus checked
- * against a clock that is behind by the time the script has run so far (a few ms at most), which
- * only makes the bound that much stricter.
+ * hundred events spent a tenth of its time in TIME. Redis 7.0 stamps each XADD with its own
+ * clock, so a later XADD of the run may look a few ms ahead of that first reading: an ID that
+ * looks too far ahead is checked again against a fresh reading before it is refused.
  */
 export const XADD_CHECKED = `
 local xadd_checked_now
+local function xadd_checked_clock()
+  local time = redis.call('TIME')
+  xadd_checked_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
 local function xadd_checked(key, max_ahead_ms, ...)
   local id = redis.call('XADD', key, ...)
-  if not xadd_checked_now then
-    local time = redis.call('TIME')
-    xadd_checked_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  if not xadd_checked_now then xadd_checked_clock() end
+  local id_ms = tonumber(string.match(id, '^%d+'))
+  local ahead = id_ms - xadd_checked_now
+  if ahead > tonumber(max_ahead_ms) then
+    xadd_checked_clock()
+    ahead = id_ms - xadd_checked_now
   end
-  local ahead = tonumber(string.match(id, '^%d+')) - xadd_checked_now
   if ahead > tonumber(max_ahead_ms) then
     redis.call('XDEL', key, id)
     error({err = 'IDAHEAD ' .. key .. ': a new entry got ID ' .. id .. ', ' .. string.format('%.0f', ahead) ..

@@ -54,6 +54,7 @@ describe('the entry points of @msa/stream-kit', () => {
         'accessLog',
         'closeServer',
         'consumerEnv',
+        'drained',
         'errorMiddleware',
         'gracefulShutdown',
         'healthzHandler',

@@ -1,5 +1,16 @@
 import type { Logger } from '../logger.ts';
 
+/** Options of `gracefulShutdown`. */
+export interface ShutdownOptions {
+  /** After this long the shutdown resolves to 1, steps still running or not. @defaultValue 15000 */
+  timeoutMs?: number;
+  /**
+   * The stream the logger writes to (a service's `process.stdout`): the shutdown resolves only
+   * once the lines still waiting in it are out (see `drained`), so that `process.exit` drops none.
+   */
+  output?: NodeJS.WritableStream;
+}
+
 /**
  * A shutdown to run on SIGTERM/SIGINT: runs `steps` in order (each even if one before failed),
  * and resolves to the exit code: 0 when all succeeded, 1 if one failed or they took longer than
@@ -8,7 +19,7 @@ import type { Logger } from '../logger.ts';
 export function gracefulShutdown(
   logger: Logger,
   steps: readonly (() => Promise<unknown>)[],
-  timeoutMs = 15_000,
+  { timeoutMs = 15_000, output }: ShutdownOptions = {},
 ): (signal: string) => Promise<number> {
   let done: Promise<number> | undefined;
   async function run(signal: string) {
@@ -35,5 +46,25 @@ export function gracefulShutdown(
           resolve(1);
         }, timeoutMs).unref(),
       ),
-    ]));
+    ]).then(async (code) => {
+      if (output) await drained(output);
+      return code;
+    }));
+}
+
+/**
+ * Resolves once everything written to `stream` so far is out (a pipe's reader has taken it), once
+ * the stream fails, or after `timeoutMs`, whichever comes first. The services' last step before
+ * `process.exit`: their logs go straight to stdout (see README, Logs), where lines wait in the
+ * process's memory while the reader lags behind, and `process.exit` drops whatever still waits.
+ */
+export function drained(stream: NodeJS.WritableStream, timeoutMs = 5_000): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    // An empty write's callback comes after every write before it (or with the stream's error).
+    stream.write('', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }

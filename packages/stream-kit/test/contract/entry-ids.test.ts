@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { waitFor } from '../../../../harness/wait.ts';
+import { XADD_CHECKED } from '../../src/lua.ts';
 import { contractSuite, testStream } from './setup.ts';
 
 /*
@@ -60,5 +61,18 @@ describe('when an entry ID lies far ahead of the clock', () => {
     await suite.publisher.publish(stream, { n: 4 });
     await waitFor(() => seen.includes(4), { what: 'an entry published after the repair' });
     expect(seen).toEqual([1, 4]);
+  });
+});
+
+describe('when a script of your own writes many events with a bound of 0 ms', () => {
+  it('refuses none of them: an ID past the clock read at the first XADD is checked again against a fresh one', async () => {
+    // Redis 7.0 stamps each XADD with its own clock, so the IDs of a long run of XADDs in one
+    // script move past the clock read at its first (the reading xadd_checked keeps for the run).
+    const stream = testStream();
+    const script = `${XADD_CHECKED}
+for i = 1, tonumber(ARGV[1]) do xadd_checked(KEYS[1], 0, '*', 'n', tostring(i)) end
+return redis.call('XLEN', KEYS[1])`;
+
+    expect(await suite.redis.eval(script, 1, stream.name, 20_000)).toBe(20_000);
   });
 });
