@@ -3,7 +3,8 @@
  * and a payment-like consumer, each beside its baseline (redis-benchmark, a raw ioredis loop,
  * BullMQ) on the same private redis-server.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -171,32 +172,29 @@ async function decodeOnly(): Promise<number> {
 const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
 
 /**
- * payment-service as shipped: a real process (`node --import tsx src/main.ts`, as `pnpm start`
- * runs it) with its default settings, draining a backlog of N `order-created` entries waiting on
- * `order-events`, until every order is paid (N `payment-events` entries) and none is pending.
- * Timed on Redis's clock, from the first payment's entry ID to the last's: the process's start
- * (tsx compiling the TypeScript, a second or more) is not part of draining, and the same script
- * that adds the last payment acks its order.
+ * A process draining a backlog of N `order-created` entries waiting on `order-events`, until every
+ * order is paid (N `payment-events` entries) and none is pending. Timed on Redis's clock, from the
+ * first payment's entry ID to the last's: the process's start (tsx compiling the TypeScript, a
+ * second or more) is not part of draining, and the same script that adds the last payment acks its
+ * order.
  */
-async function paymentServiceDrains(redis: Redis, url: string): Promise<number> {
+async function drains(redis: Redis, what: string, start: () => Promise<ChildProcess>): Promise<number> {
   await redis.del(OrderEvents.name, PaymentEvents.name);
   await fillOrders(redis, OrderEvents.name, N);
-  // LOG_LEVEL stays info, as shipped: a line per payment, read here and dropped.
-  const child = spawnService('payment-service', { REDIS_URL: url, PORT: String(await freePort()) });
+  const child = await start();
   let tail = '';
   const keep = (chunk: Buffer) => void (tail = (tail + chunk.toString()).slice(-4_000));
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
   try {
     await waitFor(
       async () => {
-        if (child.exitCode !== null)
-          throw new Error(`payment-service exited with ${child.exitCode}:\n${tail}`);
+        if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}:\n${tail}`);
         if ((await redis.xlen(PaymentEvents.name)) < N) return false;
         const [pending] = (await redis.xpending(OrderEvents.name, 'payment-service-group')) as [number];
         return pending === 0;
       },
-      { timeoutMs: 600_000, intervalMs: 10, what: `payment-service to pay ${N} orders` },
+      { timeoutMs: 600_000, intervalMs: 10, what: `${what} to pay ${N} orders` },
     );
   } finally {
     const exited = exitOf(child);
@@ -205,9 +203,33 @@ async function paymentServiceDrains(redis: Redis, url: string): Promise<number> 
   }
   const [first] = await redis.xrange(PaymentEvents.name, '-', '+', 'COUNT', 1);
   const [last] = await redis.xrevrange(PaymentEvents.name, '+', '-', 'COUNT', 1);
-  if ((await redis.xlen(PaymentEvents.name)) !== N) throw new Error('an order was paid twice');
+  if ((await redis.xlen(PaymentEvents.name)) !== N) throw new Error(`${what} paid an order twice`);
   return N / (Math.max(1, idMs(last![0]) - idMs(first![0])) / 1_000);
 }
+
+/**
+ * payment-service as shipped: a real process (`node --import tsx src/main.ts`, as `pnpm start`
+ * runs it) with its default settings. LOG_LEVEL stays info, as shipped: a line per payment, read
+ * here and dropped.
+ */
+const paymentServiceDrains = async (redis: Redis, url: string) => {
+  const port = String(await freePort());
+  return drains(redis, 'payment-service', async () => spawnService('payment-service', { REDIS_URL: url, PORT: port }));
+};
+
+/**
+ * The floor of that design: `bare-payment.ts`, the same exactly-once Lua work per order and
+ * nothing else, as a process started the same way.
+ */
+const bareExactlyOnceDrains = (redis: Redis, url: string) =>
+  drains(redis, 'bare-payment.ts', async () => {
+    await redis.xgroup('CREATE', OrderEvents.name, 'payment-service-group', '0');
+    return spawn(process.execPath, ['--import', 'tsx', 'scripts/bench/bare-payment.ts'], {
+      cwd: fileURLToPath(new URL('../..', import.meta.url)),
+      env: { ...process.env, REDIS_URL: url },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+  });
 
 /**
  * The same work BullMQ's way, set up for speed: a job per order (removed once completed or
@@ -291,6 +313,7 @@ const DECODE = 'stream-kit decode alone (zod, OrderEvents)';
 const BULLMQ_CONCURRENCIES = [50, 200, 1_000];
 const bullmqPaymentsAt = (concurrency: number) => `BullMQ payments at concurrency ${concurrency}`;
 const PAYMENTS = 'payment-service as shipped: a process, defaults, draining a backlog';
+const BARE_PAYMENTS = 'bare ioredis loop, the same exactly-once Lua work per order, nothing else';
 
 export async function throughputRows(server: RedisServer, options: BenchOptions): Promise<Row[]> {
   N = options.quick ? 10_000 : 200_000;
@@ -313,6 +336,7 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
           one(bullmqPaymentsAt(concurrency), () => bullmqPayments(server.port, concurrency)),
         ),
         one(PAYMENTS, () => paymentServiceDrains(redis, server.url)),
+        one(BARE_PAYMENTS, () => bareExactlyOnceDrains(redis, server.url)),
         one(DECODE, () => decodeOnly()),
       ],
       options.quick ? 2 : 5,
@@ -360,8 +384,12 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
       }),
       row(consume, DECODE, { note: 'the schema alone, without Redis' }),
       bullmqBest,
+      row(payments, BARE_PAYMENTS, {
+        vs: [{ baseline: bullmqBest.name }],
+        note: 'the floor of the design below: no stream-kit, no schema, no isolation, no logs',
+      }),
       row(payments, PAYMENTS, {
-        vs: [{ baseline: bullmqBest.name, target: 4 }],
+        vs: [{ baseline: bullmqBest.name, target: 4 }, { baseline: BARE_PAYMENTS }],
         note: "first to last payment, on Redis's clock: the process's start is left out",
       }),
     ];
