@@ -53,7 +53,13 @@ for (;;) {
       args.push(id, field('orderId'), field('userId'), field('productId'), field('price'), randomUUID(),
         new Date().toISOString());
     }
-    calls.push((redis as unknown as { pay(n: number, ...args: string[]): Promise<unknown> }).pay(keys.length, ...keys, ...args));
+    calls.push(
+      (redis as unknown as { pay(n: number, ...args: string[]): Promise<unknown> }).pay(
+        keys.length,
+        ...keys,
+        ...args,
+      ),
+    );
   }
   await Promise.all(calls);
 }

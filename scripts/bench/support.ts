@@ -1,7 +1,7 @@
 /* What every `pnpm bench` module shares: the row it reports, and small timing helpers. */
 import type { Redis } from 'ioredis';
-import { subscribe, type EventOf, type SubscribeOptions } from '@msa/stream-kit';
-import type { OrderEvents } from '@msa/stream-kit/events';
+import { subscribe, type SubscribeOptions } from '@msa/stream-kit';
+import type { OrderCreated, OrderEvents } from '@msa/stream-kit/events';
 
 /** What a row's figure measures; it decides which way is better. */
 export type Unit = 'per second' | 'ms' | 'MB';
@@ -50,7 +50,7 @@ export interface BenchOptions {
   quick: boolean;
 }
 
-export const order = (n: number): EventOf<typeof OrderEvents> => ({
+export const order = (n: number): OrderCreated => ({
   type: 'order-created',
   orderId: `order-${n}`,
   userId: `user-${n % 100}`,

@@ -214,7 +214,9 @@ async function drains(redis: Redis, what: string, start: () => Promise<ChildProc
  */
 const paymentServiceDrains = async (redis: Redis, url: string) => {
   const port = String(await freePort());
-  return drains(redis, 'payment-service', async () => spawnService('payment-service', { REDIS_URL: url, PORT: port }));
+  return drains(redis, 'payment-service', async () =>
+    spawnService('payment-service', { REDIS_URL: url, PORT: port }),
+  );
 };
 
 /**

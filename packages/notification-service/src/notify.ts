@@ -16,9 +16,32 @@ export interface NotifyDeps {
  * dead-lettered, with nothing sent, written or acked.
  */
 
-/** Mails the customer once per order, however often the order event is delivered. */
+/*
+ * Keys: `<channel>:<orderId>` for the order and its payment (as before the saga), and
+ * `<channel>-<what>:<orderId>` for the saga's later steps, so that no order ID can make one key
+ * collide with another's.
+ */
+
+const CANCELLATION_REASONS = {
+  'payment-declined': 'the payment was declined',
+  'payment-timeout': 'the payment did not go through in time',
+} as const;
+
+/**
+ * Mails the customer once per order placed and once per order cancelled, however often the order
+ * event is delivered.
+ */
 export function orderMailHandler(deps: NotifyDeps): Handler<OrderEvent> {
   return byType<OrderEvent>({
+    'order-cancelled': (cancellation, context) =>
+      notifyOnce(deps, context, {
+        channel: 'mail',
+        key: `mail-cancelled:${cancellation.orderId}`,
+        userId: cancellation.userId,
+        event: cancellation.type,
+        orderId: cancellation.orderId,
+        text: `Your order ${cancellation.orderId} was cancelled: ${CANCELLATION_REASONS[cancellation.reason]}.`,
+      }),
     'order-created': (order, context) =>
       notifyOnce(deps, context, {
         channel: 'mail',
@@ -32,11 +55,29 @@ export function orderMailHandler(deps: NotifyDeps): Handler<OrderEvent> {
 }
 
 /**
- * Texts the customer once per payment: per order, or, for the tutorial's payments that name no
- * order, per entry.
+ * Texts the customer once per payment (per order, or, for the tutorial's payments that name no
+ * order, per entry), once per declined payment and once per refund.
  */
 export function paymentSmsHandler(deps: NotifyDeps): Handler<PaymentEvent> {
   return byType<PaymentEvent>({
+    'payment-failed': (failure, context) =>
+      notifyOnce(deps, context, {
+        channel: 'sms',
+        key: `sms-declined:${failure.orderId}`,
+        userId: failure.userId,
+        event: failure.type,
+        orderId: failure.orderId,
+        text: `Payment for order ${failure.orderId} was declined (${failure.reason}).`,
+      }),
+    'payment-refunded': (refund, context) =>
+      notifyOnce(deps, context, {
+        channel: 'sms',
+        key: `sms-refunded:${refund.orderId}`,
+        userId: refund.userId,
+        event: refund.type,
+        orderId: refund.orderId,
+        text: `Payment ${refund.paymentProcessId} of ${refund.price} for order ${refund.orderId} was refunded.`,
+      }),
     'payment-completed': (payment, context) =>
       notifyOnce(deps, context, {
         channel: 'sms',

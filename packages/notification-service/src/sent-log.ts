@@ -168,7 +168,7 @@ interface Complete {
 
 /**
  * The most notifications one COMPLETE_MANY call records: below the service's CONCURRENCY, so that
- * Redis runs one call while this process builds the next (see payment-service's PAY_MANY).
+ * Redis runs one call while this process builds the next (see payment-service's SETTLE_MANY).
  */
 const MAX_RECORDS_PER_CALL = 100;
 

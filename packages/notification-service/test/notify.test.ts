@@ -415,6 +415,80 @@ describe('on payment-completed', () => {
   });
 });
 
+describe("on the saga's later steps: a cancellation, a declined payment, a refund", () => {
+  const orderId = () => `o-${randomUUID()}`;
+  it.each([
+    [
+      'mails a cancelled order once',
+      orderMailHandler,
+      (userId: string, id: string) =>
+        ({ type: 'order-cancelled', orderId: id, userId, reason: 'payment-timeout' }) as const,
+      'mail',
+      'mail-cancelled',
+      'was cancelled: the payment did not go through in time.',
+    ],
+    [
+      'texts a declined payment once',
+      paymentSmsHandler,
+      (userId: string, id: string) =>
+        ({ type: 'payment-failed', orderId: id, userId, reason: 'limit-exceeded' }) as const,
+      'sms',
+      'sms-declined',
+      'was declined (limit-exceeded).',
+    ],
+    [
+      'texts a refund once',
+      paymentSmsHandler,
+      (userId: string, id: string) =>
+        ({ type: 'payment-refunded', orderId: id, userId, paymentProcessId: 'pay-7', price: 5 }) as const,
+      'sms',
+      'sms-refunded',
+      'was refunded.',
+    ],
+  ] as const)(
+    '%s, keyed apart from the mail and SMS of its order',
+    async (_name, handler, eventOf, channel, prefix, ending) => {
+      const userId = `user-${randomUUID()}`;
+      const sender = recordingSender();
+      const id = orderId();
+      const event = eventOf(userId, id);
+      const handle = handler({ sender, sentLog }) as (e: typeof event, c: DeliveryContext) => Promise<void>;
+      // The order's own mail or SMS went out before: a later step is a notification of its own.
+      await sentLog.sendOnce(
+        {
+          key: `${channel}:${id}`,
+          userId,
+          context: await delivered(),
+          notification: {
+            channel,
+            event: 'earlier',
+            orderId: id,
+            entryId: '1-0',
+            time: new Date().toISOString(),
+          },
+        },
+        async () => {},
+      );
+
+      await handle(event, await delivered());
+      await handle(event, await delivered());
+
+      expect(sender.sent).toEqual([
+        {
+          channel,
+          userId,
+          text: expect.stringMatching(new RegExp(`order ${id} .*${ending.replace(/[().]/g, '\\$&')}$`)),
+          idempotencyKey: `${prefix}:${id}`,
+        },
+      ]);
+      expect(await sentTo(userId)).toMatchObject([
+        { channel, event: 'earlier', orderId: id },
+        { channel, event: event.type, orderId: id },
+      ]);
+    },
+  );
+});
+
 describe("on a payment written by the tutorial's Java payment-service", () => {
   it('texts the customer once per entry and records the SMS without an orderId', async () => {
     const userId = `user-${randomUUID()}`;
@@ -447,8 +521,8 @@ describe("on a payment written by the tutorial's Java payment-service", () => {
 
 describe('on an event type without a handler', () => {
   it.each([
-    ['the mail handler', 'order-cancelled', orderMailHandler],
-    ['the SMS handler', 'payment-refunded', paymentSmsHandler],
+    ['the mail handler', 'order-shipped', orderMailHandler],
+    ['the SMS handler', 'payment-disputed', paymentSmsHandler],
   ] as const)(
     '%s throws NonRetryableError, so the subscription dead-letters it, and sends, records and acks nothing',
     async (_name, type, handler) => {

@@ -32,14 +32,14 @@ const subscription = subscribe(
   'payment-service-group',
   config.CONSUMER_NAME,
   OrderEvents,
-  paymentHandler({ redis, logger: logger.child({ component: 'payments' }) }),
+  paymentHandler({ redis, logger: logger.child({ component: 'payments' }), limit: config.PAYMENT_LIMIT }),
   {
     connection: config.REDIS_URL,
     logger: logger.child({ component: 'consumer' }),
     claimIdleMs: config.CLAIM_IDLE_MS,
     count: config.READ_COUNT,
     concurrency: config.CONCURRENCY,
-    // PAY_MANY acks the order entry in the same script as the payment, on every path that resolves.
+    // Its scripts ack each order-events entry in the same step as its effect, on every path that resolves.
     handlerAcks: true,
   },
 );

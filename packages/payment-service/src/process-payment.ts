@@ -1,65 +1,114 @@
 import { randomUUID } from 'node:crypto';
-import { byType, type DeliveryContext, type Handler } from '@msa/stream-kit';
-import { OrderEvents, PaymentEvents, type OrderEvent } from '@msa/stream-kit/events';
+import { byType, NonRetryableError, type DeliveryContext, type EventOf, type Handler } from '@msa/stream-kit';
+import { OrderEvents, PaymentEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { batchCalls, defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
-/** The payment record of an order: written once, with its `payment-events` entry. */
-export interface Payment {
-  paymentProcessId: string;
-  /** The `order-events` entry it pays for. */
-  orderEntryId: string;
-  /** Its `payment-events` entry. */
-  paymentEntryId: string;
+/**
+ * The payment record of an order: one hash per order, kept for good, whose `state` only moves
+ * along these lines, each step in one script with the event it publishes:
+ *
+ * - none → `charged` (order-created at or below the limit: `payment-completed`) → `refunded`
+ *   (order-cancelled: `payment-refunded`);
+ * - none → `declined` (order-created above the limit: `payment-failed`);
+ * - none → `cancelled` (order-cancelled before its order-created was handled: nothing to pay
+ *   back, and the order is never charged).
+ *
+ * A record written before states existed has only the charge's fields: it reads as `charged`.
+ */
+export type PaymentState = 'charged' | 'refunded' | 'declined' | 'cancelled';
+
+/** The record's fields, as `HGETALL paymentKey(orderId)` answers them; each state adds its own. */
+export interface PaymentRecord {
+  state: PaymentState;
+  /** The `order-events` entry of the order (`charged`, `declined`). */
+  orderEntryId?: string;
+  userId?: string;
+  /** `charged`, `refunded`. */
+  paymentProcessId?: string;
+  price?: string;
+  /** Its `payment-completed` entry. */
+  paymentEntryId?: string;
   /** ISO 8601. */
-  paidAt: string;
+  paidAt?: string;
+  /** `declined`: why, e.g. `limit-exceeded`; `cancelled`: the order's reason. */
+  reason?: string;
+  /** `declined`: its `payment-failed` entry. */
+  failedEntryId?: string;
+  declinedAt?: string;
+  /** `refunded`, `cancelled`: the `order-cancelled` entry. */
+  cancelledEntryId?: string;
+  cancelledAt?: string;
+  /** `refunded`: its `payment-refunded` entry. */
+  refundEntryId?: string;
+  refundedAt?: string;
 }
 
-/** The record of the payment for `orderId`: one hash per order, kept for good. */
+/** The record of the payment for `orderId`. */
 export const paymentKey = (orderId: string) => `payment-service:payment:${orderId}`;
 
 /*
- * One atomic step per order: the payment record, its payment-events entry and the XACK of the
- * order entry. A crash before it leaves the order pending, to be paid on redelivery; a crash after
- * it leaves nothing to do. A redelivered order (reclaim, restart, a lost ack) finds the record and
- * is only acked. Both paths that answer ack the entry: the handler is subscribed with
- * `handlerAcks`, so this XACK is the only one.
+ * The record's state in Lua; `false` for no record. HMGET answers false for a missing field.
+ */
+const STATE_OF = `
+local function state_of(record)
+  local fields = redis.call('HMGET', record, 'state', 'paymentProcessId')
+  return fields[1] or (fields[2] and 'charged'), fields[2] or ''
+end
+`;
+
+/*
+ * One atomic step per order-created: the record, its event (payment-completed, or payment-failed
+ * for an order above the limit) and the XACK of the order entry. A crash before it leaves the order
+ * pending, to be settled on redelivery; a crash after it leaves nothing to do. An order whose
+ * record exists (delivered again, or cancelled before it came) is only acked: the first step
+ * decides. Both paths that answer ack the entry: the handler is subscribed with `handlerAcks`, so
+ * this XACK is the only one.
  *
  * Many orders per call (the handlers started in one tick, see `batchCalls`), each in a `pcall` of
  * its own: an order that fails (its record key holds another type: WRONGTYPE; its XADD is refused:
- * IDAHEAD) answers its own error and is not acked, while the others are paid. Within an order only
- * the HGET and the XADD can fail, and both come before any write of that order, so a failed order
- * writes nothing. One XACK at the end, of every order that answered. `#!lua` (no flags): while
- * Redis is out of memory it refuses the whole script up front (see CLAIM_RUN in stream-kit's
+ * IDAHEAD) answers its own error and is not acked, while the others are settled. Within an order
+ * only the HMGET and the XADD can fail, and both come before any write of that order, so a failed
+ * order writes nothing. One XACK at the end, of every order that answered. `#!lua` (no flags):
+ * while Redis is out of memory it refuses the whole script up front (see CLAIM_RUN in stream-kit's
  * scripts.ts), rather than letting each XADD fail inside its pcall.
  *
  * KEYS: payment-events, order-events, then the payment record of each order.
- * ARGV: group, how far an ID may run ahead of the clock, then for each order: its entry ID,
- * paymentProcessId, paidAt, the number of its XADD arguments, and those arguments.
- * Answers, for each order in turn: {1, paymentProcessId} paid now, {0, paymentProcessId} paid
- * before, or {-1, Redis's error message}.
+ * ARGV: group, how far an ID may run ahead of the clock, then for each order: `charge` or
+ * `decline`, its entry ID, paymentProcessId (charge) or reason (decline), the time (ISO 8601),
+ * userId, price, the number of its XADD arguments, and those arguments.
+ * Answers, for each order in turn: {1, state} settled now, {0, state, paymentProcessId} settled
+ * before (or cancelled first), or {-1, Redis's error message}.
  */
-const PAY_MANY = `#!lua
+const SETTLE_MANY = `#!lua
 ${XADD_CHECKED}
+${STATE_OF}
 local group, max_ahead = ARGV[1], ARGV[2]
--- One function for every order, not a closure per order: pcall(pay, ...) makes no garbage.
-local function pay(record, entry, process, paid_at, first, last)
-  local existing = redis.call('HGET', record, 'paymentProcessId')
-  if existing then return {0, existing} end
+-- One function for every order, not a closure per order: pcall(settle, ...) makes no garbage.
+local function settle(record, at, first, last)
+  local state, process = state_of(record)
+  if state then return {0, state, process} end
+  local op, entry, time = ARGV[at], ARGV[at + 1], ARGV[at + 3]
   local id = xadd_checked(KEYS[1], max_ahead, unpack(ARGV, first, last))
-  redis.call('HSET', record, 'paymentProcessId', process, 'orderEntryId', entry,
-    'paymentEntryId', id, 'paidAt', paid_at)
-  return {1, process}
+  if op == 'charge' then
+    redis.call('HSET', record, 'state', 'charged', 'paymentProcessId', ARGV[at + 2],
+      'orderEntryId', entry, 'paymentEntryId', id, 'paidAt', time,
+      'userId', ARGV[at + 4], 'price', ARGV[at + 5])
+    return {1, 'charged'}
+  end
+  redis.call('HSET', record, 'state', 'declined', 'reason', ARGV[at + 2],
+    'orderEntryId', entry, 'failedEntryId', id, 'declinedAt', time, 'userId', ARGV[at + 4],
+    'price', ARGV[at + 5])
+  return {1, 'declined'}
 end
 local answers, acked = {}, {}
 local at = 3
 for i = 3, #KEYS do
-  local entry = ARGV[at]
-  local first, last = at + 4, at + 3 + tonumber(ARGV[at + 3])
-  local ok, answer = pcall(pay, KEYS[i], entry, ARGV[at + 1], ARGV[at + 2], first, last)
+  local first, last = at + 7, at + 6 + tonumber(ARGV[at + 6])
+  local ok, answer = pcall(settle, KEYS[i], at, first, last)
   if ok then
-    acked[#acked + 1] = entry
+    acked[#acked + 1] = ARGV[at + 1]
     answers[#answers + 1] = answer
   else
     -- Redis 7.0 hands pcall the error's message, later versions the error table.
@@ -71,83 +120,220 @@ if #acked > 0 then redis.call('XACK', KEYS[2], group, unpack(acked)) end
 return answers
 `;
 
-/** An order for PAY_MANY, as one handler queues it. */
-interface Pay {
+/*
+ * One step per order-cancelled, given the state the handler read (and built its refund from): a
+ * charged order is refunded (payment-refunded, state refunded); an order with no record yet is
+ * marked cancelled, so that its order-created, when it comes, is never charged; any other state
+ * (declined, refunded, cancelled) needs nothing. Then the XACK of the cancellation. If the state
+ * is no longer the one read (a charge ran in between), it writes nothing and answers {-2, state}:
+ * the handler reads again.
+ *
+ * KEYS: payment-events, order-events, the order's payment record.
+ * ARGV: group, how far an ID may run ahead of the clock, the order-cancelled entry ID, the state
+ * read (`none` for no record), the time (ISO 8601), the order's reason, the number of the refund's
+ * XADD arguments, and those arguments (none unless charged).
+ * Answers {1, state before}, or {-2, state now}.
+ */
+const CANCEL = `#!lua
+${XADD_CHECKED}
+${STATE_OF}
+local group, max_ahead, entry, read, time = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local state = state_of(KEYS[3]) or 'none'
+if state ~= read then return {-2, state} end
+if state == 'none' then
+  redis.call('HSET', KEYS[3], 'state', 'cancelled', 'cancelledEntryId', entry, 'cancelledAt', time,
+    'reason', ARGV[6])
+elseif state == 'charged' then
+  local id = xadd_checked(KEYS[1], max_ahead, unpack(ARGV, 8, 7 + tonumber(ARGV[7])))
+  redis.call('HSET', KEYS[3], 'state', 'refunded', 'refundEntryId', id, 'refundedAt', time,
+    'cancelledEntryId', entry)
+end
+redis.call('XACK', KEYS[2], group, entry)
+return {1, state}
+`;
+
+/** An order for SETTLE_MANY, as one handler queues it. */
+interface Settle {
   record: string;
   group: string;
+  op: 'charge' | 'decline';
   entryId: string;
-  paymentProcessId: string;
-  paidAt: string;
+  /** paymentProcessId (charge) or reason (decline). */
+  detail: string;
+  at: string;
+  userId: string;
+  price: string;
   xadd: string[];
 }
 
-type PayAnswer = [created: 0 | 1, paymentProcessId: string] | [failed: -1, message: string];
+type SettleAnswer =
+  | [created: 1, state: PaymentState]
+  | [created: 0, state: PaymentState, paymentProcessId: string]
+  | [failed: -1, message: string];
 
 /**
- * The most orders one PAY_MANY call carries. Below the service's CONCURRENCY, so that several calls
- * are in flight: Redis runs one while this process builds the next (one call for all would leave
- * each waiting on the other). Also keeps Lua's `unpack` of the XACK IDs far from its limit.
+ * The most orders one SETTLE_MANY call carries. Below the service's CONCURRENCY, so that several
+ * calls are in flight: Redis runs one while this process builds the next (one call for all would
+ * leave each waiting on the other). Also keeps Lua's `unpack` of the XACK IDs far from its limit.
  */
 const MAX_ORDERS_PER_CALL = 100;
 
+/** How often a cancellation reads the record again when a charge lands between its read and its step. */
+const CANCEL_TRIES = 5;
+
 export interface PaymentDeps {
-  /** payment-service's own connection; the script is defined on it. */
+  /** payment-service's own connection; the scripts are defined on it. */
   redis: Redis;
   logger: Logger;
+  /** `PAYMENT_LIMIT`: an order whose price is above it is declined (`payment-failed`). */
+  limit: number;
 }
 
 /**
- * Pays for each order once and announces it on `payment-events`, however often the order is
- * delivered. The payment process ID is a UUID, not the tutorial's in-memory counter, so it stays
- * unique across restarts and instances.
+ * Settles each order once, however often it is delivered: charges it and announces it on
+ * `payment-events` (`payment-completed`), or declines it (`payment-failed`, reason
+ * `limit-exceeded`) when its price is above `limit`; refunds a charged order when it is cancelled
+ * (`payment-refunded`), and never charges an order cancelled before it was settled. Entries of
+ * `order-events` are handled side by side, so a cancellation may come before, during or after its
+ * order's charge: the record's state (`PaymentState`), checked and moved in one script with the
+ * event, decides. The payment process ID is a UUID, not the tutorial's in-memory counter, so it
+ * stays unique across restarts and instances.
  *
- * Acks its own entry (subscribe it with `handlerAcks: true`): it resolves only after PAY_MANY,
- * which acks the order entry with the payment, or finds the order paid and acks it; it throws (the
- * entry stays pending) with the error Redis gave for its order alone. The orders of the handlers
- * started in one tick go out in one PAY_MANY call (`batchCalls`), one per consumer group. One handler per
- * event type (`byType`): a type added to order-events fails the typecheck here, and one that
- * arrives unhandled is dead-lettered, not acked silently, with nothing written.
+ * Acks its own entry (subscribe it with `handlerAcks: true`): it resolves only after the script
+ * that acked it, and throws (the entry stays pending) with the error Redis gave for its order
+ * alone. The orders of the handlers started in one tick go out in one SETTLE_MANY call
+ * (`batchCalls`), one per consumer group. One handler per event type (`byType`): a type added to
+ * order-events fails the typecheck here, and one that arrives unhandled is dead-lettered, not acked
+ * silently, with nothing written.
  */
-export function paymentHandler({ redis, logger }: PaymentDeps): Handler<OrderEvent> {
-  // A line per payment, of IDs only: no redaction, whose wildcard paths cost 7 µs a line (a tenth
+export function paymentHandler({ redis, logger, limit }: PaymentDeps): Handler<OrderEvent> {
+  // A line per order, of IDs only: no redaction, whose wildcard paths cost 7 µs a line (a tenth
   // of a payment's CPU time in a profile of the service draining a backlog).
   const lines = logger.child({}, { redact: [] });
-  const payMany = defineScript<PayAnswer[]>(redis, 'payMany', null, PAY_MANY);
-  const pay = batchCalls<Pay, [created: 0 | 1, paymentProcessId: string]>(
+  const settleMany = defineScript<SettleAnswer[]>(redis, 'settleMany', null, SETTLE_MANY);
+  const cancel = defineScript<[1 | -2, PaymentState | 'none']>(redis, 'cancelPayment', 3, CANCEL);
+  const settle = batchCalls<Settle, SettleAnswer>(
     async (orders) => {
       const args: (string | number)[] = [orders[0]!.group, maxIdAheadMs(PaymentEvents)];
       for (const order of orders)
-        args.push(order.entryId, order.paymentProcessId, order.paidAt, order.xadd.length, ...order.xadd);
+        // prettier-ignore
+        args.push(order.op, order.entryId, order.detail, order.at, order.userId, order.price,
+          order.xadd.length, ...order.xadd);
       // prettier-ignore
-      const answers = await payMany(
+      const answers = await settleMany(
         2 + orders.length, PaymentEvents.name, OrderEvents.name, orders.map((order) => order.record), args,
       );
-      return answers.map(([code, text]) => (code === -1 ? new Error(text) : [code, text]));
+      return answers.map((answer) => (answer[0] === -1 ? new Error(answer[1]) : answer));
     },
     { maxBatchSize: MAX_ORDERS_PER_CALL, keyOf: (order) => order.group },
   );
 
   return byType<OrderEvent>({
     'order-created': async (order, context: DeliveryContext) => {
-      const event = {
-        type: 'payment-completed' as const,
-        orderId: order.orderId,
-        userId: order.userId,
-        productId: order.productId,
-        price: order.price,
-        paymentProcessId: randomUUID(),
-      };
-      const [created, paymentProcessId] = await pay({
+      const declined = order.price > limit;
+      const event: PaymentEvent = declined
+        ? { type: 'payment-failed', orderId: order.orderId, userId: order.userId, reason: 'limit-exceeded' }
+        : {
+            type: 'payment-completed',
+            orderId: order.orderId,
+            userId: order.userId,
+            productId: order.productId,
+            price: order.price,
+            paymentProcessId: randomUUID(),
+          };
+      const answer = await settle({
         record: paymentKey(order.orderId),
         group: context.group,
+        op: declined ? 'decline' : 'charge',
         entryId: context.id,
-        paymentProcessId: event.paymentProcessId,
-        paidAt: new Date().toISOString(),
+        detail: event.type === 'payment-completed' ? event.paymentProcessId : 'limit-exceeded',
+        at: new Date().toISOString(),
+        userId: order.userId,
+        price: String(order.price),
         xadd: xaddArguments(PaymentEvents, event),
       });
-      const where = { orderId: order.orderId, entryId: context.id, paymentProcessId };
-      if (created === 1) lines.info(where, 'payment completed');
-      else lines.info(where, 'order already paid; acknowledged again');
+      const where = { orderId: order.orderId, entryId: context.id };
+      if (answer[0] === 1) {
+        if (event.type === 'payment-completed')
+          lines.info({ ...where, paymentProcessId: event.paymentProcessId }, 'payment completed');
+        else
+          lines.info({ ...where, reason: 'limit-exceeded', price: order.price, limit }, 'payment declined');
+      } else if (answer[1] === 'cancelled') {
+        lines.info(where, 'order cancelled before its payment; not charged');
+      } else {
+        lines.info(
+          { ...where, state: answer[1], paymentProcessId: answer[2] || undefined },
+          'order already settled; acknowledged again',
+        );
+      }
+    },
+
+    'order-cancelled': async (cancellation, context: DeliveryContext) => {
+      const record = paymentKey(cancellation.orderId);
+      for (let tries = 0; tries < CANCEL_TRIES; tries += 1) {
+        const read = await redis.hgetall(record);
+        const state = stateOf(read);
+        const refund = state === 'charged' ? await refundOf(redis, cancellation.orderId, read) : undefined;
+        const xadd = refund ? xaddArguments(PaymentEvents, refund) : [];
+        // prettier-ignore
+        const [done, before] = await cancel(
+          PaymentEvents.name, OrderEvents.name, record,
+          context.group, maxIdAheadMs(PaymentEvents), context.id, state, new Date().toISOString(),
+          cancellation.reason, xadd.length, xadd,
+        );
+        if (done === -2) continue;
+        const where = { orderId: cancellation.orderId, entryId: context.id, reason: cancellation.reason };
+        if (before === 'charged')
+          lines.info({ ...where, paymentProcessId: refund!.paymentProcessId }, 'payment refunded');
+        else if (before === 'none')
+          lines.info(where, 'order cancelled before its payment; it will not be charged');
+        else lines.info({ ...where, state: before }, 'order cancelled; nothing to refund');
+        return;
+      }
+      throw new Error(
+        `the payment record of order ${cancellation.orderId} kept changing while it was cancelled`,
+      );
     },
   });
+}
+
+/** The state of a record as HGETALL read it (`{}` for none). */
+function stateOf(record: Record<string, string>): PaymentState | 'none' {
+  if (record.state) return record.state as PaymentState;
+  return record.paymentProcessId ? 'charged' : 'none';
+}
+
+/**
+ * The refund of a charged order, from its record; a record written before records kept `userId`
+ * and `price` takes them from its `payment-completed` entry, while the stream still holds it.
+ */
+async function refundOf(
+  redis: Redis,
+  orderId: string,
+  record: Record<string, string>,
+): Promise<EventOf<typeof PaymentEvents> & { type: 'payment-refunded' }> {
+  let { userId, price } = record;
+  if ((userId === undefined || price === undefined) && record.paymentEntryId) {
+    const [entry] = await redis.xrange(PaymentEvents.name, record.paymentEntryId, record.paymentEntryId);
+    const fields = Object.fromEntries(chunks(entry?.[1] ?? []));
+    ({ userId = userId, price = price } = fields);
+  }
+  if (userId === undefined || price === undefined || !record.paymentProcessId)
+    throw new NonRetryableError(
+      `cannot refund order ${orderId}: its payment record lacks the user or the price, and its payment-completed entry is gone`,
+    );
+  return {
+    type: 'payment-refunded',
+    orderId,
+    userId,
+    paymentProcessId: record.paymentProcessId,
+    price: Number(price),
+  };
+}
+
+/** `[k1, v1, k2, v2]` → `[[k1, v1], [k2, v2]]`. */
+function chunks(flat: string[]): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) pairs.push([flat[i]!, flat[i + 1]!]);
+  return pairs;
 }

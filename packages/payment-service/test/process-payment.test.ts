@@ -11,6 +11,7 @@ import { paymentHandler, paymentKey } from '../src/process-payment.ts';
 
 let redis: Redis;
 const logger = pino({ level: 'silent' });
+const LIMIT = 1_000_000;
 
 beforeAll(() => {
   redis = new Redis(inject('redisUrl'));
@@ -54,7 +55,7 @@ describe('on order-created', () => {
   it('publishes payment-completed, records the payment and acks the order, all at once', async () => {
     const [order, context] = await deliveredOrder();
 
-    await paymentHandler({ redis, logger })(order, context);
+    await paymentHandler({ redis, logger, limit: LIMIT })(order, context);
 
     const [payment] = await paymentsFor(order.orderId);
     expect(payment).toEqual({
@@ -66,17 +67,20 @@ describe('on order-created', () => {
       paymentProcessId: expect.stringMatching(/^[0-9a-f-]{36}$/),
     });
     expect(await redis.hgetall(paymentKey(order.orderId))).toEqual({
+      state: 'charged',
       paymentProcessId: payment!.paymentProcessId,
       orderEntryId: context.id,
       paymentEntryId: expect.stringMatching(/^\d+-\d+$/),
       paidAt: expect.any(String),
+      userId: 'u1',
+      price: '1000',
     });
     expect(await pending(context)).toBe(0);
   });
 
   it('pays an order delivered again (or to two instances at once) only once', async () => {
     const [order, context] = await deliveredOrder();
-    const instances = [1, 2, 3].map(() => paymentHandler({ redis, logger }));
+    const instances = [1, 2, 3].map(() => paymentHandler({ redis, logger, limit: LIMIT }));
 
     await Promise.all(instances.map((handle) => handle(order, context)));
     await instances[0]!(order, { ...context, deliveryCount: 2 });
@@ -89,7 +93,7 @@ describe('on order-created', () => {
     const [order, context] = await deliveredOrder();
     await redis.hset(paymentKey(order.orderId), 'paymentProcessId', 'paid-before-the-crash');
 
-    await paymentHandler({ redis, logger })(order, context);
+    await paymentHandler({ redis, logger, limit: LIMIT })(order, context);
 
     expect(await paymentsFor(order.orderId)).toEqual([]);
     expect(await pending(context)).toBe(0);
@@ -98,7 +102,7 @@ describe('on order-created', () => {
   it('gives every payment a new ID, even from two separate instances', async () => {
     const orders = await Promise.all([1, 2, 3].map(() => deliveredOrder()));
     // Two handlers stand for two instances, or one instance before and after a restart.
-    const instances = [1, 2].map(() => paymentHandler({ redis, logger }));
+    const instances = [1, 2].map(() => paymentHandler({ redis, logger, limit: LIMIT }));
 
     for (const [i, [order, context]] of orders.entries()) await instances[i % 2]!(order, context);
 
@@ -121,7 +125,7 @@ describe('the payment log line', () => {
     });
     const [order, context] = await deliveredOrder();
 
-    await paymentHandler({ redis, logger: pino(sink) })(order, context);
+    await paymentHandler({ redis, logger: pino(sink), limit: LIMIT })(order, context);
 
     expect(lines).toEqual([
       expect.objectContaining({
@@ -139,19 +143,19 @@ describe('on an event type without a handler', () => {
   it('throws NonRetryableError, so the subscription dead-letters it, and pays and acks nothing', async () => {
     const [order, context] = await deliveredOrder();
     // What a schema with a new type would let through to a handler built without its case.
-    const forged = { ...order, type: 'order-cancelled' } as unknown as OrderEvent;
+    const forged = { ...order, type: 'order-shipped' } as unknown as OrderEvent;
 
-    const handling = paymentHandler({ redis, logger })(forged, context);
+    const handling = paymentHandler({ redis, logger, limit: LIMIT })(forged, context);
 
     await expect(handling).rejects.toBeInstanceOf(NonRetryableError);
-    await expect(handling).rejects.toThrow('no handler for event type "order-cancelled"');
+    await expect(handling).rejects.toThrow('no handler for event type "order-shipped"');
     expect(await paymentsFor(order.orderId)).toEqual([]);
     expect(await redis.exists(paymentKey(order.orderId))).toBe(0);
     expect(await pending(context)).toBe(1);
   });
 });
 
-describe('orders handled side by side (one PAY_MANY call per tick)', () => {
+describe('orders handled side by side (one SETTLE_MANY call per tick)', () => {
   // A Redis of its own: these tests count its script calls, starve it of memory and push
   // payment-events' IDs ahead of the clock, which would disturb the suites on the shared one.
   let server: RedisServer;
@@ -208,7 +212,7 @@ describe('orders handled side by side (one PAY_MANY call per tick)', () => {
 
   it('pays and acks all of them in one script call', async () => {
     const { group, orders } = await deliveredOrders(8);
-    const handle = paymentHandler({ redis: own, logger });
+    const handle = paymentHandler({ redis: own, logger, limit: LIMIT });
     const before = await scriptCalls();
 
     await Promise.all(orders.map(([order, context]) => handle(order, context)));
@@ -225,7 +229,7 @@ describe('orders handled side by side (one PAY_MANY call per tick)', () => {
     const [bad, badContext] = orders[1]!;
     // Its record key holds a string: HGET answers WRONGTYPE for this order alone.
     await own.set(paymentKey(bad.orderId), 'not a hash');
-    const handle = paymentHandler({ redis: own, logger });
+    const handle = paymentHandler({ redis: own, logger, limit: LIMIT });
 
     const outcomes = await Promise.allSettled(orders.map(([order, context]) => handle(order, context)));
 
@@ -245,23 +249,23 @@ describe('orders handled side by side (one PAY_MANY call per tick)', () => {
 
   it('pays the rest one at a time when the call for all of them fails', async () => {
     const { group, orders } = await deliveredOrders(3);
-    const scripts = own as unknown as { payMany: (...args: unknown[]) => Promise<unknown> };
-    const payMany = scripts.payMany.bind(own);
+    const scripts = own as unknown as { settleMany: (...args: unknown[]) => Promise<unknown> };
+    const settleMany = scripts.settleMany.bind(own);
     const calls: number[] = [];
     // A call for more than one order fails as a whole (a stand-in for, say, a script error
     // outside the pcalls); a call for one goes through.
-    scripts.payMany = (keys, ...args) => {
+    scripts.settleMany = (keys, ...args) => {
       calls.push(Number(keys) - 2);
       return Number(keys) > 3
         ? Promise.reject(new Error('ERR something broke the batch'))
-        : payMany(keys, ...args);
+        : settleMany(keys, ...args);
     };
     try {
-      const handle = paymentHandler({ redis: own, logger });
+      const handle = paymentHandler({ redis: own, logger, limit: LIMIT });
 
       await Promise.all(orders.map(([order, context]) => handle(order, context)));
     } finally {
-      scripts.payMany = payMany;
+      scripts.settleMany = settleMany;
     }
 
     expect(calls).toEqual([3, 1, 1, 1]);
@@ -274,7 +278,7 @@ describe('orders handled side by side (one PAY_MANY call per tick)', () => {
     const { group, orders } = await deliveredOrders(3);
     // Paid before: a script run under OOM could still ack it; one refused up front does not.
     await own.hset(paymentKey(orders[0]![0].orderId), 'paymentProcessId', 'paid-before');
-    const handle = paymentHandler({ redis: own, logger });
+    const handle = paymentHandler({ redis: own, logger, limit: LIMIT });
     const paidBefore = await own.xlen('payment-events');
     const refusedBefore = await rejectedScriptCalls();
 
@@ -299,7 +303,7 @@ describe('orders handled side by side (one PAY_MANY call per tick)', () => {
 
   it("fails each order with Redis's IDAHEAD error once payment-events IDs run ahead of the clock", async () => {
     const { group, orders } = await deliveredOrders(2);
-    const handle = paymentHandler({ redis: own, logger });
+    const handle = paymentHandler({ redis: own, logger, limit: LIMIT });
     // An ID set by hand an hour ahead: every `*` ID after it follows.
     await own.xadd('payment-events', `${Date.now() + 3_600_000}-0`, 'type', 'forged');
 
@@ -316,5 +320,205 @@ describe('orders handled side by side (one PAY_MANY call per tick)', () => {
     }
     expect(await pendingIds(group)).toHaveLength(2);
     expect(await Promise.all(orders.map(([order]) => own.exists(paymentKey(order.orderId))))).toEqual([0, 0]);
+  });
+});
+
+describe("the payment record's state machine (the saga's payment side)", () => {
+  /** `events`, appended to order-events in this order and delivered to a group of their own. */
+  async function delivered(...events: OrderEvent[]): Promise<DeliveryContext[]> {
+    const group = `test-${randomUUID()}`;
+    await redis.xgroup('CREATE', 'order-events', group, '$', 'MKSTREAM');
+    const ids: string[] = [];
+    for (const event of events)
+      ids.push((await redis.xadd('order-events', '*', ...Object.entries(event).flat().map(String)))!);
+    await redis.xreadgroup('GROUP', group, 'c', 'STREAMS', 'order-events', '>');
+    return ids.map((id) => ({
+      id,
+      stream: 'order-events',
+      group,
+      consumer: 'c',
+      deliveryCount: 1,
+      stillHeld: () => true,
+    }));
+  }
+  const created = (price = 1000) => ({
+    type: 'order-created' as const,
+    orderId: randomUUID(),
+    userId: 'u1',
+    productId: 'p1',
+    price,
+  });
+  const cancelled = (orderId: string) => ({
+    type: 'order-cancelled' as const,
+    orderId,
+    userId: 'u1',
+    reason: 'payment-timeout' as const,
+  });
+  const eventsOf = async (orderId: string, type: string) =>
+    (await paymentsFor(orderId)).filter((fields) => fields.type === type);
+  const pendingIn = async (group: string) => {
+    const [count] = (await redis.xpending('order-events', group)) as [number];
+    return count;
+  };
+
+  it('declines an order above the limit once: payment-failed (limit-exceeded), a declined record, nothing charged', async () => {
+    const order = created(1000.5);
+    const [context] = await delivered(order);
+    const handle = paymentHandler({ redis, logger, limit: 1000 });
+
+    await handle(order, context!);
+    await handle(order, { ...context!, deliveryCount: 2 });
+
+    expect(await paymentsFor(order.orderId)).toEqual([
+      { type: 'payment-failed', orderId: order.orderId, userId: 'u1', reason: 'limit-exceeded' },
+    ]);
+    expect(await redis.hgetall(paymentKey(order.orderId))).toMatchObject({
+      state: 'declined',
+      reason: 'limit-exceeded',
+      orderEntryId: context!.id,
+      failedEntryId: expect.stringMatching(/^\d+-\d+$/),
+    });
+    expect(await pendingIn(context!.group)).toBe(0);
+  });
+
+  it('charges an order whose price equals the limit', async () => {
+    const order = created(1000);
+    const [context] = await delivered(order);
+
+    await paymentHandler({ redis, logger, limit: 1000 })(order, context!);
+
+    expect((await paymentsFor(order.orderId)).map((fields) => fields.type)).toEqual(['payment-completed']);
+  });
+
+  it('refunds a charged order once when it is cancelled, however often either event is delivered again', async () => {
+    const order = created();
+    const [orderContext, cancelContext] = await delivered(order, cancelled(order.orderId));
+    const handle = paymentHandler({ redis, logger, limit: LIMIT });
+
+    await handle(order, orderContext!);
+    await handle(cancelled(order.orderId), cancelContext!);
+    await handle(cancelled(order.orderId), { ...cancelContext!, deliveryCount: 2 });
+    await handle(order, { ...orderContext!, deliveryCount: 2 });
+
+    const [charge] = await eventsOf(order.orderId, 'payment-completed');
+    expect(await paymentsFor(order.orderId)).toEqual([
+      charge,
+      {
+        type: 'payment-refunded',
+        orderId: order.orderId,
+        userId: 'u1',
+        paymentProcessId: charge!.paymentProcessId,
+        price: '1000',
+      },
+    ]);
+    expect(await redis.hgetall(paymentKey(order.orderId))).toMatchObject({
+      state: 'refunded',
+      cancelledEntryId: cancelContext!.id,
+      refundEntryId: expect.stringMatching(/^\d+-\d+$/),
+    });
+    expect(await pendingIn(orderContext!.group)).toBe(0);
+  });
+
+  it('never charges an order cancelled before its order-created is handled', async () => {
+    const order = created();
+    const [orderContext, cancelContext] = await delivered(order, cancelled(order.orderId));
+    const handle = paymentHandler({ redis, logger, limit: LIMIT });
+
+    await handle(cancelled(order.orderId), cancelContext!);
+    await handle(order, orderContext!);
+
+    expect(await paymentsFor(order.orderId)).toEqual([]);
+    expect(await redis.hgetall(paymentKey(order.orderId))).toMatchObject({
+      state: 'cancelled',
+      reason: 'payment-timeout',
+      cancelledEntryId: cancelContext!.id,
+    });
+    expect(await pendingIn(orderContext!.group)).toBe(0);
+  });
+
+  it('refunds nothing when a declined order is cancelled', async () => {
+    const order = created(5_000);
+    const [orderContext, cancelContext] = await delivered(order, {
+      ...cancelled(order.orderId),
+      reason: 'payment-declined',
+    });
+    const handle = paymentHandler({ redis, logger, limit: 1000 });
+
+    await handle(order, orderContext!);
+    await handle({ ...cancelled(order.orderId), reason: 'payment-declined' }, cancelContext!);
+
+    expect((await paymentsFor(order.orderId)).map((fields) => fields.type)).toEqual(['payment-failed']);
+    expect((await redis.hgetall(paymentKey(order.orderId))).state).toBe('declined');
+    expect(await pendingIn(orderContext!.group)).toBe(0);
+  });
+
+  it('side by side, in either order of arrival, ends charged and refunded or never charged: never a charge kept for a cancelled order', async () => {
+    const handle = paymentHandler({ redis, logger, limit: LIMIT });
+    for (let n = 0; n < 20; n += 1) {
+      const order = created();
+      const cancellation = cancelled(order.orderId);
+      const cancelFirst = n % 2 === 1;
+      const contexts = await delivered(...(cancelFirst ? [cancellation, order] : [order, cancellation]));
+      const [orderContext, cancelContext] = cancelFirst ? [contexts[1]!, contexts[0]!] : contexts;
+      // Both started in one tick, as a subscription hands a read's entries to its handlers.
+      const runs = [handle(order, orderContext!), handle(cancellation, cancelContext!)];
+      await Promise.all(cancelFirst ? runs.reverse() : runs);
+
+      const types = (await paymentsFor(order.orderId)).map((fields) => fields.type);
+      const { state } = await redis.hgetall(paymentKey(order.orderId));
+      expect([
+        ['refunded', 'payment-completed,payment-refunded'],
+        ['cancelled', ''],
+      ]).toContainEqual([state, types.join()]);
+      expect(await pendingIn(orderContext!.group)).toBe(0);
+    }
+  });
+
+  it('reads the record again when a charge lands between the cancellation reading it and its script, and refunds', async () => {
+    const order = created();
+    const [orderContext, cancelContext] = await delivered(order, cancelled(order.orderId));
+    const connection = new Redis(inject('redisUrl'));
+    const handle = paymentHandler({ redis: connection, logger, limit: LIMIT });
+    const hgetall = connection.hgetall.bind(connection);
+    let reads = 0;
+    // The first read finds no record; the order is charged right after it.
+    connection.hgetall = (async (key: string) => {
+      const read = await hgetall(key);
+      if ((reads += 1) === 1) await paymentHandler({ redis, logger, limit: LIMIT })(order, orderContext!);
+      return read;
+    }) as typeof connection.hgetall;
+    try {
+      await handle(cancelled(order.orderId), cancelContext!);
+    } finally {
+      connection.disconnect();
+    }
+
+    expect(reads).toBe(2);
+    expect((await paymentsFor(order.orderId)).map((fields) => fields.type)).toEqual([
+      'payment-completed',
+      'payment-refunded',
+    ]);
+    expect((await redis.hgetall(paymentKey(order.orderId))).state).toBe('refunded');
+  });
+
+  it('refunds a payment recorded before records had a state, with the user and price of its payment-completed entry', async () => {
+    const order = created();
+    const [, cancelContext] = await delivered(order, cancelled(order.orderId));
+    // prettier-ignore
+    const paymentEntryId = (await redis.xadd('payment-events', '*', 'type', 'payment-completed',
+      'orderId', order.orderId, 'userId', 'u1', 'productId', 'p1', 'price', '1000', 'paymentProcessId', 'old-1'))!;
+    await redis.hset(paymentKey(order.orderId), { paymentProcessId: 'old-1', paymentEntryId });
+
+    await paymentHandler({ redis, logger, limit: LIMIT })(cancelled(order.orderId), cancelContext!);
+
+    expect(await eventsOf(order.orderId, 'payment-refunded')).toEqual([
+      {
+        type: 'payment-refunded',
+        orderId: order.orderId,
+        userId: 'u1',
+        paymentProcessId: 'old-1',
+        price: '1000',
+      },
+    ]);
   });
 });

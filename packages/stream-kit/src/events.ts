@@ -39,6 +39,20 @@ export const OrderCreated = z.object({
 });
 export type OrderCreated = z.infer<typeof OrderCreated>;
 
+/**
+ * An order will not be paid: `payment-declined` (payment-service refused it) or
+ * `payment-timeout` (it stayed unpaid too long). Its final state; payment-service refunds it if it
+ * charged it after all.
+ */
+export const OrderCancelled = z.object({
+  type: z.literal('order-cancelled'),
+  orderId: Id,
+  /** The order's customer, to be told. */
+  userId: Id,
+  reason: z.enum(['payment-declined', 'payment-timeout']),
+});
+export type OrderCancelled = z.infer<typeof OrderCancelled>;
+
 /** An order was paid (once: payment-service records it with the entry). */
 export const PaymentCompleted = z.object({
   type: z.literal('payment-completed'),
@@ -51,21 +65,43 @@ export const PaymentCompleted = z.object({
 });
 export type PaymentCompleted = z.infer<typeof PaymentCompleted>;
 
-/** Orders placed; the tutorial's three-field entries read as `order-created` with their entry ID as `orderId`. */
+/** payment-service refused to charge an order (once), e.g. `limit-exceeded`: its price is above the limit. */
+export const PaymentFailed = z.object({
+  type: z.literal('payment-failed'),
+  orderId: Id,
+  userId: Id,
+  reason: Id,
+});
+export type PaymentFailed = z.infer<typeof PaymentFailed>;
+
+/** A charge was paid back (once), because its order was cancelled. */
+export const PaymentRefunded = z.object({
+  type: z.literal('payment-refunded'),
+  orderId: Id,
+  userId: Id,
+  paymentProcessId: Id,
+  price: Price,
+});
+export type PaymentRefunded = z.infer<typeof PaymentRefunded>;
+
+/**
+ * Orders placed and cancelled; the tutorial's three-field entries read as `order-created` with their
+ * entry ID as `orderId`.
+ */
 export const OrderEvents = defineStream({
   name: 'order-events',
-  schema: z.discriminatedUnion('type', [OrderCreated]),
+  schema: z.discriminatedUnion('type', [OrderCreated, OrderCancelled]),
   defaults: (entryId) => ({ type: 'order-created', orderId: entryId }),
 });
 export type OrderEvent = z.infer<typeof OrderEvents.schema>;
 
 /**
- * Payments processed; entries without `type` (the tutorial's) read as `payment-completed`, and
+ * Payments charged, declined and refunded; entries without `type` (the tutorial's) read as `payment-completed`, and
  * may lack `orderId`.
  */
 export const PaymentEvents = defineStream({
   name: 'payment-events',
-  schema: z.discriminatedUnion('type', [PaymentCompleted]),
+  schema: z.discriminatedUnion('type', [PaymentCompleted, PaymentFailed, PaymentRefunded]),
   defaults: () => ({ type: 'payment-completed' }),
 });
 export type PaymentEvent = z.infer<typeof PaymentEvents.schema>;

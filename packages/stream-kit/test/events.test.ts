@@ -143,3 +143,48 @@ describe('payment-events entries', () => {
     expect(decoded).toEqual({ ok: false, reason: expect.stringMatching(/^paymentProcessId: /) });
   });
 });
+
+describe("the saga's events", () => {
+  it.each([
+    [OrderEvents, { type: 'order-cancelled', orderId: 'o-1', userId: 'u1', reason: 'payment-timeout' }],
+    [PaymentEvents, { type: 'payment-failed', orderId: 'o-1', userId: 'u1', reason: 'limit-exceeded' }],
+    [
+      PaymentEvents,
+      { type: 'payment-refunded', orderId: 'o-1', userId: 'u1', paymentProcessId: 'pp-1', price: 12.5 },
+    ],
+  ] as const)('%#: survive the round trip through encode unchanged', (stream, event) => {
+    expect(decode(stream, ENTRY_ID, encode(event))).toEqual({ ok: true, event });
+  });
+
+  it.each([
+    [
+      'a cancellation with a reason of its own',
+      OrderEvents,
+      { type: 'order-cancelled', orderId: 'o', userId: 'u', reason: 'bored' },
+      /^reason: /,
+    ],
+    [
+      'a cancellation without a user',
+      OrderEvents,
+      { type: 'order-cancelled', orderId: 'o', reason: 'payment-timeout' },
+      /^userId: /,
+    ],
+    [
+      'a declined payment without an order',
+      PaymentEvents,
+      { type: 'payment-failed', userId: 'u', reason: 'limit-exceeded' },
+      /^orderId: /,
+    ],
+    [
+      'a refund without its payment',
+      PaymentEvents,
+      { type: 'payment-refunded', orderId: 'o', userId: 'u', price: '5' },
+      /^paymentProcessId: /,
+    ],
+  ] as const)('reject %s, naming the field', (_name, stream, fields, reason) => {
+    const decoded = decode(stream, ENTRY_ID, fields);
+
+    expect(decoded.ok).toBe(false);
+    expect(decoded.ok === false && decoded.reason).toMatch(reason);
+  });
+});
