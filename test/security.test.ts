@@ -251,6 +251,34 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     expect(await replay.json()).toEqual({ orderId });
   });
 
+  it('refunds a paid order that is cancelled, and tells the customer, each as its own user', async () => {
+    const orderId = await expectOrderCarriedThrough(stack, 'acl-carol');
+
+    // prettier-ignore
+    await stack.admin!.xadd(ORDERS, '*', 'type', 'order-cancelled', 'orderId', orderId, 'userId', 'acl-carol',
+      'reason', 'payment-timeout');
+
+    const refund = await waitFor(
+      async () =>
+        (await entryFields(stack.admin!, PAYMENTS)).find(
+          (entry) => entry.orderId === orderId && entry.type === 'payment-refunded',
+        ),
+      { timeoutMs: 15_000, what: `the refund of order ${orderId}` },
+    );
+    expect(refund).toMatchObject({ userId: 'acl-carol', price: '1000' });
+    const notifications = `${serviceOf(stack, 'notification-service').url}/notifications?userId=acl-carol`;
+    await waitFor(
+      async () => {
+        const { notifications: all } = (await (await fetch(notifications)).json()) as {
+          notifications: { event: string; orderId: string }[];
+        };
+        const events = all.filter((n) => n.orderId === orderId).map((n) => n.event);
+        return events.includes('order-cancelled') && events.includes('payment-refunded');
+      },
+      { timeoutMs: 15_000, what: `the cancellation mail and refund SMS of order ${orderId}` },
+    );
+  });
+
   it('lets each consumer group dead-letter a malformed entry', async () => {
     const poisonId = await stack.admin!.xadd(ORDERS, '*', 'userId', 'u', 'productId', 'p', 'price', 'free');
 
@@ -354,8 +382,12 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['XDEL', PAYMENTS, '1-0'],
         ['EVALSHA', anySha, '3', 'payment-service:payment:o1', PAYMENTS, ORDERS],
         ['HGET', 'payment-service:payment:o1', 'paymentProcessId'],
+        ['HMGET', 'payment-service:payment:o1', 'state', 'paymentProcessId'],
+        ['HGETALL', 'payment-service:payment:o1'],
         ['HSET', 'payment-service:payment:o1', 'paymentProcessId', 'p1'],
         ['XADD', PAYMENTS, 'MINID', '~', '0-0', '*', 'type', 'payment-completed'],
+        // A refund of a payment recorded before records kept its user and price reads its entry.
+        ['XRANGE', PAYMENTS, '1-0', '1-0'],
       ],
       'notification-service': [
         ...everyone,
