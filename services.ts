@@ -24,7 +24,13 @@ export interface ServiceEntry {
 }
 
 export const services = [
-  { name: 'order-service', port: 8080, publishes: ['order-events'], consumes: [] },
+  {
+    name: 'order-service',
+    port: 8080,
+    publishes: ['order-events'],
+    // The order read model, a projection of both.
+    consumes: ['order-events', 'payment-events'],
+  },
   { name: 'payment-service', port: 8081, publishes: ['payment-events'], consumes: ['order-events'] },
   {
     name: 'notification-service',

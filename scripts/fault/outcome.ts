@@ -12,13 +12,15 @@ import { groupOf } from '../../harness/services.ts';
 
 /**
  * The services' consumer groups, as `[stream, group]`: payment-service reads orders,
- * notification-service orders and payments. A stream's groups come before the groups of the
+ * notification-service and order-service (its read model) orders and payments. A stream's groups come before the groups of the
  * streams their consumers write to (see `quiescent`).
  */
 export const CONSUMER_GROUPS: readonly (readonly [string, string])[] = [
   [OrderEvents.name, groupOf('payment-service')],
   [OrderEvents.name, groupOf('notification-service')],
+  [OrderEvents.name, groupOf('order-service')],
   [PaymentEvents.name, groupOf('notification-service')],
+  [PaymentEvents.name, groupOf('order-service')],
 ];
 
 /** The dead-letter stream of every stream of the catalogue, where `subscribe()` puts them by default. */
@@ -90,9 +92,11 @@ export async function sentCount(redis: Redis, userIds: readonly string[]): Promi
   return total;
 }
 
-/** The `orderId` of every `payment-events` entry. */
+/** The `orderId` of every charge on `payment-events` (`payment-completed`, or no type: the tutorial's). */
 export async function paidOrderIds(redis: Redis): Promise<(string | undefined)[]> {
-  return (await entryFields(redis, PaymentEvents.name)).map((fields) => fields.orderId);
+  return (await entryFields(redis, PaymentEvents.name))
+    .filter((fields) => (fields.type ?? 'payment-completed') === 'payment-completed')
+    .map((fields) => fields.orderId);
 }
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g;

@@ -15,6 +15,7 @@ import {
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import type { Orders } from './orders.ts';
 import { IDEMPOTENCY_HEADER, placeOrder, type OrderInput } from './place-order.ts';
 
 /** Amounts in plain digits with at most two decimals, so they cross the wire exactly as sent. */
@@ -55,7 +56,24 @@ export interface AppDeps {
   logger: Logger;
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;
+  /** The order read model, which `GET /orders` reads. */
+  orders: Orders;
 }
+
+/** `GET /orders?userId=`: a user's orders, a page at a time. */
+const OrdersQuery = z.object({
+  userId: OrderCreated.shape.userId,
+  limit: z.coerce
+    .number('must be a whole number from 1 to 100')
+    .int('must be a whole number from 1 to 100')
+    .min(1, 'must be a whole number from 1 to 100')
+    .max(100, 'must be a whole number from 1 to 100')
+    .default(20),
+  cursor: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,400}$/, "must be a page's nextCursor")
+    .optional(),
+});
 
 /**
  * The order-service HTTP API:
@@ -79,7 +97,7 @@ export interface AppDeps {
  * line (`accessLog`); an order's is `order accepted` (or `order replayed for its idempotency key`)
  * with its `orderId` and `entryId`.
  */
-export function createApp({ publisher, redis, logger, instance }: AppDeps) {
+export function createApp({ publisher, redis, logger, instance, orders }: AppDeps) {
   // For the access lines, one per request, which carry the request's method, route, status and
   // IDs and nothing else: the redaction's wildcard paths would cost 7 µs a line, 4% of a request.
   // Everything else keeps them.
@@ -117,10 +135,26 @@ export function createApp({ publisher, redis, logger, instance }: AppDeps) {
   app.post('/orders', express.json({ limit: '16kb' }), async (req: Request, res) => {
     const idempotencyKey = idempotencyKeyOf(req);
     const orderId = await accept(res, parse(OrderBody, jsonBody(req), 'body'), idempotencyKey);
-    res.status(202).json({ orderId });
+    res
+      .status(202)
+      .location(`/orders/${encodeURIComponent(orderId)}`)
+      .json({ orderId });
   });
 
-  app.all('/orders', methodNotAllowed('POST'));
+  app.get('/orders', async (req, res) => {
+    const { userId, limit, cursor } = parseQuery(OrdersQuery, req);
+    res.json(await orders.ofUser(userId, limit, cursor));
+  });
+
+  app.get('/orders/:orderId', async (req, res) => {
+    const orderId = parse(z.object({ orderId: OrderCreated.shape.orderId }), req.params, 'query').orderId;
+    const order = await orders.get(orderId);
+    if (order === undefined) res.status(404).json({ error: `no order ${orderId}`, field: 'orderId' });
+    else res.json(order);
+  });
+
+  app.all('/orders', methodNotAllowed('GET, HEAD, POST'));
+  app.all('/orders/:orderId', methodNotAllowed('GET, HEAD'));
   for (const path of ['/order', '/healthz', '/readyz']) app.all(path, methodNotAllowed('GET, HEAD'));
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });

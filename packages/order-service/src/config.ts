@@ -1,7 +1,15 @@
-import { parseEnv, serviceEnv } from '@msa/stream-kit/service';
-import type { z } from 'zod';
+import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
+import { z } from 'zod';
 
-const Config = serviceEnv(8080);
+// A consumer too: the order read model is a projection of order-events and payment-events.
+const Config = consumerEnv(8080).extend({
+  /**
+   * How long after it was placed an order still unpaid is cancelled (reason payment-timeout). Well
+   * above the worst takeover time of a crashed payment-service instance (about 3 s, at most
+   * `CLAIM_IDLE_MS` for consumers that keep no liveness mark), so that a crash alone never cancels.
+   */
+  PAYMENT_TIMEOUT_MS: z.coerce.number().int().min(1_000).default(30_000),
+});
 export type Config = z.infer<typeof Config>;
 
 /** Parses the environment once, at start-up; throws naming each bad variable. */

@@ -9,6 +9,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { fieldsFromReply, type Fields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
+import { redisOrders } from '../src/orders.ts';
+
+/** The read model on `redis`, as main.ts makes it. */
+const ordersOn = (on: Redis) =>
+  redisOrders({ redis: on, logger: pino({ level: 'silent' }), paymentTimeoutMs: 30_000 });
 
 /*
  * Generated requests against the real app and a real publisher. After each request the suite reads
@@ -29,7 +34,9 @@ beforeAll(async () => {
   redis = new Redis(redisServer.url);
   appRedis = openRequestConnection(redisServer.url, logger);
   publisher = createPublisher({ connection: appRedis });
-  server = createServer(createApp({ publisher, redis: appRedis, logger, instance: 'test' }));
+  server = createServer(
+    createApp({ publisher, redis: appRedis, logger, instance: 'test', orders: ordersOn(appRedis) }),
+  );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   baseUrl = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
 });

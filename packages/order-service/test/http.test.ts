@@ -8,6 +8,11 @@ import { freePort } from '../../../harness/net.ts';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { entryFields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
+import { redisOrders } from '../src/orders.ts';
+
+/** The read model on `redis`, as main.ts makes it. */
+const ordersOn = (on: Redis) =>
+  redisOrders({ redis: on, logger: pino({ level: 'silent' }), paymentTimeoutMs: 30_000 });
 
 // Its own Redis: these tests count the entries of the real `order-events` stream.
 let server: RedisServer;
@@ -22,7 +27,7 @@ beforeAll(async () => {
   redis = new Redis(server.url);
   appRedis = openRequestConnection(server.url, logger);
   publisher = createPublisher({ connection: appRedis });
-  app = createApp({ publisher, redis: appRedis, logger, instance: 'test' });
+  app = createApp({ publisher, redis: appRedis, logger, instance: 'test', orders: ordersOn(appRedis) });
 });
 beforeEach(async () => {
   await redis.del('order-events');
@@ -176,8 +181,9 @@ describe('POST /orders', () => {
 
   describe('on a known path asked with another method', () => {
     it.each([
-      ['get', '/orders', 'POST'],
-      ['delete', '/orders', 'POST'],
+      ['put', '/orders', 'GET, HEAD, POST'],
+      ['delete', '/orders', 'GET, HEAD, POST'],
+      ['post', '/orders/o-1', 'GET, HEAD'],
       ['post', '/order', 'GET, HEAD'],
       ['put', '/healthz', 'GET, HEAD'],
     ] as const)('answers %s %s with 405 and Allow: %s', async (method, path, allow) => {
@@ -290,6 +296,7 @@ describe('the HTTP surface', () => {
           redis: nowhere,
           logger,
           instance: 'test',
+          orders: ordersOn(nowhere),
         }),
       )
         .post('/orders')
@@ -300,5 +307,73 @@ describe('the HTTP surface', () => {
     } finally {
       nowhere.disconnect();
     }
+  });
+});
+
+describe('the order read model over HTTP', () => {
+  const orders = () => ordersOn(appRedis);
+  /** Places an order over HTTP and applies its entry to the read model, as the projection would. */
+  async function placedAndProjected(userId = 'user-1') {
+    const response = await request(app)
+      .post('/orders')
+      .send({ ...valid, userId });
+    const { orderId } = response.body as { orderId: string };
+    const [entry] = (await redis.xrange('order-events', '-', '+')).filter(([, fields]) =>
+      fields.includes(orderId),
+    );
+    // prettier-ignore
+    await orders().orderEventsHandler(
+      { type: 'order-created', orderId, userId, productId: valid.productId, price: valid.price },
+      { id: entry![0], stream: 'order-events', group: 'order-service-group', consumer: 'c', deliveryCount: 1, stillHeld: () => true },
+    );
+    return { response, orderId };
+  }
+
+  it('answers POST /orders with the Location of the order', async () => {
+    const { response, orderId } = await placedAndProjected();
+
+    expect(response.status).toBe(202);
+    expect(response.headers.location).toBe(`/orders/${orderId}`);
+    const order = await request(app).get(response.headers.location!);
+    expect(order.status).toBe(200);
+    expect(order.body).toMatchObject({ orderId, status: 'PENDING', version: 1, price: 1000 });
+  });
+
+  it.each([
+    ['404 for an order it does not know', '/orders/no-such-order', 404, 'orderId'],
+    ['400 for a blank orderId', '/orders/%20%20', 400, 'orderId'],
+    ['400 for an orderId over 128 characters', `/orders/${'o'.repeat(129)}`, 400, 'orderId'],
+  ])('answers %s, naming the field', async (_name, path, status, field) => {
+    const response = await request(app).get(path);
+
+    expect([response.status, response.body.field]).toEqual([status, field]);
+  });
+
+  it("lists a user's orders newest first, a page at a time", async () => {
+    const userId = `user-${Date.now()}`;
+    const placed: string[] = [];
+    for (let n = 0; n < 3; n += 1) placed.push((await placedAndProjected(userId)).orderId);
+
+    const first = await request(app).get('/orders').query({ userId, limit: 2 });
+    const second = await request(app)
+      .get('/orders')
+      .query({ userId, limit: 2, cursor: first.body.nextCursor });
+
+    expect(first.status).toBe(200);
+    expect(
+      [...first.body.orders, ...second.body.orders].map((order: { orderId: string }) => order.orderId),
+    ).toEqual([...placed].reverse());
+    expect(second.body.nextCursor).toBeUndefined();
+  });
+
+  it.each([
+    ['no userId', {}, 'userId'],
+    ['a limit of 0', { userId: 'u', limit: '0' }, 'limit'],
+    ['a limit of 101', { userId: 'u', limit: '101' }, 'limit'],
+    ['a cursor that is not one', { userId: 'u', cursor: 'not a cursor!' }, 'cursor'],
+  ])('answers GET /orders with 400 for %s, naming the field', async (_name, query, field) => {
+    const response = await request(app).get('/orders').query(query);
+
+    expect([response.status, response.body.field]).toEqual([400, field]);
   });
 });

@@ -11,6 +11,11 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { freePort } from '../../../harness/net.ts';
 import { deferred, waitFor } from '../../../harness/wait.ts';
 import { createApp } from '../src/app.ts';
+import { redisOrders } from '../src/orders.ts';
+
+/** The read model on `redis`, as main.ts makes it. */
+const ordersOn = (on: Redis) =>
+  redisOrders({ redis: on, logger: pino({ level: 'silent' }), paymentTimeoutMs: 30_000 });
 
 it('keeps passwords, Redis URLs, AUTH arguments and auth headers out of log lines, at the top level or one level down', () => {
   let output = '';
@@ -57,6 +62,7 @@ describe('when an order cannot be published', () => {
         redis: nowhere,
         logger,
         instance: 'test',
+        orders: ordersOn(nowhere),
       });
 
       const response = await request(app).post('/orders').send({ userId: 'u1', productId: 'p1', price: 1 });
@@ -147,7 +153,7 @@ describe('the access log: one line per request', () => {
   beforeAll(() => {
     redis = openRequestConnection(inject('redisUrl'), pino({ level: 'silent' }));
     publisher = createPublisher({ connection: redis });
-    app = createApp({ publisher, redis, logger, instance: 'test' });
+    app = createApp({ publisher, redis, logger, instance: 'test', orders: ordersOn(redis) });
   });
   afterAll(async () => {
     await publisher?.close();
@@ -376,7 +382,7 @@ describe('the access log: one line per request', () => {
         close: async () => {},
       };
       const { server, port } = await listening(
-        createApp({ publisher: held, redis, logger, instance: 'test' }),
+        createApp({ publisher: held, redis, logger, instance: 'test', orders: ordersOn(redis) }),
       );
       try {
         const body = JSON.stringify(anOrder());

@@ -10,6 +10,7 @@ import { startRedisServer, type RedisServer } from '../../../harness/redis-serve
 import { startService, type RunningService } from '../../../harness/services.ts';
 import { waitFor } from '../../../harness/wait.ts';
 import { createApp } from '../src/app.ts';
+import { redisOrders } from '../src/orders.ts';
 
 const logger = pino({ level: 'silent' });
 const valid = { userId: 'user-1', productId: 'product-9', price: 1000 };
@@ -23,7 +24,13 @@ afterAll(() => {
 function appOn(url: string) {
   const redis = openRequestConnection(url, logger);
   opened.push(redis);
-  return createApp({ publisher: createPublisher({ connection: redis }), redis, logger, instance: 'test' });
+  return createApp({
+    publisher: createPublisher({ connection: redis }),
+    redis,
+    logger,
+    instance: 'test',
+    orders: redisOrders({ redis, logger, paymentTimeoutMs: 30_000 }),
+  });
 }
 
 /** Milliseconds `promise` took to settle, and its value. */

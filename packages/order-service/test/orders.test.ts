@@ -1,0 +1,253 @@
+import { randomUUID } from 'node:crypto';
+import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
+import type { OrderEvent, PaymentEvent } from '@msa/stream-kit/events';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
+import { entryFields } from '../../../harness/streams.ts';
+import { waitFor } from '../../../harness/wait.ts';
+import { orderKey, PAYMENT_DUE_KEY, redisOrders, REFUSED_KEY, type Orders } from '../src/orders.ts';
+import { startPaymentTimeouts } from '../src/timeouts.ts';
+
+// A Redis of its own: the timeouts below cancel every order due in it.
+let server: RedisServer;
+let redis: Redis;
+let orders: Orders;
+const logger = pino({ level: 'silent' });
+
+beforeAll(async () => {
+  server = await startRedisServer();
+  redis = new Redis(server.url);
+  orders = redisOrders({ redis, logger, paymentTimeoutMs: 30_000 });
+});
+afterAll(async () => {
+  redis?.disconnect();
+  await server?.stop();
+});
+
+let sequence = 0;
+/** A context for an entry of `stream` with a new ID, at Redis's time of now. */
+const entryOf = (stream: string, ms = Date.now()): DeliveryContext => ({
+  id: `${ms}-${(sequence += 1)}`,
+  stream,
+  group: 'order-service-group',
+  consumer: 'c',
+  deliveryCount: 1,
+  stillHeld: () => true,
+});
+
+const placed = (userId = 'u1') =>
+  ({ type: 'order-created', orderId: randomUUID(), userId, productId: 'p1', price: 1000 }) as const;
+const paid = (orderId: string) =>
+  ({
+    type: 'payment-completed',
+    orderId,
+    userId: 'u1',
+    productId: 'p1',
+    price: 1000,
+    paymentProcessId: 'pp-1',
+  }) as const;
+const declined = (orderId: string) =>
+  ({ type: 'payment-failed', orderId, userId: 'u1', reason: 'limit-exceeded' }) as const;
+const refunded = (orderId: string) =>
+  ({ type: 'payment-refunded', orderId, userId: 'u1', paymentProcessId: 'pp-1', price: 1000 }) as const;
+
+/** Applies `event` as the entry `context`; answers the context. */
+async function onOrders(event: OrderEvent, context = entryOf('order-events')) {
+  await orders.orderEventsHandler(event, context);
+  return context;
+}
+async function onPayments(event: PaymentEvent, context = entryOf('payment-events')) {
+  await orders.paymentEventsHandler(event, context);
+  return context;
+}
+const cancellationsOf = async (orderId: string) =>
+  (await entryFields(redis, 'order-events')).filter(
+    (fields) => fields.type === 'order-cancelled' && fields.orderId === orderId,
+  );
+
+describe('the order read model', () => {
+  it('shows a placed order as PENDING, version 1, with its first step', async () => {
+    const order = placed();
+    const context = await onOrders(order);
+
+    expect(await orders.get(order.orderId)).toEqual({
+      orderId: order.orderId,
+      userId: 'u1',
+      productId: 'p1',
+      price: 1000,
+      status: 'PENDING',
+      version: 1,
+      history: [{ status: 'PENDING', event: 'order-created', entryId: context.id, at: expect.any(String) }],
+    });
+    expect(await redis.zscore(PAYMENT_DUE_KEY, order.orderId)).not.toBeNull();
+  });
+
+  it('moves a paid order to PAID, version 2, and no longer waits for its payment', async () => {
+    const order = placed();
+    await onOrders(order);
+    const payment = await onPayments(paid(order.orderId));
+
+    expect(await orders.get(order.orderId)).toMatchObject({
+      status: 'PAID',
+      version: 2,
+      history: [{ status: 'PENDING' }, { status: 'PAID', event: 'payment-completed', entryId: payment.id }],
+    });
+    expect(await redis.zscore(PAYMENT_DUE_KEY, order.orderId)).toBeNull();
+  });
+
+  it('cancels a declined order (payment-declined) and publishes order-cancelled once, however often the failure comes', async () => {
+    const order = placed();
+    await onOrders(order);
+    const failure = await onPayments(declined(order.orderId));
+    await onPayments(declined(order.orderId), { ...failure, deliveryCount: 2 });
+    const [cancellation] = await cancellationsOf(order.orderId);
+    // Its own order-cancelled, read back from order-events, changes nothing.
+    await onOrders({
+      type: 'order-cancelled',
+      orderId: order.orderId,
+      userId: 'u1',
+      reason: 'payment-declined',
+    });
+
+    expect(await cancellationsOf(order.orderId)).toEqual([
+      { type: 'order-cancelled', orderId: order.orderId, userId: 'u1', reason: 'payment-declined' },
+    ]);
+    expect(cancellation).toBeDefined();
+    expect(await orders.get(order.orderId)).toMatchObject({
+      status: 'CANCELLED',
+      reason: 'payment-declined',
+      version: 2,
+      history: [{ status: 'PENDING' }, { status: 'CANCELLED', event: 'payment-failed', entryId: failure.id }],
+    });
+  });
+
+  it('applies an entry delivered again only once', async () => {
+    const order = placed();
+    const created = await onOrders(order);
+    const payment = await onPayments(paid(order.orderId));
+    await onOrders(order, { ...created, deliveryCount: 2 });
+    await onPayments(paid(order.orderId), { ...payment, deliveryCount: 3 });
+
+    expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID', version: 2 });
+  });
+
+  it('times out a pending order once (payment-timeout, order-cancelled published), refuses and counts a payment that comes after, and records its refund', async () => {
+    const order = placed();
+    await onOrders(order);
+
+    expect(await orders.timeOut(order.orderId)).toBe(true);
+    expect(await orders.timeOut(order.orderId)).toBe(false);
+    const refusedBefore = Number((await redis.hget(REFUSED_KEY, 'CANCELLED payment-completed')) ?? 0);
+    await onPayments(paid(order.orderId));
+    const refund = await onPayments(refunded(order.orderId));
+
+    const cancellations = await cancellationsOf(order.orderId);
+    expect(cancellations).toEqual([
+      { type: 'order-cancelled', orderId: order.orderId, userId: 'u1', reason: 'payment-timeout' },
+    ]);
+    expect(await orders.get(order.orderId)).toMatchObject({
+      status: 'CANCELLED',
+      reason: 'payment-timeout',
+      version: 3,
+      history: [
+        { status: 'PENDING', event: 'order-created' },
+        { status: 'CANCELLED', event: 'order-cancelled' },
+        { status: 'CANCELLED', event: 'payment-refunded', entryId: refund.id },
+      ],
+    });
+    expect(Number(await redis.hget(REFUSED_KEY, 'CANCELLED payment-completed'))).toBe(refusedBefore + 1);
+    expect(await redis.zscore(PAYMENT_DUE_KEY, order.orderId)).toBeNull();
+  });
+
+  it('refuses to cancel a paid order, and never moves it', async () => {
+    const order = placed();
+    await onOrders(order);
+    await onPayments(paid(order.orderId));
+    await onOrders({
+      type: 'order-cancelled',
+      orderId: order.orderId,
+      userId: 'u1',
+      reason: 'payment-timeout',
+    });
+    await onPayments(refunded(order.orderId));
+
+    expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID', version: 2 });
+    expect(await orders.timeOut(order.orderId)).toBe(false);
+  });
+
+  it('asks to retry a payment of an order not applied yet (the streams are read apart), then applies it', async () => {
+    const order = placed();
+    const payment = entryOf('payment-events');
+
+    await expect(orders.paymentEventsHandler(paid(order.orderId), payment)).rejects.toBeInstanceOf(
+      RetryLaterError,
+    );
+    // After a minute of retries, a failure that counts toward dead-lettering: not retried forever.
+    await expect(
+      orders.paymentEventsHandler(paid(order.orderId), { ...payment, deliveryCount: 61 }),
+    ).rejects.not.toBeInstanceOf(RetryLaterError);
+    expect(await redis.exists(orderKey(order.orderId))).toBe(0);
+
+    await onOrders(order);
+    await onPayments(paid(order.orderId), { ...payment, deliveryCount: 2 });
+    expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID' });
+  });
+
+  it("lists a user's orders newest first, a page at a time", async () => {
+    const userId = `u-${randomUUID()}`;
+    const placedIds: string[] = [];
+    for (let n = 0; n < 5; n += 1) {
+      const order = placed(userId);
+      await onOrders(order, entryOf('order-events', 1_700_000_000_000 + n));
+      placedIds.push(order.orderId);
+    }
+
+    const first = await orders.ofUser(userId, 2);
+    const second = await orders.ofUser(userId, 2, first.nextCursor);
+    const third = await orders.ofUser(userId, 2, second.nextCursor);
+
+    const ids = [first, second, third].flatMap((page) => page.orders.map((order) => order.orderId));
+    expect(ids).toEqual([...placedIds].reverse());
+    expect(third.nextCursor).toBeUndefined();
+    expect(await orders.ofUser(`u-${randomUUID()}`, 10)).toEqual({ orders: [] });
+  });
+});
+
+describe('the payment timeouts', () => {
+  it('cancel an order still pending once it is due, once, with two instances looking', async () => {
+    const short = redisOrders({ redis, logger, paymentTimeoutMs: 1_000 });
+    const order = placed();
+    await short.orderEventsHandler(order, entryOf('order-events'));
+    const instances = [1, 2].map(() =>
+      startPaymentTimeouts({ redis, orders: short, logger, maxWaitMs: 100 }),
+    );
+    try {
+      await waitFor(async () => (await orders.get(order.orderId))?.status === 'CANCELLED', {
+        timeoutMs: 10_000,
+        what: 'the order to time out',
+      });
+      // Both had their chance at it.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    } finally {
+      await Promise.all(instances.map((instance) => instance.close()));
+    }
+
+    expect(await cancellationsOf(order.orderId)).toHaveLength(1);
+    expect(await orders.get(order.orderId)).toMatchObject({ reason: 'payment-timeout', version: 2 });
+  });
+
+  it('leave a paid order alone', async () => {
+    const short = redisOrders({ redis, logger, paymentTimeoutMs: 1_000 });
+    const order = placed();
+    await short.orderEventsHandler(order, entryOf('order-events', Date.now() - 5_000));
+    await short.paymentEventsHandler(paid(order.orderId), entryOf('payment-events'));
+    const timeouts = startPaymentTimeouts({ redis, orders: short, logger, maxWaitMs: 100 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await timeouts.close();
+
+    expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID' });
+    expect(await cancellationsOf(order.orderId)).toEqual([]);
+  });
+});
