@@ -391,6 +391,9 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['ZRANGEBYSCORE', 'order-service:payment-due', '-inf', '1', 'LIMIT', '0', '100'],
         ['ZRANGE', 'order-service:payment-due', '0', '0', 'WITHSCORES'],
         ['ZREM', 'order-service:payment-due', 'o1'],
+        // How far the projection has got: the last entry of each stream.
+        ['XREVRANGE', ORDERS, '+', '-', 'COUNT', '1'],
+        ['XREVRANGE', PAYMENTS, '+', '-', 'COUNT', '1'],
       ],
       'payment-service': [
         ...everyone,

@@ -12,8 +12,7 @@ import { groupOf } from '../../harness/services.ts';
 
 /**
  * The services' consumer groups, as `[stream, group]`: payment-service reads orders,
- * notification-service and order-service (its read model) orders and payments. A stream's groups come before the groups of the
- * streams their consumers write to (see `quiescent`).
+ * notification-service and order-service (its read model) orders and payments.
  */
 export const CONSUMER_GROUPS: readonly (readonly [string, string])[] = [
   [OrderEvents.name, groupOf('payment-service')],
@@ -168,25 +167,39 @@ export async function outcomeOf(
 
 /**
  * Whether nothing more will happen in `groups` by itself: nothing pending, and every entry of
- * their streams delivered (the group's `last-delivered-id` at or past the last entry). Checked in
- * order, so list a stream's groups before the groups of the streams their consumers write to.
+ * their streams delivered (the group's `last-delivered-id` at or past the last entry), in two
+ * passes in a row that find the same last entry on every stream. One pass is not enough: the
+ * streams' consumers write to each other's streams both ways (order-service's read model cancels
+ * an order on a payment-failed), and something may have been added to a stream checked before.
  * A system can settle short of its goal: entries dead-lettered, or acked and lost.
  */
 export async function quiescent(
   redis: Redis,
   groups: readonly (readonly [string, string])[] = CONSUMER_GROUPS,
 ): Promise<boolean> {
+  const first = await settledPass(redis, groups);
+  if (first === undefined) return false;
+  return (await settledPass(redis, groups)) === first;
+}
+
+/** One pass of `quiescent`: the last entries of the streams, or undefined if a group is not settled. */
+async function settledPass(
+  redis: Redis,
+  groups: readonly (readonly [string, string])[],
+): Promise<string | undefined> {
+  const lasts: string[] = [];
   for (const [stream, group] of groups) {
     const [pending] = (await redis.xpending(stream, group).catch(() => [-1])) as [number];
-    if (pending !== 0) return false;
+    if (pending !== 0) return undefined;
     const infos = (await redis.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
     const info = infos.find((fields) => fields[1] === group);
-    if (!info) return false;
+    if (!info) return undefined;
     const lastDelivered = String(info[info.indexOf('last-delivered-id') + 1]);
     const [last] = await redis.xrevrange(stream, '+', '-', 'COUNT', 1);
-    if (last && compareIds(last[0], lastDelivered) > 0) return false;
+    if (last && compareIds(last[0], lastDelivered) > 0) return undefined;
+    lasts.push(`${stream} ${last?.[0] ?? '-'}`);
   }
-  return true;
+  return lasts.join(', ');
 }
 
 /** Orders stream entry IDs (`<ms>-<seq>`) as Redis does. */

@@ -28,10 +28,12 @@ const logger = pino(logOptions('order-service', config), process.stdout);
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
 const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');
 const publisher = createPublisher({ connection: redis, logger: logger.child({ component: 'publisher' }) });
+const GROUP = 'order-service-group';
 const orders = redisOrders({
   redis,
   logger: logger.child({ component: 'orders' }),
   paymentTimeoutMs: config.PAYMENT_TIMEOUT_MS,
+  group: GROUP,
 });
 // The read model: a projection of both streams in order-service's own group. Its steps are
 // idempotent (an entry applied twice finds its step), so the subscription acks after each.
@@ -51,7 +53,12 @@ const projections = [
     consumerOptions(),
   ),
 ];
-const timeouts = startPaymentTimeouts({ redis, orders, logger: logger.child({ component: 'timeouts' }) });
+const timeouts = startPaymentTimeouts({
+  redis,
+  orders,
+  logger: logger.child({ component: 'timeouts' }),
+  group: GROUP,
+});
 const app = createApp({
   publisher,
   redis,

@@ -1,4 +1,11 @@
-import { byType, RetryLaterError, type DeliveryContext, type Handler } from '@msa/stream-kit';
+import {
+  byType,
+  NonRetryableError,
+  RetryLaterError,
+  type DeliveryContext,
+  type Handler,
+} from '@msa/stream-kit';
+import { handled, horizonOf } from './horizon.ts';
 import { OrderEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
@@ -158,12 +165,7 @@ interface Step {
   /** An event type, or `timeout`. */
   what: string;
   entryId: string;
-  /** The entry's `DeliveryContext.deliveryCount`. */
-  deliveryCount?: number;
 }
-
-/** How many deliveries an event of an order not known yet is retried without counting as a failure. */
-const UNKNOWN_ORDER_TRIES = 60;
 
 export interface OrdersDeps {
   /** A connection of order-service's own; the script is defined on it. */
@@ -171,6 +173,8 @@ export interface OrdersDeps {
   logger: Logger;
   /** `PAYMENT_TIMEOUT_MS`: how long after it was placed an unpaid order is cancelled. */
   paymentTimeoutMs: number;
+  /** The consumer group of the projection (`order-service-group`). */
+  group: string;
 }
 
 /** The read model: the steps that change it, and the reads of `GET /orders`. */
@@ -186,12 +190,12 @@ export interface Orders {
 }
 
 /** The order read model in Redis; see the comment at the top of this file. */
-export function redisOrders({ redis, logger, paymentTimeoutMs }: OrdersDeps): Orders {
+export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDeps): Orders {
   const lines = logger.child({}, { redact: [] });
   const apply = defineScript<[Outcome, string]>(redis, 'orderServiceApply', 5, APPLY);
 
   async function step(
-    { orderId, userId, what, entryId, deliveryCount = 1 }: Step,
+    { orderId, userId, what, entryId }: Step,
     ...more: (string | number | readonly string[])[]
   ): Promise<Outcome> {
     // prettier-ignore
@@ -204,11 +208,12 @@ export function redisOrders({ redis, logger, paymentTimeoutMs }: OrdersDeps): Or
     else if (outcome === 'refused') lines.warn(where, 'transition refused: the order cannot move that way');
     else if (outcome === 'unknown') {
       // Each stream is read on its own: a payment may come before its order (a backlog read from
-      // the start, a slow instance). Retried every second for a minute without counting, then as
-      // a failure, which counts toward the subscription's runs: dead-lettered, not retried forever.
-      const message = `order ${orderId} is not known yet (its order-created has not been applied)`;
-      if (deliveryCount <= UNKNOWN_ORDER_TRIES) throw new RetryLaterError(message);
-      throw new Error(message);
+      // the start, a slow instance). An order comes before its payment on the clock, so once the
+      // projection of order-events has handled every entry up to this one, the order is not coming:
+      // dead-lettered, with its reason. Until then, retried without counting as a failure.
+      if (handled(await horizonOf(redis, OrderEvents.name, group), entryId))
+        throw new NonRetryableError(`no order ${orderId} in order-events before this entry`);
+      throw new RetryLaterError(`order ${orderId} is not known yet (its order-created has not been applied)`);
     }
     return outcome;
   }
@@ -222,8 +227,13 @@ export function redisOrders({ redis, logger, paymentTimeoutMs }: OrdersDeps): Or
   const on = (
     { orderId, userId }: { orderId: string; userId: string },
     what: string,
-    { id, deliveryCount }: DeliveryContext,
-  ): Step => ({ orderId, userId, what, entryId: id, deliveryCount });
+    { id }: DeliveryContext,
+  ): Step => ({
+    orderId,
+    userId,
+    what,
+    entryId: id,
+  });
 
   return {
     orderEventsHandler: byType<OrderEvent>({
@@ -304,6 +314,12 @@ function toOrder(hash: Record<string, string>): Order | undefined {
     status: hash.status as OrderStatus,
     ...(hash.reason ? { reason: hash.reason } : {}),
     version: Number(hash.version),
-    history: JSON.parse(hash.history!) as OrderStep[],
+    // Lua's cjson keeps no key order: the steps are rebuilt in the documented one.
+    history: (JSON.parse(hash.history!) as OrderStep[]).map(({ status, event, entryId, at }) => ({
+      status,
+      event,
+      entryId,
+      at,
+    })),
   };
 }

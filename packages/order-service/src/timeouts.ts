@@ -1,5 +1,7 @@
+import { PaymentEvents } from '@msa/stream-kit/events';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { handledUntilMs, horizonOf } from './horizon.ts';
 import { PAYMENT_DUE_KEY, type Orders } from './orders.ts';
 
 /** The most orders one pass cancels; a pass with a full batch is followed by another at once. */
@@ -9,6 +11,8 @@ export interface PaymentTimeoutsOptions {
   redis: Redis;
   orders: Orders;
   logger: Logger;
+  /** The consumer group of the read model's projection of `payment-events`. */
+  group: string;
   /** The longest wait between two looks at the due orders, in ms. @defaultValue 1000 */
   maxWaitMs?: number;
 }
@@ -25,11 +29,17 @@ export interface PaymentTimeouts {
  * times come from entry IDs, which Redis stamps), and sleeps until the next one is due, at most
  * `maxWaitMs`. Every instance of order-service runs one; the cancellation is one script that
  * checks the order is still pending, so each order is cancelled once, by whichever gets there first.
+ *
+ * An order is cancelled only once the read model has applied every payment that came before it was
+ * due: its group on `payment-events` has read past the due time and holds no entry from before it
+ * pending. An order-service that was down, or lags behind, applies the payments waiting for it
+ * first, and never cancels an order that was paid in time.
  */
 export function startPaymentTimeouts({
   redis,
   orders,
   logger,
+  group,
   maxWaitMs = 1_000,
 }: PaymentTimeoutsOptions): PaymentTimeouts {
   let closed = false;
@@ -39,9 +49,12 @@ export function startPaymentTimeouts({
   async function pass(): Promise<number> {
     const [seconds, micros] = await redis.time();
     const now = Number(seconds) * 1_000 + Math.floor(Number(micros) / 1_000);
-    const due = await redis.zrangebyscore(PAYMENT_DUE_KEY, '-inf', now, 'LIMIT', 0, BATCH);
+    const until = handledUntilMs(await horizonOf(redis, PaymentEvents.name, group), now);
+    const due = await redis.zrangebyscore(PAYMENT_DUE_KEY, '-inf', Math.min(now, until), 'LIMIT', 0, BATCH);
     await Promise.all(due.map((orderId) => orders.timeOut(orderId)));
     if (due.length === BATCH) return 0;
+    // Held back by the projection: look again soon, it is moving.
+    if (until < now) return Math.min(maxWaitMs, 100);
     const [, next] = await redis.zrange(PAYMENT_DUE_KEY, 0, 0, 'WITHSCORES');
     return next === undefined ? maxWaitMs : Math.min(maxWaitMs, Math.max(0, Number(next) - now));
   }

@@ -13,7 +13,12 @@ import { redisOrders } from '../src/orders.ts';
 
 /** The read model on `redis`, as main.ts makes it. */
 const ordersOn = (on: Redis) =>
-  redisOrders({ redis: on, logger: pino({ level: 'silent' }), paymentTimeoutMs: 30_000 });
+  redisOrders({
+    redis: on,
+    logger: pino({ level: 'silent' }),
+    paymentTimeoutMs: 30_000,
+    group: 'order-service-group',
+  });
 
 /*
  * Generated requests against the real app and a real publisher. After each request the suite reads

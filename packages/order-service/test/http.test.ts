@@ -12,7 +12,12 @@ import { redisOrders } from '../src/orders.ts';
 
 /** The read model on `redis`, as main.ts makes it. */
 const ordersOn = (on: Redis) =>
-  redisOrders({ redis: on, logger: pino({ level: 'silent' }), paymentTimeoutMs: 30_000 });
+  redisOrders({
+    redis: on,
+    logger: pino({ level: 'silent' }),
+    paymentTimeoutMs: 30_000,
+    group: 'order-service-group',
+  });
 
 // Its own Redis: these tests count the entries of the real `order-events` stream.
 let server: RedisServer;

@@ -11,7 +11,12 @@ import { redisOrders } from '../src/orders.ts';
 
 /** The read model on `redis`, as main.ts makes it. */
 const ordersOn = (on: Redis) =>
-  redisOrders({ redis: on, logger: pino({ level: 'silent' }), paymentTimeoutMs: 30_000 });
+  redisOrders({
+    redis: on,
+    logger: pino({ level: 'silent' }),
+    paymentTimeoutMs: 30_000,
+    group: 'order-service-group',
+  });
 
 // The run's shared Redis: other suites write `order-events` too, so every test here has its own
 // userId and idempotency key, and counts only the entries that carry them.

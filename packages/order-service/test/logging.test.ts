@@ -15,7 +15,12 @@ import { redisOrders } from '../src/orders.ts';
 
 /** The read model on `redis`, as main.ts makes it. */
 const ordersOn = (on: Redis) =>
-  redisOrders({ redis: on, logger: pino({ level: 'silent' }), paymentTimeoutMs: 30_000 });
+  redisOrders({
+    redis: on,
+    logger: pino({ level: 'silent' }),
+    paymentTimeoutMs: 30_000,
+    group: 'order-service-group',
+  });
 
 it('keeps passwords, Redis URLs, AUTH arguments and auth headers out of log lines, at the top level or one level down', () => {
   let output = '';

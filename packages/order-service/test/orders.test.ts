@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
+import { NonRetryableError, RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
 import type { OrderEvent, PaymentEvent } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -19,7 +19,7 @@ const logger = pino({ level: 'silent' });
 beforeAll(async () => {
   server = await startRedisServer();
   redis = new Redis(server.url);
-  orders = redisOrders({ redis, logger, paymentTimeoutMs: 30_000 });
+  orders = redisOrders({ redis, logger, paymentTimeoutMs: 30_000, group: 'order-service-group' });
 });
 afterAll(async () => {
   redis?.disconnect();
@@ -184,15 +184,27 @@ describe('the order read model', () => {
     await expect(orders.paymentEventsHandler(paid(order.orderId), payment)).rejects.toBeInstanceOf(
       RetryLaterError,
     );
-    // After a minute of retries, a failure that counts toward dead-lettering: not retried forever.
-    await expect(
-      orders.paymentEventsHandler(paid(order.orderId), { ...payment, deliveryCount: 61 }),
-    ).rejects.not.toBeInstanceOf(RetryLaterError);
     expect(await redis.exists(orderKey(order.orderId))).toBe(0);
 
     await onOrders(order);
     await onPayments(paid(order.orderId), { ...payment, deliveryCount: 2 });
     expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID' });
+  });
+
+  it('dead-letters a payment of an order that is not coming: its group has handled every order entry up to the payment', async () => {
+    const order = placed();
+    const payment = entryOf('payment-events', Date.now() - 1_000);
+    // The projection of order-events has read past the payment, and holds nothing pending.
+    await redis.xadd('order-events', '*', 'type', 'unrelated');
+    await redis.xgroup('CREATE', 'order-events', 'order-service-group', '$', 'MKSTREAM');
+    try {
+      const handling = orders.paymentEventsHandler(paid(order.orderId), payment);
+
+      await expect(handling).rejects.toBeInstanceOf(NonRetryableError);
+      await expect(handling).rejects.toThrow(`no order ${order.orderId} in order-events before this entry`);
+    } finally {
+      await redis.xgroup('DESTROY', 'order-events', 'order-service-group');
+    }
   });
 
   it("lists a user's orders newest first, a page at a time", async () => {
@@ -216,13 +228,20 @@ describe('the order read model', () => {
 });
 
 describe('the payment timeouts', () => {
+  const GROUP = 'order-service-group';
+  const short = () => redisOrders({ redis, logger, paymentTimeoutMs: 1_000, group: GROUP });
+  const looking = (orders: Orders) =>
+    startPaymentTimeouts({ redis, orders, logger, group: GROUP, maxWaitMs: 100 });
+  /** The projection's group on payment-events, caught up with an empty stream. */
+  beforeAll(async () => {
+    await redis.del('payment-events');
+    await redis.xgroup('CREATE', 'payment-events', GROUP, '$', 'MKSTREAM');
+  });
+
   it('cancel an order still pending once it is due, once, with two instances looking', async () => {
-    const short = redisOrders({ redis, logger, paymentTimeoutMs: 1_000 });
     const order = placed();
-    await short.orderEventsHandler(order, entryOf('order-events'));
-    const instances = [1, 2].map(() =>
-      startPaymentTimeouts({ redis, orders: short, logger, maxWaitMs: 100 }),
-    );
+    await short().orderEventsHandler(order, entryOf('order-events'));
+    const instances = [looking(short()), looking(short())];
     try {
       await waitFor(async () => (await orders.get(order.orderId))?.status === 'CANCELLED', {
         timeoutMs: 10_000,
@@ -239,13 +258,42 @@ describe('the payment timeouts', () => {
   });
 
   it('leave a paid order alone', async () => {
-    const short = redisOrders({ redis, logger, paymentTimeoutMs: 1_000 });
     const order = placed();
-    await short.orderEventsHandler(order, entryOf('order-events', Date.now() - 5_000));
-    await short.paymentEventsHandler(paid(order.orderId), entryOf('payment-events'));
-    const timeouts = startPaymentTimeouts({ redis, orders: short, logger, maxWaitMs: 100 });
+    await short().orderEventsHandler(order, entryOf('order-events', Date.now() - 5_000));
+    await short().paymentEventsHandler(paid(order.orderId), entryOf('payment-events'));
+    const timeouts = looking(short());
     await new Promise((resolve) => setTimeout(resolve, 300));
     await timeouts.close();
+
+    expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID' });
+    expect(await cancellationsOf(order.orderId)).toEqual([]);
+  });
+
+  it('wait for the projection to apply a payment that came in time, however late it reads it (an order-service that was down)', async () => {
+    const order = placed();
+    await short().orderEventsHandler(order, entryOf('order-events', Date.now() - 5_000));
+    // Its payment came in time, and waits unread on payment-events; then the order became due.
+    // prettier-ignore
+    const paymentId = (await redis.xadd('payment-events', `${Date.now() - 4_000}-0`, 'type', 'payment-completed',
+      'orderId', order.orderId))!;
+    const timeouts = looking(short());
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await orders.get(order.orderId)).toMatchObject({ status: 'PENDING' });
+
+      // The projection reads it (pending while it is handled), applies it and acks it.
+      await redis.xreadgroup('GROUP', GROUP, 'c', 'COUNT', 1, 'STREAMS', 'payment-events', '>');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(await orders.get(order.orderId)).toMatchObject({ status: 'PENDING' });
+      await short().paymentEventsHandler(paid(order.orderId), {
+        ...entryOf('payment-events'),
+        id: paymentId,
+      });
+      await redis.xack('payment-events', GROUP, paymentId);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    } finally {
+      await timeouts.close();
+    }
 
     expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID' });
     expect(await cancellationsOf(order.orderId)).toEqual([]);

@@ -29,7 +29,7 @@ function appOn(url: string) {
     redis,
     logger,
     instance: 'test',
-    orders: redisOrders({ redis, logger, paymentTimeoutMs: 30_000 }),
+    orders: redisOrders({ redis, logger, paymentTimeoutMs: 30_000, group: 'order-service-group' }),
   });
 }
 

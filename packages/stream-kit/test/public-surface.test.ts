@@ -27,7 +27,16 @@ describe('the entry points of @msa/stream-kit', () => {
     [
       '@msa/stream-kit/events: the catalogue',
       '../src/events.ts',
-      ['OrderCreated', 'OrderEvents', 'PaymentCompleted', 'PaymentEvents', 'streams'],
+      [
+        'OrderCancelled',
+        'OrderCreated',
+        'OrderEvents',
+        'PaymentCompleted',
+        'PaymentEvents',
+        'PaymentFailed',
+        'PaymentRefunded',
+        'streams',
+      ],
     ],
     [
       '@msa/stream-kit/lua: scripting for handlers that ack in their own script',

@@ -1,0 +1,58 @@
+import type { Redis } from 'ioredis';
+
+/**
+ * How far a consumer group has got through a stream: every entry at or before `delivered` has
+ * been read by one of its consumers, and every one of those before `pendingFrom` (all of them, when
+ * it is undefined) has been handled and acked. `caughtUp`: `delivered` is the stream's last entry.
+ * Undefined when the group does not exist yet (nothing of the stream has been handled).
+ */
+export interface Horizon {
+  delivered: string;
+  pendingFrom?: string;
+  caughtUp: boolean;
+}
+
+/** Reads `group`'s horizon on `stream`: XINFO GROUPS, XPENDING's summary, the last entry. */
+export async function horizonOf(redis: Redis, stream: string, group: string): Promise<Horizon | undefined> {
+  const groups = (await redis.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
+  const info = groups.find((fields) => fields[fields.indexOf('name') + 1] === group);
+  if (!info) return undefined;
+  const delivered = String(info[info.indexOf('last-delivered-id') + 1]);
+  const [count, pendingFrom] = (await redis.xpending(stream, group)) as [number, string | null];
+  const [last] = await redis.xrevrange(stream, '+', '-', 'COUNT', 1);
+  return {
+    delivered,
+    ...(count > 0 && pendingFrom ? { pendingFrom } : {}),
+    caughtUp: last === undefined || compareIds(last[0], delivered) <= 0,
+  };
+}
+
+/** Whether the entry `id` of the stream has been handled, as far as `horizon` shows. */
+export function handled(horizon: Horizon | undefined, id: string): boolean {
+  if (!horizon) return false;
+  if (horizon.pendingFrom !== undefined && compareIds(id, horizon.pendingFrom) >= 0) return false;
+  return compareIds(id, horizon.delivered) <= 0;
+}
+
+/**
+ * The time (ms, on Redis's clock) up to which every entry of the stream has been handled: `now`
+ * when the group has handled all there is, else just before the first entry it has not.
+ */
+export function handledUntilMs(horizon: Horizon | undefined, now: number): number {
+  if (!horizon) return -Infinity;
+  if (horizon.caughtUp && horizon.pendingFrom === undefined) return now;
+  // Entries of the millisecond of `delivered` may still come: only the ones before it are sure.
+  let until = msOf(horizon.delivered) - 1;
+  if (horizon.pendingFrom !== undefined) until = Math.min(until, msOf(horizon.pendingFrom) - 1);
+  return until;
+}
+
+/** The ms of Redis's clock in entry ID `<ms>-<seq>`. */
+export const msOf = (id: string) => Number(id.slice(0, id.indexOf('-')));
+
+/** Orders stream entry IDs (`<ms>-<seq>`) as Redis does. */
+export function compareIds(a: string, b: string): number {
+  const [aMs, aSeq] = a.split('-').map(BigInt) as [bigint, bigint];
+  const [bMs, bSeq] = b.split('-').map(BigInt) as [bigint, bigint];
+  return aMs !== bMs ? (aMs < bMs ? -1 : 1) : aSeq === bSeq ? 0 : aSeq < bSeq ? -1 : 1;
+}
