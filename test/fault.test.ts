@@ -33,6 +33,8 @@ function reportWith(overrides: Partial<FaultReport>): FaultReport {
     payments: { 1: 10 },
     mails: { 1: 10 },
     sms: { 1: 10 },
+    states: { PAID: 10 },
+    mismatches: [],
     strays: 0,
     sends: { 1: 20 },
     notificationKills: 0,
@@ -149,6 +151,31 @@ describe('takeoversOf', () => {
 });
 
 describe('problemsOf', () => {
+  describe('on where the orders ended', () => {
+    it('accepts orders cancelled after their payment timed out, each charge refunded', () => {
+      const report = reportWith({
+        states: { PAID: 8, 'CANCELLED payment-timeout': 2 },
+        payments: { 0: 1, 1: 9 },
+      });
+
+      expect(problemsOf(report)).toEqual([]);
+    });
+
+    it('names orders not settled, orders charged twice, and orders whose effects do not match', () => {
+      const report = reportWith({
+        states: { PAID: 8, PENDING: 1, missing: 1 },
+        payments: { 1: 9, 2: 1 },
+        mismatches: ['o-1 CANCELLED payment-timeout: 1 charges, 0 refunds, 0 declines, 2 mails, 1 SMS'],
+      });
+
+      expect(problemsOf(report)).toEqual([
+        'payments per order: {"1":9,"2":1}',
+        'orders not settled: {"PENDING":1,"missing":1}',
+        'orders whose effects do not match where they ended: o-1 CANCELLED payment-timeout: 1 charges, 0 refunds, 0 declines, 2 mails, 1 SMS',
+      ]);
+    });
+  });
+
   describe('without a takeover bound', () => {
     it('says nothing of slow takeovers', () => {
       const report = reportWith({ takeovers: { fixed: perStart([]), perStart: perStart([90_000]) } });
@@ -218,7 +245,7 @@ describe('problemsOf', () => {
   });
 });
 
-it('pays, mails and texts every accepted order exactly once while consumers are killed, stopped or paused and Redis runs out of memory, stalls and restarts', async () => {
+it('settles every accepted order exactly once, paid or else cancelled with its charge refunded, while consumers are killed, stopped or paused and Redis runs out of memory, stalls and restarts', async () => {
   const orders = Number(process.env.FAULT_ORDERS ?? 3_000);
   const report = await runFault({ orders });
   console.log(formatReport(report));

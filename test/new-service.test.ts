@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../harness/net.ts';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 import { waitFor } from '../harness/wait.ts';
-import { portVariableOf, services } from '../services.ts';
+import { consumersOf, portVariableOf, services } from '../services.ts';
 
 /*
  * Recipe 2 of docs/recipes.md, followed as a newcomer would: in a copy of the repository, the
@@ -223,10 +223,9 @@ describe('recipe 2 of docs/recipes.md, adding a shipping-service', () => {
       );
       expect(JSON.parse(shipment!)).toMatchObject({ orderId, userId: 'newcomer', productId: 'p-1' });
       const groups = (await redis.xinfo('GROUPS', 'payment-events')) as unknown[][];
-      expect(groups.map((group) => group[1]).sort()).toEqual([
-        'notification-service-group',
-        'shipping-service-group',
-      ]);
+      expect(groups.map((group) => group[1]).sort()).toEqual(
+        [...consumersOf('payment-events').map(({ group }) => group), 'shipping-service-group'].sort(),
+      );
     } finally {
       redis.disconnect();
     }

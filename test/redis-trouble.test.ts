@@ -22,6 +22,7 @@ import {
   writeRefusal,
 } from '../scripts/fault/redis-trouble.ts';
 import { exitOf, startService, type RunningService, type ServiceName } from '../harness/services.ts';
+import { consumersOf } from '../services.ts';
 import { waitFor } from '../harness/wait.ts';
 
 /*
@@ -50,9 +51,11 @@ describe('when Redis runs out of memory while a backlog waits', () => {
     system.hold(payment, notification);
     const flow = placeOrders(order.url, { count: 300, concurrency: 8, users: 10, userPrefix: 'backlog' });
     await flow.done;
+    // order-service reads the streams too (its read model): it meets the window with the others.
+    system.hold(order);
 
     const window = await startOutOfMemory(redis);
-    system.release(payment, notification);
+    system.release(order, payment, notification);
     await sleep(25_000);
     const stillRefused = await writeRefusal(redis);
     await endOutOfMemory(redis);
@@ -180,14 +183,15 @@ describe('when an entry ID lies far ahead of the clock', () => {
     await redis.xadd('order-events', FUTURE_ID, 'userId', 'u', 'productId', 'p', 'price', '10');
     const groupsGaveUp = async () =>
       new Set((await deadLetters(redis)).filter((l) => l.entryId === FUTURE_ID).map((l) => l.group));
-    await waitUntil(async () => (await groupsGaveUp()).size === 2, 30_000);
+    const groups = consumersOf('order-events')
+      .map(({ group }) => group)
+      .sort();
+    await waitUntil(async () => (await groupsGaveUp()).size === groups.length, 30_000);
     const answers = [await postOrder(order.url, 'after-future'), await postOrder(order.url)];
     await sleep(1_000);
 
     const letters = await deadLetters(redis);
-    expect
-      .soft([...(await groupsGaveUp())].sort())
-      .toEqual(['notification-service-group', 'payment-service-group']);
+    expect.soft([...(await groupsGaveUp())].sort()).toEqual(groups);
     for (const letter of letters.filter((l) => l.entryId === FUTURE_ID)) {
       expect.soft(letter.reason).toMatch(/ahead/i);
       expect.soft(letter.reason).toMatch(/clock/i);
@@ -394,12 +398,24 @@ function privateSystem() {
 }
 
 /** Nothing pending in any group, no dead letter, and every order paid, mailed and texted once. */
-function everyOrderOnce(orders: number): Outcome {
+/**
+ * Every order of `orders` paid, mailed and texted once, or, if its payment could not happen within
+ * order-service's payment timeout (the trouble lasted that long), cancelled with each charge refunded
+ * once and its notices sent (see `Outcome.mismatches`); nothing pending, nothing dead-lettered.
+ */
+function everyOrderOnce(orders: number) {
   return {
-    payments: { 1: orders },
-    mails: { 1: orders },
-    sms: { 1: orders },
+    payments: expect.any(Object),
+    mails: expect.any(Object),
+    sms: expect.any(Object),
     strays: 0,
+    states: expect.toSatisfy(
+      (states: Record<string, number>) =>
+        Object.keys(states).every((state) => /^(PAID|CANCELLED payment-timeout)$/.test(state)) &&
+        Object.values(states).reduce((sum, n) => sum + n, 0) === orders,
+      `every one of the ${orders} orders PAID or CANCELLED payment-timeout`,
+    ),
+    mismatches: [],
     pending: Object.fromEntries(CONSUMER_GROUPS.map(([stream, group]) => [`${stream}/${group}`, 0])),
     deadLetters: { 'order-events:dlq': 0, 'payment-events:dlq': 0 },
     deadLetterReasons: [],

@@ -1,4 +1,5 @@
 import { sentLogKey } from '@msa/notification-service';
+import { orderKey } from '@msa/order-service';
 import { OrderEvents, PaymentEvents, streams } from '@msa/stream-kit/events';
 import type { Redis } from 'ioredis';
 import { entryFields } from '../../harness/streams.ts';
@@ -72,17 +73,87 @@ export async function deadLetters(redis: Redis): Promise<DeadLetterSeen[]> {
   return all;
 }
 
+/** A notification as notification-service records it. */
+interface SentNotification {
+  channel: string;
+  /** The event type that caused it. */
+  event: string;
+  orderId?: string;
+}
+
 /** What notification-service recorded as sent to `userIds` (its sent log: `sentLogKey(userId)`). */
 export async function sentNotifications(
   redis: Redis,
   userIds: readonly string[],
-): Promise<{ channel: string; orderId?: string }[]> {
-  const all: { channel: string; orderId?: string }[] = [];
+): Promise<SentNotification[]> {
+  const all: SentNotification[] = [];
   for (const userId of userIds) {
     const items = await redis.lrange(sentLogKey(userId), 0, -1);
-    all.push(...items.map((item) => JSON.parse(item) as { channel: string; orderId?: string }));
+    all.push(...items.map((item) => JSON.parse(item) as SentNotification));
   }
   return all;
+}
+
+/** The status of each order in `orderIds`, from order-service's read model (`missing`: none). */
+export async function orderStates(redis: Redis, orderIds: Iterable<string>): Promise<Map<string, string>> {
+  const ids = [...orderIds];
+  const states = new Map<string, string>();
+  for (let start = 0; start < ids.length; start += 500) {
+    const pipeline = redis.pipeline();
+    for (const id of ids.slice(start, start + 500)) pipeline.hmget(orderKey(id), 'status', 'reason');
+    const replies = (await pipeline.exec()) ?? [];
+    replies.forEach(([, reply], i) => {
+      const [status, reason] = reply as [string | null, string | null];
+      states.set(ids[start + i]!, status === null ? 'missing' : reason ? `${status} ${reason}` : status);
+    });
+  }
+  return states;
+}
+
+/** See `Outcome.states` and `Outcome.mismatches`. */
+async function sagaOf(
+  redis: Redis,
+  accepted: ReadonlySet<string>,
+  notifications: readonly SentNotification[],
+): Promise<Pick<Outcome, 'states' | 'mismatches'>> {
+  const counts = new Map<string, Record<string, number>>();
+  const bump = (orderId: string | undefined, what: string) => {
+    if (orderId === undefined || !accepted.has(orderId)) return;
+    const of = counts.get(orderId) ?? {};
+    of[what] = (of[what] ?? 0) + 1;
+    counts.set(orderId, of);
+  };
+  for (const fields of await entryFields(redis, PaymentEvents.name))
+    bump(fields.orderId, fields.type ?? 'payment-completed');
+  for (const { channel, orderId } of notifications) bump(orderId, channel);
+
+  const states = await orderStates(redis, accepted);
+  const byState: Record<string, number> = {};
+  const wrong: string[] = [];
+  for (const [orderId, state] of states) {
+    byState[state] = (byState[state] ?? 0) + 1;
+    const of = counts.get(orderId) ?? {};
+    const [charges, refunds, declines] = ['payment-completed', 'payment-refunded', 'payment-failed'].map(
+      (type) => of[type] ?? 0,
+    ) as [number, number, number];
+    const [mails, sms] = [of.mail ?? 0, of.sms ?? 0];
+    const fine =
+      state === 'PAID'
+        ? charges === 1 && refunds === 0 && declines === 0 && mails === 1 && sms === 1
+        : state.startsWith('CANCELLED') &&
+          charges <= 1 &&
+          refunds === charges &&
+          declines <= 1 &&
+          mails === 2 &&
+          sms === charges + refunds + declines;
+    if (!fine)
+      wrong.push(
+        `${orderId} ${state}: ${charges} charges, ${refunds} refunds, ${declines} declines, ${mails} mails, ${sms} SMS`,
+      );
+  }
+  const mismatches = wrong.slice(0, 5);
+  if (wrong.length > 5) mismatches.push(`... and ${wrong.length - 5} more`);
+  return { states: byState, mismatches };
 }
 
 export async function sentCount(redis: Redis, userIds: readonly string[]): Promise<number> {
@@ -119,11 +190,24 @@ export function histogramOf(counts: Iterable<number>): Histogram {
 
 /** Payments, mails and SMS per accepted order, and what is left over. */
 export interface Outcome {
+  /** Charges (`payment-completed`) per order: 1 for a paid order, 0 or 1 for a cancelled one. */
   payments: Histogram;
   mails: Histogram;
   sms: Histogram;
   /** Payments, mails or SMS for orders nobody placed. */
   strays: number;
+  /**
+   * Where the accepted orders ended, in order-service's read model: `PAID`, `CANCELLED <reason>`,
+   * or `PENDING` / `missing` (not settled).
+   */
+  states: Record<string, number>;
+  /**
+   * Orders whose effects do not match where they ended (a few, then how many more): a paid order
+   * is charged once, never refunded, mailed once and texted once; a cancelled one has as many
+   * refunds as charges (at most one), two mails (placed, cancelled) and an SMS per charge, refund
+   * and refusal.
+   */
+  mismatches: string[];
   pending: Record<string, number>;
   deadLetters: Record<string, number>;
   /**
@@ -141,6 +225,7 @@ export async function outcomeOf(
 ): Promise<Outcome> {
   const payments = countBy(accepted, await paidOrderIds(redis));
   const notifications = await sentNotifications(redis, userIds);
+  const { states, mismatches } = await sagaOf(redis, accepted, notifications);
   const mails = countBy(
     accepted,
     notifications.filter((n) => n.channel === 'mail').map((n) => n.orderId),
@@ -159,6 +244,8 @@ export async function outcomeOf(
     mails: mails.histogram,
     sms: sms.histogram,
     strays: payments.strays + mails.strays + sms.strays,
+    states,
+    mismatches,
     pending: await pendingCounts(redis, groups),
     deadLetters: await deadLetterCounts(redis),
     deadLetterReasons: [...reasons].map(([text, n]) => `${n}x ${text}`),
@@ -225,5 +312,10 @@ export async function caughtUp(
   const pending = await pendingCounts(redis, groups);
   if (!Object.values(pending).every((count) => count === 0)) return false;
   if ((await redis.xlen(PaymentEvents.name)) < accepted.size) return false;
-  return !notified || (await sentCount(redis, userIds)) >= 2 * accepted.size;
+  if (notified && (await sentCount(redis, userIds)) < 2 * accepted.size) return false;
+  // Every order where it ends: paid, or cancelled (a cancelled one has its refund and notices to come).
+  if (!notified) return true;
+  for (const state of (await orderStates(redis, accepted)).values())
+    if (state === 'PENDING' || state === 'missing') return false;
+  return true;
 }

@@ -42,14 +42,15 @@ export async function countedMemory(redis: Redis): Promise<number> {
 
 /**
  * Makes Redis refuse writes for lack of memory: `maxmemory-policy noeviction` and `maxmemory` a
- * little under what it counts now. Memory moves (client buffers fill and drain), so a limit right
- * at the current figure may let writes through: it checks that a `SET` is refused with `OOM` and
- * lowers the limit (64 KiB under, then 128 KiB, ... up to 4 MiB) until it is. Throws if no limit
+ * little under what it counts now. Memory moves (client buffers fill and drain: a consumer stopped
+ * and started again drains its replies), so a limit right at the current figure may let writes
+ * through: it checks that a `SET` is refused with `OOM` and lowers the limit (1 MiB under, then
+ * 2 MiB, ... up to 16 MiB) until it is. Throws if no limit
  * bites (and sets no limit then). End the window with `endOutOfMemory`.
  */
 export async function startOutOfMemory(redis: Redis): Promise<OutOfMemory> {
   await redis.config('SET', 'maxmemory-policy', 'noeviction');
-  for (let below = 64 * 1024; below <= 4 * 1024 * 1024; below *= 2) {
+  for (let below = 1024 * 1024; below <= 16 * 1024 * 1024; below *= 2) {
     const counted = await countedMemory(redis);
     const maxmemory = Math.max(counted - below, 1);
     await redis.config('SET', 'maxmemory', String(maxmemory));

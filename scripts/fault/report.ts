@@ -37,10 +37,14 @@ export interface FaultReport {
   trouble: string[];
   /** Trouble that did not happen as planned: a window in which Redis took writes, a failed AOF rewrite. */
   troubleFailures: string[];
-  /** `payment-events` entries per accepted order: all must be 1. */
+  /** Charges (`payment-completed`) per accepted order: none may be above 1. */
   payments: Histogram;
   mails: Histogram;
   sms: Histogram;
+  /** Where the accepted orders ended (see `Outcome.states`): each `PAID` or `CANCELLED ...`. */
+  states: Record<string, number>;
+  /** Orders whose effects do not match where they ended (see `Outcome.mismatches`): none. */
+  mismatches: string[];
   /** Payments, mails or SMS for orders nobody placed. */
   strays: number;
   /**
@@ -80,8 +84,9 @@ export interface ProblemOptions {
 }
 
 /**
- * What is wrong with a run, as sentences; empty when every accepted order was paid, mailed and
- * texted exactly once, each notification reached the sender (twice only where a SIGKILL or a
+ * What is wrong with a run, as sentences; empty when every accepted order ended paid or cancelled
+ * with its effects exactly once (a paid order charged, mailed and texted once; a cancelled one
+ * with each charge refunded once and its notices: see `Outcome.mismatches`), each notification reached the sender (twice only where a SIGKILL or a
  * pause hit the window the Guarantees leave open), nothing is pending, no entry was
  * dead-lettered, the Redis trouble happened as planned (with `redisTrouble`, an out-of-memory
  * window that refused writes and three stalls), and, with `takeoverBoundMs`, the per-start
@@ -89,10 +94,13 @@ export interface ProblemOptions {
  */
 export function problemsOf(report: FaultReport, options: ProblemOptions = {}): string[] {
   const problems: string[] = [];
-  const onlyOnce = (histogram: Histogram) => Object.keys(histogram).join() === '1';
-  for (const what of ['payments', 'mails', 'sms'] as const) {
-    if (!onlyOnce(report[what])) problems.push(`${what} per order: ${JSON.stringify(report[what])}`);
-  }
+  if (Object.keys(report.payments).some((times) => Number(times) > 1))
+    problems.push(`payments per order: ${JSON.stringify(report.payments)}`);
+  const unsettled = Object.entries(report.states).filter(([state]) => !/^(PAID|CANCELLED)\b/.test(state));
+  if (unsettled.length > 0)
+    problems.push(`orders not settled: ${JSON.stringify(Object.fromEntries(unsettled))}`);
+  if (report.mismatches.length > 0)
+    problems.push(`orders whose effects do not match where they ended: ${report.mismatches.join('; ')}`);
   if (report.badStops.length > 0) problems.push(`graceful stops that failed: ${report.badStops.join(', ')}`);
   if (report.strays > 0) problems.push(`${report.strays} effects for orders nobody placed`);
   // The sends are counted from the sender's log lines. A service writes each line to stdout at once
@@ -171,6 +179,9 @@ export function formatReport(report: FaultReport): string {
       ? `redis trouble: ${plural(report.oomWindows, 'out-of-memory window')}, ${plural(report.stalls, 'stall')}`
       : 'redis trouble: none but the restart (--no-redis-trouble)',
     ...report.trouble.map((line) => `  at ${line}`),
+    `orders ended: ${Object.entries(report.states)
+      .map(([state, n]) => `${n} ${state}`)
+      .join(', ')}`,
     `payments per order: ${show(report.payments)}`,
     `mails per order:    ${show(report.mails)}`,
     `SMS per order:      ${show(report.sms)}`,

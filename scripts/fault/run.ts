@@ -327,6 +327,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       payments: outcome.payments,
       mails: outcome.mails,
       sms: outcome.sms,
+      states: outcome.states,
+      mismatches: outcome.mismatches,
       strays: outcome.strays,
       sends: histogramOf(sendCounts),
       badStops: instances.flatMap((i) => i.badStops),

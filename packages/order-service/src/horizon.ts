@@ -27,11 +27,15 @@ export async function horizonOf(redis: Redis, stream: string, group: string): Pr
   };
 }
 
-/** Whether the entry `id` of the stream has been handled, as far as `horizon` shows. */
-export function handled(horizon: Horizon | undefined, id: string): boolean {
+/**
+ * Whether every entry of the stream from the millisecond of `id` (an entry of another stream, on
+ * the same Redis clock) or before has been handled, as far as `horizon` shows. By the millisecond:
+ * entry IDs of two streams say nothing of their order within one.
+ */
+export function handledThrough(horizon: Horizon | undefined, id: string): boolean {
   if (!horizon) return false;
-  if (horizon.pendingFrom !== undefined && compareIds(id, horizon.pendingFrom) >= 0) return false;
-  return compareIds(id, horizon.delivered) <= 0;
+  if (horizon.pendingFrom !== undefined && msOf(horizon.pendingFrom) <= msOf(id)) return false;
+  return horizon.caughtUp || msOf(id) < msOf(horizon.delivered);
 }
 
 /**

@@ -5,7 +5,7 @@ import {
   type DeliveryContext,
   type Handler,
 } from '@msa/stream-kit';
-import { handled, horizonOf } from './horizon.ts';
+import { handledThrough, horizonOf } from './horizon.ts';
 import { OrderEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
@@ -93,8 +93,11 @@ local what, entry, at, max_ahead = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local stored = redis.call('HMGET', order, 'status', 'version', 'history', 'orderId')
 local status, version = stored[1], tonumber(stored[2]) or 0
 local steps = stored[3] and cjson.decode(stored[3]) or {}
+-- An entry applied before: the same ID on the same stream (two streams may both have an entry
+-- 1795706491993-0). Each event type lives on one stream: order-* on order-events.
+local function stream_of(event) return event:sub(1, 6) == 'order-' end
 for _, step in ipairs(steps) do
-  if step.entryId == entry then return {'duplicate', status} end
+  if step.entryId == entry and stream_of(step.event) == stream_of(what) then return {'duplicate', status} end
 end
 local function step(to, event, entry_id)
   version = version + 1
@@ -199,22 +202,29 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDe
     ...more: (string | number | readonly string[])[]
   ): Promise<Outcome> {
     // prettier-ignore
-    const [outcome, status] = await apply(
+    const run = () => apply(
       orderKey(orderId), ordersOfKey(userId), PAYMENT_DUE_KEY, OrderEvents.name, REFUSED_KEY,
       what, entryId, new Date().toISOString(), maxIdAheadMs(OrderEvents), ...more,
     );
+    let [outcome, status] = await run();
+    if (outcome === 'unknown') {
+      // Each stream is read on its own: a payment may come before its order (a backlog read from
+      // the start, a slow instance). An order comes before its payment on the clock, so once the
+      // projection of order-events has handled every entry up to this one, the order is not coming.
+      // The horizon is read before trying once more: an order applied after the first try, and
+      // before the horizon was read, is found by the second.
+      const horizon = await horizonOf(redis, OrderEvents.name, group);
+      if (!handledThrough(horizon, entryId))
+        throw new RetryLaterError(
+          `order ${orderId} is not known yet (its order-created has not been applied)`,
+        );
+      [outcome, status] = await run();
+      if (outcome === 'unknown')
+        throw new NonRetryableError(`no order ${orderId} in order-events before this entry`);
+    }
     const where = { orderId, entryId, event: what, status };
     if (outcome === 'applied') lines.info(where, 'order status changed');
     else if (outcome === 'refused') lines.warn(where, 'transition refused: the order cannot move that way');
-    else if (outcome === 'unknown') {
-      // Each stream is read on its own: a payment may come before its order (a backlog read from
-      // the start, a slow instance). An order comes before its payment on the clock, so once the
-      // projection of order-events has handled every entry up to this one, the order is not coming:
-      // dead-lettered, with its reason. Until then, retried without counting as a failure.
-      if (handled(await horizonOf(redis, OrderEvents.name, group), entryId))
-        throw new NonRetryableError(`no order ${orderId} in order-events before this entry`);
-      throw new RetryLaterError(`order ${orderId} is not known yet (its order-created has not been applied)`);
-    }
     return outcome;
   }
 
