@@ -2,8 +2,9 @@
  * Chain rows (section 7): the CPU time the whole chain spends per order — order-service,
  * payment-service, notification-service and their Redis — beside a bare chain of three small
  * processes that do the same hops with plain ioredis and none of the guarantees
- * (bare-chain-*.ts): HTTP → XADD order-events; XREADGROUP → XADD payment-events + XACK;
- * XREADGROUP of both streams → record (RPUSH + SET) + XACK. Each chain has a redis-server of its
+ * (bare-chain-*.ts): HTTP → XADD order-events, and XREADGROUP of both streams → the order's hash
+ * (HSET) + XACK, the read model; XREADGROUP → XADD payment-events + XACK; XREADGROUP of both
+ * streams → record (RPUSH + SET) + XACK. Each chain has a redis-server of its
  * own, so that `INFO cpu` is its alone, and both carry the same open-loop HTTP load, taking turns.
  * Each process's part is printed beside the total, so that the next bottleneck is visible. The
  * load generator (this process, which also reads the services' logs) is not counted.
@@ -30,8 +31,8 @@ type Role = (typeof ROLES)[number];
 
 /** The streams and groups both chains use: the real names, so that keys and entries are the same size. */
 const GROUPS: Record<string, string[]> = {
-  'order-events': ['payment-service-group', 'notification-service-group'],
-  'payment-events': ['notification-service-group'],
+  'order-events': ['payment-service-group', 'notification-service-group', 'order-service-group'],
+  'payment-events': ['notification-service-group', 'order-service-group'],
 };
 
 /** A process of a chain: a service, or a bare-chain script. */

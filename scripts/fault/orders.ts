@@ -17,6 +17,11 @@ export interface OrderFlowOptions {
   limit?: () => number;
   /** An order still not accepted this long after its first request fails the flow. @defaultValue 120000 */
   giveUpAfterMs?: number;
+  /**
+   * Every this many orders, one is priced above payment-service's default `PAYMENT_LIMIT`
+   * (1,000,000): it is declined and cancelled. @defaultValue none
+   */
+  overLimitEvery?: number;
 }
 
 /** Orders being placed over HTTP, as `placeOrders` returns them. */
@@ -58,7 +63,7 @@ export function placeOrders(url: string, options: OrderFlowOptions): OrderFlow {
       const body = JSON.stringify({
         userId: `${userPrefix}-${n % users}`,
         productId: `p-${n}`,
-        price: 10 + (n % 90),
+        price: options.overLimitEvery && n % options.overLimitEvery === 0 ? 2_000_000 : 10 + (n % 90),
       });
       const firstTry = Date.now();
       for (let attempt = 1; ; attempt += 1) {

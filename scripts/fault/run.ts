@@ -12,6 +12,7 @@ import {
   CONSUMER_GROUPS,
   histogramOf,
   outcomeOf,
+  sentNotifications,
   pendingCounts,
   quiescent,
   sentCount,
@@ -64,6 +65,8 @@ export interface FaultOptions {
   log?: (line: string) => void;
 }
 
+/** One order in this many is priced above payment-service's default limit (see `placeOrders`). */
+const OVER_LIMIT_EVERY = 20;
 /** SIGKILLs a run sees at least (and half as many SIGTERMs), however quickly its orders go through. */
 const MIN_KILLS = 6;
 
@@ -152,6 +155,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       count: options.orders,
       concurrency,
       limit: () => gate.paused ?? (schedule[troubleStarted]?.afterOrders ?? Infinity) + margin + gate.extra,
+      // One in twenty above the payment limit: declined and cancelled, the saga's other way.
+      overLimitEvery: OVER_LIMIT_EVERY,
     });
     watch.start();
     const every = options.killEveryMs ?? 700;
@@ -305,10 +310,18 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     const held = await watch.stop();
 
     const outcome = await outcomeOf(redis, placing);
-    const sendCounts = [...accepted].flatMap((id) => [
-      sends.get(`mail:${id}`) ?? 0,
-      sends.get(`sms:${id}`) ?? 0,
-    ]);
+    // Each notification the sent log recorded for an accepted order, and how often its key reached
+    // the sender (notify.ts's keys: `<channel>:<orderId>`, `<channel>-<what>:<orderId>`).
+    const keyOf: Record<string, string> = {
+      'order-created': 'mail',
+      'payment-completed': 'sms',
+      'order-cancelled': 'mail-cancelled',
+      'payment-failed': 'sms-declined',
+      'payment-refunded': 'sms-refunded',
+    };
+    const sendCounts = (await sentNotifications(redis, placing.userIds))
+      .filter(({ orderId }) => orderId !== undefined && accepted.has(orderId))
+      .map(({ event, orderId }) => sends.get(`${keyOf[event] ?? event}:${orderId}`) ?? 0);
     return {
       seed,
       claimIdleMs: options.claimIdleMs,

@@ -223,7 +223,8 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDe
         throw new NonRetryableError(`no order ${orderId} in order-events before this entry`);
     }
     const where = { orderId, entryId, event: what, status };
-    if (outcome === 'applied') lines.info(where, 'order status changed');
+    // Each step is in the order's history (GET /orders/<id>): a line each only at debug, a refusal always.
+    if (outcome === 'applied') lines.debug(where, 'order status changed');
     else if (outcome === 'refused') lines.warn(where, 'transition refused: the order cannot move that way');
     return outcome;
   }

@@ -9,16 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { fieldsFromReply, type Fields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
-import { redisOrders } from '../src/orders.ts';
-
-/** The read model on `redis`, as main.ts makes it. */
-const ordersOn = (on: Redis) =>
-  redisOrders({
-    redis: on,
-    logger: pino({ level: 'silent' }),
-    paymentTimeoutMs: 30_000,
-    group: 'order-service-group',
-  });
+import { ordersOn } from './read-model.ts';
 
 /*
  * Generated requests against the real app and a real publisher. After each request the suite reads

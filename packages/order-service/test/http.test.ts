@@ -8,16 +8,7 @@ import { freePort } from '../../../harness/net.ts';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { entryFields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
-import { redisOrders } from '../src/orders.ts';
-
-/** The read model on `redis`, as main.ts makes it. */
-const ordersOn = (on: Redis) =>
-  redisOrders({
-    redis: on,
-    logger: pino({ level: 'silent' }),
-    paymentTimeoutMs: 30_000,
-    group: 'order-service-group',
-  });
+import { ordersOn } from './read-model.ts';
 
 // Its own Redis: these tests count the entries of the real `order-events` stream.
 let server: RedisServer;

@@ -7,16 +7,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { entryFields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
-import { redisOrders } from '../src/orders.ts';
-
-/** The read model on `redis`, as main.ts makes it. */
-const ordersOn = (on: Redis) =>
-  redisOrders({
-    redis: on,
-    logger: pino({ level: 'silent' }),
-    paymentTimeoutMs: 30_000,
-    group: 'order-service-group',
-  });
+import { ordersOn } from './read-model.ts';
 
 // The run's shared Redis: other suites write `order-events` too, so every test here has its own
 // userId and idempotency key, and counts only the entries that carry them.

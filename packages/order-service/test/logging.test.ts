@@ -11,16 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { freePort } from '../../../harness/net.ts';
 import { deferred, waitFor } from '../../../harness/wait.ts';
 import { createApp } from '../src/app.ts';
-import { redisOrders } from '../src/orders.ts';
-
-/** The read model on `redis`, as main.ts makes it. */
-const ordersOn = (on: Redis) =>
-  redisOrders({
-    redis: on,
-    logger: pino({ level: 'silent' }),
-    paymentTimeoutMs: 30_000,
-    group: 'order-service-group',
-  });
+import { ordersOn } from './read-model.ts';
 
 it('keeps passwords, Redis URLs, AUTH arguments and auth headers out of log lines, at the top level or one level down', () => {
   let output = '';

@@ -10,7 +10,7 @@ import { startRedisServer, type RedisServer } from '../../../harness/redis-serve
 import { startService, type RunningService } from '../../../harness/services.ts';
 import { waitFor } from '../../../harness/wait.ts';
 import { createApp } from '../src/app.ts';
-import { redisOrders } from '../src/orders.ts';
+import { ordersOn } from './read-model.ts';
 
 const logger = pino({ level: 'silent' });
 const valid = { userId: 'user-1', productId: 'product-9', price: 1000 };
@@ -29,7 +29,7 @@ function appOn(url: string) {
     redis,
     logger,
     instance: 'test',
-    orders: redisOrders({ redis, logger, paymentTimeoutMs: 30_000, group: 'order-service-group' }),
+    orders: ordersOn(redis),
   });
 }
 
