@@ -230,7 +230,8 @@ describe('pnpm dev', () => {
     async () => {
       const redisPort = await freePort();
       redisPorts.push(redisPort);
-      // Both consumers refuse it at start, so whichever exits first is reported, and only it.
+      // Every consumer (order-service too, for its read model) refuses it at start, so whichever
+      // exits first is reported, and only it.
       const dev = startDev({
         REDIS_URL: `redis://127.0.0.1:${redisPort}`,
         ...(await servicePorts()).env,
@@ -244,7 +245,7 @@ describe('pnpm dev', () => {
       const reports = stderr.split('\n').filter((line) => line.startsWith('pnpm dev:'));
       expect(reports, stderr).toHaveLength(1);
       expect(reports[0]).toMatch(
-        /^pnpm dev: (payment|notification)-service exited with code 1; stopping the others$/,
+        /^pnpm dev: (order|payment|notification)-service exited with code 1; stopping the others$/,
       );
       expect(stderr).toContain('CLAIM_IDLE_MS');
       expect(stdout).not.toContain('all services are up');

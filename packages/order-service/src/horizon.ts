@@ -39,6 +39,15 @@ export function handledThrough(horizon: Horizon | undefined, id: string): boolea
 }
 
 /**
+ * Whether every entry of the stream before `id`, an entry of that same stream that is itself being
+ * handled (pending), has been handled, as far as `horizon` shows.
+ */
+export function handledBefore(horizon: Horizon | undefined, id: string): boolean {
+  if (!horizon || compareIds(horizon.delivered, id) < 0) return false;
+  return horizon.pendingFrom === undefined || compareIds(horizon.pendingFrom, id) >= 0;
+}
+
+/**
  * The time (ms, on Redis's clock) up to which every entry of the stream has been handled: `now`
  * when the group has handled all there is, else just before the first entry it has not.
  */

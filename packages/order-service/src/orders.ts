@@ -5,7 +5,7 @@ import {
   type DeliveryContext,
   type Handler,
 } from '@msa/stream-kit';
-import { handledThrough, horizonOf } from './horizon.ts';
+import { handledBefore, handledThrough, horizonOf } from './horizon.ts';
 import { OrderEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
@@ -213,8 +213,10 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDe
       // projection of order-events has handled every entry up to this one, the order is not coming.
       // The horizon is read before trying once more: an order applied after the first try, and
       // before the horizon was read, is found by the second.
+      // An order-cancelled is itself an entry of order-events: the entries before it must be handled.
       const horizon = await horizonOf(redis, OrderEvents.name, group);
-      if (!handledThrough(horizon, entryId))
+      const ours = what.startsWith('order-');
+      if (!(ours ? handledBefore(horizon, entryId) : handledThrough(horizon, entryId)))
         throw new RetryLaterError(
           `order ${orderId} is not known yet (its order-created has not been applied)`,
         );

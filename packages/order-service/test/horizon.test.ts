@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { handledThrough, handledUntilMs, type Horizon } from '../src/horizon.ts';
+import { handledBefore, handledThrough, handledUntilMs, type Horizon } from '../src/horizon.ts';
 
 describe('handledThrough (an entry of another stream against a group horizon)', () => {
   const behind: Horizon = { delivered: '1000-5', caughtUp: false };
@@ -24,6 +24,26 @@ describe('handledThrough (an entry of another stream against a group horizon)', 
     ['no entry, while the group does not exist', undefined, '1-0', false],
   ] as const)('%s: %s', (_name, horizon, id, expected) => {
     expect(handledThrough(horizon, id)).toBe(expected);
+  });
+});
+
+describe('handledBefore (an entry of the same stream, pending while it is handled)', () => {
+  it.each([
+    [
+      'nothing before it pending: it is the first pending entry',
+      { delivered: '1000-5', pendingFrom: '1000-2', caughtUp: true },
+      '1000-2',
+      true,
+    ],
+    [
+      'an entry before it still pending',
+      { delivered: '1000-5', pendingFrom: '1000-1', caughtUp: true },
+      '1000-2',
+      false,
+    ],
+    ['an entry not delivered yet', { delivered: '1000-1', caughtUp: false }, '1000-2', false],
+  ] as const)('%s', (_name, horizon, id, expected) => {
+    expect(handledBefore(horizon, id)).toBe(expected);
   });
 });
 

@@ -215,6 +215,27 @@ describe('the order read model', () => {
     }
   });
 
+  it('dead-letters a cancellation of an order that is not coming, though its own entry is pending while it is handled', async () => {
+    const orderId = randomUUID();
+    await redis.xgroup('CREATE', 'order-events', 'order-service-group', '$', 'MKSTREAM');
+    try {
+      // prettier-ignore
+      const id = (await redis.xadd('order-events', '*', 'type', 'order-cancelled', 'orderId', orderId,
+        'userId', 'u1', 'reason', 'payment-timeout'))!;
+      await redis.xreadgroup('GROUP', 'order-service-group', 'c', 'STREAMS', 'order-events', '>');
+      const context = { ...entryOf('order-events'), id };
+
+      const handling = orders.orderEventsHandler(
+        { type: 'order-cancelled', orderId, userId: 'u1', reason: 'payment-timeout' },
+        context,
+      );
+
+      await expect(handling).rejects.toBeInstanceOf(NonRetryableError);
+    } finally {
+      await redis.xgroup('DESTROY', 'order-events', 'order-service-group');
+    }
+  });
+
   it("lists a user's orders newest first, a page at a time", async () => {
     const userId = `u-${randomUUID()}`;
     const placedIds: string[] = [];
