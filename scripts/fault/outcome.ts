@@ -138,14 +138,14 @@ async function sagaOf(
     ) as [number, number, number];
     const [mails, sms] = [of.mail ?? 0, of.sms ?? 0];
     // A paid order: one charge, nothing else. A declined one: its decline, no charge. One that
-    // timed out: no decline, and each charge (at most one) refunded.
+    // timed out: a charge (refunded) or a decline that came after the timeout, not both.
     const cancelled = mails === 2 && refunds === charges && sms === charges + refunds + declines;
     const fine =
       state === 'PAID'
         ? charges === 1 && refunds === 0 && declines === 0 && mails === 1 && sms === 1
         : state === 'CANCELLED payment-declined'
           ? cancelled && declines === 1 && charges === 0
-          : state === 'CANCELLED payment-timeout' && cancelled && declines === 0 && charges <= 1;
+          : state === 'CANCELLED payment-timeout' && cancelled && charges + declines <= 1;
     if (!fine)
       wrong.push(
         `${orderId} ${state}: ${charges} charges, ${refunds} refunds, ${declines} declines, ${mails} mails, ${sms} SMS`,
