@@ -1,5 +1,5 @@
 import { sentLogKey } from '@msa/notification-service';
-import { orderKey } from '@msa/order-service';
+import { DEFAULT_PAYMENT_TIMEOUT_MS, orderKey } from '@msa/order-service';
 import { OrderEvents, PaymentEvents, streams } from '@msa/stream-kit/events';
 import type { Redis } from 'ioredis';
 import { entryFields } from '../../harness/streams.ts';
@@ -110,6 +110,29 @@ export async function orderStates(redis: Redis, orderIds: Iterable<string>): Pro
   return states;
 }
 
+/** The ms of each order's `order-created` entry, from the first step of its history in the read model. */
+async function orderCreatedAt(redis: Redis, orderIds: Iterable<string>): Promise<Map<string, number>> {
+  const ids = [...orderIds];
+  const at = new Map<string, number>();
+  for (let start = 0; start < ids.length; start += 500) {
+    const pipeline = redis.pipeline();
+    for (const id of ids.slice(start, start + 500)) pipeline.hget(orderKey(id), 'history');
+    const replies = (await pipeline.exec()) ?? [];
+    replies.forEach(([, history], i) => {
+      const [first] = history ? (JSON.parse(history as string) as { entryId: string }[]) : [];
+      if (first) at.set(ids[start + i]!, Number(first.entryId.slice(0, first.entryId.indexOf('-'))));
+    });
+  }
+  return at;
+}
+
+/** `[k1, v1, k2, v2]` → `[[k1, v1], [k2, v2]]`. */
+function pairs(flat: string[]): [string, string][] {
+  const out: [string, string][] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) out.push([flat[i]!, flat[i + 1]!]);
+  return out;
+}
+
 /** See `Outcome.states` and `Outcome.mismatches`. */
 async function sagaOf(
   redis: Redis,
@@ -117,17 +140,25 @@ async function sagaOf(
   notifications: readonly SentNotification[],
 ): Promise<Pick<Outcome, 'states' | 'mismatches'>> {
   const counts = new Map<string, Record<string, number>>();
+  /** The ms of each order's first charge, on Redis's clock (its entry ID). */
+  const chargedAt = new Map<string, number>();
   const bump = (orderId: string | undefined, what: string) => {
     if (orderId === undefined || !accepted.has(orderId)) return;
     const of = counts.get(orderId) ?? {};
     of[what] = (of[what] ?? 0) + 1;
     counts.set(orderId, of);
   };
-  for (const fields of await entryFields(redis, PaymentEvents.name))
-    bump(fields.orderId, fields.type ?? 'payment-completed');
+  for (const [id, flat] of await redis.xrange(PaymentEvents.name, '-', '+')) {
+    const fields = Object.fromEntries(pairs(flat));
+    const type = fields.type ?? 'payment-completed';
+    bump(fields.orderId, type);
+    if (type === 'payment-completed' && fields.orderId && !chargedAt.has(fields.orderId))
+      chargedAt.set(fields.orderId, Number(id.slice(0, id.indexOf('-'))));
+  }
   for (const { channel, orderId } of notifications) bump(orderId, channel);
 
   const states = await orderStates(redis, accepted);
+  const createdAt = await orderCreatedAt(redis, accepted);
   const byState: Record<string, number> = {};
   const wrong: string[] = [];
   for (const [orderId, state] of states) {
@@ -146,7 +177,14 @@ async function sagaOf(
         : state === 'CANCELLED payment-declined'
           ? cancelled && declines === 1 && charges === 0
           : state === 'CANCELLED payment-timeout' && cancelled && charges + declines <= 1;
-    if (!fine)
+    // Charged before it was due (its entry older than its order's plus the payment timeout), yet
+    // cancelled for the timeout: the timeouts must wait for the payments that came in time.
+    const paidInTime =
+      state === 'CANCELLED payment-timeout' &&
+      chargedAt.has(orderId) &&
+      chargedAt.get(orderId)! < (createdAt.get(orderId) ?? Infinity) + DEFAULT_PAYMENT_TIMEOUT_MS;
+    if (paidInTime) wrong.push(`${orderId} ${state}, though charged before it was due`);
+    else if (!fine)
       wrong.push(
         `${orderId} ${state}: ${charges} charges, ${refunds} refunds, ${declines} declines, ${mails} mails, ${sms} SMS`,
       );

@@ -1,6 +1,9 @@
 import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
 import { z } from 'zod';
 
+/** `PAYMENT_TIMEOUT_MS` unless set: 30 s. */
+export const DEFAULT_PAYMENT_TIMEOUT_MS = 30_000;
+
 // A consumer too: the order read model is a projection of order-events and payment-events.
 const Config = consumerEnv(8080).extend({
   /**
@@ -8,7 +11,7 @@ const Config = consumerEnv(8080).extend({
    * above the worst takeover time of a crashed payment-service instance (about 3 s, at most
    * `CLAIM_IDLE_MS` for consumers that keep no liveness mark), so that a crash alone never cancels.
    */
-  PAYMENT_TIMEOUT_MS: z.coerce.number().int().min(1_000).default(30_000),
+  PAYMENT_TIMEOUT_MS: z.coerce.number().int().min(1_000).default(DEFAULT_PAYMENT_TIMEOUT_MS),
 });
 export type Config = z.infer<typeof Config>;
 
