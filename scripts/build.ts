@@ -56,6 +56,23 @@ if (services.length === 0 || missing.length > 0) {
   process.exit(1);
 }
 
+/**
+ * A service's bundles: `<service>` from src/main.ts, and `<service>-<command>` from each
+ * src/main-<command>.ts, its operator commands (order-service's `rebuild`), so the image runs them too.
+ */
+function entryPointsOf(name: string): [string, string][] {
+  const commands = readdirSync(join(ROOT, 'packages', name, 'src'))
+    .map((file) => /^main-([a-z-]+)\.ts$/.exec(file)?.[1])
+    .filter((command) => command !== undefined);
+  return [
+    [name, `packages/${name}/src/main.ts`],
+    ...commands.map((command): [string, string] => [
+      `${name}-${command}`,
+      `packages/${name}/src/main-${command}.ts`,
+    ]),
+  ];
+}
+
 // A bundle of a removed or renamed service must not linger next to the fresh ones.
 if (existsSync(outdir)) {
   for (const file of readdirSync(outdir)) {
@@ -66,7 +83,7 @@ if (existsSync(outdir)) {
 try {
   await build({
     absWorkingDir: ROOT,
-    entryPoints: Object.fromEntries(services.map((name) => [name, `packages/${name}/src/main.ts`])),
+    entryPoints: Object.fromEntries(services.flatMap(entryPointsOf)),
     outdir,
     outExtension: { '.js': '.mjs' },
     bundle: true,

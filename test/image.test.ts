@@ -376,12 +376,22 @@ describe('the production image, replayed without Docker', () => {
     }
   });
 
-  it('holds one bundle per packages/*-service, and no test, bench or dev-tool code', () => {
+  it('holds one bundle per packages/*-service and per operator command (its src/main-<command>.ts), and no test, bench or dev-tool code', () => {
     const services = readdirSync(join(ROOT, 'packages')).filter((name) => name.endsWith('-service'));
     expect(services).toEqual(expect.arrayContaining([...appServices]));
+    const commands = services.flatMap((name) =>
+      readdirSync(join(ROOT, 'packages', name, 'src'))
+        .map((file) => /^main-(.+)\.ts$/.exec(file)?.[1])
+        .filter((command) => command !== undefined)
+        .map((command) => `${name}-${command}`),
+    );
+    expect(commands).toContain('order-service-rebuild');
     const files = readdirSync(appDir, { recursive: true }).map(String).sort();
     expect(files).toEqual(
-      ['dist', ...services.flatMap((name) => [`dist/${name}.mjs`, `dist/${name}.mjs.map`])].sort(),
+      [
+        'dist',
+        ...[...services, ...commands].flatMap((name) => [`dist/${name}.mjs`, `dist/${name}.mjs.map`]),
+      ].sort(),
     );
 
     const devOnly = devOnlyPackages();

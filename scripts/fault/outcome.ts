@@ -1,5 +1,5 @@
 import { sentLogKey } from '@msa/notification-service';
-import { DEFAULT_PAYMENT_TIMEOUT_MS, orderKey } from '@msa/order-service';
+import { DEFAULT_PAYMENT_TIMEOUT_MS, liveReadModel } from '@msa/order-service';
 import { OrderEvents, PaymentEvents, streams } from '@msa/stream-kit/events';
 import type { Redis } from 'ioredis';
 import { entryFields } from '../../harness/streams.ts';
@@ -98,9 +98,10 @@ export async function sentNotifications(
 export async function orderStates(redis: Redis, orderIds: Iterable<string>): Promise<Map<string, string>> {
   const ids = [...orderIds];
   const states = new Map<string, string>();
+  const model = await liveReadModel(redis);
   for (let start = 0; start < ids.length; start += 500) {
     const pipeline = redis.pipeline();
-    for (const id of ids.slice(start, start + 500)) pipeline.hmget(orderKey(id), 'status', 'reason');
+    for (const id of ids.slice(start, start + 500)) pipeline.hmget(model.order(id), 'status', 'reason');
     const replies = (await pipeline.exec()) ?? [];
     replies.forEach(([, reply], i) => {
       const [status, reason] = reply as [string | null, string | null];
@@ -114,9 +115,10 @@ export async function orderStates(redis: Redis, orderIds: Iterable<string>): Pro
 async function orderCreatedAt(redis: Redis, orderIds: Iterable<string>): Promise<Map<string, number>> {
   const ids = [...orderIds];
   const at = new Map<string, number>();
+  const model = await liveReadModel(redis);
   for (let start = 0; start < ids.length; start += 500) {
     const pipeline = redis.pipeline();
-    for (const id of ids.slice(start, start + 500)) pipeline.hget(orderKey(id), 'history');
+    for (const id of ids.slice(start, start + 500)) pipeline.hget(model.order(id), 'history');
     const replies = (await pipeline.exec()) ?? [];
     replies.forEach(([, history], i) => {
       const [first] = history ? (JSON.parse(history as string) as { entryId: string }[]) : [];

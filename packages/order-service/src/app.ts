@@ -10,6 +10,7 @@ import {
   malformedQueryParameter,
   methodNotAllowed,
   readinessHandler,
+  UnavailableError,
   ValidationError,
 } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
@@ -57,7 +58,7 @@ export interface AppDeps {
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;
   /** The order read model, which `GET /orders` reads. */
-  orders: Orders;
+  orders: Pick<Orders, 'get' | 'ofUser'>;
 }
 
 /** `GET /orders?userId=`: a user's orders, a page at a time. */
@@ -141,14 +142,21 @@ export function createApp({ publisher, redis, logger, instance, orders }: AppDep
       .json({ orderId });
   });
 
+  // Reads fail only when Redis cannot answer (or order-service has not yet been able to ask it
+  // which generation of the read model is live): a 503, not a 500.
+  const read = <T>(work: () => Promise<T>) =>
+    work().catch((err: unknown) => {
+      throw new UnavailableError('the order read model cannot be read now', { cause: err });
+    });
+
   app.get('/orders', async (req, res) => {
     const { userId, limit, cursor } = parseQuery(OrdersQuery, req);
-    res.json(await orders.ofUser(userId, limit, cursor));
+    res.json(await read(() => orders.ofUser(userId, limit, cursor)));
   });
 
   app.get('/orders/:orderId', async (req, res) => {
     const orderId = parse(z.object({ orderId: OrderCreated.shape.orderId }), req.params, 'query').orderId;
-    const order = await orders.get(orderId);
+    const order = await read(() => orders.get(orderId));
     if (order === undefined) res.status(404).json({ error: `no order ${orderId}`, field: 'orderId' });
     else res.json(order);
   });

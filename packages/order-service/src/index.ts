@@ -1,3 +1,3 @@
 // Only for the fault run, which reads the real read model; the service itself runs main.ts.
 export { DEFAULT_PAYMENT_TIMEOUT_MS } from './config.ts';
-export { orderKey } from './orders.ts';
+export { liveReadModel, readModel } from './read-model.ts';

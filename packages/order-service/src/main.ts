@@ -11,7 +11,8 @@ import {
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
-import { redisOrders } from './orders.ts';
+import { redisOrders, type Orders } from './orders.ts';
+import { liveReadModel, type ReadModel } from './read-model.ts';
 import { startPaymentTimeouts } from './timeouts.ts';
 
 let config: Config;
@@ -28,43 +29,69 @@ const logger = pino(logOptions('order-service', config), process.stdout);
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
 const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');
 const publisher = createPublisher({ connection: redis, logger: logger.child({ component: 'publisher' }) });
-const GROUP = 'order-service-group';
-const orders = redisOrders({
-  redis,
-  logger: logger.child({ component: 'orders' }),
-  paymentTimeoutMs: config.PAYMENT_TIMEOUT_MS,
-  group: GROUP,
-});
-// The read model: a projection of both streams in order-service's own group. Its steps are
-// idempotent (an entry applied twice finds its step), so the subscription acks after each.
-const projections = [
-  subscribe(
-    'order-service-group',
-    config.CONSUMER_NAME,
-    OrderEvents,
-    orders.orderEventsHandler,
-    consumerOptions(),
-  ),
-  subscribe(
-    'order-service-group',
-    config.CONSUMER_NAME,
-    PaymentEvents,
-    orders.paymentEventsHandler,
-    consumerOptions(),
-  ),
-];
-const timeouts = startPaymentTimeouts({
-  redis,
-  orders,
-  logger: logger.child({ component: 'timeouts' }),
-  group: GROUP,
-});
+// The read model comes in generations (a rebuild makes a new one live): which one is live is read
+// once Redis answers, and only then do its projection and timeouts start. Until then a read of
+// GET /orders answers 503, as it would with Redis away.
+let readModel: { orders: Orders; close(): Promise<void> } | undefined;
+let stopping = false;
+const readModelStarted = (async () => {
+  for (let attempt = 1; !stopping; attempt += 1) {
+    try {
+      return startReadModel(await liveReadModel(redis));
+    } catch (err) {
+      if (attempt === 1) logger.warn({ err }, 'cannot read which read model generation is live; retrying');
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+    }
+  }
+  return undefined;
+})().then((started) => (readModel = started));
+
+function startReadModel(model: ReadModel) {
+  const orders = redisOrders({
+    redis,
+    logger: logger.child({ component: 'orders' }),
+    paymentTimeoutMs: config.PAYMENT_TIMEOUT_MS,
+    model,
+  });
+  // The projection of both streams, in the generation's own group. Its steps are idempotent (an
+  // entry applied twice finds its step), so the subscription acks after each.
+  const projections = [
+    subscribe(model.group, config.CONSUMER_NAME, OrderEvents, orders.orderEventsHandler, consumerOptions()),
+    subscribe(
+      model.group,
+      config.CONSUMER_NAME,
+      PaymentEvents,
+      orders.paymentEventsHandler,
+      consumerOptions(),
+    ),
+  ];
+  const timeouts = startPaymentTimeouts({
+    redis,
+    orders,
+    logger: logger.child({ component: 'timeouts' }),
+    model,
+  });
+  logger.info({ generation: model.generation, group: model.group }, 'order read model started');
+  return {
+    orders,
+    // The timeouts first: they write with the shared connection, as the projections do.
+    async close() {
+      await timeouts.close();
+      await Promise.all(projections.map((projection) => projection.close()));
+    },
+  };
+}
+
+const unavailable = () => Promise.reject(new Error('the live read model generation is not known yet'));
 const app = createApp({
   publisher,
   redis,
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,
-  orders,
+  orders: {
+    get: (orderId) => readModel?.orders.get(orderId) ?? unavailable(),
+    ofUser: (...args) => readModel?.orders.ofUser(...args) ?? unavailable(),
+  },
 });
 const server = await listen(app, {
   port: config.PORT,
@@ -77,15 +104,17 @@ const server = await listen(app, {
 });
 logger.info({ host: config.HOST, port: config.PORT }, 'order-service listening');
 
-// HTTP first, so no request arrives to find the publisher closed; then the timeouts and the
-// projections, which write with the shared connection; the publisher waits for its publishes under
-// way, then the connection it shares goes.
+// HTTP first, so no request arrives to find the publisher closed; then the read model (timeouts
+// and projections), which writes with the shared connection; the publisher waits for its publishes
+// under way, then the connection it shares goes.
 const shutdown = gracefulShutdown(
   logger,
   [
     () => closeServer(server),
-    () => timeouts.close(),
-    () => Promise.all(projections.map((projection) => projection.close())),
+    async () => {
+      stopping = true;
+      await (await readModelStarted)?.close();
+    },
     () => publisher.close(),
     () => redis.quit().catch(() => redis.disconnect()),
   ],

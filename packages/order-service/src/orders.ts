@@ -1,15 +1,18 @@
 import {
   byType,
+  handledBefore,
+  handledThrough,
+  horizonOf,
   NonRetryableError,
   RetryLaterError,
   type DeliveryContext,
   type Handler,
 } from '@msa/stream-kit';
-import { handledBefore, handledThrough, horizonOf } from './horizon.ts';
 import { OrderEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { cancellationKey, CANCELLATION_KEY_TTL_MS, type ReadModel } from './read-model.ts';
 
 /*
  * The order read model: a projection of `order-events` and `payment-events` that order-service
@@ -38,9 +41,11 @@ export interface OrderStep {
   event: string;
   /** That event's entry. */
   entryId: string;
-  /** ISO 8601, when order-service applied it. */
+  /** ISO 8601: when it happened, the time of its entry ID (Redis's clock). */
   at: string;
 }
+/** A step as the order's hash keeps it: `at` is the ms of its entry ID. */
+type StoredStep = Omit<OrderStep, 'at'> & { at: string };
 
 /** An order as `GET /orders/<orderId>` answers it. */
 export interface Order {
@@ -56,15 +61,6 @@ export interface Order {
   history: OrderStep[];
 }
 
-/** The hash of an order. */
-export const orderKey = (orderId: string) => `order-service:order:${orderId}`;
-/** A user's orders, newest first: a sorted set ordered by member (see `indexMember`). */
-export const ordersOfKey = (userId: string) => `order-service:orders-of:${userId}`;
-/** Every order still waiting for its payment, scored by when it times out (ms). */
-export const PAYMENT_DUE_KEY = 'order-service:payment-due';
-/** How many events were refused, per `<status> <event>`: a hash, for people and metrics. */
-export const REFUSED_KEY = 'order-service:refused-transitions';
-
 /**
  * The member of an order in its user's index: its entry ID, zero-padded so that members sort as
  * entries do, then its orderId. All scores are 0, so the set sorts by member (lexicographically).
@@ -76,21 +72,30 @@ export function indexMember(entryId: string, orderId: string): string {
 const INDEX_PREFIX_LENGTH = 16 + 1 + 20 + 1;
 
 /*
- * KEYS: the order, its user's index, PAYMENT_DUE_KEY, order-events, REFUSED_KEY.
- * ARGV: what happened (an event type, or `timeout`), its entry ID, the time (ISO 8601), how far an
- * ID may run ahead of the clock, then what that needs:
+ * KEYS: the order, its user's index, the payment-due set, order-events, the refused counts, the
+ * order's cancellation key (`cancellationKey`).
+ * ARGV: what happened (an event type, or `timeout`), its entry ID, how far an ID may run ahead of
+ * the clock, then what that needs:
  * - order-created: orderId, userId, productId, price, the index member, the due time (ms);
  * - order-cancelled: its reason;
- * - payment-failed, timeout: the number of the order-cancelled XADD arguments, and those;
- * - payment-completed, payment-refunded: nothing.
+ * - payment-failed, timeout: the number of the order-cancelled XADD arguments, and those (none in a
+ *   replay, which publishes nothing: the stream holds the cancellation already);
+ * - payment-refunded: `final` once every order entry before it has been applied, else nothing;
+ * - payment-completed: nothing.
  * Answers {outcome, status}: `applied` (status after), `duplicate` (the entry was applied
- * before, or the order is already where it would go), `refused`, `unknown` (no such order yet),
+ * before, or the order is already where it would go), `refused`, `late` (a payment after the
+ * order was due), `unknown` (no such order yet), `early` (a refund before its cancellation),
  * `moot` (a timeout of an order no longer pending).
+ *
+ * Whatever order the two streams' entries are applied in, the order ends the same, which is what
+ * lets a rebuild replay one stream after the other: a payment counts by its entry's time against
+ * the due time, not by when order-service got to it; a decline's order-cancelled waits for its
+ * payment-failed, which makes the step; a refund waits for its cancellation.
  */
 const APPLY = `${XADD_CHECKED}
-local order, index, due, orders, refused = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local what, entry, at, max_ahead = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local stored = redis.call('HMGET', order, 'status', 'version', 'history', 'orderId')
+local order, index, due, orders, refused, cancellation = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local what, entry, max_ahead = ARGV[1], ARGV[2], ARGV[3]
+local stored = redis.call('HMGET', order, 'status', 'version', 'history', 'orderId', 'due')
 local status, version = stored[1], tonumber(stored[2]) or 0
 local steps = stored[3] and cjson.decode(stored[3]) or {}
 -- An entry applied before: the same ID on the same stream (two streams may both have an entry
@@ -101,27 +106,39 @@ for _, step in ipairs(steps) do
 end
 local function step(to, event, entry_id)
   version = version + 1
-  steps[#steps + 1] = {status = to, event = event, entryId = entry_id, at = at}
+  -- When it happened: the ms of its entry ID, on Redis's clock (a rebuild writes the same).
+  steps[#steps + 1] = {status = to, event = event, entryId = entry_id, at = entry_id:match('^(%d+)')}
   redis.call('HSET', order, 'status', to, 'version', version, 'history', cjson.encode(steps))
   return {'applied', to}
 end
-local function refuse()
+local function refuse(outcome)
   redis.call('HINCRBY', refused, (status or 'NONE') .. ' ' .. what, 1)
-  return {'refused', status or 'NONE'}
+  return {outcome or 'refused', status or 'NONE'}
 end
 local function cancel(reason, event, event_entry)
-  local id = xadd_checked(orders, max_ahead, unpack(ARGV, 6, 5 + tonumber(ARGV[5])))
-  redis.call('HSET', order, 'reason', reason, 'cancelEntryId', id)
+  local id = nil
+  local n = tonumber(ARGV[4])
+  if n > 0 then
+    -- Another generation's projection may have published it (while instances switch).
+    id = redis.call('GET', cancellation)
+    if not id then
+      id = xadd_checked(orders, max_ahead, unpack(ARGV, 5, 4 + n))
+      redis.call('SET', cancellation, id, 'PX', ${CANCELLATION_KEY_TTL_MS})
+    end
+  end
+  redis.call('HSET', order, 'reason', reason)
   redis.call('ZREM', due, stored[4])
   return step('CANCELLED', event, event_entry or id)
 end
+-- A payment or decline whose entry came after the order was due is late: the timeout cancels the order.
+local function late() return stored[5] and tonumber(entry:match('^(%d+)')) > tonumber(stored[5]) end
 
 if what == 'order-created' then
   -- The same order again (a dead letter replayed: a new entry, the same orderId).
   if status then return {'duplicate', status} end
-  redis.call('HSET', order, 'orderId', ARGV[5], 'userId', ARGV[6], 'productId', ARGV[7], 'price', ARGV[8])
-  redis.call('ZADD', index, 0, ARGV[9])
-  redis.call('ZADD', due, ARGV[10], ARGV[5])
+  redis.call('HSET', order, 'orderId', ARGV[4], 'userId', ARGV[5], 'productId', ARGV[6], 'price', ARGV[7], 'due', ARGV[9])
+  redis.call('ZADD', index, 0, ARGV[8])
+  redis.call('ZADD', due, ARGV[9], ARGV[4])
   return step('PENDING', what, entry)
 end
 if not status then
@@ -137,29 +154,34 @@ if what == 'timeout' then
 end
 if what == 'payment-completed' then
   if status ~= 'PENDING' then return refuse() end
+  if late() then return refuse('late') end
   redis.call('ZREM', due, stored[4])
   return step('PAID', what, entry)
 end
 if what == 'payment-failed' then
   if status ~= 'PENDING' then return refuse() end
+  if late() then return refuse('late') end
   return cancel('payment-declined', what, entry)
 end
 if what == 'order-cancelled' then
   -- Our own cancellation coming back through the stream (or another's, of a cancelled order).
   if status == 'CANCELLED' then return {'duplicate', status} end
   if status ~= 'PENDING' then return refuse() end
-  redis.call('HSET', order, 'reason', ARGV[5])
+  -- A decline's: its payment-failed makes the step, and is on its way (read apart, as in a rebuild).
+  if ARGV[4] == 'payment-declined' then return {'duplicate', status} end
+  redis.call('HSET', order, 'reason', ARGV[4])
   redis.call('ZREM', due, stored[4])
   return step('CANCELLED', what, entry)
 end
 if what == 'payment-refunded' then
+  if status == 'PENDING' and ARGV[4] ~= 'final' then return {'early', status} end
   if status ~= 'CANCELLED' then return refuse() end
   return step('CANCELLED', what, entry)
 end
 return redis.error_reply('ERR unknown step ' .. what)
 `;
 
-type Outcome = 'applied' | 'duplicate' | 'refused' | 'unknown' | 'moot';
+type Outcome = 'applied' | 'duplicate' | 'refused' | 'late' | 'unknown' | 'early' | 'moot';
 
 /** What one step of APPLY is about. */
 interface Step {
@@ -176,13 +198,20 @@ export interface OrdersDeps {
   logger: Logger;
   /** `PAYMENT_TIMEOUT_MS`: how long after it was placed an unpaid order is cancelled. */
   paymentTimeoutMs: number;
-  /** The consumer group of the projection (`order-service-group`). */
-  group: string;
+  /** The generation the steps write and the reads read (`liveReadModel`). */
+  model: ReadModel;
+  /**
+   * Set for a rebuild, which replays the streams: nothing is published (the streams hold every
+   * cancellation already), and orders placed before `since` (ms) are left out: once payment-events
+   * has been trimmed, the payments of orders older than its oldest entry may be gone, and such an
+   * order would look pending, then time out, and its charge be refunded.
+   */
+  replay?: { since: number };
 }
 
 /** The read model: the steps that change it, and the reads of `GET /orders`. */
 export interface Orders {
-  /** The projection's handlers, one per stream, for `subscribe()` in order-service's group. */
+  /** The projection's handlers, one per stream, for `subscribe()` in the generation's group. */
   orderEventsHandler: Handler<OrderEvent>;
   paymentEventsHandler: Handler<PaymentEvent>;
   /** Cancels `orderId` with reason `payment-timeout` if it is still pending; answers whether it did. */
@@ -193,50 +222,62 @@ export interface Orders {
 }
 
 /** The order read model in Redis; see the comment at the top of this file. */
-export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDeps): Orders {
+export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: OrdersDeps): Orders {
   const lines = logger.child({}, { redact: [] });
-  const apply = defineScript<[Outcome, string]>(redis, 'orderServiceApply', 5, APPLY);
+  const apply = defineScript<[Outcome, string]>(redis, 'orderServiceApply', 6, APPLY);
+  const entryMs = (entryId: string) => Number(entryId.slice(0, entryId.indexOf('-')));
 
   async function step(
     { orderId, userId, what, entryId }: Step,
     ...more: (string | number | readonly string[])[]
   ): Promise<Outcome> {
     // prettier-ignore
-    const run = () => apply(
-      orderKey(orderId), ordersOfKey(userId), PAYMENT_DUE_KEY, OrderEvents.name, REFUSED_KEY,
-      what, entryId, new Date().toISOString(), maxIdAheadMs(OrderEvents), ...more,
+    const run = (...also: string[]) => apply(
+      model.order(orderId), model.ordersOf(userId), model.paymentDue, OrderEvents.name, model.refused,
+      cancellationKey(orderId), what, entryId, maxIdAheadMs(OrderEvents), ...more, ...also,
     );
     let [outcome, status] = await run();
-    if (outcome === 'unknown') {
-      // Each stream is read on its own: a payment may come before its order (a backlog read from
-      // the start, a slow instance). An order comes before its payment on the clock, so once the
-      // projection of order-events has handled every entry up to this one, the order is not coming.
-      // The horizon is read before trying once more: an order applied after the first try, and
-      // before the horizon was read, is found by the second.
-      // An order-cancelled is itself an entry of order-events: the entries before it must be handled.
-      const horizon = await horizonOf(redis, OrderEvents.name, group);
+    if (outcome === 'unknown' || outcome === 'early') {
+      // Each stream is read on its own: a payment may come before its order, a refund before the
+      // cancellation that caused it (a backlog read from the start, a slow instance). What caused
+      // an entry of payment-events comes before it on the clock, so once the projection of
+      // order-events has handled every entry up to this one, it is not coming. The horizon is read
+      // before trying once more: an entry applied after the first try, and before the horizon was
+      // read, is found by the second. An order-cancelled is itself an entry of order-events: the
+      // entries before it must be handled.
+      const horizon = await horizonOf(redis, OrderEvents.name, model.group);
       const ours = what.startsWith('order-');
       if (!(ours ? handledBefore(horizon, entryId) : handledThrough(horizon, entryId)))
         throw new RetryLaterError(
-          `order ${orderId} is not known yet (its order-created has not been applied)`,
+          outcome === 'early'
+            ? `the cancellation of order ${orderId} has not been applied yet`
+            : `order ${orderId} is not known yet (its order-created has not been applied)`,
         );
-      [outcome, status] = await run();
-      if (outcome === 'unknown')
+      [outcome, status] = await run('final');
+      if (outcome === 'unknown') {
+        // A payment of an order a rebuild left out (older than payment-events' oldest entry).
+        if (replay && !ours && entryMs(entryId) < replay.since + paymentTimeoutMs) return outcome;
         throw new NonRetryableError(`no order ${orderId} in order-events before this entry`);
+      }
     }
     const where = { orderId, entryId, event: what, status };
     // Each step is in the order's history (GET /orders/<id>): a line each only at debug, a refusal always.
     if (outcome === 'applied') lines.debug(where, 'order status changed');
     else if (outcome === 'refused') lines.warn(where, 'transition refused: the order cannot move that way');
+    else if (outcome === 'late')
+      lines.warn(
+        where,
+        'payment after the order was due: its timeout cancels it (payment-service refunds a charge)',
+      );
     return outcome;
   }
 
   const cancellation = (orderId: string, userId: string, reason: CancelReason) => {
+    if (replay) return [0] as const;
     const xadd = xaddArguments(OrderEvents, { type: 'order-cancelled', orderId, userId, reason });
     return [xadd.length, xadd] as const;
   };
 
-  const entryMs = (entryId: string) => Number(entryId.slice(0, entryId.indexOf('-')));
   const on = (
     { orderId, userId }: { orderId: string; userId: string },
     what: string,
@@ -251,12 +292,14 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDe
   return {
     orderEventsHandler: byType<OrderEvent>({
       'order-created': async (order, context: DeliveryContext) => {
+        if (replay && entryMs(context.id) < replay.since) return;
         // prettier-ignore
         await step(on(order, order.type, context),
           order.orderId, order.userId, order.productId, String(order.price),
           indexMember(context.id, order.orderId), entryMs(context.id) + paymentTimeoutMs);
       },
       'order-cancelled': async (event, context) => {
+        if (replay && entryMs(context.id) < replay.since) return;
         await step(on(event, event.type, context), event.reason);
       },
     }),
@@ -278,9 +321,9 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDe
     }),
 
     async timeOut(orderId) {
-      const userId = await redis.hget(orderKey(orderId), 'userId');
+      const userId = await redis.hget(model.order(orderId), 'userId');
       if (userId === null) {
-        await redis.zrem(PAYMENT_DUE_KEY, orderId);
+        await redis.zrem(model.paymentDue, orderId);
         return false;
       }
       // The step's entry is the order-cancelled it adds: no entry before it can be its own.
@@ -291,14 +334,14 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, group }: OrdersDe
     },
 
     async get(orderId) {
-      return toOrder(await redis.hgetall(orderKey(orderId)));
+      return toOrder(await redis.hgetall(model.order(orderId)));
     },
 
     async ofUser(userId, limit, cursor) {
       const after = cursor === undefined ? '+' : `(${Buffer.from(cursor, 'base64url').toString()}`;
       // One more than asked: whether a next page exists.
       const members = await redis.zrange(
-        ordersOfKey(userId),
+        model.ordersOf(userId),
         after,
         '-',
         'BYLEX',
@@ -328,11 +371,11 @@ function toOrder(hash: Record<string, string>): Order | undefined {
     ...(hash.reason ? { reason: hash.reason } : {}),
     version: Number(hash.version),
     // Lua's cjson keeps no key order: the steps are rebuilt in the documented one.
-    history: (JSON.parse(hash.history!) as OrderStep[]).map(({ status, event, entryId, at }) => ({
+    history: (JSON.parse(hash.history!) as StoredStep[]).map(({ status, event, entryId, at }) => ({
       status,
       event,
       entryId,
-      at,
+      at: new Date(Number(at)).toISOString(),
     })),
   };
 }

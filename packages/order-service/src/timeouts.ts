@@ -1,8 +1,9 @@
 import { PaymentEvents } from '@msa/stream-kit/events';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { handledUntilMs, horizonOf } from './horizon.ts';
-import { PAYMENT_DUE_KEY, type Orders } from './orders.ts';
+import { handledUntilMs, horizonOf } from '@msa/stream-kit';
+import type { Orders } from './orders.ts';
+import type { ReadModel } from './read-model.ts';
 
 /** The most orders one pass cancels; a pass with a full batch is followed by another at once. */
 const BATCH = 100;
@@ -11,8 +12,8 @@ export interface PaymentTimeoutsOptions {
   redis: Redis;
   orders: Orders;
   logger: Logger;
-  /** The consumer group of the read model's projection of `payment-events`. */
-  group: string;
+  /** The generation whose due orders to cancel (the one `orders` writes). */
+  model: ReadModel;
   /** The longest wait between two looks at the due orders, in ms. @defaultValue 1000 */
   maxWaitMs?: number;
 }
@@ -23,7 +24,7 @@ export interface PaymentTimeouts {
 }
 
 /**
- * Cancels each order still pending when its payment is due (`PAYMENT_DUE_KEY`, a sorted set of
+ * Cancels each order still pending when its payment is due (`model.paymentDue`, a sorted set of
  * due times that the read model keeps: an order goes in when placed and out when it is paid or
  * cancelled). Driven by due times: it reads only the orders due by now, on Redis's clock (the due
  * times come from entry IDs, which Redis stamps), and sleeps until the next one is due, at most
@@ -39,7 +40,7 @@ export function startPaymentTimeouts({
   redis,
   orders,
   logger,
-  group,
+  model,
   maxWaitMs = 1_000,
 }: PaymentTimeoutsOptions): PaymentTimeouts {
   let closed = false;
@@ -49,13 +50,13 @@ export function startPaymentTimeouts({
   async function pass(): Promise<number> {
     const [seconds, micros] = await redis.time();
     const now = Number(seconds) * 1_000 + Math.floor(Number(micros) / 1_000);
-    const until = handledUntilMs(await horizonOf(redis, PaymentEvents.name, group), now);
-    const due = await redis.zrangebyscore(PAYMENT_DUE_KEY, '-inf', Math.min(now, until), 'LIMIT', 0, BATCH);
+    const until = handledUntilMs(await horizonOf(redis, PaymentEvents.name, model.group), now);
+    const due = await redis.zrangebyscore(model.paymentDue, '-inf', Math.min(now, until), 'LIMIT', 0, BATCH);
     await Promise.all(due.map((orderId) => orders.timeOut(orderId)));
     if (due.length === BATCH) return 0;
     // Held back by the projection: look again soon, it is moving.
     if (until < now) return Math.min(maxWaitMs, 100);
-    const [, next] = await redis.zrange(PAYMENT_DUE_KEY, 0, 0, 'WITHSCORES');
+    const [, next] = await redis.zrange(model.paymentDue, 0, 0, 'WITHSCORES');
     return next === undefined ? maxWaitMs : Math.min(maxWaitMs, Math.max(0, Number(next) - now));
   }
 

@@ -7,19 +7,22 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { entryFields } from '../../../harness/streams.ts';
 import { waitFor } from '../../../harness/wait.ts';
-import { orderKey, PAYMENT_DUE_KEY, redisOrders, REFUSED_KEY, type Orders } from '../src/orders.ts';
+import { redisOrders, type Orders } from '../src/orders.ts';
+import { readModel } from '../src/read-model.ts';
 import { startPaymentTimeouts } from '../src/timeouts.ts';
 
 // A Redis of its own: the timeouts below cancel every order due in it.
 let server: RedisServer;
 let redis: Redis;
 let orders: Orders;
+const model = readModel(1);
+const { paymentDue: PAYMENT_DUE_KEY, refused: REFUSED_KEY } = model;
 const logger = pino({ level: 'silent' });
 
 beforeAll(async () => {
   server = await startRedisServer();
   redis = new Redis(server.url);
-  orders = redisOrders({ redis, logger, paymentTimeoutMs: 30_000, group: 'order-service-group' });
+  orders = redisOrders({ redis, logger, paymentTimeoutMs: 30_000, model });
 });
 afterAll(async () => {
   redis?.disconnect();
@@ -79,7 +82,15 @@ describe('the order read model', () => {
       price: 1000,
       status: 'PENDING',
       version: 1,
-      history: [{ status: 'PENDING', event: 'order-created', entryId: context.id, at: expect.any(String) }],
+      // When it happened: the time of its entry.
+      history: [
+        {
+          status: 'PENDING',
+          event: 'order-created',
+          entryId: context.id,
+          at: new Date(Number(context.id.split('-')[0])).toISOString(),
+        },
+      ],
     });
     expect(await redis.zscore(PAYMENT_DUE_KEY, order.orderId)).not.toBeNull();
   });
@@ -169,6 +180,96 @@ describe('the order read model', () => {
     expect(await redis.zscore(PAYMENT_DUE_KEY, order.orderId)).toBeNull();
   });
 
+  it.each([
+    ['payment', paid, 'PENDING payment-completed'],
+    ['decline', declined, 'PENDING payment-failed'],
+  ] as const)(
+    'leaves an order pending when its %s comes after it was due, by its entry time however soon it is read, for the timeout to cancel',
+    async (_, event, counted) => {
+      const order = placed();
+      const created = await onOrders(order, entryOf('order-events', Date.now() - 31_000));
+      const refusedBefore = Number((await redis.hget(REFUSED_KEY, counted)) ?? 0);
+      await onPayments(
+        event(order.orderId),
+        entryOf('payment-events', Number(created.id.split('-')[0]) + 30_001),
+      );
+
+      expect(await orders.get(order.orderId)).toMatchObject({ status: 'PENDING', version: 1 });
+      expect(await cancellationsOf(order.orderId)).toEqual([]);
+      expect(Number(await redis.hget(REFUSED_KEY, counted))).toBe(refusedBefore + 1);
+      expect(await orders.timeOut(order.orderId)).toBe(true);
+      expect(await orders.get(order.orderId)).toMatchObject({
+        status: 'CANCELLED',
+        reason: 'payment-timeout',
+      });
+    },
+  );
+
+  it('applies a payment on the last millisecond before the order is due', async () => {
+    const order = placed();
+    const created = await onOrders(order, entryOf('order-events', Date.now() - 31_000));
+    await onPayments(
+      paid(order.orderId),
+      entryOf('payment-events', Number(created.id.split('-')[0]) + 30_000),
+    );
+
+    expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID' });
+  });
+
+  it("asks to retry a refund read before its order's cancellation, then records it after", async () => {
+    await redis.xgroup('CREATE', 'order-events', model.group, '$', 'MKSTREAM');
+    try {
+      const order = placed();
+      await onOrders(order);
+      // The cancellation is in order-events, not yet applied: the projection has not read it.
+      const cancelled = {
+        type: 'order-cancelled',
+        orderId: order.orderId,
+        userId: 'u1',
+        reason: 'payment-timeout',
+      } as const;
+      const cancelId = (await redis.xadd('order-events', '*', ...Object.entries(cancelled).flat()))!;
+      const refund = entryOf('payment-events');
+
+      await expect(orders.paymentEventsHandler(refunded(order.orderId), refund)).rejects.toBeInstanceOf(
+        RetryLaterError,
+      );
+      await onOrders(cancelled, { ...entryOf('order-events'), id: cancelId });
+      await onPayments(refunded(order.orderId), { ...refund, deliveryCount: 2 });
+
+      expect(await orders.get(order.orderId)).toMatchObject({
+        status: 'CANCELLED',
+        history: [
+          { event: 'order-created' },
+          { event: 'order-cancelled', entryId: cancelId },
+          { event: 'payment-refunded', entryId: refund.id },
+        ],
+      });
+    } finally {
+      await redis.xgroup('DESTROY', 'order-events', model.group);
+    }
+  });
+
+  it("waits for a decline's payment-failed when its order-cancelled comes first (the streams read apart), and steps once", async () => {
+    const order = placed();
+    await onOrders(order);
+    await onOrders({
+      type: 'order-cancelled',
+      orderId: order.orderId,
+      userId: 'u1',
+      reason: 'payment-declined',
+    });
+    expect(await orders.get(order.orderId)).toMatchObject({ status: 'PENDING', version: 1 });
+
+    const failure = await onPayments(declined(order.orderId));
+    expect(await orders.get(order.orderId)).toMatchObject({
+      status: 'CANCELLED',
+      reason: 'payment-declined',
+      version: 2,
+      history: [{ event: 'order-created' }, { event: 'payment-failed', entryId: failure.id }],
+    });
+  });
+
   it('refuses to cancel a paid order, and never moves it', async () => {
     const order = placed();
     await onOrders(order);
@@ -192,7 +293,7 @@ describe('the order read model', () => {
     await expect(orders.paymentEventsHandler(paid(order.orderId), payment)).rejects.toBeInstanceOf(
       RetryLaterError,
     );
-    expect(await redis.exists(orderKey(order.orderId))).toBe(0);
+    expect(await redis.exists(model.order(order.orderId))).toBe(0);
 
     await onOrders(order);
     await onPayments(paid(order.orderId), { ...payment, deliveryCount: 2 });
@@ -257,10 +358,9 @@ describe('the order read model', () => {
 });
 
 describe('the payment timeouts', () => {
-  const GROUP = 'order-service-group';
-  const short = () => redisOrders({ redis, logger, paymentTimeoutMs: 1_000, group: GROUP });
-  const looking = (orders: Orders) =>
-    startPaymentTimeouts({ redis, orders, logger, group: GROUP, maxWaitMs: 100 });
+  const GROUP = model.group;
+  const short = () => redisOrders({ redis, logger, paymentTimeoutMs: 1_000, model });
+  const looking = (orders: Orders) => startPaymentTimeouts({ redis, orders, logger, model, maxWaitMs: 100 });
   /** The projection's group on payment-events, caught up with an empty stream. */
   beforeAll(async () => {
     await redis.del('payment-events');
@@ -286,10 +386,10 @@ describe('the payment timeouts', () => {
     expect(await orders.get(order.orderId)).toMatchObject({ reason: 'payment-timeout', version: 2 });
   });
 
-  it('leave a paid order alone', async () => {
+  it('leave an order paid in time alone', async () => {
     const order = placed();
     await short().orderEventsHandler(order, entryOf('order-events', Date.now() - 5_000));
-    await short().paymentEventsHandler(paid(order.orderId), entryOf('payment-events'));
+    await short().paymentEventsHandler(paid(order.orderId), entryOf('payment-events', Date.now() - 4_500));
     const timeouts = looking(short());
     await new Promise((resolve) => setTimeout(resolve, 300));
     await timeouts.close();

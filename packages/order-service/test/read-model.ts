@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { redisOrders } from '../src/orders.ts';
+import { readModel } from '../src/read-model.ts';
 
 /** The read model on `redis`, as main.ts makes it, for the tests that build the app. */
 export const ordersOn = (redis: Redis) =>
@@ -8,5 +9,5 @@ export const ordersOn = (redis: Redis) =>
     redis,
     logger: pino({ level: 'silent' }),
     paymentTimeoutMs: 30_000,
-    group: 'order-service-group',
+    model: readModel(1),
   });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { handledBefore, handledThrough, handledUntilMs, type Horizon } from '../src/horizon.ts';
+import { handledBefore, handledThrough, handledUntilMs, type Horizon } from '../../src/horizon.ts';
 
 describe('handledThrough (an entry of another stream against a group horizon)', () => {
   const behind: Horizon = { delivered: '1000-5', caughtUp: false };

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { compareIds } from './consumer/group.ts';
 
 /**
  * How far a consumer group has got through a stream: every entry at or before `delivered` has
@@ -14,7 +15,11 @@ export interface Horizon {
 
 /** Reads `group`'s horizon on `stream`: XINFO GROUPS, XPENDING's summary, the last entry. */
 export async function horizonOf(redis: Redis, stream: string, group: string): Promise<Horizon | undefined> {
-  const groups = (await redis.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
+  // A stream that does not exist yet has no groups; any other error is the caller's to see.
+  const groups = (await redis.xinfo('GROUPS', stream).catch((err: unknown) => {
+    if (err instanceof Error && /no such key/i.test(err.message)) return [];
+    throw err;
+  })) as unknown[][];
   const info = groups.find((fields) => fields[fields.indexOf('name') + 1] === group);
   if (!info) return undefined;
   const delivered = String(info[info.indexOf('last-delivered-id') + 1]);
@@ -62,10 +67,3 @@ export function handledUntilMs(horizon: Horizon | undefined, now: number): numbe
 
 /** The ms of Redis's clock in entry ID `<ms>-<seq>`. */
 export const msOf = (id: string) => Number(id.slice(0, id.indexOf('-')));
-
-/** Orders stream entry IDs (`<ms>-<seq>`) as Redis does. */
-export function compareIds(a: string, b: string): number {
-  const [aMs, aSeq] = a.split('-').map(BigInt) as [bigint, bigint];
-  const [bMs, bSeq] = b.split('-').map(BigInt) as [bigint, bigint];
-  return aMs !== bMs ? (aMs < bMs ? -1 : 1) : aSeq === bSeq ? 0 : aSeq < bSeq ? -1 : 1;
-}
