@@ -28,6 +28,9 @@ function reportWith(overrides: Partial<FaultReport>): FaultReport {
     redisTrouble: false,
     oomWindows: 0,
     stalls: 0,
+    outages: 1,
+    paymentTimeoutMs: 30_000,
+    finalAfterMs: 12_000,
     trouble: [],
     troubleFailures: [],
     payments: { 1: 10 },
@@ -176,6 +179,19 @@ describe('problemsOf', () => {
     });
   });
 
+  describe('on the payment-service outage and how soon the orders ended', () => {
+    it('names a run without its outage, and one whose orders were final later than the payment timeout plus 10 s, or never', () => {
+      expect(problemsOf(reportWith({ outages: 0 }))).toEqual(['0 payment-service outages, not 1']);
+      expect(problemsOf(reportWith({ finalAfterMs: 40_000 }))).toEqual([]);
+      expect(problemsOf(reportWith({ finalAfterMs: 40_001 }))).toEqual([
+        'orders final 40.0 s after the faults stopped, over PAYMENT_TIMEOUT_MS plus 10 s (40.0 s)',
+      ]);
+      expect(problemsOf(reportWith({ finalAfterMs: undefined }))).toEqual([
+        'orders final never after the faults stopped, over PAYMENT_TIMEOUT_MS plus 10 s (40.0 s)',
+      ]);
+    });
+  });
+
   describe('without a takeover bound', () => {
     it('says nothing of slow takeovers', () => {
       const report = reportWith({ takeovers: { fixed: perStart([]), perStart: perStart([90_000]) } });
@@ -245,7 +261,7 @@ describe('problemsOf', () => {
   });
 });
 
-it('settles every accepted order exactly once, paid or else cancelled with its charge refunded, while consumers are killed, stopped or paused and Redis runs out of memory, stalls and restarts', async () => {
+it('settles every accepted order exactly once, paid or else cancelled with its charge refunded, and every order within the payment timeout plus 10 s of the last fault, while consumers are killed, stopped or paused, every payment-service instance is down longer than the timeout, and Redis runs out of memory, stalls and restarts', async () => {
   const orders = Number(process.env.FAULT_ORDERS ?? 3_000);
   const report = await runFault({ orders });
   console.log(formatReport(report));
@@ -257,6 +273,9 @@ it('settles every accepted order exactly once, paid or else cancelled with its c
   expect(report.redisRestarts).toBe(1);
   expect(report.oomWindows).toBe(1);
   expect(report.stalls).toBe(3);
+  expect(report.outages).toBe(1);
+  // Orders placed while payment-service was down timed out.
+  expect(report.states['CANCELLED payment-timeout']).toBeGreaterThan(0);
   expect(report.ordersAccepted).toBe(orders);
   // Takeover times are printed, not yet bounded: at the 60 s claim time they are a minute or more.
   expect(problemsOf(report)).toEqual([]);

@@ -33,6 +33,15 @@ export interface FaultReport {
   oomWindows: number;
   /** Stalls: DEBUG SLEEP and CLIENT PAUSE (WRITE, ALL). */
   stalls: number;
+  /** Windows in which every payment-service instance was down for longer than the payment timeout. */
+  outages: number;
+  /** order-service's `PAYMENT_TIMEOUT_MS` in the run. */
+  paymentTimeoutMs: number;
+  /**
+   * How long after the last fault every accepted order was `PAID` or `CANCELLED` (looked at about
+   * every second); undefined: never, within the settling.
+   */
+  finalAfterMs: number | undefined;
   /** What the Redis trouble was, one line per event, with when it began (restart included). */
   trouble: string[];
   /** Trouble that did not happen as planned: a window in which Redis took writes, a failed AOF rewrite. */
@@ -70,6 +79,12 @@ export interface FaultReport {
   deadLetterReasons: string[];
   durationMs: number;
 }
+
+/**
+ * How long after the faults stop every order may take to be PAID or CANCELLED beyond the payment
+ * timeout: a takeover of the entries a fault left behind (about 3 s), the timeouts' next look.
+ */
+export const FINAL_MARGIN_MS = 10_000;
 
 /** What `problemsOf` checks besides exactly once. */
 export interface ProblemOptions {
@@ -132,6 +147,12 @@ export function problemsOf(report: FaultReport, options: ProblemOptions = {}): s
   problems.push(...report.troubleFailures);
   if (report.redisTrouble && report.oomWindows === 0) problems.push('no out-of-memory window refused writes');
   if (report.redisTrouble && report.stalls < 3) problems.push(`${report.stalls} stalls, not 3`);
+  if (report.outages !== 1) problems.push(`${report.outages} payment-service outages, not 1`);
+  const finalBound = report.paymentTimeoutMs + FINAL_MARGIN_MS;
+  if (report.finalAfterMs === undefined || report.finalAfterMs > finalBound)
+    problems.push(
+      `orders final ${report.finalAfterMs === undefined ? 'never' : `${sec(report.finalAfterMs)} s`} after the faults stopped, over PAYMENT_TIMEOUT_MS plus ${FINAL_MARGIN_MS / 1000} s (${sec(finalBound)} s)`,
+    );
   if (options.takeoverBoundMs !== undefined) {
     const p99 = summary(report.takeovers.perStart.clearMs)?.p99;
     if (p99 !== undefined && p99 > options.takeoverBoundMs)
@@ -181,7 +202,9 @@ export function formatReport(report: FaultReport): string {
     ...report.trouble.map((line) => `  at ${line}`),
     `orders ended: ${Object.entries(report.states)
       .map(([state, n]) => `${n} ${state}`)
-      .join(', ')}`,
+      .join(
+        ', ',
+      )}; all final ${report.finalAfterMs === undefined ? 'never' : `${sec(report.finalAfterMs)} s`} after the faults stopped (bound: PAYMENT_TIMEOUT_MS ${sec(report.paymentTimeoutMs)} s + ${FINAL_MARGIN_MS / 1000} s)`,
     `payments per order: ${show(report.payments)}`,
     `mails per order:    ${show(report.mails)}`,
     `SMS per order:      ${show(report.sms)}`,

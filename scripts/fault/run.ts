@@ -5,11 +5,13 @@ import { startRedisServer, type RedisServer } from '../../harness/redis-server.t
 import { groupOf, startService, type RunningService } from '../../harness/services.ts';
 import { deferred, waitFor } from '../../harness/wait.ts';
 import { DEFAULT_CONCURRENCY as NOTIFICATION_CONCURRENCY } from '@msa/notification-service';
+import { DEFAULT_PAYMENT_TIMEOUT_MS } from '@msa/order-service';
 import { DEFAULT_CLAIM_IDLE_MS, Instance, PAUSE_MS } from './instance.ts';
 import { placeOrders } from './orders.ts';
 import {
   CONSUMER_GROUPS,
   histogramOf,
+  orderStates,
   outcomeOf,
   sentNotifications,
   pendingCounts,
@@ -78,7 +80,12 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   const pauseRandom = mulberry32(seed ^ 0x9a05e);
   const redisTrouble = options.redisTrouble ?? true;
   const concurrency = options.concurrency ?? 16;
-  const schedule = troubleSchedule(mulberry32(seed ^ 0x5eed), options.orders, redisTrouble);
+  const schedule = troubleSchedule(
+    mulberry32(seed ^ 0x5eed),
+    options.orders,
+    redisTrouble,
+    DEFAULT_PAYMENT_TIMEOUT_MS,
+  );
   const began = Date.now();
   const claim =
     options.claimIdleMs === undefined ? 'the default CLAIM_IDLE_MS' : `CLAIM_IDLE_MS ${options.claimIdleMs}`;
@@ -114,7 +121,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   let chaos = true;
   let kills = 0;
   let terms = 0;
-  const counts = { redisRestarts: 0, oomWindows: 0, stalls: 0 };
+  const counts = { redisRestarts: 0, oomWindows: 0, stalls: 0, outages: 0 };
   const trouble: string[] = [];
   const troubleFailures: string[] = [];
   // While the consumers are held the kill loop waits; holding waits for a kill under way. During
@@ -247,6 +254,21 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
               for (const instance of instances) instance.release();
               holding.value = false;
             },
+            async paymentOutage(ms) {
+              const payments = instances.filter((i) => i.service === 'payment-service');
+              // Left alone by the kills and pauses, once a kill under way (and its restart) is over.
+              holding.spared = new Set(payments);
+              await waitFor(() => !holding.killing, { timeoutMs: 60_000, intervalMs: 20 });
+              await Promise.all(payments.map((i) => i.kill('SIGKILL')));
+              // Some orders, not the rest of the run, come in meanwhile: each of them times out.
+              const from = placing.accepted.size;
+              gate.paused = placing.started + Math.max(2 * concurrency, Math.ceil(options.orders / 20));
+              await sleep(ms);
+              gate.paused = undefined;
+              for (const instance of payments) instance.start();
+              holding.spared = new Set();
+              return placing.accepted.size - from;
+            },
             spare(which) {
               holding.spared = new Set(
                 instances.filter(
@@ -278,6 +300,17 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     );
 
     const accepted = placing.accepted;
+    // From here on no fault: every order must be PAID or CANCELLED within the payment timeout, plus
+    // a few seconds (a takeover, the projection), whatever the faults left behind.
+    const faultsEndedAt = Date.now();
+    let finalAt: number | undefined;
+    let finalLookAt = 0;
+    const lookFinal = async () => {
+      if (finalAt !== undefined || Date.now() - finalLookAt < 1_000) return;
+      finalLookAt = Date.now();
+      const states = await orderStates(redis, accepted);
+      if ([...states.values()].every((state) => /^(PAID|CANCELLED)\b/.test(state))) finalAt = finalLookAt;
+    };
     const settleTimeoutMs =
       options.settleTimeoutMs ?? 120_000 + 2 * (options.claimIdleMs ?? DEFAULT_CLAIM_IDLE_MS);
     // Caught up, or settled short of it (something dead-lettered or lost): the report says which.
@@ -292,6 +325,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         ];
         log(`  ${payments} payments, ${sent} notifications, pending ${JSON.stringify(pending)}`);
       }
+      await lookFinal();
       // Every stream delivered and nothing pending, in two passes that agree: caught up with the
       // orders, or settled short of that (lost or dead-lettered entries, which the outcome names).
       // Not "caught up" alone: a cancelled order's refund and notices may still be on their way.
@@ -309,6 +343,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     });
     // Late duplicates, if any, would show up now.
     await sleep(1_500);
+    finalLookAt = 0;
+    await lookFinal();
     const held = await watch.stop();
 
     const outcome = await outcomeOf(redis, placing);
@@ -336,6 +372,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
         instances.some((i) => i.service === service && i.availableThrough(from, to)),
       ),
       ...counts,
+      finalAfterMs: finalAt === undefined ? undefined : Math.max(0, finalAt - faultsEndedAt),
+      paymentTimeoutMs: DEFAULT_PAYMENT_TIMEOUT_MS,
       redisTrouble,
       trouble,
       troubleFailures,

@@ -20,7 +20,12 @@ export type Trouble =
       /** The instances (of both services) not killed during the window: under a fixed name, or a pid name. */
       spared: 'fixed' | 'pid';
     }
-  | { kind: 'stall'; stall: Stall };
+  | { kind: 'stall'; stall: Stall }
+  /** Every payment-service instance down (SIGKILL) for longer than order-service's payment timeout. */
+  | { kind: 'payment-service down'; downMs: number };
+
+/** How much longer than `PAYMENT_TIMEOUT_MS` every payment-service instance stays down. */
+export const OUTAGE_BEYOND_TIMEOUT_MS = 5_000;
 
 /**
  * The run's Redis trouble, drawn from its seed: without `redisTrouble`, the one restart a third of
@@ -33,13 +38,25 @@ export type Trouble =
  * out-of-memory window one instance of each service lives through it (those under a fixed
  * consumer name, or those under a pid name), while the other goes on being killed: a consumer that
  * was killed and restarted in the window and one that kept working are both put to the test.
+ * Beside the Redis trouble, always: every payment-service instance is down for `paymentTimeoutMs`
+ * plus 5 s while orders come in, which time out (the saga's cancellation, then a refund of
+ * whatever payment-service charges once it is back).
  */
 export function troubleSchedule(
   random: () => number,
   orders: number,
   redisTrouble: boolean,
+  paymentTimeoutMs: number,
 ): { afterOrders: number; what: Trouble }[] {
-  if (!redisTrouble) return [{ afterOrders: Math.ceil(orders / 3), what: { kind: 'restart' } }];
+  const outage: Trouble = {
+    kind: 'payment-service down',
+    downMs: paymentTimeoutMs + OUTAGE_BEYOND_TIMEOUT_MS,
+  };
+  if (!redisTrouble)
+    return [
+      { afterOrders: Math.ceil(orders / 3), what: { kind: 'restart' } },
+      { afterOrders: Math.ceil((2 * orders) / 3), what: outage },
+    ];
   const troubles: Trouble[] = [
     {
       kind: 'out of memory',
@@ -56,6 +73,7 @@ export function troubleSchedule(
   }
   const oom = troubles.findIndex((t) => t.kind === 'out of memory');
   troubles.splice(oom + 1 + Math.floor(random() * (troubles.length - oom)), 0, { kind: 'restart' });
+  troubles.splice(Math.floor(random() * (troubles.length + 1)), 0, outage);
   const marks = troubles.map(() => 0.05 + random() * 0.8).sort((a, b) => a - b);
   return troubles.map((what, i) => ({ afterOrders: Math.floor(marks[i]! * orders), what }));
 }
@@ -72,7 +90,7 @@ export async function cause(
   }: {
     redis: Redis;
     server: RedisServer;
-    counts: { redisRestarts: number; oomWindows: number; stalls: number };
+    counts: { redisRestarts: number; oomWindows: number; stalls: number; outages: number };
     failures: string[];
     consumers: {
       /** Holds the consumer instances (SIGSTOP) until orders wait for them; resolves to how many do. */
@@ -80,10 +98,17 @@ export async function cause(
       release(): void;
       /** Spares the instances under a fixed name, or a pid name, from kills; undefined: none. */
       spare(which: 'fixed' | 'pid' | undefined): void;
+      /** Kills every payment-service instance, starts them again `ms` later; resolves to the orders placed meanwhile. */
+      paymentOutage(ms: number): Promise<number>;
     };
   },
 ): Promise<string> {
   switch (what.kind) {
+    case 'payment-service down': {
+      const placed = await consumers.paymentOutage(what.downMs);
+      counts.outages += 1;
+      return `every payment-service instance down (SIGKILL) for ${seconds(what.downMs)} s, ${placed} orders placed meanwhile: back`;
+    }
     case 'restart':
       await server.restart(500);
       counts.redisRestarts += 1;
