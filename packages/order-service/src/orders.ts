@@ -1,5 +1,6 @@
 import {
   byType,
+  compareIds,
   handledBefore,
   handledThrough,
   horizonOf,
@@ -8,7 +9,7 @@ import {
   type DeliveryContext,
   type Handler,
 } from '@msa/stream-kit';
-import { OrderEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
+import { OrderEvents, PaymentEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -44,7 +45,7 @@ export interface OrderStep {
   /** ISO 8601: when it happened, the time of its entry ID (Redis's clock). */
   at: string;
 }
-/** A step as the order's hash keeps it: `at` is the ms of its entry ID. */
+/** A step as the order's hash keeps it: `at` is the ms of its entry ID (an ISO time in older steps). */
 type StoredStep = Omit<OrderStep, 'at'> & { at: string };
 
 /** An order as `GET /orders/<orderId>` answers it. */
@@ -130,8 +131,9 @@ local function cancel(reason, event, event_entry)
   redis.call('ZREM', due, stored[4])
   return step('CANCELLED', event, event_entry or id)
 end
--- A payment or decline whose entry came after the order was due is late: the timeout cancels the order.
-local function late() return stored[5] and tonumber(entry:match('^(%d+)')) > tonumber(stored[5]) end
+-- A payment or decline whose entry came in or after the millisecond the order was due is late: the
+-- timeout, which may run in that very millisecond, cancels the order.
+local function late() return stored[5] and tonumber(entry:match('^(%d+)')) >= tonumber(stored[5]) end
 
 if what == 'order-created' then
   -- The same order again (a dead letter replayed: a new entry, the same orderId).
@@ -206,7 +208,14 @@ export interface OrdersDeps {
    * has been trimmed, the payments of orders older than its oldest entry may be gone, and such an
    * order would look pending, then time out, and its charge be refunded.
    */
-  replay?: { since: number };
+  replay?: {
+    since: number;
+    /**
+     * Where each stream ended when the replay began (its last entry ID, by stream name), once
+     * known: an entry of payment-events up to its end has had whatever caused it replayed.
+     */
+    until?: Record<string, string | undefined>;
+  };
 }
 
 /** The read model: the steps that change it, and the reads of `GET /orders`. */
@@ -245,9 +254,13 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
       // before trying once more: an entry applied after the first try, and before the horizon was
       // read, is found by the second. An order-cancelled is itself an entry of order-events: the
       // entries before it must be handled.
-      const horizon = await horizonOf(redis, OrderEvents.name, model.group);
+      // In a replay, order-events has been replayed up to where it ended when it began, before any
+      // entry of payment-events up to where that one ended: for those, nothing more is coming.
       const ours = what.startsWith('order-');
-      if (!(ours ? handledBefore(horizon, entryId) : handledThrough(horizon, entryId)))
+      const end = replay?.until?.[PaymentEvents.name];
+      const replayed = !ours && end !== undefined && compareIds(entryId, end) <= 0;
+      const horizon = replayed ? undefined : await horizonOf(redis, OrderEvents.name, model.group);
+      if (!replayed && !(ours ? handledBefore(horizon, entryId) : handledThrough(horizon, entryId)))
         throw new RetryLaterError(
           outcome === 'early'
             ? `the cancellation of order ${orderId} has not been applied yet`
@@ -255,8 +268,10 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
         );
       [outcome, status] = await run('final');
       if (outcome === 'unknown') {
-        // A payment of an order a rebuild left out (older than payment-events' oldest entry).
-        if (replay && !ours && entryMs(entryId) < replay.since + paymentTimeoutMs) return outcome;
+        // A rebuild writes nothing outside its keys: an event of an order it left out (older than
+        // it keeps), or whose order the streams no longer hold, is left out too. The live
+        // projection dead-lettered it already if it was never right.
+        if (replay) return outcome;
         throw new NonRetryableError(`no order ${orderId} in order-events before this entry`);
       }
     }
@@ -299,7 +314,6 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
           indexMember(context.id, order.orderId), entryMs(context.id) + paymentTimeoutMs);
       },
       'order-cancelled': async (event, context) => {
-        if (replay && entryMs(context.id) < replay.since) return;
         await step(on(event, event.type, context), event.reason);
       },
     }),
@@ -321,6 +335,8 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
     }),
 
     async timeOut(orderId) {
+      // The streams hold every timeout a replay meets: it publishes none of its own.
+      if (replay) throw new Error('a replay of the read model does not time orders out');
       const userId = await redis.hget(model.order(orderId), 'userId');
       if (userId === null) {
         await redis.zrem(model.paymentDue, orderId);
@@ -375,7 +391,8 @@ function toOrder(hash: Record<string, string>): Order | undefined {
       status,
       event,
       entryId,
-      at: new Date(Number(at)).toISOString(),
+      // The ms of its entry ID; steps written before that held an ISO time already.
+      at: /^\d+$/.test(at) ? new Date(Number(at)).toISOString() : at,
     })),
   };
 }

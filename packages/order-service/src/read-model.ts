@@ -1,7 +1,8 @@
 import type { Redis } from 'ioredis';
 
 /*
- * Where the order read model lives. It comes in generations: each has keys of its own and a
+ * Where the order read model lives. It comes in generations: each has keys of its own (generation 1
+ * `order-service:order:<orderId>`..., generation N `order-service:read-model:<N>:order:<orderId>`...) and a
  * consumer group of its own, so a rebuild (`pnpm orders:rebuild`) can replay the streams into a
  * fresh generation while the live one keeps serving, then make it the live one. order-service
  * reads which generation is live when it starts.
@@ -28,7 +29,9 @@ export interface ReadModel {
 }
 
 export function readModel(generation: number): ReadModel {
-  const base = `order-service:read-model:${generation}`;
+  // Generation 1 keeps the names the read model had before it had generations, so an upgrade
+  // finds it where its group left it.
+  const base = generation === 1 ? 'order-service' : `order-service:read-model:${generation}`;
   return {
     generation,
     group: generation === 1 ? 'order-service-group' : `order-service-group-${generation}`,

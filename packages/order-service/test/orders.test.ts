@@ -184,14 +184,14 @@ describe('the order read model', () => {
     ['payment', paid, 'PENDING payment-completed'],
     ['decline', declined, 'PENDING payment-failed'],
   ] as const)(
-    'leaves an order pending when its %s comes after it was due, by its entry time however soon it is read, for the timeout to cancel',
+    'leaves an order pending when its %s comes in or after the millisecond it was due, by its entry time however soon it is read, for the timeout to cancel',
     async (_, event, counted) => {
       const order = placed();
       const created = await onOrders(order, entryOf('order-events', Date.now() - 31_000));
       const refusedBefore = Number((await redis.hget(REFUSED_KEY, counted)) ?? 0);
       await onPayments(
         event(order.orderId),
-        entryOf('payment-events', Number(created.id.split('-')[0]) + 30_001),
+        entryOf('payment-events', Number(created.id.split('-')[0]) + 30_000),
       );
 
       expect(await orders.get(order.orderId)).toMatchObject({ status: 'PENDING', version: 1 });
@@ -205,15 +205,39 @@ describe('the order read model', () => {
     },
   );
 
-  it('applies a payment on the last millisecond before the order is due', async () => {
+  it('applies a payment in the last millisecond before the order is due', async () => {
     const order = placed();
     const created = await onOrders(order, entryOf('order-events', Date.now() - 31_000));
     await onPayments(
       paid(order.orderId),
-      entryOf('payment-events', Number(created.id.split('-')[0]) + 30_000),
+      entryOf('payment-events', Number(created.id.split('-')[0]) + 29_999),
     );
 
     expect(await orders.get(order.orderId)).toMatchObject({ status: 'PAID' });
+  });
+
+  it("publishes an order's cancellation once when two generations cancel it (instances switching after a rebuild), and both record that one", async () => {
+    const other = redisOrders({ redis, logger, paymentTimeoutMs: 30_000, model: readModel(2) });
+    const [timedOut, refused] = [placed(), placed()];
+    for (const order of [timedOut, refused]) {
+      const context = entryOf('order-events');
+      await orders.orderEventsHandler(order, context);
+      await other.orderEventsHandler(order, context);
+    }
+
+    expect(await orders.timeOut(timedOut.orderId)).toBe(true);
+    expect(await other.timeOut(timedOut.orderId)).toBe(true);
+    const failure = entryOf('payment-events');
+    await orders.paymentEventsHandler(declined(refused.orderId), failure);
+    await other.paymentEventsHandler(declined(refused.orderId), failure);
+
+    for (const order of [timedOut, refused]) {
+      const published = await cancellationsOf(order.orderId);
+      expect(published).toHaveLength(1);
+      const [inOne, inOther] = [await orders.get(order.orderId), await other.get(order.orderId)];
+      expect(inOther).toEqual(inOne);
+      expect(inOne).toMatchObject({ status: 'CANCELLED', version: 2 });
+    }
   });
 
   it("asks to retry a refund read before its order's cancellation, then records it after", async () => {

@@ -6,7 +6,7 @@ import { subscribe, type Subscription } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { entryFields } from '../../../harness/streams.ts';
 import { waitFor } from '../../../harness/wait.ts';
@@ -74,6 +74,10 @@ const cancellations = async () =>
 beforeAll(async () => {
   server = await startRedisServer();
   redis = new Redis(server.url);
+});
+// Each test on a Redis of its own making: its own streams, generation 1 live.
+beforeEach(async () => {
+  await redis.flushall();
 });
 afterAll(async () => {
   redis?.disconnect();
@@ -151,6 +155,8 @@ describe('rebuilding the order read model', () => {
       }
       const published = await cancellations();
       expect(published).toHaveLength(4);
+      const liveDeadLetters = await redis.xlen('order-events:dlq');
+      expect(liveDeadLetters).toBe(1);
 
       const { stdout } = await promisify(execFile)(
         process.execPath,
@@ -165,10 +171,15 @@ describe('rebuilding the order read model', () => {
         },
       );
 
-      expect(stdout).toContain('generation 2: 6 orders rebuilt, 0 of them differ from generation 1');
+      expect(stdout).toContain('generation 2: 6 orders rebuilt, 0 of them differ from generation 1 (live)');
+      // The malformed entry again, in the rebuild's own dead letters, not in the live ones.
+      expect(stdout).toContain(
+        '1 entries dead-lettered by the replay, in order-service:read-model:2:dead-letters',
+      );
       expect(stdout).toContain('generation 2 is live');
       expect((await liveReadModel(redis)).generation).toBe(2);
       expect(await cancellations()).toEqual(published);
+      expect(await redis.xlen('order-events:dlq')).toBe(liveDeadLetters);
       const [before, after] = [readModel(1), readModel(2)].map((model) =>
         redisOrders({ redis, logger, paymentTimeoutMs: TIMEOUT_MS, model }),
       );
@@ -207,11 +218,35 @@ describe('rebuilding the order read model', () => {
 
   it('leaves out, once payment-events has been trimmed, the orders older than its oldest entry, whose payments may be gone, without dead-lettering their payments', async () => {
     const [oldOrder, newOrder] = [randomUUID(), randomUUID()];
-    await place(oldOrder);
-    await charge(oldOrder);
-    await place(newOrder);
-    const paymentOfOld = await charge(oldOrder);
-    await charge(newOrder);
+    // Explicit IDs: the old order's millisecond, then the new one's, whatever the clock does.
+    const t = Date.now() + 100;
+    const at = (stream: string, id: string, fields: Record<string, string | number>) =>
+      redis.xadd(
+        stream,
+        id,
+        ...Object.entries(fields).flatMap(([k, v]) => [k, String(v)]),
+      ) as Promise<string>;
+    const order = (orderId: string) => ({
+      type: 'order-created',
+      orderId,
+      userId: 'u1',
+      productId: 'p1',
+      price: 1000,
+    });
+    const payment = (orderId: string) => ({
+      type: 'payment-completed',
+      orderId,
+      userId: 'u1',
+      productId: 'p1',
+      price: 1000,
+      paymentProcessId: `pp-${orderId}`,
+    });
+    await at('order-events', `${t}-0`, order(oldOrder));
+    await at('payment-events', `${t}-0`, payment(oldOrder));
+    await at('order-events', `${t + 1}-0`, order(newOrder));
+    // The old order paid twice (its redelivery, say): the second one outlives the trim.
+    const paymentOfOld = await at('payment-events', `${t + 1}-0`, payment(oldOrder));
+    await at('payment-events', `${t + 1}-1`, payment(newOrder));
     // Retention trims the first payment, and what came before it.
     await redis.xtrim('payment-events', 'MINID', paymentOfOld);
     const deadLetters = await redis.xlen('payment-events:dlq');
@@ -230,6 +265,40 @@ describe('rebuilding the order read model', () => {
     expect(await orders.get(newOrder)).toMatchObject({ status: 'PAID' });
     expect(rebuilt.orderIds.has(oldOrder)).toBe(false);
     expect(await redis.xlen('payment-events:dlq')).toBe(deadLetters);
-    expect((await liveReadModel(redis)).generation).toBe(2);
+    expect(rebuilt.deadLetters).toBe(0);
+    expect(rebuilt.switched).toBe(false);
+    expect((await liveReadModel(redis)).generation).toBe(1);
+  });
+
+  it('does not switch to a rebuilt generation whose orders differ from the live one (rebuilt with a shorter PAYMENT_TIMEOUT_MS), unless forced', async () => {
+    // An order paid half a second after it was placed: in time at the live 1.5 s, so PAID; late
+    // at 0.2 s, so the rebuilt one is PENDING, and its timeout would cancel a paid order.
+    const live = project(readModel(1));
+    const orderId = randomUUID();
+    try {
+      await place(orderId);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await charge(orderId);
+      await waitFor(async () => (await live.orders.get(orderId))?.status === 'PAID', {
+        what: 'the payment',
+      });
+    } finally {
+      await live.close();
+    }
+
+    const differing = await rebuildReadModel({ redis, logger, paymentTimeoutMs: 200, consumer: 'r1' });
+    expect(differing.differing).toContain(orderId);
+    expect(differing.switched).toBe(false);
+    expect((await liveReadModel(redis)).generation).toBe(1);
+
+    const forced = await rebuildReadModel({
+      redis,
+      logger,
+      paymentTimeoutMs: 200,
+      consumer: 'r1',
+      force: true,
+    });
+    expect(forced.switched).toBe(true);
+    expect((await liveReadModel(redis)).generation).toBe(forced.model.generation);
   });
 });

@@ -6,6 +6,7 @@
  */
 export type { Connection } from './connection.ts';
 export { EventValidationError, NonRetryableError, PublisherClosedError, RetryLaterError } from './errors.ts';
+export { compareIds } from './consumer/group.ts';
 export { byType } from './handlers.ts';
 export type { Logger } from './logger.ts';
 export { createPublisher } from './publisher.ts';

@@ -16,6 +16,11 @@ export interface ReplayRoute {
 export type ReplayOptions = Omit<SubscribeOptions, 'connection' | 'startId'> & {
   /** How often to look whether the group has got through the entries it must replay, in ms. @defaultValue 200 */
   pollMs?: number;
+  /**
+   * Called with where each stream ended (its last entry ID, by stream name; undefined: empty)
+   * before any entry is handled: what the replay goes up to.
+   */
+  onEnds?: (ends: Record<string, string | undefined>) => void;
 };
 
 /** What `replay()` went through, per stream name. */
@@ -49,7 +54,7 @@ export async function replay(
   routes: readonly ReplayRoute[],
   options: ReplayOptions = {},
 ): Promise<ReplayReport> {
-  const { pollMs = 200, ...subscribeOptions } = options;
+  const { pollMs = 200, onEnds, ...subscribeOptions } = options;
   const logger = subscribeOptions.logger ?? silentLogger;
   for (const { stream } of routes)
     if (await horizonOf(redis, stream.name, group))
@@ -60,6 +65,7 @@ export async function replay(
     const [last] = await redis.xrevrange(stream.name, '+', '-', 'COUNT', 1);
     ends.unshift(last?.[0]);
   }
+  onEnds?.(Object.fromEntries(routes.map(({ stream }, index) => [stream.name, ends[index]])));
 
   const report: ReplayReport = {};
   for (const [index, { stream, handler }] of routes.entries()) {

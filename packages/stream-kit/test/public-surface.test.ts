@@ -16,6 +16,7 @@ describe('the entry points of @msa/stream-kit', () => {
         'PublisherClosedError',
         'RetryLaterError',
         'byType',
+        'compareIds',
         'createPublisher',
         'defineStream',
         'dropDeadLetters',
