@@ -240,12 +240,13 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
     { orderId, userId, what, entryId }: Step,
     ...more: (string | number | readonly string[])[]
   ): Promise<Outcome> {
+    // An array, not a closure over them: tsx names every closure in a const, per event.
     // prettier-ignore
-    const run = (...also: string[]) => apply(
+    const args = [
       model.order(orderId), model.ordersOf(userId), model.paymentDue, OrderEvents.name, model.refused,
-      cancellationKey(orderId), what, entryId, maxIdAheadMs(OrderEvents), ...more, ...also,
-    );
-    let [outcome, status] = await run();
+      cancellationKey(orderId), what, entryId, maxIdAheadMs(OrderEvents), ...more,
+    ];
+    let [outcome, status] = await apply(...args);
     if (outcome === 'unknown' || outcome === 'early') {
       // Each stream is read on its own: a payment may come before its order, a refund before the
       // cancellation that caused it (a backlog read from the start, a slow instance). What caused
@@ -266,7 +267,7 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
             ? `the cancellation of order ${orderId} has not been applied yet`
             : `order ${orderId} is not known yet (its order-created has not been applied)`,
         );
-      [outcome, status] = await run('final');
+      [outcome, status] = await apply(...args, 'final');
       if (outcome === 'unknown') {
         // A rebuild writes nothing outside its keys: an event of an order it left out (older than
         // it keeps), or whose order the streams no longer hold, is left out too. The live

@@ -113,11 +113,13 @@ export class Delivery {
     const { stream, group, consumer, log, where } = this.ctx;
     const { tenure } = this;
     const epoch = tenure.epoch();
-    const stillHeld = () => tenure.holds(id, epoch);
     try {
+      // A method, not an arrow in a const: tsx (esbuild's keepNames) names every such closure
+      // with Object.defineProperty, for each entry.
       // prettier-ignore
       await this.handler(decoded.event, {
-        id, stream: stream.name, group, consumer, deliveryCount: run, stillHeld,
+        id, stream: stream.name, group, consumer, deliveryCount: run,
+        stillHeld() { return tenure.holds(id, epoch); },
       });
       return ACK;
     } catch (err) {
