@@ -28,7 +28,9 @@ async function paymentsFor(orderId: string) {
  * An order entry delivered to a group of its own (other test files consume `order-events` too),
  * as the subscription would hand it to the handler.
  */
-async function deliveredOrder(): Promise<[OrderEvent & { type: 'order-created' }, DeliveryContext]> {
+async function deliveredOrder(
+  ids: { userId?: string; productId?: string } = {},
+): Promise<[OrderEvent & { type: 'order-created' }, DeliveryContext]> {
   const group = `test-${randomUUID()}`;
   await redis.xgroup('CREATE', 'order-events', group, '$', 'MKSTREAM');
   const order = {
@@ -37,6 +39,7 @@ async function deliveredOrder(): Promise<[OrderEvent & { type: 'order-created' }
     userId: 'u1',
     productId: 'p1',
     price: 1000,
+    ...ids,
   };
   const id = (await redis.xadd('order-events', '*', ...Object.entries(order).flat().map(String)))!;
   await redis.xreadgroup('GROUP', group, 'c', 'STREAMS', 'order-events', '>');
@@ -75,6 +78,19 @@ describe('on order-created', () => {
       userId: 'u1',
       price: '1000',
     });
+    expect(await pending(context)).toBe(0);
+  });
+
+  it('writes IDs byte for byte through the JSON its script reads: quotes, backslashes, control characters, non-ASCII', async () => {
+    const userId = 'jos\u00e9 "q" \\ \t\u0001 \u65e5\u672c \ud83d\ude00';
+    const productId = '[{"not":"json"}]\u0000\u00ff';
+    const [order, context] = await deliveredOrder({ userId, productId });
+
+    await paymentHandler({ redis, logger, limit: LIMIT })(order, context);
+
+    const [payment] = await paymentsFor(order.orderId);
+    expect(payment).toMatchObject({ userId, productId });
+    expect(await redis.hmget(paymentKey(order.orderId), 'userId')).toEqual([userId]);
     expect(await pending(context)).toBe(0);
   });
 
