@@ -5,6 +5,7 @@ import {
   drained,
   gracefulShutdown,
   listen,
+  logDestination,
   logOptions,
   openRequestConnection,
 } from '@msa/stream-kit/service';
@@ -23,8 +24,11 @@ try {
   process.exit(1);
 }
 
-// Straight to stdout, without pino's thread-pool hand-off per write (see README, Logs).
-const logger = pino(logOptions('order-service', config), process.stdout);
+// Straight to stdout, a tick's lines in one write, without pino's thread-pool hand-off (see README, Logs).
+const logs = logDestination(process.stdout);
+const logger = pino(logOptions('order-service', config), logs);
+// The lines of the last tick, when the process ends in it (an uncaught exception).
+process.on('exit', () => logs.flush());
 // One request connection for everything: the publisher, the idempotent-order script and /readyz.
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
 const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');

@@ -5,6 +5,7 @@ import {
   drained,
   gracefulShutdown,
   listen,
+  logDestination,
   logOptions,
   openRequestConnection,
 } from '@msa/stream-kit/service';
@@ -21,8 +22,11 @@ try {
   process.exit(1);
 }
 
-// Straight to stdout, without pino's thread-pool hand-off per write (see README, Logs).
-const logger = pino(logOptions('payment-service', config), process.stdout);
+// Straight to stdout, a tick's lines in one write, without pino's thread-pool hand-off (see README, Logs).
+const logs = logDestination(process.stdout);
+const logger = pino(logOptions('payment-service', config), logs);
+// The lines of the last tick, when the process ends in it (an uncaught exception).
+process.on('exit', () => logs.flush());
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),

@@ -75,6 +75,7 @@ describe('the entry points of @msa/stream-kit', () => {
         'healthzHandler',
         'jsonBody',
         'listen',
+        'logDestination',
         'logOptions',
         'malformedQueryParameter',
         'methodNotAllowed',

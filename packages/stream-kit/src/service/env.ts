@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
+import type { Writable } from 'node:stream';
 import { z } from 'zod';
 import { defaultConsumerName } from '../subscriber.ts';
 
@@ -55,7 +56,7 @@ export const LOG_REDACT = [
 /**
  * pino's options for a service's root logger: its name, `LOG_LEVEL`, `LOG_REDACT`, and as base
  * fields pino's own (`pid`, `hostname`) and the instance's `INSTANCE_ID`, written into the logger
- * once, not per line. Give it `process.stdout` as destination (see README, Logs).
+ * once, not per line. Give it `logDestination(process.stdout)` as destination (see README, Logs).
  */
 export function logOptions(name: string, config: { LOG_LEVEL: string; INSTANCE_ID: string }) {
   return {
@@ -63,6 +64,33 @@ export function logOptions(name: string, config: { LOG_LEVEL: string; INSTANCE_I
     level: config.LOG_LEVEL,
     redact: LOG_REDACT,
     base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
+  };
+}
+
+/**
+ * pino's destination for a service: `out` (standard output), with the lines of one tick of the
+ * event loop written together. `out` is corked at a tick's first line and uncorked once the tick
+ * is over (`setImmediate`), so its lines leave in one `writev`: one system call, not one a line.
+ * Draining a backlog, payment-service spent a sixth of its CPU time in those calls (a line per
+ * payment), and it drains about a fifth faster this way (see README, Logs). Nothing waits longer
+ * than the tick that wrote it, and no thread pool is involved (pino's own destination hands each
+ * write to one). `flush()` writes the tick's lines now: a service calls it on the process's `exit`
+ * (an uncaught exception, `process.exit`), where stdout is synchronous, for files and, on Linux,
+ * pipes.
+ */
+export function logDestination(out: Writable): { write(line: string): void; flush(): void } {
+  const flush = () => {
+    while (out.writableCorked > 0) out.uncork();
+  };
+  return {
+    write(line) {
+      if (out.writableCorked === 0) {
+        out.cork();
+        setImmediate(flush);
+      }
+      out.write(line);
+    },
+    flush,
   };
 }
 
