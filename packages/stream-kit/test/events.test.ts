@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { OrderEvents, PaymentEvents, type OrderEvent } from '../src/events.ts';
+import { z } from 'zod';
+import { OrderCreated, OrderEvents, PaymentEvents, type OrderEvent } from '../src/events.ts';
 import { EventValidationError } from '../src/errors.ts';
 import { decode, encode, xaddArguments } from '../src/stream.ts';
 
@@ -51,7 +52,12 @@ describe('order-events entries', () => {
     ['a negative price', { price: '-5' }, /price/],
     ['a non-numeric price', { price: 'free' }, /price/],
     ['an empty price', { price: '' }, /price/],
-    ['a blank userId', { userId: '  ' }, /userId/],
+    ['a blank userId', { userId: '  ' }, /^userId: must not be blank$/],
+    [
+      'an orderId of 129 characters',
+      { orderId: 'o'.repeat(129) },
+      /^orderId: must be at most 128 characters$/,
+    ],
     ['a userId with a lone surrogate', { userId: 'u1\ud800' }, /^userId: must be valid Unicode/],
     ['a productId with a lone surrogate', { productId: '\udc00p1' }, /^productId: must be valid Unicode/],
     ['an unknown event type', { type: 'order-shipped' }, /type/],
@@ -71,6 +77,30 @@ describe('order-events entries', () => {
     const decoded = decode(OrderEvents, ENTRY_ID, { userId: 'u1', price: '1000' });
 
     expect(decoded).toEqual({ ok: false, reason: expect.stringMatching(/^productId: /) });
+  });
+});
+
+describe('IDs', () => {
+  it('are trimmed, and count their length after trimming', () => {
+    const decoded = decode(OrderEvents, ENTRY_ID, {
+      type: 'order-created',
+      orderId: ` ${'o'.repeat(128)} `,
+      userId: '\tu1 ',
+      productId: 'p1',
+      price: '1000',
+    });
+
+    expect(decoded).toEqual({
+      ok: true,
+      event: { type: 'order-created', orderId: 'o'.repeat(128), userId: 'u1', productId: 'p1', price: 1000 },
+    });
+  });
+
+  it("keep their limits in the schema's JSON Schema", () => {
+    const schema = z.toJSONSchema(OrderCreated, { io: 'input' });
+
+    for (const field of ['orderId', 'userId', 'productId'])
+      expect(schema.properties?.[field]).toEqual({ type: 'string', minLength: 1, maxLength: 128 });
   });
 });
 
