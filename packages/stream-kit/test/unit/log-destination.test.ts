@@ -61,11 +61,11 @@ describe('logDestination', () => {
     for (let i = 0; i < 100; i += 1) log.write(`a${i}\n`);
     expect(writes).toEqual([]);
     await nextTick();
-    expect(writes).toEqual([Array.from({ length: 100 }, (_, i) => `a${i}\n`)]);
+    expect(writes).toEqual([[Array.from({ length: 100 }, (_, i) => `a${i}\n`).join('')]]);
     log.write('b\n');
     log.write('c\n');
     await nextTick();
-    expect(writes.slice(1)).toEqual([['b\n', 'c\n']]);
+    expect(writes.slice(1)).toEqual([['b\nc\n']]);
   });
 
   it('lets flush() on exit write the lines of the last tick when the process exits in it', async () => {
