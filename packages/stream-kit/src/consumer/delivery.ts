@@ -110,17 +110,9 @@ export class Delivery {
     }
     const decoded = decode(this.ctx.stream, id, fields);
     if (!decoded.ok) return deadLetter(`invalid entry: ${decoded.reason}`);
-    const { stream, group, consumer, log, where } = this.ctx;
-    const { tenure } = this;
-    const epoch = tenure.epoch();
+    const { log, where } = this.ctx;
     try {
-      // A method, not an arrow in a const: tsx (esbuild's keepNames) names every such closure
-      // with Object.defineProperty, for each entry.
-      // prettier-ignore
-      await this.handler(decoded.event, {
-        id, stream: stream.name, group, consumer, deliveryCount: run,
-        stillHeld() { return tenure.holds(id, epoch); },
-      });
+      await this.handler(decoded.event, new Context(this.ctx, id, run, this.tenure));
       return ACK;
     } catch (err) {
       if (err instanceof NonRetryableError) return deadLetter(`non-retryable: ${err.message}`);
@@ -137,6 +129,36 @@ export class Delivery {
       );
       return RETRY;
     }
+  }
+}
+
+/**
+ * A run's `DeliveryContext`: a class, so that `stillHeld` is one method on its prototype rather than
+ * a closure (and its scope) made for every entry.
+ */
+class Context implements DeliveryContext {
+  readonly stream: string;
+  readonly group: string;
+  readonly consumer: string;
+  // Private fields (#): a handler that logs or spreads its context sees only the public ones.
+  readonly #tenure: Tenure;
+  readonly #epoch: number;
+
+  constructor(
+    ctx: ConsumerContext,
+    readonly id: string,
+    readonly deliveryCount: number,
+    tenure: Tenure,
+  ) {
+    this.stream = ctx.stream.name;
+    this.group = ctx.group;
+    this.consumer = ctx.consumer;
+    this.#tenure = tenure;
+    this.#epoch = tenure.epoch();
+  }
+
+  stillHeld(): boolean {
+    return this.#tenure.holds(this.id, this.#epoch);
   }
 }
 

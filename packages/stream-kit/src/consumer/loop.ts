@@ -335,7 +335,12 @@ export class ConsumerLoop {
    * (from the handler or from dead-lettering) is thrown on: the loop pauses and goes through its
    * pending list once Redis works again; the run does not count.
    */
-  private async handleEntry(id: string, flat: Buffer[], run: number, mayBeAhead: boolean) {
+  private handleEntry(
+    id: string,
+    flat: Buffer[],
+    run: number,
+    mayBeAhead: boolean,
+  ): Promise<void> | undefined {
     // close() may have come while we were reading or claiming: its connection is gone, so a
     // handler started now could not be acked and its entry would be handled again elsewhere.
     if (this.stopping) return;
@@ -349,13 +354,11 @@ export class ConsumerLoop {
       this.ownPending = 'all';
       return;
     }
+    // Not async itself: one promise and one suspended frame an entry fewer (deliver takes its
+    // run off `handling` when it ends, and always ends after this, past its first await).
     const handling = this.deliver(id, flat, run, mayBeAhead);
     this.handling.set(id, handling);
-    try {
-      await handling;
-    } finally {
-      this.handling.delete(id);
-    }
+    return handling;
   }
 
   private async deliver(id: string, flat: Buffer[], run: number, mayBeAhead: boolean) {
@@ -367,6 +370,8 @@ export class ConsumerLoop {
     } catch (err) {
       if (isRedisFault(err)) this.runs.uncount(id);
       throw err;
+    } finally {
+      this.handling.delete(id);
     }
   }
 }

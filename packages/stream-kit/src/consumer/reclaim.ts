@@ -149,7 +149,7 @@ export async function redeliver(
   { runs, leases, retries }: OutcomeParts,
   id: string,
   idleMs: number,
-  handle: (fields: Buffer[], run: number) => Promise<void>,
+  handle: (fields: Buffer[], run: number) => Promise<void> | undefined,
 ): Promise<void> {
   const claimed = await runs.claim(id, stillOurs(idleMs));
   if (!claimed) {
