@@ -104,7 +104,7 @@ const server = await listen(app, {
   logger: logger.child({ component: 'http' }),
 }).catch((err: unknown) => {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
-  return drained(process.stdout).then(() => process.exit(1));
+  return drained(logs).then(() => process.exit(1));
 });
 logger.info({ host: config.HOST, port: config.PORT }, 'order-service listening');
 
@@ -122,7 +122,7 @@ const shutdown = gracefulShutdown(
     () => publisher.close(),
     () => redis.quit().catch(() => redis.disconnect()),
   ],
-  { output: process.stdout },
+  { output: logs },
 );
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));

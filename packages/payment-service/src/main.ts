@@ -57,7 +57,7 @@ const server = await listen(
   },
 ).catch((err: unknown) => {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
-  return drained(process.stdout).then(() => process.exit(1));
+  return drained(logs).then(() => process.exit(1));
 });
 logger.info(
   { host: config.HOST, port: config.PORT, consumer: config.CONSUMER_NAME },
@@ -68,7 +68,7 @@ logger.info(
 const shutdown = gracefulShutdown(
   logger,
   [() => closeServer(server), () => subscription.close(), () => redis.quit().catch(() => redis.disconnect())],
-  { output: process.stdout },
+  { output: logs },
 );
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => void shutdown(signal).then((code) => process.exit(code)));

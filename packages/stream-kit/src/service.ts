@@ -9,6 +9,7 @@ export { openRequestConnection } from './connection.ts';
 export { accessLog } from './service/access-log.ts';
 export type { AccessLogLocals } from './service/access-log.ts';
 export { consumerEnv, LOG_REDACT, logDestination, logOptions, parseEnv, serviceEnv } from './service/env.ts';
+export type { LogDestination } from './service/env.ts';
 export {
   ConflictError,
   errorMiddleware,
@@ -21,4 +22,4 @@ export { closeServer, listen, malformedQueryParameter } from './service/http.ts'
 export type { ListenOptions } from './service/http.ts';
 export { healthzHandler, readinessHandler } from './service/readiness.ts';
 export { drained, gracefulShutdown } from './service/shutdown.ts';
-export type { ShutdownOptions } from './service/shutdown.ts';
+export type { Drainable, ShutdownOptions } from './service/shutdown.ts';

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import type { Writable } from 'node:stream';
 import { z } from 'zod';
 import { defaultConsumerName } from '../subscriber.ts';
+import type { Drainable } from './shutdown.ts';
 
 /** The most HTTP connections a service keeps open at once, unless `MAX_CONNECTIONS` says otherwise. */
 export const DEFAULT_MAX_CONNECTIONS = 1_000;
@@ -67,6 +68,13 @@ export function logOptions(name: string, config: { LOG_LEVEL: string; INSTANCE_I
   };
 }
 
+/** What `logDestination` returns: pino writes lines to it, `drained` waits on it. */
+export interface LogDestination extends Drainable {
+  write(line: string, done?: (err?: Error | null) => void): void;
+  /** Writes the tick's lines now. */
+  flush(): void;
+}
+
 /**
  * pino's destination for a service: `out` (standard output), with the lines of one tick of the
  * event loop written together: gathered into one string and written once the tick is over
@@ -75,10 +83,11 @@ export function logOptions(name: string, config: { LOG_LEVEL: string; INSTANCE_I
  * this way (see README, Logs). One string rather than a corked `out`: its `writev` handles each
  * line on its own and cost twice as much. Nothing waits longer than the tick that wrote it, and no
  * thread pool is involved (pino's own destination hands each write to one). `flush()` writes the
- * tick's lines now: a service calls it on the process's `exit` (an uncaught exception,
- * `process.exit`), where stdout is synchronous, for files and, on Linux, pipes.
+ * tick's lines now: a service calls it on the process's `exit` (an uncaught exception), where
+ * stdout is synchronous, for files and, on Linux, pipes. Give the destination, not `out`, to
+ * `drained` and `gracefulShutdown`: it writes the tick's lines before it waits.
  */
-export function logDestination(out: Writable): { write(line: string): void; flush(): void } {
+export function logDestination(out: Writable): LogDestination {
   let lines = '';
   const flush = () => {
     if (lines === '') return;
@@ -87,7 +96,13 @@ export function logDestination(out: Writable): { write(line: string): void; flus
     out.write(text);
   };
   return {
-    write(line) {
+    write(line: string, done?: (err?: Error | null) => void) {
+      // With `done` (from `drained`): everything before it goes out now, and `done` follows it.
+      if (done) {
+        flush();
+        out.write(line, done);
+        return;
+      }
       if (lines === '') setImmediate(flush);
       lines += line;
     },

@@ -5,10 +5,17 @@ export interface ShutdownOptions {
   /** After this long the shutdown resolves to 1, steps still running or not. @defaultValue 15000 */
   timeoutMs?: number;
   /**
-   * The stream the logger writes to (a service's `process.stdout`): the shutdown resolves only
-   * once the lines still waiting in it are out (see `drained`), so that `process.exit` drops none.
+   * Where the logger writes (a service's `logDestination`, or `process.stdout`): the shutdown
+   * resolves only once the lines still waiting in it are out (see `drained`), so that
+   * `process.exit` drops none.
    */
-  output?: NodeJS.WritableStream;
+  output?: Drainable;
+}
+
+/** What `drained` waits on: a writable stream, or a service's `logDestination`. */
+export interface Drainable {
+  /** Writes `text`; `done` is called once it and everything written before it are out. */
+  write(text: string, done: (err?: Error | null) => void): unknown;
 }
 
 /**
@@ -57,8 +64,9 @@ export function gracefulShutdown(
  * the stream fails, or after `timeoutMs`, whichever comes first. The services' last step before
  * `process.exit`: their logs go straight to stdout (see README, Logs), where lines wait in the
  * process's memory while the reader lags behind, and `process.exit` drops whatever still waits.
+ * Give it the service's `logDestination`, whose lines of the tick are not in stdout yet.
  */
-export function drained(stream: NodeJS.WritableStream, timeoutMs = 5_000): Promise<void> {
+export function drained(stream: Drainable, timeoutMs = 5_000): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, timeoutMs);
     // An empty write's callback comes after every write before it (or with the stream's error).

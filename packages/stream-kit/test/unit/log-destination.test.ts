@@ -8,6 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { logDestination } from '../../src/service/env.ts';
 
 const env = fileURLToPath(new URL('../../src/service/env.ts', import.meta.url));
+const shutdown = fileURLToPath(new URL('../../src/service/shutdown.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'log-destination-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -31,24 +32,36 @@ function recorder() {
 const nextTick = () => new Promise((resolve) => setImmediate(resolve));
 
 /**
- * What a process that writes `lines` through the destination (flushed on exit, as the services do),
- * then ends as `end` says, leaves on its stdout.
+ * What a process that writes `lines` through the destination (flushed on exit, as the services do,
+ * unless `flushOnExit` is false), then ends as `end` says, leaves on its stdout; `lagMs`: how long
+ * the reader waits before it reads.
  */
-async function outputOf(lines: number, end: string): Promise<string> {
+async function outputOf(
+  lines: number,
+  end: string,
+  { flushOnExit = true, lagMs = 0 }: { flushOnExit?: boolean; lagMs?: number } = {},
+): Promise<string> {
   const script = join(dir, `${Math.random().toString(36).slice(2)}.mts`);
   writeFileSync(
     script,
     `import { logDestination } from ${JSON.stringify(env)};
+import { drained } from ${JSON.stringify(shutdown)};
 const log = logDestination(process.stdout);
-process.on('exit', () => log.flush());
+${flushOnExit ? "process.on('exit', () => log.flush());" : ''}
 for (let i = 0; i < ${lines}; i += 1) log.write(\`line \${i}\\n\`);
 ${end}
 `,
   );
   const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const closed = new Promise((resolve) => child.once('close', resolve));
   let output = '';
+  // The listener first: Node resumes a child's stdout that has none when the child exits, and
+  // what it read then would be lost.
   child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  await new Promise((resolve) => child.once('close', resolve));
+  child.stdout.pause();
+  await new Promise((resolve) => setTimeout(resolve, lagMs));
+  child.stdout.resume();
+  await closed;
   return output;
 }
 
@@ -80,5 +93,16 @@ describe('logDestination', () => {
     expect(await outputOf(20_000, 'await new Promise((resolve) => setTimeout(resolve, 10));')).toBe(
       lines(20_000),
     );
+  });
+
+  it("has drained wait for the tick's lines too, before stdout's, for a reader that lags behind", async () => {
+    // No flush on exit here: only drained can have written them. More than a pipe holds, so that
+    // the writes wait for the reader, and process.exit would drop what still waits.
+    const output = await outputOf(20_000, 'await drained(log);\nprocess.exit(0);', {
+      flushOnExit: false,
+      lagMs: 1_000,
+    });
+
+    expect(output).toBe(lines(20_000));
   });
 });
