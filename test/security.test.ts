@@ -8,6 +8,7 @@ import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 import { groupOf, startService, type RunningService, type ServiceName } from '../harness/services.ts';
 import { entryFields } from '../harness/streams.ts';
 import { createTestCertificates, startTlsRedisServer, type TestCertificates } from '../harness/tls.ts';
+import { parseSamples, sampleValue } from '../harness/metrics.ts';
 import { waitFor } from '../harness/wait.ts';
 import { consumersOf, services } from '../services.ts';
 
@@ -306,6 +307,18 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     }
   });
 
+  it('serves /metrics on every service, with the stream gauges read under its own user', async () => {
+    for (const name of SERVICES) {
+      const samples = parseSamples(await (await fetch(`${serviceOf(stack, name).url}/metrics`)).text());
+
+      expect([name, sampleValue(samples, 'stream_redis_up')]).toEqual([name, 1]);
+      expect([
+        name,
+        sampleValue(samples, 'stream_group_lag', { stream: ORDERS, group: PAYMENT_GROUP }),
+      ]).toEqual([name, expect.any(Number)]);
+    }
+  });
+
   it('refused none of the commands the services sent meanwhile', async () => {
     const log = (await stack.admin!.call('ACL', 'LOG')) as (string | number)[][];
     const denials = log
@@ -367,6 +380,16 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       ['HGETALL', `${stream}:alive:${group}`],
       ['EVALSHA', anySha, '2', stream, `${stream}:alive:${group}`],
     ];
+    // What GET /metrics reads at scrape time for each stream consumed: its length, its groups, each
+    // group's next entry and oldest pending one (the peers' groups too), its dead letters.
+    const metricsReads = (stream: string) => [
+      ['XLEN', stream],
+      ['XINFO', 'GROUPS', stream],
+      ['XRANGE', stream, '(1-0', '+', 'COUNT', '1'],
+      ['XPENDING', stream, PAYMENT_GROUP],
+      ['XPENDING', stream, NOTIFICATION_GROUP],
+      ['XLEN', `${stream}:dlq`],
+    ];
     const needs: Record<ServiceName, string[][]> = {
       'order-service': [
         ...everyone,
@@ -380,6 +403,9 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         // The order read model: a projection of both streams, and the payment timeouts.
         ...consumer(ORDERS, ORDER_GROUP),
         ...consumer(PAYMENTS, ORDER_GROUP),
+        ...metricsReads(ORDERS),
+        ...metricsReads(PAYMENTS),
+        ['HGETALL', 'order-service:refused-transitions'],
         ...runs(ORDERS, ORDER_GROUP),
         ...runs(PAYMENTS, ORDER_GROUP),
         // The read model's generation 1, and a rebuilt one in its own group.
@@ -423,6 +449,7 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       'payment-service': [
         ...everyone,
         ...consumer(ORDERS, PAYMENT_GROUP),
+        ...metricsReads(ORDERS),
         ...runs(ORDERS, PAYMENT_GROUP),
         readyz('payment-service'),
         ['XDEL', PAYMENTS, '1-0'],
@@ -439,6 +466,8 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ...everyone,
         ...consumer(ORDERS, NOTIFICATION_GROUP),
         ...consumer(PAYMENTS, NOTIFICATION_GROUP),
+        ...metricsReads(ORDERS),
+        ...metricsReads(PAYMENTS),
         ...runs(ORDERS, NOTIFICATION_GROUP),
         ...runs(PAYMENTS, NOTIFICATION_GROUP),
         readyz('notification-service'),

@@ -8,6 +8,7 @@ import {
   readinessHandler,
   UnavailableError,
   ValidationError,
+  type ServiceMetrics,
 } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -58,6 +59,8 @@ export interface AppDeps {
   logger: Logger;
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;
+  /** Its metrics (`createMetrics`): every request is timed, and `GET /metrics` serves them. */
+  metrics?: Pick<ServiceMetrics, 'http' | 'handler'>;
 }
 
 /**
@@ -71,16 +74,19 @@ export interface AppDeps {
  * - `GET /healthz` → 200 `{status: 'ok', instance}` while the process runs; `GET /readyz` → 200
  *   `{status: 'ready'}` when Redis takes a write (`notification-service:readyz`) within a second,
  *   else 503.
+ * - `GET /metrics` (when given `metrics`): the service's metrics in Prometheus's text format.
  *
  * Every request gets one access line (`accessLog`).
  */
-export function createApp({ sentLog, redis, logger, instance }: AppDeps) {
+export function createApp({ sentLog, redis, logger, instance, metrics }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
+  if (metrics) app.use(metrics.http);
   // The access lines carry no secret: no redaction, whose wildcard paths cost 7 µs a line.
   app.use(accessLog(logger.child({}, { redact: [] })));
 
   app.get('/healthz', healthzHandler(instance));
+  if (metrics) app.get('/metrics', metrics.handler);
 
   app.get('/readyz', readinessHandler(redis, 'notification-service'));
 

@@ -2,6 +2,7 @@ import { subscribe } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import {
   closeServer,
+  createMetrics,
   drained,
   gracefulShutdown,
   listen,
@@ -40,6 +41,8 @@ const deps = {
   // Shorter than claimIdleMs: an event taken over from a crashed instance finds its lease expired.
   sentLog: redisSentLog(redis, { leaseMs: config.CLAIM_IDLE_MS / 2 }),
 };
+// Counts of the subscriptions, HTTP timings, and the streams' state read from Redis at scrape time.
+const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
 const consumerOptions = {
   connection: config.REDIS_URL,
   logger: logger.child({ component: 'consumer' }),
@@ -48,6 +51,7 @@ const consumerOptions = {
   concurrency: config.CONCURRENCY,
   // sendOnce resolves only after a script that acked the entry (see notify.ts): no second XACK.
   handlerAcks: true,
+  metrics,
 };
 const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),
@@ -58,6 +62,7 @@ const app = createApp({
   redis,
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,
+  metrics,
 });
 const server = await listen(app, {
   port: config.PORT,

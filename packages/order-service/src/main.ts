@@ -2,6 +2,7 @@ import { createPublisher, subscribe } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import {
   closeServer,
+  createMetrics,
   drained,
   gracefulShutdown,
   listen,
@@ -12,6 +13,7 @@ import {
 import { pino } from 'pino';
 import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
+import { orderMetrics } from './metrics.ts';
 import { redisOrders, type Orders } from './orders.ts';
 import { liveReadModel, type ReadModel } from './read-model.ts';
 import { startPaymentTimeouts } from './timeouts.ts';
@@ -32,11 +34,19 @@ process.on('exit', () => logs.flush());
 // One request connection for everything: the publisher, the idempotent-order script and /readyz.
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
 const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');
-const publisher = createPublisher({ connection: redis, logger: logger.child({ component: 'publisher' }) });
+// Counts of the publisher, the projection and the saga, HTTP timings, and the streams' state read
+// from Redis at scrape time.
+const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
+const publisher = createPublisher({
+  connection: redis,
+  logger: logger.child({ component: 'publisher' }),
+  metrics,
+});
 // The read model comes in generations (a rebuild makes a new one live): which one is live is read
 // once Redis answers, and only then do its projection and timeouts start. Until then a read of
 // GET /orders answers 503, as it would with Redis away.
-let readModel: { orders: Orders; close(): Promise<void> } | undefined;
+let readModel: { model: ReadModel; orders: Orders; close(): Promise<void> } | undefined;
+const counts = orderMetrics(metrics, redis, () => readModel?.model);
 let stopping = false;
 const readModelStarted = (async () => {
   for (let attempt = 1; !stopping; attempt += 1) {
@@ -56,6 +66,7 @@ function startReadModel(model: ReadModel) {
     logger: logger.child({ component: 'orders' }),
     paymentTimeoutMs: config.PAYMENT_TIMEOUT_MS,
     model,
+    metrics: counts,
   });
   // The projection of both streams, in the generation's own group. Its steps are idempotent (an
   // entry applied twice finds its step), so the subscription acks after each.
@@ -77,6 +88,7 @@ function startReadModel(model: ReadModel) {
   });
   logger.info({ generation: model.generation, group: model.group }, 'order read model started');
   return {
+    model,
     orders,
     // The timeouts first: they write with the shared connection, as the projections do.
     async close() {
@@ -92,6 +104,7 @@ const app = createApp({
   redis,
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,
+  metrics,
   orders: {
     get: (orderId) => readModel?.orders.get(orderId) ?? unavailable(),
     ofUser: (...args) => readModel?.orders.ofUser(...args) ?? unavailable(),
@@ -135,5 +148,6 @@ function consumerOptions() {
     claimIdleMs: config.CLAIM_IDLE_MS,
     count: config.READ_COUNT,
     concurrency: config.CONCURRENCY,
+    metrics,
   };
 }

@@ -8,6 +8,7 @@ import {
   RetryLaterError,
   type DeliveryContext,
   type Handler,
+  type MessagingMetrics,
 } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
@@ -83,7 +84,8 @@ const INDEX_PREFIX_LENGTH = 16 + 1 + 20 + 1;
  *   replay, which publishes nothing: the stream holds the cancellation already);
  * - payment-refunded: `final` once every order entry before it has been applied, else nothing;
  * - payment-completed: nothing.
- * Answers {outcome, status}: `applied` (status after), `duplicate` (the entry was applied
+ * Answers {outcome, status}: `applied` (status after, and 1 if it published an order-cancelled,
+ * else 0), `duplicate` (the entry was applied
  * before, or the order is already where it would go), `refused`, `late` (a payment after the
  * order was due), `unknown` (no such order yet), `early` (a refund before its cancellation),
  * `moot` (a timeout of an order no longer pending).
@@ -105,12 +107,13 @@ local function stream_of(event) return event:sub(1, 6) == 'order-' end
 for _, step in ipairs(steps) do
   if step.entryId == entry and stream_of(step.event) == stream_of(what) then return {'duplicate', status} end
 end
+local published = 0
 local function step(to, event, entry_id)
   version = version + 1
   -- When it happened: the ms of its entry ID, on Redis's clock (a rebuild writes the same).
   steps[#steps + 1] = {status = to, event = event, entryId = entry_id, at = entry_id:match('^(%d+)')}
   redis.call('HSET', order, 'status', to, 'version', version, 'history', cjson.encode(steps))
-  return {'applied', to}
+  return {'applied', to, published}
 end
 local function refuse(outcome)
   redis.call('HINCRBY', refused, (status or 'NONE') .. ' ' .. what, 1)
@@ -124,6 +127,7 @@ local function cancel(reason, event, event_entry)
     id = redis.call('GET', cancellation)
     if not id then
       id = xadd_checked(orders, max_ahead, unpack(ARGV, 5, 4 + n))
+      published = 1
       redis.call('SET', cancellation, id, 'PX', ${CANCELLATION_KEY_TTL_MS})
     end
   end
@@ -216,6 +220,14 @@ export interface OrdersDeps {
      */
     until?: Record<string, string | undefined>;
   };
+  /** Counts what the steps do (the live projection's; a rebuild counts nothing). */
+  metrics?: OrderCounts;
+}
+
+/** What the read model's steps report, for order-service's metrics. */
+export interface OrderCounts extends Pick<MessagingMetrics, 'sent'> {
+  /** An order moved into `status` (a refund, which leaves it CANCELLED, is not counted). */
+  entered(status: OrderStatus): void;
 }
 
 /** The read model: the steps that change it, and the reads of `GET /orders`. */
@@ -231,9 +243,9 @@ export interface Orders {
 }
 
 /** The order read model in Redis; see the comment at the top of this file. */
-export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: OrdersDeps): Orders {
+export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay, metrics }: OrdersDeps): Orders {
   const lines = logger.child({}, { redact: [] });
-  const apply = defineScript<[Outcome, string]>(redis, 'orderServiceApply', 6, APPLY);
+  const apply = defineScript<[Outcome, string, (0 | 1)?]>(redis, 'orderServiceApply', 6, APPLY);
   const entryMs = (entryId: string) => Number(entryId.slice(0, entryId.indexOf('-')));
 
   async function step(
@@ -246,7 +258,7 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
       model.order(orderId), model.ordersOf(userId), model.paymentDue, OrderEvents.name, model.refused,
       cancellationKey(orderId), what, entryId, maxIdAheadMs(OrderEvents), ...more,
     ];
-    let [outcome, status] = await apply(...args);
+    let [outcome, status, published] = await apply(...args);
     if (outcome === 'unknown' || outcome === 'early') {
       // Each stream is read on its own: a payment may come before its order, a refund before the
       // cancellation that caused it (a backlog read from the start, a slow instance). What caused
@@ -267,7 +279,7 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
             ? `the cancellation of order ${orderId} has not been applied yet`
             : `order ${orderId} is not known yet (its order-created has not been applied)`,
         );
-      [outcome, status] = await apply(...args, 'final');
+      [outcome, status, published] = await apply(...args, 'final');
       if (outcome === 'unknown') {
         // A rebuild writes nothing outside its keys: an event of an order it left out (older than
         // it keeps), or whose order the streams no longer hold, is left out too. The live
@@ -275,6 +287,10 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay }: 
         if (replay) return outcome;
         throw new NonRetryableError(`no order ${orderId} in order-events before this entry`);
       }
+    }
+    if (outcome === 'applied' && metrics) {
+      if (what !== 'payment-refunded') metrics.entered(status as OrderStatus);
+      if (published === 1) metrics.sent(OrderEvents.name, 1);
     }
     const where = { orderId, entryId, event: what, status };
     // Each step is in the order's history (GET /orders/<id>): a line each only at debug, a refusal always.

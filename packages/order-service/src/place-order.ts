@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { EventValidationError, type Publisher } from '@msa/stream-kit';
+import { EventValidationError, type MessagingMetrics, type Publisher } from '@msa/stream-kit';
 import { OrderEvents, type OrderCreated } from '@msa/stream-kit/events';
 import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import { ConflictError, UnavailableError, ValidationError } from '@msa/stream-kit/service';
@@ -24,6 +24,8 @@ export interface PlaceOrderDeps {
   publisher: Publisher;
   /** Runs the idempotent placement script; a request connection, so a command fails fast. */
   redis: Redis;
+  /** Counts the orders the script publishes (the publisher counts its own). */
+  metrics?: Pick<MessagingMetrics, 'sent'> | undefined;
 }
 
 /** The request header that carries a client's idempotency key. */
@@ -73,7 +75,9 @@ export async function placeOrder(
       const entryId = await deps.publisher.publish(OrderEvents, event);
       return { orderId: event.orderId, entryId, replayed: false };
     }
-    return await placeOnce(event, input, idempotencyKey, deps.redis);
+    const placed = await placeOnce(event, input, idempotencyKey, deps.redis);
+    if (!placed.replayed) deps.metrics?.sent(OrderEvents.name, 1);
+    return placed;
   } catch (err) {
     if (err instanceof IdempotencyConflictError) throw err;
     // The catalogue may be stricter than the route's schema in some corner: still bad input.

@@ -1,5 +1,11 @@
 import express from 'express';
-import { accessLog, errorMiddleware, healthzHandler, readinessHandler } from '@msa/stream-kit/service';
+import {
+  accessLog,
+  errorMiddleware,
+  healthzHandler,
+  readinessHandler,
+  type ServiceMetrics,
+} from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
@@ -9,19 +15,24 @@ export interface AppDeps {
   logger: Logger;
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;
+  /** Its metrics (`createMetrics`): every request is timed, and `GET /metrics` serves them. */
+  metrics?: Pick<ServiceMetrics, 'http' | 'handler'>;
 }
 
 /**
- * payment-service works off the stream; its HTTP surface is for health and readiness checks:
- * `GET /healthz` → 200 `{status: 'ok', instance}`, `GET /readyz` as `readinessHandler` says.
+ * payment-service works off the stream; its HTTP surface is for health, readiness and metrics:
+ * `GET /healthz` → 200 `{status: 'ok', instance}`, `GET /readyz` as `readinessHandler` says,
+ * `GET /metrics` (when given `metrics`) in Prometheus's text format.
  * Every request gets one access line (`accessLog`).
  */
-export function createApp({ redis, logger, instance }: AppDeps) {
+export function createApp({ redis, logger, instance, metrics }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
+  if (metrics) app.use(metrics.http);
   // The access lines carry no secret: no redaction, whose wildcard paths cost 7 µs a line.
   app.use(accessLog(logger.child({}, { redact: [] })));
   app.get('/healthz', healthzHandler(instance));
+  if (metrics) app.get('/metrics', metrics.handler);
   app.get('/readyz', readinessHandler(redis, 'payment-service'));
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });

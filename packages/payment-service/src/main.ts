@@ -2,6 +2,7 @@ import { subscribe } from '@msa/stream-kit';
 import { OrderEvents } from '@msa/stream-kit/events';
 import {
   closeServer,
+  createMetrics,
   drained,
   gracefulShutdown,
   listen,
@@ -32,11 +33,18 @@ const redis = openRequestConnection(
   logger.child({ component: 'redis' }),
   'payment-service',
 );
+// Counts of the subscription and the payments, HTTP timings, and the streams' state read from Redis at scrape time.
+const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
 const subscription = subscribe(
   'payment-service-group',
   config.CONSUMER_NAME,
   OrderEvents,
-  paymentHandler({ redis, logger: logger.child({ component: 'payments' }), limit: config.PAYMENT_LIMIT }),
+  paymentHandler({
+    redis,
+    logger: logger.child({ component: 'payments' }),
+    limit: config.PAYMENT_LIMIT,
+    metrics,
+  }),
   {
     connection: config.REDIS_URL,
     logger: logger.child({ component: 'consumer' }),
@@ -45,10 +53,11 @@ const subscription = subscribe(
     concurrency: config.CONCURRENCY,
     // Its scripts ack each order-events entry in the same step as its effect, on every path that resolves.
     handlerAcks: true,
+    metrics,
   },
 );
 const server = await listen(
-  createApp({ redis, logger: logger.child({ component: 'http' }), instance: config.INSTANCE_ID }),
+  createApp({ redis, logger: logger.child({ component: 'http' }), instance: config.INSTANCE_ID, metrics }),
   {
     port: config.PORT,
     host: config.HOST,

@@ -1,5 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { byType, NonRetryableError, type DeliveryContext, type EventOf, type Handler } from '@msa/stream-kit';
+import {
+  byType,
+  NonRetryableError,
+  type DeliveryContext,
+  type EventOf,
+  type Handler,
+  type MessagingMetrics,
+} from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
 import { batchCalls, defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import type { Redis } from 'ioredis';
@@ -187,6 +194,8 @@ export interface PaymentDeps {
   logger: Logger;
   /** `PAYMENT_LIMIT`: an order whose price is above it is declined (`payment-failed`). */
   limit: number;
+  /** Counts the payment events its scripts append (`messaging_client_sent_messages_total`). */
+  metrics?: Pick<MessagingMetrics, 'sent'>;
 }
 
 /**
@@ -206,7 +215,7 @@ export interface PaymentDeps {
  * order-events fails the typecheck here, and one that arrives unhandled is dead-lettered, not acked
  * silently, with nothing written.
  */
-export function paymentHandler({ redis, logger, limit }: PaymentDeps): Handler<OrderEvent> {
+export function paymentHandler({ redis, logger, limit, metrics }: PaymentDeps): Handler<OrderEvent> {
   // A line per order, of IDs only: no redaction, whose wildcard paths cost 7 µs a line (a tenth
   // of a payment's CPU time in a profile of the service draining a backlog).
   const lines = logger.child({}, { redact: [] });
@@ -228,6 +237,11 @@ export function paymentHandler({ redis, logger, limit }: PaymentDeps): Handler<O
       const answers = await settleMany(
         keys.length, keys, orders[0]!.group, maxIdAheadMs(PaymentEvents), JSON.stringify(packed),
       );
+      if (metrics) {
+        let appended = 0;
+        for (const answer of answers) if (answer[0] === 1) appended += 1;
+        metrics.sent(PaymentEvents.name, appended);
+      }
       return answers.map((answer) => (answer[0] === -1 ? new Error(answer[1]) : answer));
     },
     { maxBatchSize: MAX_ORDERS_PER_CALL, keyOf: (order) => order.group },
@@ -291,6 +305,7 @@ export function paymentHandler({ redis, logger, limit }: PaymentDeps): Handler<O
           cancellation.reason, xadd.length, xadd,
         );
         if (done === -2) continue;
+        if (before === 'charged') metrics?.sent(PaymentEvents.name, 1);
         const where = { orderId: cancellation.orderId, entryId: context.id, reason: cancellation.reason };
         if (before === 'charged')
           lines.info({ ...where, paymentProcessId: refund!.paymentProcessId }, 'payment refunded');

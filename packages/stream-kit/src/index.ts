@@ -9,6 +9,7 @@ export { EventValidationError, NonRetryableError, PublisherClosedError, RetryLat
 export { compareIds } from './consumer/group.ts';
 export { byType } from './handlers.ts';
 export type { Logger } from './logger.ts';
+export type { ConsumeOutcome, ConsumerIdentity, ConsumerMeter, MessagingMetrics } from './metrics.ts';
 export { createPublisher } from './publisher.ts';
 export type { Publisher, PublisherOptions } from './publisher.ts';
 export { dropDeadLetters, listDeadLetters, replayDeadLetters } from './dead-letters.ts';

@@ -1,6 +1,7 @@
 import { PublisherClosedError } from './errors.ts';
 import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
+import type { MessagingMetrics } from './metrics.ts';
 import { defineScript, PUBLISH, PUBLISH_MANY } from './scripts.ts';
 import {
   fieldArguments,
@@ -20,6 +21,8 @@ export interface PublisherOptions {
   connection: Connection;
   /** @defaultValue silent */
   logger?: Logger;
+  /** Counts the events appended, per stream (`messaging_client_sent_messages_total`). @defaultValue none */
+  metrics?: Pick<MessagingMetrics, 'sent'>;
 }
 
 /** Appends typed events to streams. */
@@ -53,6 +56,7 @@ export interface Publisher {
  */
 export function createPublisher(options: PublisherOptions): Publisher {
   const logger = options.logger ?? silentLogger;
+  const metrics = options.metrics;
   const owned = typeof options.connection === 'string';
   const redis =
     typeof options.connection === 'string'
@@ -69,7 +73,9 @@ export function createPublisher(options: PublisherOptions): Publisher {
     const write = publishOne(stream.name, maxIdAheadMs(stream), xaddArguments(stream, event));
     inFlight.add(write);
     try {
-      return await write;
+      const id = await write;
+      metrics?.sent(stream.name, 1);
+      return id;
     } finally {
       inFlight.delete(write);
     }
@@ -90,7 +96,9 @@ export function createPublisher(options: PublisherOptions): Publisher {
     const write = publishBatch(stream.name, args);
     inFlight.add(write);
     try {
-      return await write;
+      const ids = await write;
+      metrics?.sent(stream.name, ids.length);
+      return ids;
     } finally {
       inFlight.delete(write);
     }

@@ -1,6 +1,6 @@
 /*
  * What the three services share besides streams: environment parsing, the access log, the HTTP
- * errors and their one middleware, health and readiness, listening and graceful shutdown. A
+ * errors and their one middleware, health and readiness, metrics, listening and graceful shutdown. A
  * separate entry point (`@msa/stream-kit/service`): the stream API does not depend on it. Nothing
  * here handles signals or exits: signals and exit codes stay in each service's main.ts.
  */
@@ -22,4 +22,6 @@ export { closeServer, listen, malformedQueryParameter } from './service/http.ts'
 export type { ListenOptions } from './service/http.ts';
 export { healthzHandler, readinessHandler } from './service/readiness.ts';
 export { drained, gracefulShutdown } from './service/shutdown.ts';
+export { createMetrics } from './service/metrics.ts';
+export type { MetricsOptions, ServiceMetrics } from './service/metrics.ts';
 export type { Drainable, ShutdownOptions } from './service/shutdown.ts';

@@ -69,6 +69,7 @@ describe('the entry points of @msa/stream-kit', () => {
         'accessLog',
         'closeServer',
         'consumerEnv',
+        'createMetrics',
         'drained',
         'errorMiddleware',
         'gracefulShutdown',

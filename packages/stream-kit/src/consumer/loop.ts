@@ -1,9 +1,10 @@
 import { ServerClock } from '../clock.ts';
 import { isNoGroupError, isRedisFault, openReaderConnection, reconnectIfStalled } from '../connection.ts';
-import { maxIdAheadMs, type StreamDefinition } from '../stream.ts';
+import type { ConsumeOutcome, ConsumerMeter } from '../metrics.ts';
+import { idAheadOf, maxIdAheadMs, type StreamDefinition } from '../stream.ts';
 import { AckBatcher } from './acks.ts';
 import { consumerContext, type ConsumerContext, type Entry } from './context.ts';
-import { Delivery, type Handler } from './delivery.ts';
+import { Delivery, type Handler, type Outcome } from './delivery.ts';
 import { GroupKeeper } from './group.ts';
 import { LeaseKeeper } from './leases.ts';
 import { Liveness, LIVENESS_CHECK_MS } from './liveness.ts';
@@ -15,6 +16,13 @@ import { pauseDelay, RetrySchedule } from './retry-policy.ts';
 import { RunCounts } from './runs.ts';
 import { nextStep, readsAhead, reclaimIntervalMs, type LoopState } from './schedule.ts';
 import { sleep, StepGuard } from './waits.ts';
+
+/** An outcome as metrics name it. */
+const REPORTED: Record<Outcome['kind'], ConsumeOutcome> = {
+  ack: 'acked',
+  retry: 'retried',
+  'dead-letter': 'dead-lettered',
+};
 
 /**
  * One subscription's loop: start, then round after round (see `nextStep`) read, handle and apply
@@ -34,6 +42,8 @@ export class ConsumerLoop {
   /** The parts an entry's run changes, as `OutcomeApplier` and `redeliver` see them. */
   private readonly parts: OutcomeParts;
   private readonly clock: ServerClock;
+  /** Where each run's outcome is reported; none unless `metrics` was given. */
+  private readonly meter: ConsumerMeter | undefined;
   private stopping = false;
   /** Aborted by close(): cuts the loop's waits short. */
   private readonly stop = new AbortController();
@@ -94,6 +104,11 @@ export class ConsumerLoop {
     });
     this.parts = { leases: this.leases, acks: this.acks, runs: this.runs, retries: this.retries };
     this.outcomes = new OutcomeApplier(this.ctx, this.parts, settings);
+    this.meter = settings.metrics?.consumer({
+      stream: stream.name,
+      group,
+      deadLetterStream: settings.deadLetterStream,
+    });
     this.running = this.run();
   }
 
@@ -362,11 +377,18 @@ export class ConsumerLoop {
   }
 
   private async deliver(id: string, flat: Buffer[], run: number, mayBeAhead: boolean) {
+    // Timed only when reported: without metrics, a delivery reads no clock.
+    const started = this.meter ? performance.now() : 0;
     try {
       const outcome = await this.delivery.run(id, flat, run, mayBeAhead);
       // Only a dead letter waits for Redis; an ack is queued (see AckBatcher).
       if (outcome.kind === 'dead-letter') await this.outcomes.deadLetter(id, flat, run, outcome.reason);
       else this.outcomes.apply(id, run, outcome);
+      this.meter?.processed(
+        REPORTED[outcome.kind],
+        (performance.now() - started) / 1_000,
+        Math.max(0, -idAheadOf(id, Date.now())) / 1_000,
+      );
     } catch (err) {
       if (isRedisFault(err)) this.runs.uncount(id);
       throw err;

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import type { Connection } from '../connection.ts';
 import { silentLogger, type Logger } from '../logger.ts';
+import type { MessagingMetrics } from '../metrics.ts';
 import { defaultDeadLetterStream, type StreamDefinition } from '../stream.ts';
 
 /** Options of `subscribe()`; all but `connection` have defaults. */
@@ -64,6 +65,12 @@ export interface SubscribeOptions {
    * @defaultValue false
    */
   handlerAcks?: boolean;
+  /**
+   * Where to report each run of the handler: its outcome, its duration and the entry's latency
+   * (`createMetrics` in `@msa/stream-kit/service` exports them to Prometheus).
+   * @defaultValue none: nothing is counted or timed
+   */
+  metrics?: MessagingMetrics;
 }
 
 /** `hostname-pid`: unique per process, and recognisable in XINFO CONSUMERS. */
@@ -72,7 +79,8 @@ export function defaultConsumerName(): string {
 }
 
 /** The options with every default filled in. */
-export type Settings = Required<Omit<SubscribeOptions, 'connection'>> & { connection: Connection };
+export type Settings = Required<Omit<SubscribeOptions, 'connection' | 'metrics'>> &
+  Pick<SubscribeOptions, 'connection' | 'metrics'>;
 
 /** Fills in the defaults, then checks every option; throws `RangeError` naming the one at fault. */
 export function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Settings {
