@@ -68,8 +68,25 @@ function hasOption(command: string[], flag: string, value: string): boolean {
 }
 
 describe('docker-compose.yml', () => {
-  it('defines Redis and the services of the registry (services.ts), and nothing else', () => {
-    expect(Object.keys(compose.services).sort()).toEqual(['redis', ...appServices.map((s) => s.name)].sort());
+  it('defines Redis, the services of the registry (services.ts) and Prometheus, and nothing else', () => {
+    expect(Object.keys(compose.services).sort()).toEqual(
+      ['redis', 'prometheus', ...appServices.map((s) => s.name)].sort(),
+    );
+  });
+
+  it("runs Prometheus on the repository's scrape config and rules, which scrape each service of the registry at its port", () => {
+    const prometheus = service('prometheus');
+    expect(prometheus.volumes).toContain('./prometheus:/etc/prometheus:ro');
+    expect(prometheus.command).toContain('--config.file=/etc/prometheus/prometheus.yml');
+    expect(prometheus.ports).toEqual(['127.0.0.1:${PROMETHEUS_PORT:-9090}:9090']);
+    const config = parse(readFileSync(new URL('prometheus/prometheus.yml', repoRoot), 'utf8')) as {
+      rule_files: string[];
+      scrape_configs: { job_name: string; static_configs: { targets: string[] }[] }[];
+    };
+    expect(config.rule_files).toEqual(['alerts.yml']);
+    expect(
+      config.scrape_configs.map(({ job_name, static_configs }) => [job_name, static_configs[0]!.targets]),
+    ).toEqual(appServices.map(({ name, port }) => [name, [`${name}:${port}`]]));
   });
 
   it('runs Redis with AOF persistence and a healthcheck that pings as the admin user', () => {

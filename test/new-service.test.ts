@@ -117,6 +117,7 @@ describe('recipe 2 of docs/recipes.md, adding a shipping-service', () => {
       'insert services.ts',
       'append redis/users.acl',
       'insert docker-compose.yml',
+      'append prometheus/prometheus.yml',
     ]);
   });
 
@@ -176,7 +177,8 @@ describe('recipe 2 of docs/recipes.md, adding a shipping-service', () => {
       expect(ran.map((result) => result.fullName)).toEqual(
         expect.arrayContaining([
           expect.stringContaining('shipping-service may add to and read exactly the streams the registry'),
-          expect.stringContaining('defines Redis and the services of the registry'),
+          expect.stringContaining('defines Redis, the services of the registry'),
+          expect.stringContaining('scrape each service of the registry at its port'),
           expect.stringContaining('lists every service package under packages/'),
         ]),
       );

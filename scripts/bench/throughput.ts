@@ -10,6 +10,7 @@ import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createPublisher, type Publisher } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
+import { createMetrics } from '@msa/stream-kit/service';
 import { freePort } from '../../harness/net.ts';
 import type { RedisServer } from '../../harness/redis-server.ts';
 import { exitOf, spawnService } from '../../harness/services.ts';
@@ -150,6 +151,21 @@ async function rawConsume(redis: Redis): Promise<number> {
 async function streamKitConsume(redis: Redis, url: string, count: number): Promise<number> {
   const name = await filled(redis, `stream-kit-consume-${count}`);
   return consumeAll(redis, { ...OrderEvents, name }, N, { connection: url, count });
+}
+
+/**
+ * The same with metrics on, as the services run (`createMetrics`): every run timed and counted,
+ * and the registry scraped once during the row, as Prometheus would every few seconds.
+ */
+async function streamKitConsumeWithMetrics(redis: Redis, url: string): Promise<number> {
+  const name = await filled(redis, 'stream-kit-consume-metrics');
+  const metrics = createMetrics({ redis });
+  const scrape = setTimeout(() => void metrics.registry.metrics(), 50);
+  try {
+    return await consumeAll(redis, { ...OrderEvents, name }, N, { connection: url, count: 500, metrics });
+  } finally {
+    clearTimeout(scrape);
+  }
 }
 
 /**
@@ -310,6 +326,7 @@ const RAW_CONSUME = 'ioredis XREADGROUP COUNT 500 + one XACK per batch';
 const BULLMQ_WORKER = 'BullMQ Worker, no-op, concurrency 50';
 const CONSUME_10 = 'stream-kit subscribe, count 10 (the default)';
 const CONSUME_500 = 'stream-kit subscribe, count 500';
+const CONSUME_500_METRICS = 'stream-kit subscribe, count 500, metrics on';
 const DECODE = 'stream-kit decode alone (zod, OrderEvents)';
 /** The concurrencies BullMQ's payment row tries; the row reports the best. */
 const BULLMQ_CONCURRENCIES = [50, 200, 1_000];
@@ -334,6 +351,7 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
         one(RAW_CONSUME, () => rawConsume(redis)),
         one(CONSUME_10, () => streamKitConsume(redis, server.url, 10)),
         one(CONSUME_500, () => streamKitConsume(redis, server.url, 500)),
+        one(CONSUME_500_METRICS, () => streamKitConsumeWithMetrics(redis, server.url)),
         ...BULLMQ_CONCURRENCIES.map((concurrency) =>
           one(bullmqPaymentsAt(concurrency), () => bullmqPayments(server.port, concurrency)),
         ),
@@ -383,6 +401,10 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
           { baseline: RAW_CONSUME, target: 0.7 },
           { baseline: BULLMQ_WORKER, target: 5 },
         ],
+      }),
+      row(consume, CONSUME_500_METRICS, {
+        vs: [{ baseline: CONSUME_500, target: 0.97 }],
+        note: 'each run timed and counted (createMetrics), one scrape during the row',
       }),
       row(consume, DECODE, { note: 'the schema alone, without Redis' }),
       bullmqBest,

@@ -24,6 +24,8 @@ export function orderMetrics(
     labelNames: ['status'],
     registers: [metrics.registry],
   });
+  // Every status from the start, at 0: a rate() over a series that appears late misses its first count.
+  for (const status of ['PENDING', 'PAID', 'CANCELLED'] as const) entered.inc({ status }, 0);
   new Counter({
     name: 'orders_transitions_refused_total',
     help: 'Events refused because the order could not move that way, by its status and the event (all instances).',
