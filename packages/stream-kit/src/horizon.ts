@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { compareIds } from './consumer/group.ts';
+import { idTimeMs } from './stream.ts';
 
 /**
  * How far a consumer group has got through a stream: every entry at or before `delivered` has
@@ -39,8 +40,8 @@ export async function horizonOf(redis: Redis, stream: string, group: string): Pr
  */
 export function handledThrough(horizon: Horizon | undefined, id: string): boolean {
   if (!horizon) return false;
-  if (horizon.pendingFrom !== undefined && msOf(horizon.pendingFrom) <= msOf(id)) return false;
-  return horizon.caughtUp || msOf(id) < msOf(horizon.delivered);
+  if (horizon.pendingFrom !== undefined && idTimeMs(horizon.pendingFrom) <= idTimeMs(id)) return false;
+  return horizon.caughtUp || idTimeMs(id) < idTimeMs(horizon.delivered);
 }
 
 /**
@@ -60,10 +61,7 @@ export function handledUntilMs(horizon: Horizon | undefined, now: number): numbe
   if (!horizon) return -Infinity;
   if (horizon.caughtUp && horizon.pendingFrom === undefined) return now;
   // Entries of the millisecond of `delivered` may still come: only the ones before it are sure.
-  let until = msOf(horizon.delivered) - 1;
-  if (horizon.pendingFrom !== undefined) until = Math.min(until, msOf(horizon.pendingFrom) - 1);
+  let until = idTimeMs(horizon.delivered) - 1;
+  if (horizon.pendingFrom !== undefined) until = Math.min(until, idTimeMs(horizon.pendingFrom) - 1);
   return until;
 }
-
-/** The ms of Redis's clock in entry ID `<ms>-<seq>`. */
-export const msOf = (id: string) => Number(id.slice(0, id.indexOf('-')));

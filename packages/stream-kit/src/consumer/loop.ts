@@ -1,7 +1,7 @@
 import { ServerClock } from '../clock.ts';
 import { isNoGroupError, isRedisFault, openReaderConnection, reconnectIfStalled } from '../connection.ts';
 import type { ConsumeOutcome, ConsumerMeter } from '../metrics.ts';
-import { idAheadOf, maxIdAheadMs, type StreamDefinition } from '../stream.ts';
+import { idTimeMs, maxIdAheadMs, type StreamDefinition } from '../stream.ts';
 import { AckBatcher } from './acks.ts';
 import { consumerContext, type ConsumerContext, type Entry } from './context.ts';
 import { Delivery, type Handler, type Outcome } from './delivery.ts';
@@ -377,18 +377,23 @@ export class ConsumerLoop {
   }
 
   private async deliver(id: string, flat: Buffer[], run: number, mayBeAhead: boolean) {
-    // Timed only when reported: without metrics, a delivery reads no clock.
+    // Timed only when reported: without metrics, a delivery reads no clock. One clock read at
+    // each end: the end's also gives the wall time the entry's latency is taken at.
     const started = this.meter ? performance.now() : 0;
     try {
       const outcome = await this.delivery.run(id, flat, run, mayBeAhead);
       // Only a dead letter waits for Redis; an ack is queued (see AckBatcher).
       if (outcome.kind === 'dead-letter') await this.outcomes.deadLetter(id, flat, run, outcome.reason);
       else this.outcomes.apply(id, run, outcome);
-      this.meter?.processed(
-        REPORTED[outcome.kind],
-        (performance.now() - started) / 1_000,
-        Math.max(0, -idAheadOf(id, Date.now())) / 1_000,
-      );
+      if (this.meter) {
+        const ended = performance.now();
+        const latencyMs = performance.timeOrigin + ended - idTimeMs(id);
+        this.meter.processed(
+          REPORTED[outcome.kind],
+          (ended - started) / 1_000,
+          Math.max(0, latencyMs) / 1_000,
+        );
+      }
     } catch (err) {
       if (isRedisFault(err)) this.runs.uncount(id);
       throw err;

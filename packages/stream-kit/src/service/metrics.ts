@@ -1,6 +1,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Redis } from 'ioredis';
 import { silentLogger, type Logger } from '../logger.ts';
+import { idTimeMs } from '../stream.ts';
 import type { ConsumeOutcome, ConsumerIdentity, ConsumerMeter, MessagingMetrics } from '../metrics.ts';
 
 /** Options of `createMetrics`. */
@@ -366,7 +367,7 @@ async function readSnapshot(
 ): Promise<Snapshot> {
   const [seconds, micros] = await redis.time();
   const nowMs = Number(seconds) * 1_000 + Math.floor(Number(micros) / 1_000);
-  const ageOf = (id: string) => Math.max(0, nowMs - Number(id.slice(0, id.indexOf('-')))) / 1_000;
+  const ageOf = (id: string) => Math.max(0, nowMs - idTimeMs(id)) / 1_000;
   const states = await Promise.all(
     [...streams].map(async ([stream, deadLetterStreams]) => {
       const [length, infos, deadLetters] = await Promise.all([
