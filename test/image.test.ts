@@ -361,9 +361,9 @@ function devOnlyPackages(): string[] {
 }
 
 describe('the production image, replayed without Docker', () => {
-  it("is built from a context of the manifests, the packages' sources and the build script only", () => {
+  it("is built from a context of the manifests, the packages' sources, the build script and the contracts order-service serves only", () => {
     const needed =
-      /^(package\.json|pnpm-lock\.yaml|pnpm-workspace\.yaml|tsconfig\.json|scripts\/build\.ts|packages\/[^/]+\/(package\.json|src\/.+))$/;
+      /^(package\.json|pnpm-lock\.yaml|pnpm-workspace\.yaml|tsconfig\.json|scripts\/build\.ts|docs\/contracts\/(openapi|asyncapi)\.json|packages\/[^/]+\/(package\.json|src\/.+))$/;
     expect(context.filter((file) => !needed.test(file))).toEqual([]);
     expect(context).toEqual(expect.arrayContaining(['pnpm-lock.yaml', 'scripts/build.ts']));
     for (const pkg of readdirSync(join(ROOT, 'packages'))) {
@@ -407,9 +407,14 @@ describe('the production image, replayed without Docker', () => {
       };
       const ours = sources.filter((source) => !source.includes('node_modules/'));
       expect(ours.length, name).toBeGreaterThan(0);
-      // The service's own src/ and stream-kit's: no tests, harness, scripts, bench.
+      // The service's own src/ and stream-kit's (and the contracts order-service serves): no tests,
+      // harness, scripts, bench.
       expect(
-        ours.filter((source) => !/(^|\/)packages\/[^/]+\/src\//.test(source)),
+        ours.filter(
+          (source) =>
+            !/(^|\/)packages\/[^/]+\/src\//.test(source) &&
+            !/(^|\/)docs\/contracts\/(openapi|asyncapi)\.json$/.test(source),
+        ),
         name,
       ).toEqual([]);
       expect(

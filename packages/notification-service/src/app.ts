@@ -1,5 +1,4 @@
 import express, { type Request } from 'express';
-import { OrderCreated } from '@msa/stream-kit/events';
 import {
   accessLog,
   errorMiddleware,
@@ -13,44 +12,8 @@ import {
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { encodeCursor, Query } from './contract.ts';
 import { DEFAULT_PAGE_SIZE, type SentLog } from './sent-log.ts';
-
-/** The most notifications one page of `GET /notifications` holds. */
-export const MAX_PAGE_SIZE = 1_000;
-
-const LIMIT_MESSAGE = `must be a whole number from 1 to ${MAX_PAGE_SIZE}`;
-const CURSOR_MESSAGE = 'must be a nextCursor from an earlier answer';
-
-/**
- * A cursor is where the next page starts in the user's log (append-only, oldest first, so the
- * index of an entry never changes), written so that clients take it as it is: `i<index>` in
- * base64url.
- */
-const encodeCursor = (index: number) => Buffer.from(`i${index}`).toString('base64url');
-
-const Cursor = z
-  .string(CURSOR_MESSAGE)
-  .transform((cursor, ctx) => {
-    const match = /^i(0|[1-9]\d{0,14})$/.exec(Buffer.from(cursor, 'base64url').toString('latin1'));
-    // Buffer ignores what is not base64url: only the cursor's own spelling counts.
-    if (!match || encodeCursor(Number(match[1])) !== cursor) {
-      ctx.addIssue({ code: 'custom', message: CURSOR_MESSAGE });
-      return z.NEVER;
-    }
-    return Number(match[1]);
-  })
-  .optional();
-
-const Query = z.object({
-  userId: OrderCreated.shape.userId,
-  limit: z
-    .string(LIMIT_MESSAGE)
-    .regex(/^\d{1,7}$/, LIMIT_MESSAGE)
-    .transform(Number)
-    .pipe(z.number().int().min(1, LIMIT_MESSAGE).max(MAX_PAGE_SIZE, LIMIT_MESSAGE))
-    .optional(),
-  cursor: Cursor,
-});
 
 export interface AppDeps {
   sentLog: SentLog;

@@ -1,6 +1,5 @@
 import express, { type Request, type Response } from 'express';
 import type { Publisher } from '@msa/stream-kit';
-import { OrderCreated } from '@msa/stream-kit/events';
 import {
   accessLog,
   type AccessLogLocals,
@@ -18,37 +17,11 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Orders } from './orders.ts';
+import asyncapi from '../../../docs/contracts/asyncapi.json' with { type: 'json' };
+import openapi from '../../../docs/contracts/openapi.json' with { type: 'json' };
+import { IDEMPOTENCY_KEY, OrderBody, OrderIdParams, OrderQuery, OrdersQuery } from './contract.ts';
+import { docsPage } from './docs-page.ts';
 import { IDEMPOTENCY_HEADER, placeOrder, type OrderInput } from './place-order.ts';
-
-/** Amounts in plain digits with at most two decimals, so they cross the wire exactly as sent. */
-const DECIMAL = /^\d+(\.\d{1,2})?$/;
-const PRICE_MESSAGE = 'must be a positive number with at most 2 decimals';
-const PRICE_LIMIT = 'must be at most 1000000000000';
-
-/** An order as `POST /orders` takes it: these three fields, and no other. */
-const OrderBody = z.strictObject({
-  userId: OrderCreated.shape.userId,
-  productId: OrderCreated.shape.productId,
-  price: z
-    .number(PRICE_MESSAGE)
-    .positive(PRICE_MESSAGE)
-    .max(1e12, PRICE_LIMIT)
-    .refine((price) => DECIMAL.test(String(price)), PRICE_MESSAGE),
-});
-
-/** The tutorial's `GET /order`: every value arrives as a string; other parameters are ignored. */
-const OrderQuery = z.object({
-  ...OrderBody.shape,
-  price: z
-    .string(PRICE_MESSAGE)
-    .trim()
-    .regex(DECIMAL, PRICE_MESSAGE)
-    .transform(Number)
-    .pipe(z.number().positive(PRICE_MESSAGE).max(1e12, PRICE_LIMIT)),
-});
-
-/** Printable ASCII, as the header may carry it: a UUID or any other client-chosen token. */
-const IDEMPOTENCY_KEY = /^[\x20-\x7e]{1,255}$/;
 
 export interface AppDeps {
   /** Publishes orders placed without an idempotency key. */
@@ -66,21 +39,6 @@ export interface AppDeps {
   /** The order read model, which `GET /orders` reads. */
   orders: Pick<Orders, 'get' | 'ofUser'>;
 }
-
-/** `GET /orders?userId=`: a user's orders, a page at a time. */
-const OrdersQuery = z.object({
-  userId: OrderCreated.shape.userId,
-  limit: z.coerce
-    .number('must be a whole number from 1 to 100')
-    .int('must be a whole number from 1 to 100')
-    .min(1, 'must be a whole number from 1 to 100')
-    .max(100, 'must be a whole number from 1 to 100')
-    .default(20),
-  cursor: z
-    .string()
-    .regex(/^[A-Za-z0-9_-]{1,400}$/, "must be a page's nextCursor")
-    .optional(),
-});
 
 /**
  * The order-service HTTP API:
@@ -119,6 +77,12 @@ export function createApp({ publisher, redis, logger, instance, orders, metrics 
   if (metrics) app.get('/metrics', metrics.handler);
 
   app.get('/readyz', readinessHandler(redis, 'order-service'));
+
+  // The contracts, as `pnpm contracts` wrote them (docs/contracts/): the bundle carries them.
+  const page = docsPage(openapi, asyncapi);
+  app.get('/openapi.json', (_req, res) => void res.json(openapi));
+  app.get('/asyncapi.json', (_req, res) => void res.json(asyncapi));
+  app.get('/docs', (_req, res) => void res.type('html').send(page));
 
   /**
    * Places the order. Its IDs go on the request's access line, so that an order is one line; a
@@ -168,7 +132,7 @@ export function createApp({ publisher, redis, logger, instance, orders, metrics 
   });
 
   app.get('/orders/:orderId', async (req, res) => {
-    const orderId = parse(z.object({ orderId: OrderCreated.shape.orderId }), req.params, 'query').orderId;
+    const { orderId } = parse(OrderIdParams, req.params, 'query');
     const order = await read(() => orders.get(orderId));
     if (order === undefined) res.status(404).json({ error: `no order ${orderId}`, field: 'orderId' });
     else res.json(order);
@@ -176,7 +140,8 @@ export function createApp({ publisher, redis, logger, instance, orders, metrics 
 
   app.all('/orders', methodNotAllowed('GET, HEAD, POST'));
   app.all('/orders/:orderId', methodNotAllowed('GET, HEAD'));
-  for (const path of ['/order', '/healthz', '/readyz']) app.all(path, methodNotAllowed('GET, HEAD'));
+  for (const path of ['/order', '/healthz', '/readyz', '/openapi.json', '/asyncapi.json', '/docs'])
+    app.all(path, methodNotAllowed('GET, HEAD'));
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });
   });

@@ -20,5 +20,5 @@ export { replay } from './replay.ts';
 export type { ReplayOptions, ReplayReport, ReplayRoute } from './replay.ts';
 export { defineStream } from './stream.ts';
 export type { EventOf, Fields, Retention, StreamDefinition } from './stream.ts';
-export { subscribe } from './subscriber.ts';
+export { DEFAULT_RETRY_POLICY, subscribe } from './subscriber.ts';
 export type { DeliveryContext, Handler, SubscribeOptions, Subscription } from './subscriber.ts';

@@ -23,5 +23,7 @@ export type { ListenOptions } from './service/http.ts';
 export { healthzHandler, readinessHandler } from './service/readiness.ts';
 export { drained, gracefulShutdown } from './service/shutdown.ts';
 export { createMetrics } from './service/metrics.ts';
+export { chassisRoutes, ErrorBody } from './service/contract.ts';
+export type { HttpAnswer, HttpRoute } from './service/contract.ts';
 export type { MetricsOptions, ServiceMetrics } from './service/metrics.ts';
 export type { Drainable, ShutdownOptions } from './service/shutdown.ts';

@@ -12,7 +12,7 @@ import type { EventOf, StreamDefinition } from './stream.ts';
  */
 
 export type { DeliveryContext, Handler } from './consumer/delivery.ts';
-export { defaultConsumerName } from './consumer/options.ts';
+export { DEFAULT_RETRY_POLICY, defaultConsumerName } from './consumer/options.ts';
 export type { SubscribeOptions } from './consumer/options.ts';
 
 /** A running subscription, as `subscribe()` returns it. */

@@ -11,6 +11,7 @@ describe('the entry points of @msa/stream-kit', () => {
       '@msa/stream-kit: the messaging API',
       '../src/index.ts',
       [
+        'DEFAULT_RETRY_POLICY',
         'EventValidationError',
         'NonRetryableError',
         'PublisherClosedError',
@@ -63,10 +64,12 @@ describe('the entry points of @msa/stream-kit', () => {
       '../src/service.ts',
       [
         'ConflictError',
+        'ErrorBody',
         'LOG_REDACT',
         'UnavailableError',
         'ValidationError',
         'accessLog',
+        'chassisRoutes',
         'closeServer',
         'consumerEnv',
         'createMetrics',

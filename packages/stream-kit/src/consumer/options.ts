@@ -3,6 +3,7 @@ import type { Connection } from '../connection.ts';
 import { silentLogger, type Logger } from '../logger.ts';
 import type { MessagingMetrics } from '../metrics.ts';
 import { defaultDeadLetterStream, type StreamDefinition } from '../stream.ts';
+import { MAX_RETRY_DELAY_MS } from './retry-policy.ts';
 
 /** Options of `subscribe()`; all but `connection` have defaults. */
 export interface SubscribeOptions {
@@ -73,6 +74,19 @@ export interface SubscribeOptions {
   metrics?: MessagingMetrics;
 }
 
+/**
+ * What happens to an entry whose handler fails, at `subscribe()`'s defaults: run again after
+ * `retryDelayMs`, doubling up to `maxRetryDelayMs`, and dead-lettered after `maxDeliveries` runs;
+ * held by a consumer that stops renewing its liveness mark, or idle `claimIdleMs`, it is taken
+ * over. The event contracts state it (docs/contracts/asyncapi.json).
+ */
+export const DEFAULT_RETRY_POLICY = {
+  maxDeliveries: 5,
+  retryDelayMs: 1_000,
+  maxRetryDelayMs: MAX_RETRY_DELAY_MS,
+  claimIdleMs: 60_000,
+} as const;
+
 /** `hostname-pid`: unique per process, and recognisable in XINFO CONSUMERS. */
 export function defaultConsumerName(): string {
   return `${hostname()}-${process.pid}`;
@@ -89,10 +103,10 @@ export function withDefaults(stream: StreamDefinition, options: SubscribeOptions
     count: 10,
     concurrency: 1,
     blockMs: 2_000,
-    maxDeliveries: 5,
-    retryDelayMs: 1_000,
+    maxDeliveries: DEFAULT_RETRY_POLICY.maxDeliveries,
+    retryDelayMs: DEFAULT_RETRY_POLICY.retryDelayMs,
     startId: '0',
-    claimIdleMs: 60_000,
+    claimIdleMs: DEFAULT_RETRY_POLICY.claimIdleMs,
     deleteIdleConsumersAfterMs: 3_600_000,
     closeTimeoutMs: 10_000,
     deadLetterStream: defaultDeadLetterStream(stream),
