@@ -10,8 +10,9 @@ import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createPublisher, type Publisher } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
-import { createMetrics, type ServiceMetrics } from '@msa/stream-kit/service';
+import { createMetrics, startTracing, type ServiceMetrics, type Tracing } from '@msa/stream-kit/service';
 import { freePort } from '../../harness/net.ts';
+import { startOtlpReceiver } from '../../harness/otlp.ts';
 import type { RedisServer } from '../../harness/redis-server.ts';
 import { exitOf, spawnService } from '../../harness/services.ts';
 import { waitFor } from '../../harness/wait.ts';
@@ -169,22 +170,38 @@ async function streamKitConsumeWithMetrics(
 }
 
 /**
- * Count 500 without and with metrics, in the order off, on, on, off within each turn: a 3 %
- * target between two rows of a fraction of a second each would otherwise measure the neighbours.
+ * Count 500 with nothing, metrics and tracing, in the order off, metrics, tracing, tracing,
+ * metrics, off within each turn: a 3 % target between two rows of a fraction of a second each
+ * would otherwise measure the neighbours.
  */
-async function metricsOffAndOn(
+async function observedAndNot(
   redis: Redis,
   url: string,
   metrics: ServiceMetrics,
+  tracer: NonNullable<Tracing['tracer']>,
 ): Promise<Record<string, number>> {
-  const off: number[] = [];
-  const on: number[] = [];
-  off.push(await streamKitConsume(redis, url, 500));
-  on.push(await streamKitConsumeWithMetrics(redis, url, metrics));
-  on.push(await streamKitConsumeWithMetrics(redis, url, metrics));
-  off.push(await streamKitConsume(redis, url, 500));
-  const mean = (rates: number[]) => rates.reduce((a, b) => a + b, 0) / rates.length;
-  return { [CONSUME_500]: mean(off), [CONSUME_500_METRICS]: mean(on) };
+  const runs: Record<string, () => Promise<number>> = {
+    [CONSUME_500]: () => streamKitConsume(redis, url, 500),
+    [CONSUME_500_METRICS]: () => streamKitConsumeWithMetrics(redis, url, metrics),
+    [CONSUME_500_TRACING]: () => streamKitConsumeTraced(redis, url, tracer),
+  };
+  const rates: Record<string, number[]> = {};
+  for (const name of [...Object.keys(runs), ...Object.keys(runs).reverse()])
+    (rates[name] ??= []).push(await runs[name]!());
+  return Object.fromEntries(Object.entries(rates).map(([name, [a, b]]) => [name, (a! + b!) / 2]));
+}
+
+/**
+ * The same with tracing on, as a service runs with OTEL_EXPORTER_OTLP_ENDPOINT set: a span per
+ * entry, exported over OTLP/HTTP (to a receiver that drops them) in the SDK's default batches.
+ */
+async function streamKitConsumeTraced(
+  redis: Redis,
+  url: string,
+  tracer: NonNullable<Tracing['tracer']>,
+): Promise<number> {
+  const name = await filled(redis, 'stream-kit-consume-tracing');
+  return consumeAll(redis, { ...OrderEvents, name }, N, { connection: url, count: 500, tracer });
 }
 
 /**
@@ -346,6 +363,7 @@ const BULLMQ_WORKER = 'BullMQ Worker, no-op, concurrency 50';
 const CONSUME_10 = 'stream-kit subscribe, count 10 (the default)';
 const CONSUME_500 = 'stream-kit subscribe, count 500';
 const CONSUME_500_METRICS = 'stream-kit subscribe, count 500, metrics on';
+const CONSUME_500_TRACING = 'stream-kit subscribe, count 500, tracing on';
 const DECODE = 'stream-kit decode alone (zod, OrderEvents)';
 /** The concurrencies BullMQ's payment row tries; the row reports the best. */
 const BULLMQ_CONCURRENCIES = [50, 200, 1_000];
@@ -357,6 +375,10 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
   N = options.quick ? 10_000 : 200_000;
   const redis = new Redis(server.url);
   const metrics = createMetrics({ redis });
+  // Tracing as a service starts it (global: the SDK registers its context and propagator).
+  const sink = await startOtlpReceiver({ keep: false });
+  const tracing = startTracing('bench', { OTEL_EXPORTER_OTLP_ENDPOINT: sink.endpoint });
+  const { tracer } = tracing;
   try {
     const rate = await inTurns(
       [
@@ -370,7 +392,7 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
         },
         one(RAW_CONSUME, () => rawConsume(redis)),
         one(CONSUME_10, () => streamKitConsume(redis, server.url, 10)),
-        () => metricsOffAndOn(redis, server.url, metrics),
+        () => observedAndNot(redis, server.url, metrics, tracer!),
         ...BULLMQ_CONCURRENCIES.map((concurrency) =>
           one(bullmqPaymentsAt(concurrency), () => bullmqPayments(server.port, concurrency)),
         ),
@@ -425,6 +447,10 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
         vs: [{ baseline: CONSUME_500, target: 0.97 }],
         note: 'each run timed and counted (createMetrics)',
       }),
+      row(consume, CONSUME_500_TRACING, {
+        vs: [{ baseline: CONSUME_500 }],
+        note: 'a span per entry, exported over OTLP/HTTP (startTracing)',
+      }),
       row(consume, DECODE, { note: 'the schema alone, without Redis' }),
       bullmqBest,
       row(payments, BARE_PAYMENTS, {
@@ -438,5 +464,7 @@ export async function throughputRows(server: RedisServer, options: BenchOptions)
     ];
   } finally {
     redis.disconnect();
+    await tracing.close();
+    await sink.close();
   }
 }

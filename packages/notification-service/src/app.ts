@@ -7,7 +7,9 @@ import {
   readinessHandler,
   UnavailableError,
   ValidationError,
+  traceRequests,
   type ServiceMetrics,
+  type Tracing,
 } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -24,6 +26,8 @@ export interface AppDeps {
   instance: string;
   /** Its metrics (`createMetrics`): every request is timed, and `GET /metrics` serves them. */
   metrics?: Pick<ServiceMetrics, 'http' | 'handler'>;
+  /** Its tracer (`startTracing`): a span per request, continuing the client's `traceparent`. */
+  tracer?: Tracing['tracer'];
 }
 
 /**
@@ -41,9 +45,10 @@ export interface AppDeps {
  *
  * Every request gets one access line (`accessLog`).
  */
-export function createApp({ sentLog, redis, logger, instance, metrics }: AppDeps) {
+export function createApp({ sentLog, redis, logger, instance, metrics, tracer }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
+  if (tracer) app.use(traceRequests(tracer));
   if (metrics) app.use(metrics.http);
   // The access lines carry no secret: no redaction, whose wildcard paths cost 7 µs a line.
   app.use(accessLog(logger.child({}, { redact: [] })));

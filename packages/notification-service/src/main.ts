@@ -9,6 +9,7 @@ import {
   logDestination,
   logOptions,
   openRequestConnection,
+  startTracing,
 } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
@@ -26,9 +27,12 @@ try {
 }
 
 const GROUP = 'notification-service-group';
+// Spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; off (and free) otherwise.
+const tracing = startTracing('notification-service');
+const { tracer } = tracing;
 // Straight to stdout, a tick's lines in one write, without pino's thread-pool hand-off (see README, Logs).
 const logs = logDestination(process.stdout);
-const logger = pino(logOptions('notification-service', config), logs);
+const logger = pino(logOptions('notification-service', config, { traced: tracer !== undefined }), logs);
 // The lines of the last tick, when the process ends in it (an uncaught exception).
 process.on('exit', () => logs.flush());
 const redis = openRequestConnection(
@@ -52,6 +56,7 @@ const consumerOptions = {
   // sendOnce resolves only after a script that acked the entry (see notify.ts): no second XACK.
   handlerAcks: true,
   metrics,
+  tracer,
 };
 const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),
@@ -63,6 +68,7 @@ const app = createApp({
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,
   metrics,
+  tracer,
 });
 const server = await listen(app, {
   port: config.PORT,
@@ -85,6 +91,8 @@ const shutdown = gracefulShutdown(
     () => closeServer(server),
     () => Promise.all(subscriptions.map((subscription) => subscription.close())),
     () => redis.quit().catch(() => redis.disconnect()),
+    // The spans still buffered, last: the shutdown's own come too.
+    () => tracing.close(),
   ],
   { output: logs },
 );

@@ -11,7 +11,9 @@ import {
   readinessHandler,
   UnavailableError,
   ValidationError,
+  traceRequests,
   type ServiceMetrics,
+  type Tracing,
 } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -36,6 +38,8 @@ export interface AppDeps {
    * orders placed with an idempotency key are counted as sent (the publisher counts the others).
    */
   metrics?: Pick<ServiceMetrics, 'http' | 'handler' | 'sent'>;
+  /** Its tracer (`startTracing`): a span per request, continuing the client's `traceparent`. */
+  tracer?: Tracing['tracer'];
   /** The order read model, which `GET /orders` reads. */
   orders: Pick<Orders, 'get' | 'ofUser'>;
 }
@@ -63,13 +67,14 @@ export interface AppDeps {
  * line (`accessLog`); an order's is `order accepted` (or `order replayed for its idempotency key`)
  * with its `orderId` and `entryId`.
  */
-export function createApp({ publisher, redis, logger, instance, orders, metrics }: AppDeps) {
+export function createApp({ publisher, redis, logger, instance, orders, metrics, tracer }: AppDeps) {
   // For the access lines, one per request, which carry the request's method, route, status and
   // IDs and nothing else: the redaction's wildcard paths would cost 7 µs a line, 4% of a request.
   // Everything else keeps them.
   const accessLogger = logger.child({}, { redact: [] });
   const app = express();
   app.disable('x-powered-by');
+  if (tracer) app.use(traceRequests(tracer));
   if (metrics) app.use(metrics.http);
   app.use(accessLog(accessLogger));
 

@@ -9,6 +9,7 @@ import {
   logDestination,
   logOptions,
   openRequestConnection,
+  startTracing,
 } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
@@ -26,9 +27,12 @@ try {
   process.exit(1);
 }
 
+// Spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; off (and free) otherwise.
+const tracing = startTracing('order-service');
+const { tracer } = tracing;
 // Straight to stdout, a tick's lines in one write, without pino's thread-pool hand-off (see README, Logs).
 const logs = logDestination(process.stdout);
-const logger = pino(logOptions('order-service', config), logs);
+const logger = pino(logOptions('order-service', config, { traced: tracer !== undefined }), logs);
 // The lines of the last tick, when the process ends in it (an uncaught exception).
 process.on('exit', () => logs.flush());
 // One request connection for everything: the publisher, the idempotent-order script and /readyz.
@@ -41,6 +45,7 @@ const publisher = createPublisher({
   connection: redis,
   logger: logger.child({ component: 'publisher' }),
   metrics,
+  tracer,
 });
 // The read model comes in generations (a rebuild makes a new one live): which one is live is read
 // once Redis answers, and only then do its projection and timeouts start. Until then a read of
@@ -105,6 +110,7 @@ const app = createApp({
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,
   metrics,
+  tracer,
   orders: {
     get: (orderId) => readModel?.orders.get(orderId) ?? unavailable(),
     ofUser: (...args) => readModel?.orders.ofUser(...args) ?? unavailable(),
@@ -134,6 +140,8 @@ const shutdown = gracefulShutdown(
     },
     () => publisher.close(),
     () => redis.quit().catch(() => redis.disconnect()),
+    // The spans still buffered, last: the shutdown's own come too.
+    () => tracing.close(),
   ],
   { output: logs },
 );
@@ -149,5 +157,6 @@ function consumerOptions() {
     count: config.READ_COUNT,
     concurrency: config.CONCURRENCY,
     metrics,
+    tracer,
   };
 }

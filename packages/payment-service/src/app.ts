@@ -4,7 +4,9 @@ import {
   errorMiddleware,
   healthzHandler,
   readinessHandler,
+  traceRequests,
   type ServiceMetrics,
+  type Tracing,
 } from '@msa/stream-kit/service';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -17,6 +19,8 @@ export interface AppDeps {
   instance: string;
   /** Its metrics (`createMetrics`): every request is timed, and `GET /metrics` serves them. */
   metrics?: Pick<ServiceMetrics, 'http' | 'handler'>;
+  /** Its tracer (`startTracing`): a span per request, continuing the client's `traceparent`. */
+  tracer?: Tracing['tracer'];
 }
 
 /**
@@ -25,9 +29,10 @@ export interface AppDeps {
  * `GET /metrics` (when given `metrics`) in Prometheus's text format.
  * Every request gets one access line (`accessLog`).
  */
-export function createApp({ redis, logger, instance, metrics }: AppDeps) {
+export function createApp({ redis, logger, instance, metrics, tracer }: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
+  if (tracer) app.use(traceRequests(tracer));
   if (metrics) app.use(metrics.http);
   // The access lines carry no secret: no redaction, whose wildcard paths cost 7 µs a line.
   app.use(accessLog(logger.child({}, { redact: [] })));

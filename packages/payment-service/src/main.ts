@@ -9,6 +9,7 @@ import {
   logDestination,
   logOptions,
   openRequestConnection,
+  startTracing,
 } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { createApp } from './app.ts';
@@ -23,9 +24,12 @@ try {
   process.exit(1);
 }
 
+// Spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; off (and free) otherwise.
+const tracing = startTracing('payment-service');
+const { tracer } = tracing;
 // Straight to stdout, a tick's lines in one write, without pino's thread-pool hand-off (see README, Logs).
 const logs = logDestination(process.stdout);
-const logger = pino(logOptions('payment-service', config), logs);
+const logger = pino(logOptions('payment-service', config, { traced: tracer !== undefined }), logs);
 // The lines of the last tick, when the process ends in it (an uncaught exception).
 process.on('exit', () => logs.flush());
 const redis = openRequestConnection(
@@ -54,10 +58,17 @@ const subscription = subscribe(
     // Its scripts ack each order-events entry in the same step as its effect, on every path that resolves.
     handlerAcks: true,
     metrics,
+    tracer,
   },
 );
 const server = await listen(
-  createApp({ redis, logger: logger.child({ component: 'http' }), instance: config.INSTANCE_ID, metrics }),
+  createApp({
+    redis,
+    logger: logger.child({ component: 'http' }),
+    instance: config.INSTANCE_ID,
+    metrics,
+    tracer,
+  }),
   {
     port: config.PORT,
     host: config.HOST,
@@ -76,7 +87,12 @@ logger.info(
 // The subscription before the connection: the payment under way still needs it.
 const shutdown = gracefulShutdown(
   logger,
-  [() => closeServer(server), () => subscription.close(), () => redis.quit().catch(() => redis.disconnect())],
+  [
+    () => closeServer(server),
+    () => subscription.close(),
+    () => redis.quit().catch(() => redis.disconnect()),
+    () => tracing.close(),
+  ],
   { output: logs },
 );
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {

@@ -1,8 +1,10 @@
+import type { Tracer } from '@opentelemetry/api';
 import { PublisherClosedError } from './errors.ts';
 import { openRequestConnection, type Connection } from './connection.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import type { MessagingMetrics } from './metrics.ts';
 import { defineScript, PUBLISH, PUBLISH_MANY } from './scripts.ts';
+import { endSend, startSend } from './tracing.ts';
 import {
   fieldArguments,
   maxIdAheadMs,
@@ -23,6 +25,12 @@ export interface PublisherOptions {
   logger?: Logger;
   /** Counts the events appended, per stream (`messaging_client_sent_messages_total`). @defaultValue none */
   metrics?: Pick<MessagingMetrics, 'sent'>;
+  /**
+   * Each publish gets a `send <stream>` span under the active context, and its entries carry it
+   * (`traceparent`, `tracestate` fields) for their consumers to continue.
+   * @defaultValue none: no span, no trace fields
+   */
+  tracer?: Tracer;
 }
 
 /** Appends typed events to streams. */
@@ -56,7 +64,7 @@ export interface Publisher {
  */
 export function createPublisher(options: PublisherOptions): Publisher {
   const logger = options.logger ?? silentLogger;
-  const metrics = options.metrics;
+  const { metrics, tracer } = options;
   const owned = typeof options.connection === 'string';
   const redis =
     typeof options.connection === 'string'
@@ -70,12 +78,20 @@ export function createPublisher(options: PublisherOptions): Publisher {
 
   async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
     if (closing) throw new PublisherClosedError();
-    const write = publishOne(stream.name, maxIdAheadMs(stream), xaddArguments(stream, event));
+    // Checked first: an event refused never opens a span.
+    const args = xaddArguments(stream, event, []);
+    const send = tracer ? startSend(tracer, stream.name) : undefined;
+    if (send) args.push(...send.fields);
+    const write = publishOne(stream.name, maxIdAheadMs(stream), args);
     inFlight.add(write);
     try {
       const id = await write;
       metrics?.sent(stream.name, 1);
+      if (send) endSend(send.span, { ids: [id] });
       return id;
+    } catch (err) {
+      if (send) endSend(send.span, { error: err });
+      throw err;
     } finally {
       inFlight.delete(write);
     }
@@ -89,8 +105,11 @@ export function createPublisher(options: PublisherOptions): Publisher {
     const trim = trimArguments(stream);
     const args: string[] = [String(maxIdAheadMs(stream)), String(trim.length), ...trim];
     // Every event is checked before anything is sent: one invalid event writes none.
-    for (const event of events) {
-      const fields = fieldArguments(stream, event);
+    const checked = events.map((event) => fieldArguments(stream, event));
+    // One span for the call; each of its entries carries it.
+    const send = tracer ? startSend(tracer, stream.name) : undefined;
+    for (const fields of checked) {
+      if (send) fields.push(...send.fields);
       args.push(String(fields.length), ...fields);
     }
     const write = publishBatch(stream.name, args);
@@ -98,7 +117,11 @@ export function createPublisher(options: PublisherOptions): Publisher {
     try {
       const ids = await write;
       metrics?.sent(stream.name, ids.length);
+      if (send) endSend(send.span, { ids });
       return ids;
+    } catch (err) {
+      if (send) endSend(send.span, { error: err });
+      throw err;
     } finally {
       inFlight.delete(write);
     }

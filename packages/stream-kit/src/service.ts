@@ -24,6 +24,8 @@ export { healthzHandler, readinessHandler } from './service/readiness.ts';
 export { drained, gracefulShutdown } from './service/shutdown.ts';
 export { createMetrics } from './service/metrics.ts';
 export { chassisRoutes, ErrorBody } from './service/contract.ts';
+export { startTracing, traceRequests } from './service/tracing.ts';
+export type { Tracing } from './service/tracing.ts';
 export type { HttpAnswer, HttpRoute } from './service/contract.ts';
 export type { MetricsOptions, ServiceMetrics } from './service/metrics.ts';
 export type { Drainable, ShutdownOptions } from './service/shutdown.ts';

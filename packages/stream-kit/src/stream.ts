@@ -1,6 +1,7 @@
 import { isUtf8 } from 'node:buffer';
 import type { z } from 'zod';
 import { EventValidationError } from './errors.ts';
+import { traceFields } from './tracing.ts';
 
 /** Flat string fields, as XADD writes them and XRANGE shows them. */
 export type Fields = Record<string, string>;
@@ -84,13 +85,21 @@ export function trimArguments(stream: StreamDefinition, now = Date.now()): strin
 /**
  * Everything XADD needs after the key to append `event` to `stream`: the trim its retention
  * calls for, `*`, and the fields, checked as `publish()` checks them (throws
- * `EventValidationError`). For writing an event inside your own Lua script or MULTI, atomically
- * with other effects: `redis.call('XADD', KEYS[1], unpack(ARGV))`.
+ * `EventValidationError`), then the trace fields. For writing an event inside your own Lua script
+ * or MULTI, atomically with other effects: `redis.call('XADD', KEYS[1], unpack(ARGV))`. Called
+ * while a span records (a handler of a traced subscription), it opens a `send <stream>` span
+ * under it and the entry carries it on (`traceparent`); `trace` gives those fields instead.
  */
-export function xaddArguments<D extends StreamDefinition>(stream: D, event: EventOf<D>): string[] {
+export function xaddArguments<D extends StreamDefinition>(
+  stream: D,
+  event: EventOf<D>,
+  trace: readonly string[] = traceFields(stream.name),
+): string[] {
   const args = trimArguments(stream);
   args.push('*');
-  return pushFields(args, encodeChecked(stream, event));
+  pushFields(args, encodeChecked(stream, event));
+  for (const field of trace) args.push(field);
+  return args;
 }
 
 /** How far ahead of Redis's clock an entry ID of `stream` may lie, in ms. */

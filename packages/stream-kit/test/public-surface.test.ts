@@ -87,6 +87,8 @@ describe('the entry points of @msa/stream-kit', () => {
         'parseEnv',
         'readinessHandler',
         'serviceEnv',
+        'startTracing',
+        'traceRequests',
       ],
     ],
   ])('%s exports these names and no others', async (_, path, names) => {

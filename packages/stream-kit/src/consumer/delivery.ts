@@ -1,7 +1,9 @@
+import type { Span, Tracer } from '@opentelemetry/api';
 import type { ServerClock } from '../clock.ts';
 import { isRedisFault } from '../connection.ts';
 import { NonRetryableError, RetryLaterError } from '../errors.ts';
 import { decode, maxIdAheadMs, textFields } from '../stream.ts';
+import { endProcess, runIn, startProcess } from '../tracing.ts';
 import type { ConsumerContext } from './context.ts';
 
 /** What became of one run of the handler, for the loop to apply. */
@@ -85,6 +87,8 @@ export class Delivery {
     private readonly maxDeliveries: number,
     private readonly clock: ServerClock,
     private readonly tenure: Tenure,
+    /** Continues each entry's trace around its handler; none: no span, no clock, no lookup. */
+    private readonly tracer?: Tracer,
   ) {}
 
   /** Runs the handler for entry `id`, run number `run`. `mayBeAhead` false: its ID is known not to be ahead of the clock. */
@@ -110,25 +114,53 @@ export class Delivery {
     }
     const decoded = decode(this.ctx.stream, id, fields);
     if (!decoded.ok) return deadLetter(`invalid entry: ${decoded.reason}`);
-    const { log, where } = this.ctx;
+    const context = new Context(this.ctx, id, run, this.tenure);
+    let span: Span | undefined;
+    let outcome: Outcome;
     try {
-      await this.handler(decoded.event, new Context(this.ctx, id, run, this.tenure));
-      return ACK;
+      if (this.tracer) {
+        const { stream, group, consumer } = this.ctx.where;
+        const traced = startProcess(this.tracer, fields, { stream, group, consumer, id, run });
+        span = traced.span;
+        await runIn(traced.context, () => this.handler(decoded.event, context));
+      } else await this.handler(decoded.event, context);
+      outcome = ACK;
     } catch (err) {
-      if (err instanceof NonRetryableError) return deadLetter(`non-retryable: ${err.message}`);
-      if (err instanceof RetryLaterError) {
-        log.debug({ ...where, entryId: id, err }, 'handler asked to retry later');
-        return RETRY_LATER;
+      try {
+        outcome = this.failure(err, id, run, span);
+      } catch (fault) {
+        // Redis's trouble, thrown on: the run does not count, and its span says why it ended.
+        if (span) endProcess(span, 'retried', describe(fault));
+        throw fault;
       }
-      // Not the entry's fault: thrown on, so the loop pauses until Redis works again.
-      if (isRedisFault(err)) throw err;
-      if (run >= this.maxDeliveries) return deadLetter(`failed ${run} runs of its handler: ${describe(err)}`);
-      log.warn(
-        { ...where, entryId: id, deliveryCount: run, err },
-        'handler failed; entry stays pending for another delivery',
-      );
-      return RETRY;
     }
+    if (span)
+      endProcess(
+        span,
+        outcome.kind === 'ack' ? 'acked' : outcome.kind === 'retry' ? 'retried' : 'dead-lettered',
+        outcome.kind === 'dead-letter' ? outcome.reason : undefined,
+      );
+    return outcome;
+  }
+
+  /** What a handler's error means for its entry; throws it on if it is Redis's, not the entry's. */
+  private failure(err: unknown, id: string, run: number, span: Span | undefined): Outcome {
+    const { log, where } = this.ctx;
+    // The trace of the run, on the lines written after its span's context is left.
+    const traceId = span?.spanContext().traceId;
+    if (err instanceof NonRetryableError) return deadLetter(`non-retryable: ${err.message}`);
+    if (err instanceof RetryLaterError) {
+      log.debug({ ...where, entryId: id, traceId, err }, 'handler asked to retry later');
+      return RETRY_LATER;
+    }
+    // Not the entry's fault: thrown on, so the loop pauses until Redis works again.
+    if (isRedisFault(err)) throw err;
+    if (run >= this.maxDeliveries) return deadLetter(`failed ${run} runs of its handler: ${describe(err)}`);
+    log.warn(
+      { ...where, entryId: id, deliveryCount: run, traceId, err },
+      'handler failed; entry stays pending for another delivery',
+    );
+    return RETRY;
   }
 }
 

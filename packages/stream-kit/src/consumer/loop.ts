@@ -98,10 +98,17 @@ export class ConsumerLoop {
       (ms) => this.sleep(ms),
       () => this.stopping,
     );
-    this.delivery = new Delivery(this.ctx, handler, settings.maxDeliveries, this.clock, {
-      epoch: () => this.liveness.epoch,
-      holds: (id, epoch) => this.leases.holds(id) && this.liveness.holdsSince(epoch),
-    });
+    this.delivery = new Delivery(
+      this.ctx,
+      handler,
+      settings.maxDeliveries,
+      this.clock,
+      {
+        epoch: () => this.liveness.epoch,
+        holds: (id, epoch) => this.leases.holds(id) && this.liveness.holdsSince(epoch),
+      },
+      settings.tracer,
+    );
     this.parts = { leases: this.leases, acks: this.acks, runs: this.runs, retries: this.retries };
     this.outcomes = new OutcomeApplier(this.ctx, this.parts, settings);
     this.meter = settings.metrics?.consumer({

@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import type { Tracer } from '@opentelemetry/api';
 import type { Connection } from '../connection.ts';
 import { silentLogger, type Logger } from '../logger.ts';
 import type { MessagingMetrics } from '../metrics.ts';
@@ -72,6 +73,13 @@ export interface SubscribeOptions {
    * @defaultValue none: nothing is counted or timed
    */
   metrics?: MessagingMetrics;
+  /**
+   * Continues each entry's trace (its `traceparent` field) in a `process <stream>` span around
+   * the handler, with OpenTelemetry's messaging attributes; whatever the handler publishes inside
+   * it carries the trace on (`startTracing` in `@msa/stream-kit/service` gives one).
+   * @defaultValue none: no span
+   */
+  tracer?: Tracer;
 }
 
 /**
@@ -93,8 +101,8 @@ export function defaultConsumerName(): string {
 }
 
 /** The options with every default filled in. */
-export type Settings = Required<Omit<SubscribeOptions, 'connection' | 'metrics'>> &
-  Pick<SubscribeOptions, 'connection' | 'metrics'>;
+export type Settings = Required<Omit<SubscribeOptions, 'connection' | 'metrics' | 'tracer'>> &
+  Pick<SubscribeOptions, 'connection' | 'metrics' | 'tracer'>;
 
 /** Fills in the defaults, then checks every option; throws `RangeError` naming the one at fault. */
 export function withDefaults(stream: StreamDefinition, options: SubscribeOptions): Settings {

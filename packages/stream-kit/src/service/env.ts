@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Writable } from 'node:stream';
 import { z } from 'zod';
+import { traceIdMixin } from './tracing.ts';
 import { defaultConsumerName } from '../subscriber.ts';
 import type { Drainable } from './shutdown.ts';
 
@@ -30,6 +31,13 @@ export function serviceEnv(defaultPort: number) {
       .string()
       .regex(/^[\x21-\x7e]{1,64}$/, 'must be 1 to 64 printable ASCII characters, without spaces')
       .default(() => randomUUID()),
+    /**
+     * Where spans go over OTLP/HTTP (`startTracing` reads it, as the OpenTelemetry SDK does);
+     * unset, tracing is off. Checked here so that a typo fails at start, not at the first export.
+     */
+    OTEL_EXPORTER_OTLP_ENDPOINT: z
+      .url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' })
+      .optional(),
   });
 }
 
@@ -57,14 +65,21 @@ export const LOG_REDACT = [
 /**
  * pino's options for a service's root logger: its name, `LOG_LEVEL`, `LOG_REDACT`, and as base
  * fields pino's own (`pid`, `hostname`) and the instance's `INSTANCE_ID`, written into the logger
- * once, not per line. Give it `logDestination(process.stdout)` as destination (see README, Logs).
+ * once, not per line; `traced`: a line written while a request or an entry is handled carries its
+ * `traceId`. Give it `logDestination(process.stdout)` as destination (see README, Logs).
  */
-export function logOptions(name: string, config: { LOG_LEVEL: string; INSTANCE_ID: string }) {
+export function logOptions(
+  name: string,
+  config: { LOG_LEVEL: string; INSTANCE_ID: string },
+  { traced = false }: { traced?: boolean } = {},
+) {
   return {
     name,
     level: config.LOG_LEVEL,
     redact: LOG_REDACT,
     base: { pid: process.pid, hostname: hostname(), instance: config.INSTANCE_ID },
+    // Traced (`startTracing`): each line written while a request or an entry is handled names its trace.
+    ...(traced ? { mixin: traceIdMixin } : {}),
   };
 }
 
