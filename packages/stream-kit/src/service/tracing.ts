@@ -40,7 +40,14 @@ export function startTracing(service: string, env: NodeJS.ProcessEnv = process.e
   let closing: Promise<void> | undefined;
   return {
     tracer: provider.getTracer('@msa/stream-kit'),
-    close: () => (closing ??= provider.shutdown().finally(() => trace.disable())),
+    // Undoes what register() did, the AsyncLocalStorage context included: its hooks cost every
+    // promise of the process something.
+    close: () =>
+      (closing ??= provider.shutdown().finally(() => {
+        trace.disable();
+        context.disable();
+        propagation.disable();
+      })),
   };
 }
 
