@@ -32,9 +32,13 @@ export interface Tracing {
 export function startTracing(service: string, env: NodeJS.ProcessEnv = process.env): Tracing {
   if (!env.OTEL_EXPORTER_OTLP_ENDPOINT && !env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
     return { tracer: undefined, close: () => Promise.resolve() };
+  // From `env`, which the exporter would otherwise read from process.env itself.
+  const url =
+    env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ||
+    `${env.OTEL_EXPORTER_OTLP_ENDPOINT!.replace(/\/+$/, '')}/v1/traces`;
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ 'service.name': env.OTEL_SERVICE_NAME || service }),
-    spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter())],
+    spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url }))],
   });
   provider.register();
   let closing: Promise<void> | undefined;
@@ -43,11 +47,15 @@ export function startTracing(service: string, env: NodeJS.ProcessEnv = process.e
     // Undoes what register() did, the AsyncLocalStorage context included: its hooks cost every
     // promise of the process something.
     close: () =>
-      (closing ??= provider.shutdown().finally(() => {
-        trace.disable();
-        context.disable();
-        propagation.disable();
-      })),
+      // A collector that is away loses the last spans; it never fails the shutdown.
+      (closing ??= provider
+        .shutdown()
+        .catch(() => {})
+        .finally(() => {
+          trace.disable();
+          context.disable();
+          propagation.disable();
+        })),
   };
 }
 
