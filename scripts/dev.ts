@@ -1,6 +1,6 @@
 /**
- * `pnpm dev`: finds (or starts) a Redis, runs every service of the registry (services.ts) with
- * readable logs, and stops everything it started on Ctrl-C. A service that dies on its own takes
+ * `pnpm dev`: finds (or starts) a Redis, runs every service of the registry (services.ts) and the
+ * stream board (`pnpm board`) with readable logs, and stops everything it started on Ctrl-C. A service that dies on its own takes
  * the session down with exit code 1, so nothing is left half-running.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -33,6 +33,10 @@ interface ServiceSpec {
   color: number;
   /** The `INSTANCE_ID` it is started with. */
   instance: string;
+  /** The script it runs, from `dir`. */
+  entry: string;
+  /** Its own variables (its port among them). */
+  env: Record<string, string>;
 }
 
 interface Service {
@@ -51,11 +55,15 @@ interface SessionRedis {
   stop(): Promise<void>;
 }
 
+/** The stream board's name in the log and its port unless BOARD_PORT says otherwise (scripts/board/config.ts). */
+const BOARD = 'board';
+const BOARD_PORT = 8090;
+
 const colors = isColorSupported;
 const paint = (code: number, text: string) => (colors ? `\u001b[${code}m${text}\u001b[39m` : text);
 /** A service's tag in the log: its name without `-service`, as wide as the widest. */
 const shortName = (name: string) => name.replace(/-service$/, '');
-const TAG_WIDTH = Math.max(3, ...services.map((service) => shortName(service.name).length)) + 1;
+const TAG_WIDTH = Math.max(BOARD.length, ...services.map((service) => shortName(service.name).length)) + 1;
 const prefix = (name: string, color: number) => paint(color, `${shortName(name).padEnd(TAG_WIDTH)}|`);
 const DEV_PREFIX = prefix('dev', 90);
 
@@ -72,14 +80,23 @@ function fail(line: string): never {
 /** Colors for the services' log prefixes, in the registry's order (then round again). */
 const COLORS = [36, 35, 33, 32, 34, 31];
 
-/** What to start: every service of the registry, on the port its variable gives or its own. */
+/** The port `portVariable` gives, or `fallback`; exits on one that is not a port. */
+function portOf(env: NodeJS.ProcessEnv, portVariable: string, fallback: number): number {
+  // An empty variable means unset; 0 would let the service pick a port nobody knows.
+  const port = Number(env[portVariable] || fallback);
+  if (!Number.isInteger(port) || port < 1 || port > 65_535)
+    fail(`${portVariable} must be a port number from 1 to 65535, got "${env[portVariable]}"`);
+  return port;
+}
+
+/**
+ * What to start: every service of the registry, on the port its variable gives or its own, then
+ * the board, told where the services are (order-service for its timeline and form, each /metrics).
+ */
 function serviceSpecs(env: NodeJS.ProcessEnv): ServiceSpec[] {
-  return services.map((service, i) => {
+  const specs = services.map((service, i): ServiceSpec => {
     const portVariable = portVariableOf(service.name);
-    // An empty variable means unset; 0 would let the service pick a port nobody knows.
-    const port = Number(env[portVariable] || service.port);
-    if (!Number.isInteger(port) || port < 1 || port > 65_535)
-      fail(`${portVariable} must be a port number from 1 to 65535, got "${env[portVariable]}"`);
+    const port = portOf(env, portVariable, service.port);
     return {
       name: service.name,
       dir: `packages/${service.name}`,
@@ -88,8 +105,27 @@ function serviceSpecs(env: NodeJS.ProcessEnv): ServiceSpec[] {
       color: COLORS[i % COLORS.length]!,
       // Told to the service, which answers it on /healthz: a service of another run on the port is not ours.
       instance: `dev-${process.pid}-${service.name}`,
+      entry: 'src/main.ts',
+      env: { PORT: String(port) },
     };
   });
+  const boardPort = portOf(env, 'BOARD_PORT', BOARD_PORT);
+  const order = specs.find((spec) => spec.name === 'order-service')!;
+  specs.push({
+    name: BOARD,
+    dir: '.',
+    port: boardPort,
+    portVariable: 'BOARD_PORT',
+    color: COLORS[specs.length % COLORS.length]!,
+    instance: `dev-${process.pid}-${BOARD}`,
+    entry: 'scripts/board/main.ts',
+    env: {
+      BOARD_PORT: String(boardPort),
+      ORDER_SERVICE_URL: `http://127.0.0.1:${order.port}`,
+      BOARD_METRICS: specs.map((spec) => `${spec.name}=http://127.0.0.1:${spec.port}/metrics`).join(','),
+    },
+  });
+  return specs;
 }
 
 /** Whether this process could listen on `port` as the services do (every address of the host). */
@@ -254,9 +290,9 @@ function pipeLines(input: Readable, output: NodeJS.WritableStream, tag: string, 
 }
 
 function startService(spec: ServiceSpec, redisUrl: string, prettify: Prettify): Service {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', spec.entry], {
     cwd: join(ROOT, spec.dir),
-    env: { ...process.env, REDIS_URL: redisUrl, PORT: String(spec.port), INSTANCE_ID: spec.instance },
+    env: { ...process.env, REDIS_URL: redisUrl, INSTANCE_ID: spec.instance, ...spec.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const tag = prefix(spec.name, spec.color);
@@ -325,12 +361,22 @@ async function waitUntilHealthy(specs: ServiceSpec[]): Promise<void> {
   }
 }
 
+/** What the banner says of the board's writes. */
+function boardNote(): string {
+  return process.env.BOARD_TOKEN
+    ? '  (replay, discard and the order form need BOARD_TOKEN, entered on the page)'
+    : '  (read-only: set BOARD_TOKEN to replay, discard and place orders from it)';
+}
+
 function banner(specs: ServiceSpec[], redisUrl: string): string {
   const order = specs.find((spec) => spec.name === 'order-service') ?? specs[0]!;
   const width = Math.max(...specs.map((spec) => spec.name.length)) + 1;
   return [
-    'all services are up',
-    ...specs.map((spec) => `  ${spec.name.padEnd(width)} http://localhost:${spec.port}`),
+    'all services and the board are up',
+    ...specs.map(
+      (spec) =>
+        `  ${spec.name.padEnd(width)} http://localhost:${spec.port}${spec.name === BOARD ? `/${boardNote()}` : ''}`,
+    ),
     `  ${'redis'.padEnd(width)} ${redact(new URL(redisUrl))}`,
     'try:',
     `  curl -X POST localhost:${order.port}/orders -H 'content-type: application/json' -d '{"userId":"u1","productId":"p1","price":1000}'`,

@@ -83,11 +83,17 @@ function shutdownRedis(port: number): Promise<void> {
   });
 }
 
-/** A free port for each service of the registry, and the variables that give them to `pnpm dev`. */
+/**
+ * A free port for each service of the registry and for the board (last), and the variables that
+ * give them to `pnpm dev`.
+ */
 async function servicePorts(): Promise<{ ports: number[]; env: Record<string, string> }> {
-  const ports = await Promise.all(services.map(() => freePort()));
+  const ports = await Promise.all([...services, 'board'].map(() => freePort()));
   const env = Object.fromEntries(
-    services.map((service, i) => [portVariableOf(service.name), String(ports[i])]),
+    [...services.map((service) => portVariableOf(service.name)), 'BOARD_PORT'].map((variable, i) => [
+      variable,
+      String(ports[i]),
+    ]),
   );
   return { ports, env };
 }
@@ -116,7 +122,7 @@ function exitsEarly(dev: DevRun): Promise<never> {
 /** Resolves once `dev` prints its banner; rejects, with its output, if it exits first. */
 async function untilBanner(dev: DevRun): Promise<void> {
   await Promise.race([
-    waitFor(() => dev.output().stdout.includes('all services are up'), {
+    waitFor(() => dev.output().stdout.includes('all services and the board are up'), {
       timeoutMs: 45_000,
       intervalMs: 200,
       what: 'the banner',
@@ -155,7 +161,10 @@ describe('pnpm dev', () => {
       // The banner came once each port answered as the instance this run started.
       const answers = await Promise.all(servicePortList.map(healthz));
       expect(answers.map((answer) => answer?.instance)).toEqual(
-        services.map((service) => `dev-${dev.child.pid}-${service.name}`),
+        [...services.map((service) => service.name), 'board'].map((name) => `dev-${dev.child.pid}-${name}`),
+      );
+      expect(dev.output().stdout).toMatch(
+        new RegExp(`board +http://localhost:${servicePortList.at(-1)}/ +\\(read-only: set BOARD_TOKEN`),
       );
       expect(await canConnect(redisPort, '127.0.0.1')).toBe(true);
 
@@ -248,7 +257,7 @@ describe('pnpm dev', () => {
         /^pnpm dev: (order|payment|notification)-service exited with code 1; stopping the others$/,
       );
       expect(stderr).toContain('CLAIM_IDLE_MS');
-      expect(stdout).not.toContain('all services are up');
+      expect(stdout).not.toContain('all services and the board are up');
     },
   );
 
@@ -299,7 +308,7 @@ describe('pnpm dev', () => {
         expect(stderr).toBe(
           `pnpm dev: port ${held} (PAYMENT_PORT, payment-service) is taken, by another \`pnpm dev\` or another program: stop it, or set PAYMENT_PORT to a free port\n`,
         );
-        expect(stdout).not.toContain('all services are up');
+        expect(stdout).not.toContain('all services and the board are up');
         expect(await canConnect(redisPort, '127.0.0.1')).toBe(false);
       } finally {
         holder.close();

@@ -111,7 +111,8 @@ export async function listDeadLetters(
   return entries.map(([id, flat]) => toDeadLetter(id, flat));
 }
 
-function toDeadLetter(id: string, flat: string[]): DeadLetter {
+/** A dead letter as XRANGE returns it (`id`, the flat fields) read into its parts. */
+export function toDeadLetter(id: string, flat: string[]): DeadLetter {
   const all = fieldsFromReply(flat);
   const fields: Fields = {};
   for (const [name, value] of Object.entries(all)) if (!name.startsWith(META)) fields[name] = value;

@@ -91,6 +91,7 @@ describe('the entry points of @msa/stream-kit', () => {
         'traceRequests',
       ],
     ],
+    ['@msa/stream-kit/board: the stream board', '../src/board/index.ts', ['BoardError', 'createBoard']],
   ])('%s exports these names and no others', async (_, path, names) => {
     const module = (await import(path)) as Record<string, unknown>;
 

@@ -1,7 +1,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Redis } from 'ioredis';
 import { silentLogger, type Logger } from '../logger.ts';
-import { idTimeMs } from '../stream.ts';
+import { inspectStreams, type Inspection } from '../inspect.ts';
 import type { ConsumeOutcome, ConsumerIdentity, ConsumerMeter, MessagingMetrics } from '../metrics.ts';
 
 /** Options of `createMetrics`. */
@@ -147,26 +147,10 @@ class CountedHistogram {
   reset() {}
 }
 
-/** What Redis says of one group, at one scrape. */
-interface GroupState {
-  stream: string;
-  group: string;
-  /** Entries not yet delivered to the group; null when Redis cannot tell (entries deleted in between). */
-  lag: number | null;
-  lagSeconds: number;
-  pending: number;
-  oldestPendingSeconds: number;
-}
-
-interface StreamState {
-  stream: string;
-  length: number;
-  deadLetters: number;
-}
-
+/** One read of the stream gauges: the streams, and the groups of all of them. */
 interface Snapshot {
-  streams: StreamState[];
-  groups: GroupState[];
+  streams: Inspection['streams'];
+  groups: Inspection['streams'][number]['groups'];
 }
 
 /**
@@ -240,18 +224,20 @@ export function createMetrics({
   let failing = false;
   const snapshot = () => {
     if (cached && Date.now() - cached.at < cacheMs) return cached.snapshot;
-    const read = readSnapshot(redis, streams).then(
-      (state) => {
-        if (failing) logger.info({}, 'stream metrics are read from redis again');
-        failing = false;
-        return state;
-      },
-      (err: unknown) => {
-        if (!failing) logger.warn({ err }, 'cannot read the stream metrics from redis; leaving them out');
-        failing = true;
-        return undefined;
-      },
-    );
+    const read = inspectStreams(redis, streams)
+      .then(({ streams: states }) => ({ streams: states, groups: states.flatMap((state) => state.groups) }))
+      .then(
+        (state) => {
+          if (failing) logger.info({}, 'stream metrics are read from redis again');
+          failing = false;
+          return state;
+        },
+        (err: unknown) => {
+          if (!failing) logger.warn({ err }, 'cannot read the stream metrics from redis; leaving them out');
+          failing = true;
+          return undefined;
+        },
+      );
     cached = { at: Date.now(), snapshot: read };
     return read;
   };
@@ -358,58 +344,4 @@ export function createMetrics({
       res.end(body);
     },
   };
-}
-
-/** Reads what the gauges show, for every stream consumed here: a few commands each, no scan. */
-async function readSnapshot(
-  redis: Redis,
-  streams: ReadonlyMap<string, ReadonlySet<string>>,
-): Promise<Snapshot> {
-  const [seconds, micros] = await redis.time();
-  const nowMs = Number(seconds) * 1_000 + Math.floor(Number(micros) / 1_000);
-  const ageOf = (id: string) => Math.max(0, nowMs - idTimeMs(id)) / 1_000;
-  const states = await Promise.all(
-    [...streams].map(async ([stream, deadLetterStreams]) => {
-      const [length, infos, deadLetters] = await Promise.all([
-        redis.xlen(stream),
-        // A stream not created yet has no groups.
-        (redis.xinfo('GROUPS', stream) as Promise<unknown[][]>).catch((err: unknown) => {
-          if (err instanceof Error && err.message.startsWith('ERR no such key')) return [];
-          throw err;
-        }),
-        Promise.all([...deadLetterStreams].map((name) => redis.xlen(name))),
-      ]);
-      const groups = await Promise.all(
-        infos.map(async (info): Promise<GroupState> => {
-          const fields = pairs(info);
-          const group = String(fields.name);
-          const pending = Number(fields.pending);
-          const lag = fields.lag === null || fields.lag === undefined ? null : Number(fields.lag);
-          const [next, summary] = await Promise.all([
-            // The first entry past the group's last delivered one, unless Redis says none is.
-            lag === 0 ? [] : redis.xrange(stream, `(${String(fields['last-delivered-id'])}`, '+', 'COUNT', 1),
-            pending > 0 ? (redis.xpending(stream, group) as Promise<[number, string | null]>) : undefined,
-          ]);
-          const oldestPending = summary?.[1];
-          return {
-            stream,
-            group,
-            lag,
-            lagSeconds: next[0] ? ageOf(next[0][0]) : 0,
-            pending,
-            oldestPendingSeconds: oldestPending ? ageOf(oldestPending) : 0,
-          };
-        }),
-      );
-      return { stream: { stream, length, deadLetters: deadLetters.reduce((a, b) => a + b, 0) }, groups };
-    }),
-  );
-  return { streams: states.map((state) => state.stream), groups: states.flatMap((state) => state.groups) };
-}
-
-/** `[k1, v1, k2, v2]` → `{k1: v1, k2: v2}`. */
-function pairs(flat: unknown[]): Record<string, unknown> {
-  const fields: Record<string, unknown> = {};
-  for (let i = 0; i + 1 < flat.length; i += 2) fields[String(flat[i])] = flat[i + 1];
-  return fields;
 }

@@ -1,0 +1,171 @@
+import type { Redis } from 'ioredis';
+import { idTimeMs } from './stream.ts';
+
+/*
+ * What Redis says of streams and their consumer groups, read with a few commands per stream and
+ * group and never a scan, so that it costs the same on a stream of a million entries as on an
+ * empty one. The services' metrics (service/metrics.ts) and the board (board/) read it here.
+ */
+
+/** A consumer of a group (XINFO CONSUMERS). */
+export interface ConsumerState {
+  readonly name: string;
+  readonly pending: number;
+  /** Since its last attempted read, in ms. */
+  readonly idleMs: number;
+  /** Since its last successful read, in ms (Redis 7.2 and later; before, the same as `idleMs`). */
+  readonly inactiveMs: number;
+}
+
+/** A consumer group of a stream, at one read. */
+export interface GroupState {
+  readonly stream: string;
+  readonly group: string;
+  /** Entries not yet delivered to the group; null when Redis cannot tell (entries deleted in between). */
+  readonly lag: number | null;
+  /** Age of the oldest entry not yet delivered, by its ID, on Redis's clock; 0 when none waits. */
+  readonly lagSeconds: number;
+  readonly pending: number;
+  /** Age of the oldest pending entry, by its ID, on Redis's clock; 0 when none is. */
+  readonly oldestPendingSeconds: number;
+  readonly lastDeliveredId: string;
+  /** Entries delivered to the group since it was created (`entries-read`); null when Redis cannot tell. */
+  readonly entriesRead: number | null;
+  /** Only when asked for (`consumers: true`). */
+  readonly consumers?: readonly ConsumerState[];
+}
+
+/** A stream, at one read. */
+export interface StreamState {
+  readonly stream: string;
+  readonly length: number;
+  /** Entries in its dead-letter streams, all together. */
+  readonly deadLetters: number;
+  /** Only with `detail`: the last entry ID ever added (`0-0` for none) and how many were added. */
+  readonly lastId?: string;
+  readonly entriesAdded?: number;
+  readonly groups: readonly GroupState[];
+}
+
+export interface Inspection {
+  /** When it was read, ms since the epoch on Redis's clock. */
+  readonly at: number;
+  readonly streams: readonly StreamState[];
+}
+
+export interface InspectOptions {
+  /**
+   * Read each stream with XINFO STREAM (its last ID and entries ever added) instead of XLEN, and
+   * each group's consumers with XINFO CONSUMERS: what the board shows, and more than metrics need.
+   * @defaultValue false
+   */
+  detail?: boolean;
+}
+
+/**
+ * Reads `streams` (stream name → the names of its dead-letter streams) and every group of each.
+ * A stream not created yet reads as empty, with no groups. Rejects with the Redis error.
+ */
+export async function inspectStreams(
+  redis: Redis,
+  streams: ReadonlyMap<string, ReadonlySet<string>>,
+  { detail = false }: InspectOptions = {},
+): Promise<Inspection> {
+  const [seconds, micros] = await redis.time();
+  const at = Number(seconds) * 1_000 + Math.floor(Number(micros) / 1_000);
+  const ageOf = (id: string) => Math.max(0, at - idTimeMs(id)) / 1_000;
+  const states = await Promise.all(
+    [...streams].map(async ([stream, deadLetterStreams]): Promise<StreamState> => {
+      const [info, groupInfos, deadLetters]: [Record<string, unknown>, unknown[][], number[]] =
+        await Promise.all([
+          detail
+            ? (redis.xinfo('STREAM', stream) as Promise<unknown[]>).then(
+                pairs,
+                noSuchKey<Record<string, unknown>>({}),
+              )
+            : redis.xlen(stream).then((length) => ({ length })),
+          (redis.xinfo('GROUPS', stream) as Promise<unknown[][]>).catch(noSuchKey([])),
+          Promise.all([...deadLetterStreams].map((name) => redis.xlen(name))),
+        ]);
+      const groups = await Promise.all(
+        groupInfos.map(async (flat): Promise<GroupState> => {
+          const fields = pairs(flat);
+          const group = String(fields.name);
+          const pending = Number(fields.pending);
+          const lag = nullableNumber(fields.lag);
+          const lastDeliveredId = String(fields['last-delivered-id']);
+          const [next, summary, consumers] = await Promise.all([
+            // The first entry past the group's last delivered one, unless Redis says none is.
+            lag === 0 ? [] : redis.xrange(stream, `(${lastDeliveredId}`, '+', 'COUNT', 1),
+            pending > 0 ? (redis.xpending(stream, group) as Promise<[number, string | null]>) : undefined,
+            detail ? readConsumers(redis, stream, group) : undefined,
+          ]);
+          const oldestPending = summary?.[1];
+          return {
+            stream,
+            group,
+            lag,
+            lagSeconds: next[0] ? ageOf(next[0][0]) : 0,
+            pending,
+            oldestPendingSeconds: oldestPending ? ageOf(oldestPending) : 0,
+            lastDeliveredId,
+            entriesRead: nullableNumber(fields['entries-read']),
+            ...(consumers ? { consumers } : {}),
+          };
+        }),
+      );
+      return {
+        stream,
+        length: Number(info.length ?? 0),
+        deadLetters: deadLetters.reduce((a, b) => a + b, 0),
+        ...(detail
+          ? {
+              lastId: String(info['last-generated-id'] ?? '0-0'),
+              entriesAdded: Number(info['entries-added'] ?? 0),
+            }
+          : {}),
+        groups,
+      };
+    }),
+  );
+  return { at, streams: states };
+}
+
+async function readConsumers(redis: Redis, stream: string, group: string): Promise<ConsumerState[]> {
+  // The group may be destroyed between XINFO GROUPS and this.
+  const infos = await (redis.xinfo('CONSUMERS', stream, group) as Promise<unknown[][]>).catch(
+    (err: unknown) => {
+      if (err instanceof Error && err.message.startsWith('NOGROUP')) return [];
+      throw err;
+    },
+  );
+  return infos.map((flat) => {
+    const fields = pairs(flat);
+    const idleMs = Number(fields.idle);
+    return {
+      name: String(fields.name),
+      pending: Number(fields.pending),
+      idleMs,
+      inactiveMs: fields.inactive === undefined ? idleMs : Number(fields.inactive),
+    };
+  });
+}
+
+/** A rejection handler that answers `empty` for a key that does not exist, and rethrows the rest. */
+function noSuchKey<T>(empty: T) {
+  return (err: unknown): T => {
+    if (err instanceof Error && err.message.startsWith('ERR no such key')) return empty;
+    throw err;
+  };
+}
+
+function nullableNumber(value: unknown): number | null {
+  return value === null || value === undefined ? null : Number(value);
+}
+
+/** `[k1, v1, k2, v2]` → `{k1: v1, k2: v2}`. */
+function pairs(flat: unknown[]): Record<string, unknown> {
+  const fields: Record<string, unknown> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[String(flat[i])] = flat[i + 1];
+  return fields;
+}

@@ -1,0 +1,98 @@
+import { BoardError, createBoard, type Board, type Lookup } from '@msa/stream-kit/board';
+import type { Logger } from '@msa/stream-kit';
+import { streams } from '@msa/stream-kit/events';
+import express, { type Express } from 'express';
+import type { Redis } from 'ioredis';
+import type { BoardConfig } from './config.ts';
+
+/*
+ * The board as this system runs it: stream-kit's board over the catalogue's streams, with orders as
+ * the entity it follows, looked up and placed through order-service's HTTP API (the board never
+ * reads order-service's keys: they are its own).
+ */
+
+/** The stream each event type is published on, from the catalogue. */
+const STREAM_OF = new Map<string, string>(
+  streams.flatMap((stream) => stream.schema.options.map((option) => [option.shape.type.value, stream.name])),
+);
+
+/** How long the board waits for order-service. */
+const ORDER_SERVICE_TIMEOUT_MS = 3_000;
+
+interface OrderAnswer {
+  orderId: string;
+  userId: string;
+  productId: string;
+  price: number;
+  status: string;
+  reason?: string;
+  version: number;
+  history: { status: string; event: string; entryId: string; at: string }[];
+}
+
+export interface BoardAppDeps {
+  readonly redis: Redis;
+  readonly config: Pick<
+    BoardConfig,
+    'BOARD_TOKEN' | 'ORDER_SERVICE_URL' | 'BOARD_METRICS' | 'BOARD_INTERVAL_MS' | 'INSTANCE_ID'
+  >;
+  readonly logger: Logger;
+}
+
+/** The board's Express app: the board at `/`, and `/healthz`. Never listens; `board.close()` ends its ticking. */
+export function createBoardApp({ redis, config, logger }: BoardAppDeps): { app: Express; board: Board } {
+  const orderService = config.ORDER_SERVICE_URL.replace(/\/$/, '');
+  const unreachable = () =>
+    new BoardError(503, `order-service cannot be reached at ${orderService}: is it running?`);
+  const board = createBoard({
+    redis,
+    streams,
+    token: config.BOARD_TOKEN,
+    metrics: config.BOARD_METRICS,
+    intervalMs: config.BOARD_INTERVAL_MS,
+    logger,
+    entity: {
+      name: 'order',
+      field: 'orderId',
+      async lookup(id): Promise<Lookup | undefined> {
+        const res = await fetch(`${orderService}/orders/${encodeURIComponent(id)}`, {
+          signal: AbortSignal.timeout(ORDER_SERVICE_TIMEOUT_MS),
+        }).catch(() => {
+          throw unreachable();
+        });
+        if (res.status === 404) return undefined;
+        if (res.status === 400) {
+          const { error } = (await res.json()) as { error?: string };
+          throw new BoardError(400, error ?? 'not an order id', 'id');
+        }
+        if (!res.ok) throw unreachable();
+        const { history, ...order } = (await res.json()) as OrderAnswer;
+        return {
+          summary: order,
+          steps: history.flatMap(({ event, entryId, status }) => {
+            const stream = STREAM_OF.get(event);
+            return stream ? [{ stream, entryId, event, status }] : [];
+          }),
+        };
+      },
+      async place(body) {
+        const res = await fetch(`${orderService}/orders`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(ORDER_SERVICE_TIMEOUT_MS),
+        }).catch(() => {
+          throw unreachable();
+        });
+        return { status: res.status, body: await res.json().catch(() => ({ error: res.statusText })) };
+      },
+    },
+  });
+  const app = express();
+  app.disable('x-powered-by');
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok', instance: config.INSTANCE_ID });
+  });
+  app.use('/', board.router);
+  return { app, board };
+}
