@@ -1,7 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { createBoard, type DeadLetterPage, type Overview } from '@msa/stream-kit/board';
 import { OrderEvents, PaymentEvents, streams } from '@msa/stream-kit/events';
+import express from 'express';
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
@@ -32,12 +36,12 @@ const ORDER_GROUP = groupOf('order-service');
 /**
  * The development passwords whose SHA-256 hashes redis/users.acl holds, for local use only
  * (docker-compose.yml lists them too: a Redis 7 ACL file cannot carry comments): `<user>-dev-password`
- * for admin and for each service of the registry.
+ * for admin, the board and each service of the registry.
  */
 const DEV_PASSWORDS = Object.fromEntries(
-  ['admin', ...SERVICES].map((user) => [user, `${user}-dev-password`]),
-) as Record<'admin' | ServiceName, string>;
-type AclUser = 'admin' | ServiceName;
+  ['admin', 'board', ...SERVICES].map((user) => [user, `${user}-dev-password`]),
+) as Record<'admin' | 'board' | ServiceName, string>;
+type AclUser = 'admin' | 'board' | ServiceName;
 
 /** What one describe runs. Everything in it is stopped in afterAll, whatever failed. */
 interface Stack {
@@ -214,8 +218,8 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     const lines = readFileSync(ACL_FILE, 'utf8').split('\n').filter(Boolean);
     const rulesOf = new Map(lines.map((line) => [line.split(' ')[1], line.split(' ')]));
 
-    // A user per service of the registry (services.ts), and nobody else.
-    expect([...rulesOf.keys()].sort()).toEqual(['admin', 'default', ...SERVICES].sort());
+    // A user per service of the registry (services.ts), the board's, and nobody else.
+    expect([...rulesOf.keys()].sort()).toEqual(['admin', 'board', 'default', ...SERVICES].sort());
     expect(rulesOf.get('default')).toEqual(expect.arrayContaining(['off', '-@all']));
     expect(rulesOf.get('default')!.filter((rule) => /^(on|nopass|[#>])/.test(rule))).toEqual([]);
     for (const [user, password] of Object.entries(DEV_PASSWORDS)) {
@@ -336,6 +340,55 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     for (const name of SERVICES) {
       expect(linesWith(serviceOf(stack, name).output(), 'NOPERM'), name).toEqual([]);
     }
+  });
+
+  it('lets the board, as its own user, show every group, search dead letters, replay and discard, and nothing more', async () => {
+    const redis = new Redis(urlAs('board'));
+    stack.clients.push(redis);
+    const board = createBoard({ redis, streams, token: 'a-token-for-the-acl-test', intervalMs: 100 });
+    stack.cleanups.push(() => void board.close());
+    const app = express().use(board.router);
+    const server = app.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    stack.cleanups.push(() => void server.close());
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const write = (path: string, body: unknown) =>
+      fetch(`${base}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: 'Bearer a-token-for-the-acl-test' },
+        body: JSON.stringify(body),
+      });
+    await stack.admin!.xadd(ORDERS, '*', 'userId', 'u', 'productId', 'p', 'price', 'nothing');
+    await waitFor(async () => (await stack.admin!.xlen(`${ORDERS}:dlq`)) >= 2 * consumersOf(ORDERS).length, {
+      what: 'dead letters from both poison entries',
+    });
+
+    const overview = (await (await fetch(`${base}/api/overview`)).json()) as Overview;
+    const page = (await (
+      await fetch(`${base}/api/dead-letters?stream=${ORDERS}&reason=price`)
+    ).json()) as DeadLetterPage;
+    const replay = await write('/api/dead-letters/replay', { stream: ORDERS, ids: [page.letters[0]!.id] });
+    const discard = await write('/api/dead-letters/discard', { stream: ORDERS, ids: [page.letters[1]!.id] });
+
+    expect(overview.redisUp).toBe(true);
+    expect(
+      overview.streams.flatMap((view) => view.groups.map((group) => `${view.name} ${group.name}`)).sort(),
+    ).toEqual(
+      streams
+        .flatMap((stream) => consumersOf(stream.name).map(({ group }) => `${stream.name} ${group}`))
+        .sort(),
+    );
+    expect(page.letters.length).toBeGreaterThanOrEqual(2);
+    expect([replay.status, discard.status]).toEqual([200, 200]);
+    const refused = ((await stack.admin!.call('ACL', 'LOG')) as string[][]).filter((flat) =>
+      flat.includes('board'),
+    );
+    expect(refused).toEqual([]);
+    // Nothing past reading, replaying and discarding: no acks, no group changes, no other keys.
+    await expect(redis.xack(ORDERS, PAYMENT_GROUP, '1-1')).rejects.toThrow(/NOPERM/);
+    await expect(redis.xgroup('DESTROY', ORDERS, PAYMENT_GROUP)).rejects.toThrow(/NOPERM/);
+    await expect(redis.get('order-service:read-model')).rejects.toThrow(/NOPERM/);
+    await expect(redis.del(ORDERS)).rejects.toThrow(/NOPERM/);
   });
 
   describe('each service user', () => {
