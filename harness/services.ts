@@ -29,8 +29,13 @@ export function packageDir(name: ServiceName): string {
 
 /** Spawns `node --import tsx src/main.ts` in the service's package; resolves once it exits. */
 export function spawnService(name: ServiceName, env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: packageDir(name),
+  return spawnEntry(packageDir(name), 'src/main.ts', env);
+}
+
+/** Spawns `node --import tsx <entry>` in `cwd`, killed when the test run exits. */
+function spawnEntry(cwd: string, entry: string, env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', entry], {
+    cwd,
     env: { ...process.env, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -49,14 +54,16 @@ export async function startService(
   env: { REDIS_URL: string } & Record<string, string>,
 ): Promise<RunningService> {
   const port = await freePort();
-  const child = spawnService(name, { PORT: String(port), ...env });
+  return { name, ...(await untilHealthy(spawnService(name, { PORT: String(port), ...env }), port, name)) };
+}
+
+/** The handle of a process that listens on `port`, once its /healthz answers; stopped if it never does. */
+async function untilHealthy(child: ChildProcess, port: number, what: string): Promise<RunningBoard> {
   let output = '';
   child.stdout!.on('data', (chunk) => (output += chunk));
   child.stderr!.on('data', (chunk) => (output += chunk));
-  const url = `http://127.0.0.1:${port}`;
-  const service: RunningService = {
-    name,
-    url,
+  const handle: RunningBoard = {
+    url: `http://127.0.0.1:${port}`,
     process: child,
     output: () => output,
     async stop(graceMs = 10_000) {
@@ -72,14 +79,31 @@ export async function startService(
   try {
     await waitFor(
       async () => {
-        if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}:\n${output}`);
+        if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}:\n${output}`);
         return answersHealthz(port);
       },
-      { timeoutMs: 20_000, what: `${name} /healthz` },
+      { timeoutMs: 20_000, what: `${what} /healthz` },
     );
   } catch (err) {
-    await service.stop(1_000);
+    await handle.stop(1_000);
     throw err;
   }
-  return service;
+  return handle;
+}
+
+/** The stream board (`pnpm board`) started as a real process on a free port, as `RunningService` minus its name. */
+export type RunningBoard = Omit<RunningService, 'name'>;
+
+/**
+ * Starts `scripts/board/main.ts` with `env` (REDIS_URL, BOARD_TOKEN, ORDER_SERVICE_URL, ...) on a
+ * free `BOARD_PORT`; resolves once its /healthz answers.
+ */
+export async function startBoard(env: { REDIS_URL: string } & Record<string, string>): Promise<RunningBoard> {
+  const port = await freePort();
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  return untilHealthy(
+    spawnEntry(root, 'scripts/board/main.ts', { BOARD_PORT: String(port), ...env }),
+    port,
+    'the board',
+  );
 }

@@ -244,7 +244,8 @@ export function createBoard(options: BoardOptions): Board {
     const asset = Object.hasOwn(ASSETS, req.params.file) ? ASSETS[req.params.file] : undefined;
     if (!asset) return next(new BoardError(404, `no asset ${req.params.file}`));
     res.setHeader('Cache-Control', 'no-cache');
-    res.type(asset.type).sendFile(asset.path);
+    // uPlot lies under node_modules/.pnpm/: a dot-directory, which send() refuses by default.
+    res.type(asset.type).sendFile(asset.path, { dotfiles: 'allow' });
   });
   router.get('/api/overview', async (_req, res) => {
     res.json(overviewOf(await sampler.latest()));
