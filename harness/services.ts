@@ -53,8 +53,9 @@ export async function startService(
   name: ServiceName,
   env: { REDIS_URL: string } & Record<string, string>,
 ): Promise<RunningService> {
-  const port = await freePort();
-  return { name, ...(await untilHealthy(spawnService(name, { PORT: String(port), ...env }), port, name)) };
+  // A PORT given in env (a service started again where it was) is waited on there.
+  const port = Number(env.PORT) || (await freePort());
+  return { name, ...(await untilHealthy(spawnService(name, { ...env, PORT: String(port) }), port, name)) };
 }
 
 /** The handle of a process that listens on `port`, once its /healthz answers; stopped if it never does. */

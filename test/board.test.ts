@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -104,7 +105,6 @@ describe('the board in a browser', () => {
     expect(await rows.count()).toBe(
       streams.reduce((sum, stream) => sum + consumersOf(stream.name).length, 0),
     );
-    await page.screenshot({ path: join(SHOTS, 'overview.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
   });
 
@@ -117,7 +117,12 @@ describe('the board in a browser', () => {
       what: 'a lag of 5 on the page',
     });
     await page.screenshot({ path: join(SHOTS, 'lag.png'), fullPage: true });
-    running.set('payment-service', await startService('payment-service', { REDIS_URL: redisServer.url }));
+    // Where it was, so that the board scrapes its /metrics again.
+    const { port } = new URL(running.get('payment-service')!.url);
+    running.set(
+      'payment-service',
+      await startService('payment-service', { REDIS_URL: redisServer.url, PORT: port }),
+    );
 
     await waitFor(async () => (await groupCell(ORDERS, PAYMENT_GROUP, 'lag').textContent())?.trim() === '0', {
       timeoutMs: 30_000,
@@ -149,6 +154,8 @@ describe('the board in a browser', () => {
       what: 'the poison entry found',
     });
     expect(await rows.first().textContent()).toContain(poisonId);
+    // A tick later, the counts above show the dead letters too.
+    await new Promise((resolve) => setTimeout(resolve, 1_200));
     await page.screenshot({ path: join(SHOTS, 'dead-letters.png'), fullPage: true });
 
     const discarded = await rows.first().getAttribute('data-id');
@@ -212,8 +219,21 @@ describe('the board in a browser', () => {
     );
     const timeline = page.getByRole('region', { name: 'Order', exact: true });
     expect(await timeline.textContent()).toContain('payment-completed');
-    await page.getByRole('region', { name: 'Order', exact: true }).scrollIntoViewIfNeeded();
+    // Each entry of its life, and every group of its stream done with it.
+    const groupsOfBoth = consumersOf(ORDERS).length + consumersOf('payment-events').length;
+    await waitFor(
+      async () => {
+        const states = await timeline
+          .locator('[data-state]')
+          .evaluateAll((badges) => badges.map((b) => b.getAttribute('data-state')));
+        return states.length === groupsOfBoth && states.every((state) => state === 'handled');
+      },
+      { timeoutMs: 10_000, what: 'every group handled on the timeline' },
+    );
     await page.screenshot({ path: join(SHOTS, 'timeline.png'), fullPage: true });
+    // The overview after all of the above: rates, lag and run times in the charts.
+    await page.mouse.wheel(0, -100_000);
+    await page.screenshot({ path: join(SHOTS, 'overview.png') });
     const order = (await (await fetch(`${running.get('order-service')!.url}/orders/${placed}`)).json()) as {
       status: string;
     };
@@ -230,6 +250,22 @@ describe('the board in a browser', () => {
       what: 'the refusal shown',
     });
     expect(pageErrors).toEqual([]);
+  });
+
+  it('answers only requests made to localhost, where it listens (no DNS rebinding)', async () => {
+    const status = (host: string) =>
+      new Promise<number>((resolve, reject) =>
+        request(`${board.url}/api/overview`, { headers: { host } }, (res) => {
+          res.resume();
+          resolve(res.statusCode!);
+        })
+          .on('error', reject)
+          .end(),
+      );
+
+    expect(await status('evil.example:8090')).toBe(421);
+    expect(await status(new URL(board.url).host)).toBe(200);
+    expect(await status(`localhost:${new URL(board.url).port}`)).toBe(200);
   });
 
   it('saved its screenshots as PNG files', () => {

@@ -7,6 +7,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
+import { boardRows } from './board.ts';
 import { chainRows } from './chain.ts';
 import { growthRows } from './growth.ts';
 import { httpRows } from './http.ts';
@@ -18,7 +19,7 @@ import { throughputRows } from './throughput.ts';
 const USAGE = `usage: pnpm bench [--quick] [--only <module>[,<module>…]]
   --quick   a smoke run: every row, in a fraction of the time, writing no files; its ratios are
             noisy and may flip a target either way (only a full run's figures count)
-  --only    run these modules alone (throughput, latency, http, growth, chain), writing no files`;
+  --only    run these modules alone (throughput, latency, http, growth, chain, board), writing no files`;
 
 const { values } = (() => {
   try {
@@ -46,6 +47,7 @@ const all: [string, (server: RedisServer, options: BenchOptions) => Promise<Row[
   ['http', httpRows],
   ['growth', growthRows],
   ['chain', chainRows],
+  ['board', boardRows],
 ];
 const only = values.only?.split(',').map((name) => name.trim());
 const unknown = only?.filter((name) => !all.some(([what]) => what === name));

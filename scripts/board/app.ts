@@ -16,6 +16,9 @@ const STREAM_OF = new Map<string, string>(
   streams.flatMap((stream) => stream.schema.options.map((option) => [option.shape.type.value, stream.name])),
 );
 
+/** A loopback address, as BOARD_HOST or a Host header names it (with or without a port). */
+const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|\[?::1\]?)(:\d+)?$/i;
+
 /** How long the board waits for order-service. */
 const ORDER_SERVICE_TIMEOUT_MS = 3_000;
 
@@ -34,7 +37,7 @@ export interface BoardAppDeps {
   readonly redis: Redis;
   readonly config: Pick<
     BoardConfig,
-    'BOARD_TOKEN' | 'ORDER_SERVICE_URL' | 'BOARD_METRICS' | 'BOARD_INTERVAL_MS' | 'INSTANCE_ID'
+    'BOARD_HOST' | 'BOARD_TOKEN' | 'ORDER_SERVICE_URL' | 'BOARD_METRICS' | 'BOARD_INTERVAL_MS' | 'INSTANCE_ID'
   >;
   readonly logger: Logger;
 }
@@ -90,6 +93,13 @@ export function createBoardApp({ redis, config, logger }: BoardAppDeps): { app: 
   });
   const app = express();
   app.disable('x-powered-by');
+  if (LOOPBACK.test(config.BOARD_HOST))
+    // Bound to this machine, it answers only requests made to this machine: a web page whose
+    // domain an attacker points at 127.0.0.1 (DNS rebinding) gets nothing.
+    app.use((req, res, next) => {
+      if (LOOPBACK.test(req.headers.host ?? '')) return next();
+      res.status(421).json({ error: 'this board answers only requests to localhost (see BOARD_HOST)' });
+    });
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', instance: config.INSTANCE_ID });
   });

@@ -97,7 +97,9 @@ export async function inspectStreams(
           const [next, summary, consumers] = await Promise.all([
             // The first entry past the group's last delivered one, unless Redis says none is.
             lag === 0 ? [] : redis.xrange(stream, `(${lastDeliveredId}`, '+', 'COUNT', 1),
-            pending > 0 ? (redis.xpending(stream, group) as Promise<[number, string | null]>) : undefined,
+            pending > 0
+              ? (redis.xpending(stream, group) as Promise<[number, string | null]>).catch(noGroup(undefined))
+              : undefined,
             detail ? readConsumers(redis, stream, group) : undefined,
           ]);
           const oldestPending = summary?.[1];
@@ -131,13 +133,23 @@ export async function inspectStreams(
   return { at, streams: states };
 }
 
+/** Each group of `stream` and the last entry delivered to it, as XINFO GROUPS says now (none for a stream not created yet). */
+export async function groupPositions(
+  redis: Redis,
+  stream: string,
+): Promise<{ group: string; lastDeliveredId: string }[]> {
+  const infos = await (redis.xinfo('GROUPS', stream) as Promise<unknown[][]>).catch(
+    noSuchKey<unknown[][]>([]),
+  );
+  return infos.map((flat) => {
+    const fields = pairs(flat);
+    return { group: String(fields.name), lastDeliveredId: String(fields['last-delivered-id']) };
+  });
+}
+
 async function readConsumers(redis: Redis, stream: string, group: string): Promise<ConsumerState[]> {
-  // The group may be destroyed between XINFO GROUPS and this.
   const infos = await (redis.xinfo('CONSUMERS', stream, group) as Promise<unknown[][]>).catch(
-    (err: unknown) => {
-      if (err instanceof Error && err.message.startsWith('NOGROUP')) return [];
-      throw err;
-    },
+    noGroup<unknown[][]>([]),
   );
   return infos.map((flat) => {
     const fields = pairs(flat);
@@ -161,6 +173,14 @@ function noSuchKey<T>(empty: T) {
 
 function nullableNumber(value: unknown): number | null {
   return value === null || value === undefined ? null : Number(value);
+}
+
+/** A rejection handler for a group destroyed since XINFO GROUPS listed it: `gone` for it, and rethrows the rest. */
+function noGroup<T>(gone: T) {
+  return (err: unknown): T => {
+    if (err instanceof Error && err.message.startsWith('NOGROUP')) return gone;
+    throw err;
+  };
 }
 
 /** `[k1, v1, k2, v2]` → `{k1: v1, k2: v2}`. */

@@ -9,8 +9,9 @@
  *   GET  /api/events                     server-sent events: `sample` with { overview, sample } each tick
  *   GET  /api/dead-letters?stream=S[&orderId=..][&reason=..][&from=ISO][&to=ISO][&after=ID][&count=N]
  *                                        DeadLetterPage
- *   POST /api/dead-letters/replay        { stream, ids } or { stream, all: true, ...the search } → { replayed: { id, entryId? }[] }
- *   POST /api/dead-letters/discard       { stream, ids } or { stream, all: true, ...the search } → { dropped: { id, dropped }[] }
+ *   POST /api/dead-letters/replay        { stream, ids } or { stream, all: true, ...the search } → { replayed: { id, entryId? }[], more }
+ *   POST /api/dead-letters/discard       { stream, ids } or { stream, all: true, ...the search } → { dropped: { id, dropped }[], more }
+ *                                        (`more`: "all" stopped after reading 10,000 dead letters; send it again for the rest)
  *   GET  /api/timeline/:id               Timeline (404 when neither the lookup nor a stream knows the id)
  *   POST /api/place                      the form's body, passed to the `place` option → its status and body
  *

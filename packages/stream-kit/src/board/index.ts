@@ -93,10 +93,15 @@ const ASSETS: Record<string, { path: string; type: string }> = {
 };
 const PAGE = fileURLToPath(new URL('public/index.html', import.meta.url));
 
-const EntryId = z.string().regex(/^\d{1,20}-\d{1,20}$/, 'must be an entry ID such as 1795312027109-0');
+const MAX_ID_PART = 2n ** 64n - 1n;
+const ENTRY_ID = /^(\d{1,20})-(\d{1,20})$/;
+const EntryId = z.string().refine((id) => {
+  const parts = ENTRY_ID.exec(id);
+  return parts !== null && BigInt(parts[1]!) <= MAX_ID_PART && BigInt(parts[2]!) <= MAX_ID_PART;
+}, 'must be an entry ID such as 1795312027109-0');
 const Time = z
   .string()
-  .refine((text) => !Number.isNaN(Date.parse(text)), 'must be a time such as 2026-11-27T06:00:00Z')
+  .refine((text) => Date.parse(text) >= 0, 'must be a time such as 2026-11-27T06:00:00Z, after 1970')
   .transform((text) => Date.parse(text));
 const Text = z.string().max(200, 'must be at most 200 characters');
 const SearchFields = {
@@ -223,6 +228,7 @@ export function createBoard(options: BoardOptions): Board {
   };
 
   const live = new Set<Response>();
+  let closing: Promise<void> | undefined;
   const router = Router();
   router.use((_req, res, next) => {
     res.setHeader(
@@ -238,7 +244,7 @@ export function createBoard(options: BoardOptions): Board {
     const [path, query] = req.originalUrl.split('?', 2);
     if (!path!.endsWith('/')) return res.redirect(308, `${path}/${query === undefined ? '' : `?${query}`}`);
     res.setHeader('Cache-Control', 'no-cache');
-    res.sendFile(PAGE);
+    res.sendFile(PAGE, { dotfiles: 'allow' });
   });
   router.get('/assets/:file', (req, res, next) => {
     const asset = Object.hasOwn(ASSETS, req.params.file) ? ASSETS[req.params.file] : undefined;
@@ -254,6 +260,7 @@ export function createBoard(options: BoardOptions): Board {
     res.json({ samples: sampler.history() });
   });
   router.get('/api/events', (req, res) => {
+    if (closing) throw new BoardError(503, 'the board is shutting down');
     res.writeHead(200, {
       'Content-Type': 'text/event-stream',
       'Cache-Control': 'no-cache, no-transform',
@@ -262,6 +269,8 @@ export function createBoard(options: BoardOptions): Board {
     res.write('retry: 2000\n\n');
     live.add(res);
     const stop = sampler.listen((tick) => {
+      // A page that stopped reading (a suspended laptop) skips ticks instead of piling them up here.
+      if (res.writableNeedDrain) return;
       res.write(
         `event: sample\ndata: ${JSON.stringify({ overview: overviewOf(tick), sample: tick.sample })}\n\n`,
       );
@@ -324,6 +333,9 @@ export function createBoard(options: BoardOptions): Board {
     if (err instanceof BoardError) {
       if (err.status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
       res.status(err.status).json({ error: err.message, ...(err.field ? { field: err.field } : {}) });
+    } else if (typeof status === 'number' && status >= 400 && status < 500 && typeof type !== 'string') {
+      // send()'s own refusals (a range it cannot serve): their status says it all.
+      res.status(status).json({ error: `${status === 416 ? 'range not satisfiable' : 'cannot serve that'}` });
     } else if (typeof status === 'number' && status >= 400 && status < 500 && typeof type === 'string') {
       // Express's body parser: malformed JSON, too large.
       res.status(status).json({
@@ -338,7 +350,6 @@ export function createBoard(options: BoardOptions): Board {
     }
   });
 
-  let closing: Promise<void> | undefined;
   return {
     router,
     close() {

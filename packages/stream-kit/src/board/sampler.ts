@@ -58,7 +58,9 @@ export function startSampler(options: SamplerOptions): Sampler {
   async function scrape(url: string): Promise<Buckets | undefined> {
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(Math.min(intervalMs, 2_000)) });
-      return res.ok ? parseRunTimes(await res.text()) : undefined;
+      if (res.ok) return parseRunTimes(await res.text());
+      await res.body?.cancel();
+      return undefined;
     } catch {
       return undefined;
     }

@@ -31,8 +31,20 @@ export async function searchDeadLetters(
   stream: string,
   deadLetterStream: string,
   search: Search,
-  { after, count, budget = SEARCH_BUDGET }: { after?: string; count: number; budget?: number },
+  options: { after?: string; count: number; budget?: number },
 ): Promise<DeadLetterPage> {
+  const { letters, next } = await readMatching(redis, stream, deadLetterStream, search, options);
+  return { letters, ...(next ? { next } : {}), total: await redis.xlen(deadLetterStream) };
+}
+
+/** The matches of one search call, where the next call goes on from, and how many it read. */
+async function readMatching(
+  redis: Redis,
+  stream: string,
+  deadLetterStream: string,
+  search: Search,
+  { after, count, budget = SEARCH_BUDGET }: { after?: string; count: number; budget?: number },
+): Promise<{ letters: DeadLetterView[]; next: string | undefined; read: number }> {
   const reason = search.reason?.toLowerCase();
   const matches = (letter: DeadLetterView) =>
     (!search.entity || letter.fields[search.entity.field] === search.entity.id) &&
@@ -41,13 +53,12 @@ export async function searchDeadLetters(
   let start = after ? `(${after}` : search.fromMs === undefined ? '-' : String(search.fromMs);
   const letters: DeadLetterView[] = [];
   let read = 0;
-  let next: string | undefined;
   for (;;) {
     const asked = Math.min(CHUNK, budget - read);
     const chunk = await redis.xrange(deadLetterStream, start, end, 'COUNT', asked);
-    read += chunk.length;
     let stoppedAt: string | undefined;
     for (const [id, flat] of chunk) {
+      read += 1;
       const letter = { ...toDeadLetter(id, flat), stream, at: idTimeMs(id) };
       if (matches(letter)) letters.push(letter);
       if (letters.length === count) {
@@ -58,24 +69,19 @@ export async function searchDeadLetters(
     const last = chunk.at(-1)?.[0];
     // A full chunk: there may be more past it.
     const more = chunk.length === asked;
-    if (stoppedAt !== undefined) {
-      // Whether anything lies past the page is for the next call to find out.
-      next = stoppedAt === last && !more ? undefined : stoppedAt;
-      break;
-    }
-    if (!last || !more) break;
-    if (read >= budget) {
-      next = last;
-      break;
-    }
+    // Whether anything lies past a full page is for the next call to find out.
+    if (stoppedAt !== undefined)
+      return { letters, next: stoppedAt === last && !more ? undefined : stoppedAt, read };
+    if (!last || !more) return { letters, next: undefined, read };
+    if (read >= budget) return { letters, next: last, read };
     start = `(${last}`;
   }
-  return { letters, ...(next ? { next } : {}), total: await redis.xlen(deadLetterStream) };
 }
 
 /**
- * The IDs of every dead letter of `stream` that matches `search`, up to `limit`: what "replay all
- * matching" and "discard all matching" act on. `more` says whether the limit stopped it.
+ * The IDs of every dead letter of `stream` that matches `search`, reading at most `limit` dead
+ * letters: what "replay all matching" and "discard all matching" act on. `more` says whether the
+ * limit stopped it (the caller runs it again for the rest).
  */
 export async function allMatching(
   redis: Redis,
@@ -86,13 +92,17 @@ export async function allMatching(
 ): Promise<{ ids: string[]; more: boolean }> {
   const ids: string[] = [];
   let after: string | undefined;
+  let read = 0;
   do {
-    const page = await searchDeadLetters(redis, stream, deadLetterStream, search, {
-      count: Math.min(500, limit - ids.length),
+    const budget = Math.min(SEARCH_BUDGET, limit - read);
+    const page = await readMatching(redis, stream, deadLetterStream, search, {
+      count: budget,
+      budget,
       ...(after ? { after } : {}),
     });
+    read += page.read;
     ids.push(...page.letters.map((letter) => letter.id));
     after = page.next;
-  } while (after && ids.length < limit);
+  } while (after && read < limit);
   return { ids, more: after !== undefined };
 }

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { compareIds } from '../consumer/group.ts';
+import { groupPositions } from '../inspect.ts';
 import { fieldsFromReply, idTimeMs } from '../stream.ts';
 import type { DeadLetterView, Timeline, TimelineEntry } from './api.ts';
 import type { Tick } from './sampler.ts';
@@ -30,13 +31,20 @@ export async function timelineOf(
   tick: Tick,
   entityField: string,
 ): Promise<Timeline | undefined> {
+  // Read now, not at the last tick: an entry delivered since then must not show as waiting.
+  const read = new Map<string, ReturnType<typeof groupPositions>>();
+  const groupsOf = (stream: string) => {
+    let groups = read.get(stream);
+    if (!groups) read.set(stream, (groups = groupPositions(redis, stream)));
+    return groups;
+  };
   const entries = await Promise.all(
     (found?.steps ?? []).map(async (step): Promise<TimelineEntry> => {
-      const groups = tick.streams.find((stream) => stream.name === step.stream)?.groups ?? [];
+      const groups = await groupsOf(step.stream);
       const [[entry], states] = await Promise.all([
         redis.xrange(step.stream, step.entryId, step.entryId),
         Promise.all(
-          groups.map(async ({ name: group, lastDeliveredId }) => {
+          groups.map(async ({ group, lastDeliveredId }) => {
             if (compareIds(step.entryId, lastDeliveredId) > 0) return { group, state: 'waiting' as const };
             const [pending] = (await redis.xpending(step.stream, group, step.entryId, step.entryId, 1)) as [
               string,
@@ -61,6 +69,7 @@ export async function timelineOf(
       };
     }),
   );
+  const since = entries.length > 0 ? Math.min(...entries.map((entry) => entry.at)) : undefined;
   const deadLetters: DeadLetterView[] = [];
   if (entityField)
     for (const stream of tick.streams) {
@@ -68,7 +77,8 @@ export async function timelineOf(
         redis,
         stream.name,
         stream.deadLetterStream,
-        { entity: { field: entityField, id } },
+        // Dead letters come after the entity's first entry: the search starts there, not at the oldest.
+        { entity: { field: entityField, id }, ...(since === undefined ? {} : { fromMs: since }) },
         { count: 20 },
       );
       deadLetters.push(...page.letters);

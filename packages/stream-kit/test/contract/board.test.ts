@@ -467,3 +467,80 @@ describe('the page', () => {
     expect(missing.status).toBe(404);
   });
 });
+
+describe('at the edges', () => {
+  it("finds an entity's dead letter past the first 5,000, searching from its first entry", async () => {
+    const stream = testStream();
+    // 5,100 dead letters of other entities, older than the entity's entry and its own dead letter.
+    await suite.redis.eval(
+      "for i = 1, 5100 do redis.call('XADD', KEYS[1], '*', 'n', '0', 'dlq:reason', 'old') end",
+      1,
+      `${stream.name}:dlq`,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    const entryId = await suite.redis.xadd(stream.name, '*', 'n', '77');
+    await suite.redis.xadd(`${stream.name}:dlq`, '*', 'n', '77', 'dlq:reason', 'recent');
+    const { get } = await serve([stream], {
+      entity: {
+        name: 'thing',
+        field: 'n',
+        lookup: async () => ({ summary: {}, steps: [{ stream: stream.name, entryId: entryId! }] }),
+      },
+    });
+
+    const { body } = await get<Timeline>('/api/timeline/77');
+
+    expect(body.deadLetters.map((letter) => letter.reason)).toEqual(['recent']);
+  });
+
+  it('replays "all matching" in rounds: `more` says a round stopped before the end', async () => {
+    const stream = testStream();
+    await suite.redis.eval(
+      "for i = 1, 10100 do redis.call('XADD', KEYS[1], '*', 'n', '1', 'dlq:reason', 'r') end",
+      1,
+      `${stream.name}:dlq`,
+    );
+    const { post } = await serve([stream]);
+
+    const first = await post<{ dropped: unknown[]; more: boolean }>('/api/dead-letters/discard', {
+      stream: stream.name,
+      all: true,
+    });
+    const second = await post<{ dropped: unknown[]; more: boolean }>('/api/dead-letters/discard', {
+      stream: stream.name,
+      all: true,
+    });
+
+    expect([first.body.dropped.length, first.body.more]).toEqual([10_000, true]);
+    expect([second.body.dropped.length, second.body.more]).toEqual([100, false]);
+  });
+
+  it.each([
+    ['a time before 1970', 'from=1969-12-31T00:00:00Z', 'from'],
+    ['an entry ID past the largest', 'after=99999999999999999999-0', 'after'],
+  ])('refuses %s with 400, not a Redis error', async (_, query, field) => {
+    const stream = testStream();
+    const { get } = await serve([stream]);
+
+    const answer = await get<{ field: string }>(`/api/dead-letters?stream=${stream.name}&${query}`);
+
+    expect([answer.status, answer.body.field]).toEqual([400, field]);
+  });
+
+  it('answers a range it cannot serve with 416, not 500', async () => {
+    const { base } = await serve([testStream()]);
+
+    const res = await fetch(`${base}/assets/board.css`, { headers: { range: 'bytes=99999999-' } });
+
+    expect(res.status).toBe(416);
+  });
+
+  it('refuses a new event stream once closed', async () => {
+    const { base, board } = await serve([testStream()]);
+    await board.close();
+
+    const res = await fetch(`${base}/api/events`);
+
+    expect(res.status).toBe(503);
+  });
+});
