@@ -187,9 +187,12 @@ describe('recipe 2 of docs/recipes.md, adding a shipping-service', () => {
 
   it('runs under pnpm dev beside the others and ships a paid order', { timeout: 120_000 }, async () => {
     redisServer = await startRedisServer();
-    const ports = await Promise.all([...services.map(() => freePort()), freePort()]);
+    const ports = await Promise.all([...services.map(() => freePort()), freePort(), freePort()]);
     const names = [...services.map((service) => service.name), 'shipping-service'];
-    const env = Object.fromEntries(names.map((name, i) => [portVariableOf(name), String(ports[i])]));
+    const env = {
+      ...Object.fromEntries(names.map((name, i) => [portVariableOf(name), String(ports[i])])),
+      BOARD_PORT: String(ports.at(-1)),
+    };
     dev = spawn(process.execPath, ['--import', 'tsx', 'scripts/dev.ts'], {
       cwd: copy,
       env: { ...process.env, ...env, REDIS_URL: redisServer.url, LOG_LEVEL: 'warn', NO_COLOR: '1' },
@@ -199,9 +202,9 @@ describe('recipe 2 of docs/recipes.md, adding a shipping-service', () => {
     dev.stdout!.on('data', (chunk: Buffer) => (devOutput += chunk.toString()));
     dev.stderr!.on('data', (chunk: Buffer) => (devOutput += chunk.toString()));
 
-    await waitFor(() => devOutput.includes('all services are up') || dev!.exitCode !== null, {
+    await waitFor(() => devOutput.includes('all services and the board are up') || dev!.exitCode !== null, {
       timeoutMs: 60_000,
-      what: 'pnpm dev to say all services are up',
+      what: 'pnpm dev to say all services and the board are up',
     });
     expect(devOutput).toMatch(new RegExp(`shipping-service +http://localhost:${ports[services.length]}`));
 
