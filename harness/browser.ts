@@ -1,6 +1,6 @@
-import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chromium, type Browser } from 'playwright-core';
+import { aptInstall } from './apt.ts';
 
 /*
  * A real browser for tests: Debian's `chromium` (playwright's own download cannot reach its
@@ -12,15 +12,7 @@ export const CHROMIUM = '/usr/bin/chromium';
 
 /** Installs Debian's `chromium` package unless it is there already. */
 export function ensureChromium(): void {
-  if (existsSync(CHROMIUM)) return;
-  const root = process.getuid?.() === 0;
-  const run = (args: string[]) =>
-    execFileSync(root ? 'apt-get' : 'sudo', root ? args : ['apt-get', ...args], {
-      stdio: 'inherit',
-      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-    });
-  run(['update']);
-  run(['install', '--yes', '--no-install-recommends', 'chromium']);
+  if (!existsSync(CHROMIUM)) aptInstall('chromium');
 }
 
 /** Headless Chromium, with nothing reaching out to the network on its own (this machine refuses it). */

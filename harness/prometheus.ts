@@ -1,4 +1,5 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { aptInstall, has } from './apt.ts';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,26 +12,9 @@ import { waitFor } from './wait.ts';
  * test's making, and always stopped.
  */
 
-const has = (command: string) => {
-  try {
-    execFileSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
-
 /** Installs Debian's `prometheus` package unless `prometheus` and `promtool` are there already. */
 export function ensurePrometheus(): void {
-  if (has('prometheus') && has('promtool')) return;
-  const root = process.getuid?.() === 0;
-  const run = (args: string[]) =>
-    execFileSync(root ? 'apt-get' : 'sudo', root ? args : ['apt-get', ...args], {
-      stdio: 'inherit',
-      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-    });
-  run(['update']);
-  run(['install', '--yes', '--no-install-recommends', 'prometheus']);
+  if (!has('prometheus') || !has('promtool')) aptInstall('prometheus');
 }
 
 export interface RunningPrometheus {

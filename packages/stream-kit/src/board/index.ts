@@ -292,26 +292,38 @@ export function createBoard(options: BoardOptions): Board {
     );
   });
   const json = express.json({ limit: '16kb' });
-  router.post('/api/dead-letters/replay', json, async (req, res) => {
-    authorize(req);
-    const { stream, deadLetterStream, ids, more } = await targetsOf(req);
-    const replayed = await replayDeadLetters(redis, stream, ids, { deadLetterStream });
-    logger.info(
-      { stream: stream.name, replayed: replayed.filter((r) => r.entryId).length, asked: ids.length },
-      'board: replayed dead letters',
-    );
-    res.json({ replayed, more });
-  });
-  router.post('/api/dead-letters/discard', json, async (req, res) => {
-    authorize(req);
-    const { stream, deadLetterStream, ids, more } = await targetsOf(req);
-    const dropped = await dropDeadLetters(redis, stream, ids, { deadLetterStream });
-    logger.info(
-      { stream: stream.name, dropped: dropped.filter((d) => d.dropped).length, asked: ids.length },
-      'board: discarded dead letters',
-    );
-    res.json({ dropped, more });
-  });
+  // Each write: what it does to the dead letters named, how its answer calls them, what it counts.
+  const writes = {
+    replay: {
+      answer: 'replayed',
+      run: (stream: StreamDefinition, ids: string[], deadLetterStream: string) =>
+        replayDeadLetters(redis, stream, ids, { deadLetterStream }),
+      done: (result: { entryId?: string | undefined }) => result.entryId !== undefined,
+    },
+    discard: {
+      answer: 'dropped',
+      run: (stream: StreamDefinition, ids: string[], deadLetterStream: string) =>
+        dropDeadLetters(redis, stream, ids, { deadLetterStream }),
+      done: (result: { dropped?: boolean }) => result.dropped === true,
+    },
+  } as const;
+  for (const [kind, { answer, run, done }] of Object.entries(writes)) {
+    router.post(`/api/dead-letters/${kind}`, json, async (req, res) => {
+      authorize(req);
+      const { stream, deadLetterStream, ids, more } = await targetsOf(req);
+      const results: { entryId?: string | undefined; dropped?: boolean }[] = await run(
+        stream,
+        ids,
+        deadLetterStream,
+      );
+      // Every write is logged: who looks at the board can see what was put back or thrown away.
+      logger.info(
+        { stream: stream.name, [answer]: results.filter(done).length, asked: ids.length },
+        `board: ${kind} of dead letters`,
+      );
+      res.json({ [answer]: results, more });
+    });
+  }
   router.get('/api/timeline/:id', async (req, res) => {
     if (!entity?.lookup) throw new BoardError(404, 'this board looks nothing up');
     const id = parse(EntityId, req.params.id);
