@@ -597,6 +597,8 @@ function chartOptions(/** @type {Line[]} */ lines, /** @type {number} */ width) 
         stroke: colour,
         width: 1.5,
         points: { show: false },
+        // A tick without runs (or without a scrape) leaves a gap: the line goes across it.
+        spanGaps: true,
         value,
         ...(dash ? { dash } : {}),
       })),
