@@ -1,7 +1,8 @@
 /**
  * `pnpm dlq`: the dead letters of the catalogue's streams, for operators. `list` prints them as
  * JSON lines, `replay` puts their entries back on the stream once the cause is fixed, `drop`
- * deletes those that can never succeed. Uses `REDIS_URL` (default `redis://127.0.0.1:6379`).
+ * deletes those that can never succeed. Uses `REDIS_URL` (default `redis://127.0.0.1:6379`) and
+ * `REDIS_CLUSTER`.
  * Exit codes: 0 done, 1 a dead letter named was not there or Redis failed, 2 called wrong.
  */
 import { createInterface } from 'node:readline/promises';
@@ -13,7 +14,8 @@ import {
   type DeadLetter,
   type StreamDefinition,
 } from '@msa/stream-kit';
-import { Redis } from 'ioredis';
+import { openRequestConnection, parseEnv, redisEnv } from '@msa/stream-kit/service';
+import { z } from 'zod';
 import { streams } from '../services.ts';
 
 /** Every stream of the catalogue (as the registry lists them), by name. */
@@ -58,10 +60,16 @@ if (command !== 'list' && !values.all && ids.length === 0)
 if (command !== 'list' && values.all && ids.length > 0)
   calledWrong('give dead-letter IDs or --all, not both');
 
-const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { maxRetriesPerRequest: 1 });
-// Errors are reported by their message alone: ioredis attaches the failed command, and for AUTH
-// its arguments are the password.
-redis.on('error', () => {});
+let env;
+try {
+  env = parseEnv(z.object(redisEnv), process.env);
+} catch (err) {
+  calledWrong((err as Error).message);
+}
+// Errors are reported by their message alone (a silent logger): ioredis attaches the failed
+// command, and for AUTH its arguments are the password.
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const redis = openRequestConnection(env.REDIS_URL, quiet, 'dlq', { cluster: env.REDIS_CLUSTER });
 
 async function all(): Promise<DeadLetter[]> {
   const letters = [];

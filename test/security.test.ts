@@ -240,7 +240,8 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       (pattern) =>
         pattern !== '*' &&
         !SERVICES.some((service) => pattern.startsWith(`${service}:`)) &&
-        !names.includes(pattern.split(':')[0]!),
+        // A key in a stream's hash slot begins with its name in braces (`{order-events}:runs:...`).
+        !names.includes(pattern.split(':')[0]!.replace(/^\{(.*)\}$/, '$1')),
     );
     expect(unknown).toEqual([]);
     expect(names.filter((name) => !patterns.includes(name))).toEqual([]);
@@ -406,7 +407,9 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     /** What `/readyz` writes: its own key, which expires. */
     const readyz = (name: ServiceName) => ['SET', `${name}:readyz`, '1795312027109', 'PX', '10000'];
     /** Keys stream-kit keeps per consumer run of a group (the other engineer's stream-kit change). */
-    const runKey = (stream: string, group: string) => `${stream}:runs:${group}:c1`;
+    const runKey = (stream: string, group: string) => `{${stream}}:runs:${group}:c1`;
+    /** A group's liveness marks, in its stream's hash slot. */
+    const aliveKey = (stream: string, group: string) => `{${stream}}:alive:${group}`;
     const runs = (stream: string, group: string) => [
       ['GET', runKey(stream, group)],
       ['SET', runKey(stream, group), 'x'],
@@ -427,11 +430,11 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
       ['EVAL', 'return {}', '1', stream, group],
       ['XADD', `${stream}:dlq`, '*', 'dlq:id', '1-0'],
       // The group's liveness marks, and the scripts that read them beside the stream.
-      ['HSET', `${stream}:alive:${group}`, 'c1', '1 1'],
-      ['HGET', `${stream}:alive:${group}`, 'c1'],
-      ['HDEL', `${stream}:alive:${group}`, 'c0'],
-      ['HGETALL', `${stream}:alive:${group}`],
-      ['EVALSHA', anySha, '2', stream, `${stream}:alive:${group}`],
+      ['HSET', aliveKey(stream, group), 'c1', '1 1'],
+      ['HGET', aliveKey(stream, group), 'c1'],
+      ['HDEL', aliveKey(stream, group), 'c0'],
+      ['HGETALL', aliveKey(stream, group)],
+      ['EVALSHA', anySha, '2', stream, aliveKey(stream, group)],
     ];
     // What GET /metrics reads at scrape time for each stream consumed: its length, its groups, each
     // group's next entry and oldest pending one (the peers' groups too), its dead letters.
@@ -482,6 +485,23 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ],
         ['HGETALL', 'order-service:order:o1'],
         ['HGET', 'order-service:read-model:2:order:o1', 'userId'],
+        // The same on a Redis Cluster, its keys tagged with order-events' slot.
+        // prettier-ignore
+        ['EVALSHA', anySha, '6', 'order-service:order:{order-events}:o1',
+          'order-service:orders-of:{order-events}:u1', 'order-service:{order-events}:payment-due', ORDERS,
+          'order-service:{order-events}:refused-transitions', 'order-service:cancellation:{order-events}:o1'],
+        [
+          'EVALSHA',
+          anySha,
+          '2',
+          'order-service:idempotency:{order-events}:k1',
+          ORDERS,
+          'hash',
+          'o1',
+          '86400',
+        ],
+        ['ZRANGEBYSCORE', 'order-service:{order-events}:payment-due', '-inf', '1', 'LIMIT', '0', '100'],
+        ['HGETALL', 'order-service:{order-events}:refused-transitions'],
         ['ZRANGE', 'order-service:orders-of:u1', '+', '-', 'BYLEX', 'REV', 'LIMIT', '0', '21'],
         ['ZRANGEBYSCORE', 'order-service:payment-due', '-inf', '1', 'LIMIT', '0', '100'],
         ['ZRANGE', 'order-service:read-model:2:payment-due', '0', '0', 'WITHSCORES'],
@@ -506,7 +526,8 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ...runs(ORDERS, PAYMENT_GROUP),
         readyz('payment-service'),
         ['XDEL', PAYMENTS, '1-0'],
-        ['EVALSHA', anySha, '3', 'payment-service:payment:o1', PAYMENTS, ORDERS],
+        ['EVALSHA', anySha, '2', PAYMENTS, 'payment-service:payment:o1'],
+        ['EVALSHA', anySha, '2', PAYMENTS, 'payment-service:payment:{payment-events}:o1'],
         ['HGET', 'payment-service:payment:o1', 'paymentProcessId'],
         ['HMGET', 'payment-service:payment:o1', 'state', 'paymentProcessId'],
         ['HGETALL', 'payment-service:payment:o1'],
@@ -538,6 +559,11 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['DEL', 'notification-service:once:mail:o1'],
         ['RPUSH', 'notification-service:sent:u1', '{}'],
         ['LRANGE', 'notification-service:sent:u1', '0', '-1'],
+        // The same on a Redis Cluster, its keys tagged with their stream's slot.
+        // prettier-ignore
+        ['EVALSHA', anySha, '3', 'notification-service:once:{payment-events}:sms:o1',
+          'notification-service:sent:{payment-events}:u1', PAYMENTS],
+        ['LRANGE', 'notification-service:sent:{order-events}:u1', '0', '-1'],
       ],
     };
     const refusedToAll = [
@@ -585,7 +611,7 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['XDEL', `${ORDERS}:dlq`, '1-0'],
         ['GET', runKey(ORDERS, NOTIFICATION_GROUP)],
         ['SET', runKey(PAYMENTS, NOTIFICATION_GROUP), 'x'],
-        ['HSET', `${ORDERS}:alive:${NOTIFICATION_GROUP}`, 'c1', '1 1'],
+        ['HSET', aliveKey(ORDERS, NOTIFICATION_GROUP), 'c1', '1 1'],
         readyz('notification-service'),
       ],
       'notification-service': [
@@ -601,7 +627,7 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['XDEL', PAYMENTS, '1-0'],
         ['GET', runKey(ORDERS, PAYMENT_GROUP)],
         ['EVAL', 'return 1', '1', runKey(ORDERS, PAYMENT_GROUP)],
-        ['HSET', `${ORDERS}:alive:${PAYMENT_GROUP}`, 'c1', '1 1'],
+        ['HSET', aliveKey(ORDERS, PAYMENT_GROUP), 'c1', '1 1'],
         readyz('order-service'),
       ],
     };

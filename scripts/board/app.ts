@@ -2,7 +2,7 @@ import { BoardError, createBoard, type Board, type Lookup } from '@msa/stream-ki
 import type { Logger } from '@msa/stream-kit';
 import { streams } from '@msa/stream-kit/events';
 import express, { type Express } from 'express';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 import type { BoardConfig } from './config.ts';
 
 /*
@@ -34,7 +34,7 @@ interface OrderAnswer {
 }
 
 export interface BoardAppDeps {
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   readonly config: Pick<
     BoardConfig,
     'BOARD_HOST' | 'BOARD_TOKEN' | 'ORDER_SERVICE_URL' | 'BOARD_METRICS' | 'BOARD_INTERVAL_MS' | 'INSTANCE_ID'

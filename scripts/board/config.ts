@@ -1,3 +1,4 @@
+import { redisEnv } from '@msa/stream-kit/service';
 import { z } from 'zod';
 import { services } from '../../services.ts';
 
@@ -32,9 +33,7 @@ export const BoardEnv = z.object({
     .string()
     .regex(/^[\x21-\x7e]{16,256}$/, 'must be 16 to 256 printable ASCII characters, without spaces')
     .optional(),
-  REDIS_URL: z
-    .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
-    .default('redis://127.0.0.1:6379'),
+  ...redisEnv,
   /** Where order-service answers: the timeline looks orders up there, and the form places them. */
   ORDER_SERVICE_URL: z
     .url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' })

@@ -28,7 +28,9 @@ const logger = pino(
   { name: 'board', level: config.LOG_LEVEL, base: { pid: process.pid, instance: config.INSTANCE_ID } },
   logs,
 );
-const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'board');
+const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'board', {
+  cluster: config.REDIS_CLUSTER,
+});
 const { app, board } = createBoardApp({ redis, config, logger: logger.child({ component: 'board' }) });
 const server = await listen(app, { port: config.BOARD_PORT, host: config.BOARD_HOST }).catch(
   (err: unknown) => {

@@ -11,7 +11,7 @@ import {
   type ServiceMetrics,
   type Tracing,
 } from '@msa/stream-kit/service';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { encodeCursor, Query } from './contract.ts';
@@ -20,7 +20,7 @@ import { DEFAULT_PAGE_SIZE, type SentLog } from './sent-log.ts';
 export interface AppDeps {
   sentLog: SentLog;
   /** For the readiness probe. */
-  redis: Redis;
+  redis: RedisClient;
   logger: Logger;
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;

@@ -35,10 +35,14 @@ const logs = logDestination(process.stdout);
 const logger = pino(logOptions('notification-service', config, { traced: tracer !== undefined }), logs);
 // The lines of the last tick, when the process ends in it (an uncaught exception).
 process.on('exit', () => logs.flush());
+// A cluster client with REDIS_CLUSTER=true; the subscriptions' connections copy its settings.
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),
   'notification-service',
+  {
+    cluster: config.REDIS_CLUSTER,
+  },
 );
 const deps = {
   sender: logSender(logger.child({ component: 'sender' })),
@@ -48,7 +52,7 @@ const deps = {
 // Counts of the subscriptions, HTTP timings, and the streams' state read from Redis at scrape time.
 const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
 const consumerOptions = {
-  connection: config.REDIS_URL,
+  connection: redis,
   logger: logger.child({ component: 'consumer' }),
   claimIdleMs: config.CLAIM_IDLE_MS,
   count: config.READ_COUNT,

@@ -1,7 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
-import { batchCalls, CONSUMER_DEAD, defineScript, LIVENESS_TTL_MS, livenessKey } from '@msa/stream-kit/lua';
-import type { Redis } from 'ioredis';
+import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
+import {
+  batchCalls,
+  CONSUMER_DEAD,
+  defineScript,
+  LIVENESS_TTL_MS,
+  livenessKey,
+  slotTag,
+} from '@msa/stream-kit/lua';
+import type { RedisClient } from '@msa/stream-kit';
 import type { Channel } from './sender.ts';
 
 /**
@@ -82,8 +90,14 @@ export interface SentLog {
 /** How many notifications `list` returns when not told. */
 export const DEFAULT_PAGE_SIZE = 100;
 
-export const sentLogKey = (userId: string) => `notification-service:sent:${userId}`;
-export const markerKey = (key: string) => `notification-service:once:${key}`;
+/**
+ * A user's sent log, and the marker that makes a notification one. `tag` (`slotTag(redis, stream)`
+ * of the stream whose entry caused it) puts them in that stream's hash slot on a Redis Cluster,
+ * where the scripts that write them ack its entries; there each stream keeps its own log per
+ * user, and `list` merges them.
+ */
+export const sentLogKey = (userId: string, tag = '') => `notification-service:sent:${tag}${userId}`;
+export const markerKey = (key: string, tag = '') => `notification-service:once:${tag}${key}`;
 
 /** How long a sent notification is remembered, so a late duplicate of its event is not sent again. */
 export const REMEMBER_SENT_MS = 30 * 24 * 60 * 60 * 1000;
@@ -178,8 +192,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 `;
 
-/** A sent log on `redis` (the service's own connection: the scripts are defined on it). */
-export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
+/**
+ * A sent log on `redis` (the service's own connection: the scripts are defined on it), for
+ * notifications caused by entries of `streams`.
+ */
+export function redisSentLog(
+  redis: RedisClient,
+  {
+    leaseMs = 30_000,
+    streams = [OrderEvents.name, PaymentEvents.name],
+  }: { leaseMs?: number; streams?: string[] } = {},
+): SentLog {
+  /** Where a user's log is: one key on one Redis, one per stream's slot on a cluster. */
+  const logsOf = (userId: string) => [
+    ...new Set(streams.map((stream) => sentLogKey(userId, slotTag(redis, stream)))),
+  ];
   const scripts = {
     claimOnce: defineScript<'sent' | 'busy' | 'claimed'>(redis, 'claimOnce', 3, CLAIM),
     completeOnce: defineScript<(1 | string)[]>(redis, 'completeOnce', null, COMPLETE_MANY),
@@ -215,7 +242,8 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
   const inHand = new Set<string>();
 
   async function claimSendRecord({ key, userId, notification, context }: Once, send: () => Promise<void>) {
-    const marker = markerKey(key);
+    const tag = slotTag(redis, context.stream);
+    const marker = markerKey(key, tag);
     if (!unrecorded.has(marker)) {
       const prefix = `sending:${context.consumer}:`;
       const token = `${prefix}${randomUUID()}`;
@@ -240,7 +268,7 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
     }
     await complete({
       marker,
-      log: sentLogKey(userId),
+      log: sentLogKey(userId, tag),
       record: JSON.stringify(notification),
       stream: context.stream,
       group: context.group,
@@ -252,7 +280,7 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
 
   return {
     async sendOnce(once, send) {
-      const marker = markerKey(once.key);
+      const marker = markerKey(once.key, slotTag(redis, once.context.stream));
       // Checked and taken before the first await: two handlers cannot both get past it.
       if (inHand.has(marker)) throw new NotificationLeasedError(once.key, 'another handler of this process');
       inHand.add(marker);
@@ -263,11 +291,24 @@ export function redisSentLog(redis: Redis, { leaseMs = 30_000 } = {}): SentLog {
       }
     },
     async list(userId, { start = 0, limit = DEFAULT_PAGE_SIZE } = {}) {
+      const logs = logsOf(userId);
       // One more than asked: whether there is a next page.
-      const items = await redis.lrange(sentLogKey(userId), start, start + limit);
+      if (logs.length === 1) {
+        const items = await redis.lrange(logs[0]!, start, start + limit);
+        return {
+          notifications: items.slice(0, limit).map((item) => JSON.parse(item) as SentNotification),
+          next: items.length > limit ? start + limit : null,
+        };
+      }
+      // A log per stream (a cluster): the first start + limit + 1 of each, merged by when they were sent.
+      const lists = await Promise.all(logs.map((log) => redis.lrange(log, 0, start + limit)));
+      const merged = lists
+        .flat()
+        .map((item) => JSON.parse(item) as SentNotification)
+        .sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.entryId < b.entryId ? -1 : 1));
       return {
-        notifications: items.slice(0, limit).map((item) => JSON.parse(item) as SentNotification),
-        next: items.length > limit ? start + limit : null,
+        notifications: merged.slice(start, start + limit),
+        next: merged.length > start + limit ? start + limit : null,
       };
     },
   };

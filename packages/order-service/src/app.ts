@@ -15,7 +15,7 @@ import {
   type ServiceMetrics,
   type Tracing,
 } from '@msa/stream-kit/service';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { Orders } from './orders.ts';
@@ -29,7 +29,7 @@ export interface AppDeps {
   /** Publishes orders placed without an idempotency key. */
   publisher: Publisher;
   /** A request connection (`openRequestConnection`): idempotent orders and `/readyz`. */
-  redis: Redis;
+  redis: RedisClient;
   logger: Logger;
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;

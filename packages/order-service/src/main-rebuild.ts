@@ -7,8 +7,7 @@
  */
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { logOptions } from '@msa/stream-kit/service';
-import { Redis } from 'ioredis';
+import { logOptions, openRequestConnection } from '@msa/stream-kit/service';
 import { pino } from 'pino';
 import { loadConfig } from './config.ts';
 import { rebuildReadModel } from './rebuild.ts';
@@ -40,12 +39,15 @@ if (values.help) {
 
 // Progress goes to stderr as log lines; the result, on stdout, is for people and scripts.
 const logger = pino(logOptions('order-service-rebuild', config), process.stderr);
-const redis = new Redis(config.REDIS_URL, {
-  maxRetriesPerRequest: 1,
-  connectionName: 'order-service-rebuild',
-});
-// Errors are reported by their message alone: ioredis attaches the failed command (AUTH's too).
-redis.on('error', () => {});
+// Commands fail after 2 s rather than hang; the replay's readers copy its settings, with their own timeouts.
+const redis = openRequestConnection(
+  config.REDIS_URL,
+  logger.child({ component: 'redis' }),
+  'order-service-rebuild',
+  {
+    cluster: config.REDIS_CLUSTER,
+  },
+);
 try {
   const rebuilt = await rebuildReadModel({
     redis,

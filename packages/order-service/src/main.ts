@@ -37,7 +37,10 @@ const logger = pino(logOptions('order-service', config, { traced: tracer !== und
 process.on('exit', () => logs.flush());
 // One request connection for everything: the publisher, the idempotent-order script and /readyz.
 // Nothing waits for it here, so the service starts (and answers /healthz) while Redis is away.
-const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service');
+// A cluster client with REDIS_CLUSTER=true; the subscriptions' connections copy its settings.
+const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service', {
+  cluster: config.REDIS_CLUSTER,
+});
 // Counts of the publisher, the projection and the saga, HTTP timings, and the streams' state read
 // from Redis at scrape time.
 const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
@@ -151,7 +154,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
 
 function consumerOptions() {
   return {
-    connection: config.REDIS_URL,
+    connection: redis,
     logger: logger.child({ component: 'consumer' }),
     claimIdleMs: config.CLAIM_IDLE_MS,
     count: config.READ_COUNT,

@@ -1,5 +1,5 @@
 import type { ServiceMetrics } from '@msa/stream-kit/service';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 import { Counter } from 'prom-client';
 import type { OrderCounts, OrderStatus } from './orders.ts';
 import type { ReadModel } from './read-model.ts';
@@ -15,7 +15,7 @@ import type { ReadModel } from './read-model.ts';
  */
 export function orderMetrics(
   metrics: ServiceMetrics,
-  redis: Redis,
+  redis: RedisClient,
   liveModel: () => ReadModel | undefined,
 ): OrderCounts {
   const entered = new Counter({

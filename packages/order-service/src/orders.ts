@@ -11,8 +11,8 @@ import {
   type MessagingMetrics,
 } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
-import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
-import type { Redis } from 'ioredis';
+import { defineScript, maxIdAheadMs, slotTag, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
+import type { RedisClient } from '@msa/stream-kit';
 import type { Logger } from 'pino';
 import { cancellationKey, CANCELLATION_KEY_TTL_MS, type ReadModel } from './read-model.ts';
 
@@ -200,7 +200,7 @@ interface Step {
 
 export interface OrdersDeps {
   /** A connection of order-service's own; the script is defined on it. */
-  redis: Redis;
+  redis: RedisClient;
   logger: Logger;
   /** `PAYMENT_TIMEOUT_MS`: how long after it was placed an unpaid order is cancelled. */
   paymentTimeoutMs: number;
@@ -246,6 +246,8 @@ export interface Orders {
 export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay, metrics }: OrdersDeps): Orders {
   const lines = logger.child({}, { redact: [] });
   const apply = defineScript<[Outcome, string, (0 | 1)?]>(redis, 'orderServiceApply', 6, APPLY);
+  // The order's keys, its cancellation key and order-events share a slot on a Redis Cluster.
+  const tag = slotTag(redis, OrderEvents.name);
   const entryMs = (entryId: string) => Number(entryId.slice(0, entryId.indexOf('-')));
 
   async function step(
@@ -256,7 +258,7 @@ export function redisOrders({ redis, logger, paymentTimeoutMs, model, replay, me
     // prettier-ignore
     const args = [
       model.order(orderId), model.ordersOf(userId), model.paymentDue, OrderEvents.name, model.refused,
-      cancellationKey(orderId), what, entryId, maxIdAheadMs(OrderEvents), ...more,
+      cancellationKey(orderId, tag), what, entryId, maxIdAheadMs(OrderEvents), ...more,
     ];
     let [outcome, status, published] = await apply(...args);
     if (outcome === 'unknown' || outcome === 'early') {

@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { EventValidationError, type MessagingMetrics, type Publisher } from '@msa/stream-kit';
 import { OrderEvents, type OrderCreated } from '@msa/stream-kit/events';
-import { defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
+import { defineScript, maxIdAheadMs, slotTag, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
 import { ConflictError, UnavailableError, ValidationError } from '@msa/stream-kit/service';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 
 export interface OrderInput {
   userId: string;
@@ -23,7 +23,7 @@ export interface PlaceOrderDeps {
   /** Publishes orders placed without an idempotency key. */
   publisher: Publisher;
   /** Runs the idempotent placement script; a request connection, so a command fails fast. */
-  redis: Redis;
+  redis: RedisClient;
   /** Counts the orders the script publishes (the publisher counts its own). */
   metrics?: Pick<MessagingMetrics, 'sent'> | undefined;
 }
@@ -34,8 +34,11 @@ export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 /** How long an idempotency key is remembered after the order it placed: 24 hours. */
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60;
 
-/** Where the outcome of an idempotency key is kept: a hash of `bodyHash`, `orderId`, `entryId`. */
-const redisKey = (idempotencyKey: string) => `order-service:idempotency:${idempotencyKey}`;
+/**
+ * Where the outcome of an idempotency key is kept: a hash of `bodyHash`, `orderId`, `entryId`, in
+ * order-events' slot on a Redis Cluster (`tag`), as the script that writes it appends the order.
+ */
+const redisKey = (idempotencyKey: string, tag: string) => `order-service:idempotency:${tag}${idempotencyKey}`;
 
 /** The idempotency key was used before for an order with another body; nothing was published. */
 export class IdempotencyConflictError extends ConflictError {
@@ -91,7 +94,7 @@ async function placeOnce(
   event: OrderCreated,
   input: OrderInput,
   idempotencyKey: string,
-  redis: Redis,
+  redis: RedisClient,
 ): Promise<PlacedOrder> {
   const placeOrderOnce = defineScript<['replayed' | 'created', string, string] | ['conflict']>(
     redis,
@@ -100,7 +103,7 @@ async function placeOnce(
     PLACE_ORDER_ONCE,
   );
   const reply = await placeOrderOnce(
-    redisKey(idempotencyKey),
+    redisKey(idempotencyKey, slotTag(redis, OrderEvents.name)),
     OrderEvents.name,
     bodyHash(input),
     event.orderId,

@@ -1,4 +1,6 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
+import { OrderEvents } from '@msa/stream-kit/events';
+import { slotTag } from '@msa/stream-kit/lua';
 
 /*
  * Where the order read model lives. It comes in generations: each has keys of its own (generation 1
@@ -28,24 +30,29 @@ export interface ReadModel {
   refused: string;
 }
 
-export function readModel(generation: number): ReadModel {
+/**
+ * Generation `generation`'s keys. `tag` (`slotTag(redis, 'order-events')`) puts them in
+ * order-events' hash slot on a Redis Cluster: the script that moves an order may append its
+ * order-cancelled there.
+ */
+export function readModel(generation: number, tag = ''): ReadModel {
   // Generation 1 keeps the names the read model had before it had generations, so an upgrade
   // finds it where its group left it.
   const base = generation === 1 ? 'order-service' : `order-service:read-model:${generation}`;
   return {
     generation,
     group: generation === 1 ? 'order-service-group' : `order-service-group-${generation}`,
-    order: (orderId) => `${base}:order:${orderId}`,
-    ordersOf: (userId) => `${base}:orders-of:${userId}`,
-    paymentDue: `${base}:payment-due`,
-    refused: `${base}:refused-transitions`,
+    order: (orderId) => `${base}:order:${tag}${orderId}`,
+    ordersOf: (userId) => `${base}:orders-of:${tag}${userId}`,
+    paymentDue: `${base}:${tag}payment-due`,
+    refused: `${base}:${tag}refused-transitions`,
   };
 }
 
-/** The live generation, as `LIVE_GENERATION_KEY` names it. */
-export async function liveReadModel(redis: Redis): Promise<ReadModel> {
+/** The live generation, as `LIVE_GENERATION_KEY` names it, with its keys as `redis` keeps them. */
+export async function liveReadModel(redis: RedisClient): Promise<ReadModel> {
   const live = await redis.get(LIVE_GENERATION_KEY);
-  return readModel(live === null ? 1 : Number(live));
+  return readModel(live === null ? 1 : Number(live), slotTag(redis, OrderEvents.name));
 }
 
 /**
@@ -53,5 +60,5 @@ export async function liveReadModel(redis: Redis): Promise<ReadModel> {
  * cancels it (two are live while instances switch after a rebuild): it holds the entry ID of the
  * order-cancelled published, for as long as a switch may take.
  */
-export const cancellationKey = (orderId: string) => `order-service:cancellation:${orderId}`;
+export const cancellationKey = (orderId: string, tag = '') => `order-service:cancellation:${tag}${orderId}`;
 export const CANCELLATION_KEY_TTL_MS = 7 * 24 * 60 * 60 * 1000;

@@ -1,6 +1,6 @@
-import { compareIds, replay, type Handler, type ReplayReport } from '@msa/stream-kit';
+import { compareIds, replay, type Handler, type RedisClient, type ReplayReport } from '@msa/stream-kit';
+import { slotTag } from '@msa/stream-kit/lua';
 import { OrderEvents, PaymentEvents, type OrderEvent } from '@msa/stream-kit/events';
-import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { redisOrders } from './orders.ts';
 import {
@@ -12,7 +12,7 @@ import {
 } from './read-model.ts';
 
 export interface RebuildOptions {
-  redis: Redis;
+  redis: RedisClient;
   logger: Logger;
   /** `PAYMENT_TIMEOUT_MS`: the one the orders were placed under, or their due times differ. */
   paymentTimeoutMs: number;
@@ -75,7 +75,7 @@ export async function rebuildReadModel({
   const previous = await liveReadModel(redis);
   // A number never used before: a rebuild that failed keeps its own, keys and group.
   await redis.set(LAST_GENERATION_KEY, previous.generation, 'NX');
-  const model = readModel(await redis.incr(LAST_GENERATION_KEY));
+  const model = readModel(await redis.incr(LAST_GENERATION_KEY), slotTag(redis, OrderEvents.name));
   const since = await oldestPaymentMs(redis);
   logger.info(
     { generation: model.generation, previous: previous.generation, since },
@@ -115,7 +115,7 @@ export async function rebuildReadModel({
  * The ms before which payment-events may have lost entries: 0 while it has never lost one (or does
  * not exist), else its oldest entry's, or, when it is empty, just after the last ID it ever had.
  */
-async function oldestPaymentMs(redis: Redis): Promise<number> {
+async function oldestPaymentMs(redis: RedisClient): Promise<number> {
   const info = (await redis.xinfo('STREAM', PaymentEvents.name).catch(() => undefined)) as
     unknown[] | undefined;
   if (!info) return 0;
@@ -134,7 +134,7 @@ const msOfId = (id: string) => Number(id.slice(0, id.indexOf('-')));
  * (`ends`, by stream) are `changedSince`, a difference that goes once both have applied it.
  */
 async function compareGenerations(
-  redis: Redis,
+  redis: RedisClient,
   a: ReadModel,
   b: ReadModel,
   orderIds: Iterable<string>,

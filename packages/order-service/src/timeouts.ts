@@ -1,5 +1,5 @@
 import { PaymentEvents } from '@msa/stream-kit/events';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 import type { Logger } from 'pino';
 import { handledUntilMs, horizonOf } from '@msa/stream-kit';
 import type { Orders } from './orders.ts';
@@ -9,7 +9,7 @@ import type { ReadModel } from './read-model.ts';
 const BATCH = 100;
 
 export interface PaymentTimeoutsOptions {
-  redis: Redis;
+  redis: RedisClient;
   orders: Orders;
   logger: Logger;
   /** The generation whose due orders to cancel (the one `orders` writes). */

@@ -8,12 +8,12 @@ import {
   type ServiceMetrics,
   type Tracing,
 } from '@msa/stream-kit/service';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 import type { Logger } from 'pino';
 
 export interface AppDeps {
   /** For the readiness probe. */
-  redis: Redis;
+  redis: RedisClient;
   logger: Logger;
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;

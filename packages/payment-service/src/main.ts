@@ -32,10 +32,14 @@ const logs = logDestination(process.stdout);
 const logger = pino(logOptions('payment-service', config, { traced: tracer !== undefined }), logs);
 // The lines of the last tick, when the process ends in it (an uncaught exception).
 process.on('exit', () => logs.flush());
+// A cluster client with REDIS_CLUSTER=true; the subscriptions' connections copy its settings.
 const redis = openRequestConnection(
   config.REDIS_URL,
   logger.child({ component: 'redis' }),
   'payment-service',
+  {
+    cluster: config.REDIS_CLUSTER,
+  },
 );
 // Counts of the subscription and the payments, HTTP timings, and the streams' state read from Redis at scrape time.
 const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
@@ -50,13 +54,11 @@ const subscription = subscribe(
     metrics,
   }),
   {
-    connection: config.REDIS_URL,
+    connection: redis,
     logger: logger.child({ component: 'consumer' }),
     claimIdleMs: config.CLAIM_IDLE_MS,
     count: config.READ_COUNT,
     concurrency: config.CONCURRENCY,
-    // Its scripts ack each order-events entry in the same step as its effect, on every path that resolves.
-    handlerAcks: true,
     metrics,
     tracer,
   },

@@ -7,9 +7,16 @@ import {
   type Handler,
   type MessagingMetrics,
 } from '@msa/stream-kit';
-import { OrderEvents, PaymentEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
-import { batchCalls, defineScript, maxIdAheadMs, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
-import type { Redis } from 'ioredis';
+import { PaymentEvents, type OrderEvent, type PaymentEvent } from '@msa/stream-kit/events';
+import {
+  batchCalls,
+  defineScript,
+  maxIdAheadMs,
+  slotTag,
+  XADD_CHECKED,
+  xaddArguments,
+} from '@msa/stream-kit/lua';
+import type { RedisClient } from '@msa/stream-kit';
 import type { Logger } from 'pino';
 
 /**
@@ -52,8 +59,11 @@ export interface PaymentRecord {
   refundedAt?: string;
 }
 
-/** The record of the payment for `orderId`. */
-export const paymentKey = (orderId: string) => `payment-service:payment:${orderId}`;
+/**
+ * The record of the payment for `orderId`. `tag`, `slotTag(redis, 'payment-events')`, puts it in
+ * payment-events' hash slot on a Redis Cluster, where its script appends the payment's event.
+ */
+export const paymentKey = (orderId: string, tag = '') => `payment-service:payment:${tag}${orderId}`;
 
 /*
  * The record's state in Lua; `false` for no record. HMGET answers false for a missing field.
@@ -66,23 +76,25 @@ end
 `;
 
 /*
- * One atomic step per order-created: the record, its event (payment-completed, or payment-failed
- * for an order above the limit) and the XACK of the order entry. A crash before it leaves the order
- * pending, to be settled on redelivery; a crash after it leaves nothing to do. An order whose
- * record exists (delivered again, or cancelled before it came) is only acked: the first step
- * decides. Both paths that answer ack the entry: the handler is subscribed with `handlerAcks`, so
- * this XACK is the only one.
+ * One atomic step per order-created: the record and its event (payment-completed, or
+ * payment-failed for an order above the limit), both in payment-events' slot. The order entry is
+ * acked after it, by the subscription, once the handler resolves: order-events lives in another
+ * slot of a Redis Cluster (atomic within a slot, idempotent across: README, Redis Cluster). A
+ * crash before the step leaves the order pending, to be settled on redelivery; a crash between
+ * the step and the ack leaves a redelivery that finds the record and only resolves (is acked).
+ * An order whose record exists (delivered again, or cancelled before it came) changes nothing:
+ * the first step decides.
  *
  * Many orders per call (the handlers started in one tick, see `batchCalls`), each in a `pcall` of
  * its own: an order that fails (its record key holds another type: WRONGTYPE; its XADD is refused:
  * IDAHEAD) answers its own error and is not acked, while the others are settled. Within an order
  * only the HMGET and the XADD can fail, and both come before any write of that order, so a failed
- * order writes nothing. One XACK at the end, of every order that answered. `#!lua` (no flags):
+ * order writes nothing. `#!lua` (no flags):
  * while Redis is out of memory it refuses the whole script up front (see CLAIM_RUN in stream-kit's
  * scripts.ts), rather than letting each XADD fail inside its pcall.
  *
- * KEYS: payment-events, order-events, then the payment record of each order.
- * ARGV: group, how far an ID may run ahead of the clock, then the orders as one JSON array, one
+ * KEYS: payment-events, then the payment record of each order.
+ * ARGV: how far an ID may run ahead of the clock, then the orders as one JSON array, one
  * array of strings per order: `charge` or `decline`, its entry ID, paymentProcessId (charge) or
  * reason (decline), the time (ISO 8601, the same for the call), userId, price, then its XADD
  * arguments. One argument, not
@@ -95,7 +107,7 @@ end
 const SETTLE_MANY = `#!lua
 ${XADD_CHECKED}
 ${STATE_OF}
-local group, max_ahead, orders = ARGV[1], ARGV[2], cjson.decode(ARGV[3])
+local max_ahead, orders = ARGV[1], cjson.decode(ARGV[2])
 -- One function for every order, not a closure per order: pcall(settle, ...) makes no garbage.
 local function settle(record, order)
   local state, process = state_of(record)
@@ -112,19 +124,12 @@ local function settle(record, order)
     'price', order[6])
   return {1, 'declined'}
 end
-local answers, acked = {}, {}
-for i = 3, #KEYS do
-  local order = orders[i - 2]
-  local ok, answer = pcall(settle, KEYS[i], order)
-  if ok then
-    acked[#acked + 1] = order[2]
-    answers[#answers + 1] = answer
-  else
-    -- Redis 7.0 hands pcall the error's message, later versions the error table.
-    answers[#answers + 1] = {-1, type(answer) == 'table' and answer.err or tostring(answer)}
-  end
+local answers = {}
+for i = 2, #KEYS do
+  local ok, answer = pcall(settle, KEYS[i], orders[i - 1])
+  -- Redis 7.0 hands pcall the error's message, later versions the error table.
+  answers[#answers + 1] = ok and answer or {-1, type(answer) == 'table' and answer.err or tostring(answer)}
 end
-if #acked > 0 then redis.call('XACK', KEYS[2], group, unpack(acked)) end
 return answers
 `;
 
@@ -132,12 +137,12 @@ return answers
  * One step per order-cancelled, given the state the handler read (and built its refund from): a
  * charged order is refunded (payment-refunded, state refunded); an order with no record yet is
  * marked cancelled, so that its order-created, when it comes, is never charged; any other state
- * (declined, refunded, cancelled) needs nothing. Then the XACK of the cancellation. If the state
- * is no longer the one read (a charge ran in between), it writes nothing and answers {-2, state}:
- * the handler reads again.
+ * (declined, refunded, cancelled) needs nothing. The subscription acks the cancellation after it
+ * (see SETTLE_MANY). If the state is no longer the one read (a charge ran in between), it writes
+ * nothing and answers {-2, state}: the handler reads again.
  *
- * KEYS: payment-events, order-events, the order's payment record.
- * ARGV: group, how far an ID may run ahead of the clock, the order-cancelled entry ID, the state
+ * KEYS: payment-events, the order's payment record.
+ * ARGV: how far an ID may run ahead of the clock, the order-cancelled entry ID, the state
  * read (`none` for no record), the time (ISO 8601), the order's reason, the number of the refund's
  * XADD arguments, and those arguments (none unless charged).
  * Answers {1, state before}, or {-2, state now}.
@@ -145,25 +150,23 @@ return answers
 const CANCEL = `#!lua
 ${XADD_CHECKED}
 ${STATE_OF}
-local group, max_ahead, entry, read, time = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local state = state_of(KEYS[3]) or 'none'
+local max_ahead, entry, read, time = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local state = state_of(KEYS[2]) or 'none'
 if state ~= read then return {-2, state} end
 if state == 'none' then
-  redis.call('HSET', KEYS[3], 'state', 'cancelled', 'cancelledEntryId', entry, 'cancelledAt', time,
-    'reason', ARGV[6])
+  redis.call('HSET', KEYS[2], 'state', 'cancelled', 'cancelledEntryId', entry, 'cancelledAt', time,
+    'reason', ARGV[5])
 elseif state == 'charged' then
-  local id = xadd_checked(KEYS[1], max_ahead, unpack(ARGV, 8, 7 + tonumber(ARGV[7])))
-  redis.call('HSET', KEYS[3], 'state', 'refunded', 'refundEntryId', id, 'refundedAt', time,
+  local id = xadd_checked(KEYS[1], max_ahead, unpack(ARGV, 7, 6 + tonumber(ARGV[6])))
+  redis.call('HSET', KEYS[2], 'state', 'refunded', 'refundEntryId', id, 'refundedAt', time,
     'cancelledEntryId', entry)
 end
-redis.call('XACK', KEYS[2], group, entry)
 return {1, state}
 `;
 
 /** An order for SETTLE_MANY, as one handler queues it. */
 interface Settle {
   record: string;
-  group: string;
   op: 'charge' | 'decline';
   entryId: string;
   /** paymentProcessId (charge) or reason (decline). */
@@ -181,7 +184,7 @@ type SettleAnswer =
 /**
  * The most orders one SETTLE_MANY call carries. Below the service's CONCURRENCY, so that several
  * calls are in flight: Redis runs one while this process builds the next (one call for all would
- * leave each waiting on the other). Also keeps Lua's `unpack` of the XACK IDs far from its limit.
+ * leave each waiting on the other).
  */
 const MAX_ORDERS_PER_CALL = 100;
 
@@ -190,7 +193,7 @@ const CANCEL_TRIES = 5;
 
 export interface PaymentDeps {
   /** payment-service's own connection; the scripts are defined on it. */
-  redis: Redis;
+  redis: RedisClient;
   logger: Logger;
   /** `PAYMENT_LIMIT`: an order whose price is above it is declined (`payment-failed`). */
   limit: number;
@@ -208,10 +211,9 @@ export interface PaymentDeps {
  * event, decides. The payment process ID is a UUID, not the tutorial's in-memory counter, so it
  * stays unique across restarts and instances.
  *
- * Acks its own entry (subscribe it with `handlerAcks: true`): it resolves only after the script
- * that acked it, and throws (the entry stays pending) with the error Redis gave for its order
- * alone. The orders of the handlers started in one tick go out in one SETTLE_MANY call
- * (`batchCalls`), one per consumer group. One handler per event type (`byType`): a type added to
+ * Resolves once its step is in Redis (the subscription then acks the entry), and throws (the
+ * entry stays pending) with the error Redis gave for its order alone. The orders of the handlers
+ * started in one tick go out in one SETTLE_MANY call (`batchCalls`). One handler per event type (`byType`): a type added to
  * order-events fails the typecheck here, and one that arrives unhandled is dead-lettered, not acked
  * silently, with nothing written.
  */
@@ -220,10 +222,12 @@ export function paymentHandler({ redis, logger, limit, metrics }: PaymentDeps): 
   // of a payment's CPU time in a profile of the service draining a backlog).
   const lines = logger.child({}, { redact: [] });
   const settleMany = defineScript<SettleAnswer[]>(redis, 'settleMany', null, SETTLE_MANY);
-  const cancel = defineScript<[1 | -2, PaymentState | 'none']>(redis, 'cancelPayment', 3, CANCEL);
+  const cancel = defineScript<[1 | -2, PaymentState | 'none']>(redis, 'cancelPayment', 2, CANCEL);
+  // The records live in payment-events' slot on a Redis Cluster: their scripts append its events.
+  const tag = slotTag(redis, PaymentEvents.name);
   const settle = batchCalls<Settle, SettleAnswer>(
     async (orders) => {
-      const keys = [PaymentEvents.name, OrderEvents.name];
+      const keys = [PaymentEvents.name];
       const packed: string[][] = [];
       // One time for the call: its orders are settled in the same step (and toISOString is slow).
       const at = new Date().toISOString();
@@ -235,7 +239,7 @@ export function paymentHandler({ redis, logger, limit, metrics }: PaymentDeps): 
       }
       // prettier-ignore
       const answers = await settleMany(
-        keys.length, keys, orders[0]!.group, maxIdAheadMs(PaymentEvents), JSON.stringify(packed),
+        keys.length, keys, maxIdAheadMs(PaymentEvents), JSON.stringify(packed),
       );
       if (metrics) {
         let appended = 0;
@@ -244,7 +248,7 @@ export function paymentHandler({ redis, logger, limit, metrics }: PaymentDeps): 
       }
       return answers.map((answer) => (answer[0] === -1 ? new Error(answer[1]) : answer));
     },
-    { maxBatchSize: MAX_ORDERS_PER_CALL, keyOf: (order) => order.group },
+    { maxBatchSize: MAX_ORDERS_PER_CALL },
   );
 
   return byType<OrderEvent>({
@@ -261,8 +265,7 @@ export function paymentHandler({ redis, logger, limit, metrics }: PaymentDeps): 
             paymentProcessId: randomUUID(),
           };
       const answer = await settle({
-        record: paymentKey(order.orderId),
-        group: context.group,
+        record: paymentKey(order.orderId, tag),
         op: declined ? 'decline' : 'charge',
         entryId: context.id,
         detail: event.type === 'payment-completed' ? event.paymentProcessId : 'limit-exceeded',
@@ -292,7 +295,7 @@ export function paymentHandler({ redis, logger, limit, metrics }: PaymentDeps): 
     },
 
     'order-cancelled': async (cancellation, context: DeliveryContext) => {
-      const record = paymentKey(cancellation.orderId);
+      const record = paymentKey(cancellation.orderId, tag);
       for (let tries = 0; tries < CANCEL_TRIES; tries += 1) {
         const read = await redis.hgetall(record);
         const state = stateOf(read);
@@ -300,8 +303,7 @@ export function paymentHandler({ redis, logger, limit, metrics }: PaymentDeps): 
         const xadd = refund ? xaddArguments(PaymentEvents, refund) : [];
         // prettier-ignore
         const [done, before] = await cancel(
-          PaymentEvents.name, OrderEvents.name, record,
-          context.group, maxIdAheadMs(PaymentEvents), context.id, state, new Date().toISOString(),
+          PaymentEvents.name, record, maxIdAheadMs(PaymentEvents), context.id, state, new Date().toISOString(),
           cancellation.reason, xadd.length, xadd,
         );
         if (done === -2) continue;
@@ -332,7 +334,7 @@ function stateOf(record: Record<string, string>): PaymentState | 'none' {
  * and `price` takes them from its `payment-completed` entry, while the stream still holds it.
  */
 async function refundOf(
-  redis: Redis,
+  redis: RedisClient,
   orderId: string,
   record: Record<string, string>,
 ): Promise<EventOf<typeof PaymentEvents> & { type: 'payment-refunded' }> {

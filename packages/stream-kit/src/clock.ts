@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './connection.ts';
 import { idAheadOf } from './stream.ts';
 
 /**
@@ -9,7 +9,7 @@ import { idAheadOf } from './stream.ts';
 export class ServerClock {
   private offsetMs = 0;
 
-  constructor(private readonly redis: Redis) {}
+  constructor(private readonly redis: RedisClient) {}
 
   /** Whether `id` may lie more than `boundMs` ahead of Redis's clock: cheap, no I/O; confirm with `aheadBy`. */
   looksAhead(id: string, boundMs: number): boolean {

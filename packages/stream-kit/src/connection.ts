@@ -1,8 +1,11 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from './logger.ts';
 
-/** A Redis URL, or a client whose settings a new connection should copy. */
-export type Connection = string | Redis;
+/** A client of one Redis, or of a Redis Cluster (ioredis routes each command to its slot's master). */
+export type RedisClient = Redis | Cluster;
+
+/** A Redis URL (of one Redis), or a client whose settings a new connection should copy. */
+export type Connection = string | RedisClient;
 
 /** Reconnect after 50 ms, doubling up to 2 s: quick after a blip, calm during an outage. */
 export function reconnectDelay(attempt: number): number {
@@ -18,7 +21,7 @@ export function openReaderConnection(
   logger: Logger,
   name: string,
   commandTimeoutMs: number,
-): Redis {
+): RedisClient {
   const options: RedisOptions = {
     maxRetriesPerRequest: null,
     retryStrategy: reconnectDelay,
@@ -32,7 +35,14 @@ export function openReaderConnection(
     keepAlive: 10_000,
   };
   const redis =
-    typeof connection === 'string' ? new Redis(connection, options) : connection.duplicate(options);
+    typeof connection === 'string'
+      ? new Redis(connection, options)
+      : connection instanceof Cluster
+        ? connection.duplicate(undefined, {
+            redisOptions: { ...connection.options.redisOptions, ...options },
+            clusterRetryStrategy: options.retryStrategy,
+          })
+        : connection.duplicate(options);
   logConnectionState(redis, logger);
   return redis;
 }
@@ -45,13 +55,16 @@ export function openReaderConnection(
  * through its pending list, where a read whose answer was lost left its entries. Call it with
  * every error of a command on that connection; it acts on timeouts alone.
  */
-export function reconnectIfStalled(redis: Redis, err: unknown, logger: Logger, where: object): void {
+export function reconnectIfStalled(redis: RedisClient, err: unknown, logger: Logger, where: object): void {
   if (!(err instanceof Error) || err.message !== 'Command timed out') return;
   // Between reconnect attempts commands wait in the offline queue and time out there: nothing
   // to give up on, and the outage is logged already.
   if (redis.status !== 'ready') return;
   logger.warn(where, 'redis did not answer; reconnecting');
-  redis.stream?.destroy();
+  // A cluster client holds a connection per node: reconnecting all of them (the client is the
+  // reader's own) is the one way in, and it reloads the slots too.
+  if (redis instanceof Cluster) redis.disconnect(true);
+  else redis.stream?.destroy();
 }
 
 /** The longest a command on a request connection may take before it fails. */
@@ -63,8 +76,20 @@ export const REQUEST_TIMEOUT_MS = 2_000;
  * the caller can answer 503 quickly.
  * Outages are logged once, not at every reconnect attempt.
  */
-export function openRequestConnection(url: string, logger: Logger, name = 'stream-kit:request'): Redis {
-  const redis = new Redis(url, {
+export function openRequestConnection(url: string, logger: Logger, name?: string): Redis;
+export function openRequestConnection(
+  url: string,
+  logger: Logger,
+  name: string,
+  options: { cluster: boolean },
+): RedisClient;
+export function openRequestConnection(
+  url: string,
+  logger: Logger,
+  name = 'stream-kit:request',
+  { cluster = false }: { cluster?: boolean } = {},
+): RedisClient {
+  const options: RedisOptions = {
     maxRetriesPerRequest: 1,
     retryStrategy: reconnectDelay,
     connectionName: name,
@@ -74,16 +99,36 @@ export function openRequestConnection(url: string, logger: Logger, name = 'strea
     // run: callers that retry need an idempotency key.
     commandTimeout: REQUEST_TIMEOUT_MS,
     connectTimeout: REQUEST_TIMEOUT_MS,
-  });
+  };
+  const redis = cluster ? openCluster(url, options) : new Redis(url, options);
   logConnectionState(redis, logger);
   return redis;
+}
+
+/**
+ * A Redis Cluster client that starts from the node `url` names (any node: it learns the others
+ * from it) and gives every node's connection `options`, the URL's user and password and, for
+ * `rediss://`, TLS.
+ */
+export function openCluster(url: string, options: RedisOptions = {}): Cluster {
+  const { hostname, port, username, password, protocol } = new URL(url);
+  const { retryStrategy, ...redisOptions } = options;
+  return new Cluster([{ host: hostname, port: Number(port || 6379) }], {
+    redisOptions: {
+      ...redisOptions,
+      ...(username ? { username: decodeURIComponent(username) } : {}),
+      ...(password ? { password: decodeURIComponent(password) } : {}),
+      ...(protocol === 'rediss:' ? { tls: {} } : {}),
+    },
+    ...(retryStrategy ? { clusterRetryStrategy: retryStrategy } : {}),
+  });
 }
 
 /**
  * Logs the first error of an outage and the recovery, not each failed reconnect attempt.
  * Without an `error` listener ioredis would print every attempt as an unhandled error.
  */
-export function logConnectionState(redis: Redis, logger: Logger): void {
+export function logConnectionState(redis: RedisClient, logger: Logger): void {
   let down = false;
   redis.on('error', (err: Error) => {
     if (down) return;

@@ -1,7 +1,8 @@
-import type { Redis } from 'ioredis';
-import { REPLAY_DEAD_LETTERS } from './scripts.ts';
+import type { RedisClient } from './connection.ts';
+import { PUT_BACK_ONCE } from './scripts.ts';
 import {
   decode,
+  slotName,
   defaultDeadLetterStream,
   fieldsFromReply,
   textFields,
@@ -76,7 +77,7 @@ export class DeadLetterError extends Error {
  * failed XADD and lose the entry.
  */
 export async function writeDeadLetter(
-  redis: Redis,
+  redis: RedisClient,
   deadLetterStream: string,
   fields: readonly Buffer[],
   source: DeadLetterSource,
@@ -96,14 +97,14 @@ export async function writeDeadLetter(
 }
 
 /**
- * How long `<dead-letter stream>:replayed:<entry ID>` remembers that an entry was put back, so
+ * How long `{<stream>}:replayed:<dead-letter stream>:<entry ID>` remembers that an entry was put back, so
  * that replaying the dead letter another group left for it does not put it back twice.
  */
 const REPLAY_MARK_SECONDS = 30 * 24 * 60 * 60;
 
 /** The dead letters of `stream`, oldest first. */
 export async function listDeadLetters(
-  redis: Redis,
+  redis: RedisClient,
   stream: StreamDefinition,
   { count = 100, after, deadLetterStream = defaultDeadLetterStream(stream) }: ListOptions = {},
 ): Promise<DeadLetter[]> {
@@ -141,7 +142,7 @@ export interface Replayed {
 
 /**
  * Puts dead letters back on `stream` (once their cause is fixed) and removes them from the
- * dead-letter stream, in one atomic step per original entry: an entry is put back once, even if
+ * dead-letter stream, once per original entry: an entry is put back once, even if
  * several groups dead-lettered it and their dead letters are replayed in separate calls (for 30
  * days), and even if two operators replay it at the same time. The new
  * entry reaches every group of the stream again, not only the ones that gave up on it; the
@@ -151,7 +152,7 @@ export interface Replayed {
  * read (or is not UTF-8) is written back byte for byte, and will be dead-lettered again.
  */
 export async function replayDeadLetters(
-  redis: Redis,
+  redis: RedisClient,
   stream: StreamDefinition,
   ids: readonly string[],
   { deadLetterStream = defaultDeadLetterStream(stream) }: DeadLetterOptions = {},
@@ -184,13 +185,20 @@ export async function replayDeadLetters(
     const fields = textFields(raw);
     const decoded = typeof fields === 'number' ? undefined : decode(stream, originalId, fields);
     const args = decoded?.ok ? xaddArguments(stream, decoded.event) : [...trimArguments(stream), '*', ...raw];
-    const mark = `${deadLetterStream}:replayed:${entryKey}`;
-    // prettier-ignore
+    // The entry first, then its dead letters: a crash in between leaves dead letters whose replay
+    // finds the mark and only deletes them. Two steps, as the mark lives in the stream's slot
+    // and the dead letters in their own (Redis Cluster: atomic within a slot, idempotent across).
+    const mark = `${slotName(stream.name)}:replayed:${deadLetterStream}:${entryKey}`;
     const entryId = (await redis.eval(
-      REPLAY_DEAD_LETTERS, 3, deadLetterStream, stream.name, mark,
-      letterIds.length, ...letterIds, REPLAY_MARK_SECONDS, ...args,
-    )) as string | null;
-    for (const id of letterIds) replayed.push({ id, entryId: entryId ?? undefined });
+      PUT_BACK_ONCE,
+      2,
+      stream.name,
+      mark,
+      REPLAY_MARK_SECONDS,
+      ...args,
+    )) as string;
+    await redis.xdel(deadLetterStream, ...letterIds);
+    for (const id of letterIds) replayed.push({ id, entryId });
   }
   return replayed;
 }
@@ -208,7 +216,7 @@ export interface Dropped {
  * original entries are not put back. Resolves to what became of each ID, in order.
  */
 export async function dropDeadLetters(
-  redis: Redis,
+  redis: RedisClient,
   stream: StreamDefinition,
   ids: readonly string[],
   { deadLetterStream = defaultDeadLetterStream(stream) }: DeadLetterOptions = {},

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './connection.ts';
 import { compareIds } from './consumer/group.ts';
 import { idTimeMs } from './stream.ts';
 
@@ -15,7 +15,11 @@ export interface Horizon {
 }
 
 /** Reads `group`'s horizon on `stream`: XINFO GROUPS, XPENDING's summary, the last entry. */
-export async function horizonOf(redis: Redis, stream: string, group: string): Promise<Horizon | undefined> {
+export async function horizonOf(
+  redis: RedisClient,
+  stream: string,
+  group: string,
+): Promise<Horizon | undefined> {
   // A stream that does not exist yet has no groups; any other error is the caller's to see.
   const groups = (await redis.xinfo('GROUPS', stream).catch((err: unknown) => {
     if (err instanceof Error && /no such key/i.test(err.message)) return [];

@@ -4,7 +4,7 @@
  * that ack in their own Lua script are `@msa/stream-kit/lua`; the service chassis (env, HTTP,
  * shutdown) is `@msa/stream-kit/service`.
  */
-export type { Connection } from './connection.ts';
+export type { Connection, RedisClient } from './connection.ts';
 export { EventValidationError, NonRetryableError, PublisherClosedError, RetryLaterError } from './errors.ts';
 export { compareIds } from './consumer/group.ts';
 export { byType } from './handlers.ts';

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './connection.ts';
 import { idTimeMs } from './stream.ts';
 
 /*
@@ -67,7 +67,7 @@ export interface InspectOptions {
  * A stream not created yet reads as empty, with no groups. Rejects with the Redis error.
  */
 export async function inspectStreams(
-  redis: Redis,
+  redis: RedisClient,
   streams: ReadonlyMap<string, ReadonlySet<string>>,
   { detail = false }: InspectOptions = {},
 ): Promise<Inspection> {
@@ -135,7 +135,7 @@ export async function inspectStreams(
 
 /** Each group of `stream` and the last entry delivered to it, as XINFO GROUPS says now (none for a stream not created yet). */
 export async function groupPositions(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
 ): Promise<{ group: string; lastDeliveredId: string }[]> {
   const infos = await (redis.xinfo('GROUPS', stream) as Promise<unknown[][]>).catch(
@@ -147,7 +147,7 @@ export async function groupPositions(
   });
 }
 
-async function readConsumers(redis: Redis, stream: string, group: string): Promise<ConsumerState[]> {
+async function readConsumers(redis: RedisClient, stream: string, group: string): Promise<ConsumerState[]> {
   const infos = await (redis.xinfo('CONSUMERS', stream, group) as Promise<unknown[][]>).catch(
     noGroup<unknown[][]>([]),
   );

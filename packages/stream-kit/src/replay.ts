@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './connection.ts';
 import { compareIds } from './consumer/group.ts';
 import { silentLogger } from './logger.ts';
 import { horizonOf, type Horizon } from './horizon.ts';
@@ -48,7 +48,7 @@ export interface ReplayReport {
  * away is gone. Throws if the group exists on one of the streams.
  */
 export async function replay(
-  redis: Redis,
+  redis: RedisClient,
   group: string,
   consumer: string,
   routes: readonly ReplayRoute[],

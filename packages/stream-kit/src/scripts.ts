@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './connection.ts';
 import { XADD_CHECKED } from './stream.ts';
 
 /*
@@ -14,7 +14,12 @@ import { XADD_CHECKED } from './stream.ts';
  * arguments, and gets the script's reply. With `numberOfKeys` null (a script over as many keys as
  * the call brings, e.g. one per item of a batch), the caller passes the number of keys first.
  */
-export function defineScript<Reply>(redis: Redis, name: string, numberOfKeys: number | null, lua: string) {
+export function defineScript<Reply>(
+  redis: RedisClient,
+  name: string,
+  numberOfKeys: number | null,
+  lua: string,
+) {
   const commands = redis as unknown as Record<
     string,
     (...args: (string | number | Buffer)[]) => Promise<Reply>
@@ -182,26 +187,18 @@ return removed
 `;
 
 /**
- * KEYS[1] dead-letter stream, KEYS[2] stream, KEYS[3] the replay mark of the original entry;
- * ARGV[1] n, ARGV[2..n+1] dead letters of that entry, ARGV[n+2] how long to keep the mark (s),
- * then the XADD arguments after the key. Appends the entry to the stream once, however many of its
- * dead letters are replayed, in as many calls as you like (the mark remembers the new entry ID),
- * and deletes the dead letters given. Returns the new entry ID, or false if none of the dead
- * letters exists and the entry was never put back.
+ * KEYS[1] stream, KEYS[2] the replay mark of a dead-lettered entry (in the stream's slot); ARGV[1]
+ * how long to keep the mark (s), then the XADD arguments after the key. Appends the entry to the
+ * stream once, however often it is called for the same mark (the mark remembers the new entry
+ * ID), and returns that ID. The dead letters are deleted afterwards, apart: they live in another
+ * slot, and one left behind by a crash in between is only put back again as this same ID.
  */
-export const REPLAY_DEAD_LETTERS = `
-local n = tonumber(ARGV[1])
-local present = {}
-for i = 2, n + 1 do
-  if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then present[#present + 1] = ARGV[i] end
-end
-local id = redis.call('GET', KEYS[3])
+export const PUT_BACK_ONCE = `
+local id = redis.call('GET', KEYS[2])
 if not id then
-  if #present == 0 then return false end
-  id = redis.call('XADD', KEYS[2], unpack(ARGV, n + 3))
-  redis.call('SET', KEYS[3], id, 'EX', ARGV[n + 2])
+  id = redis.call('XADD', KEYS[1], unpack(ARGV, 2))
+  redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
 end
-if #present > 0 then redis.call('XDEL', KEYS[1], unpack(present)) end
 return id
 `;
 

@@ -8,7 +8,15 @@
 export { openRequestConnection } from './connection.ts';
 export { accessLog } from './service/access-log.ts';
 export type { AccessLogLocals } from './service/access-log.ts';
-export { consumerEnv, LOG_REDACT, logDestination, logOptions, parseEnv, serviceEnv } from './service/env.ts';
+export {
+  consumerEnv,
+  LOG_REDACT,
+  logDestination,
+  logOptions,
+  parseEnv,
+  redisEnv,
+  serviceEnv,
+} from './service/env.ts';
 export type { LogDestination } from './service/env.ts';
 export {
   ConflictError,

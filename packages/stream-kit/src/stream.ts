@@ -69,6 +69,27 @@ export function defineStream<Schema extends z.ZodType>(
   return Object.freeze({ ...definition, retention, maxIdAheadMs });
 }
 
+/**
+ * `stream`'s name as the keys that live in its hash slot begin (`{order-events}:alive:<group>`):
+ * in braces, a hash tag, so that a Redis Cluster keeps them with the stream and one script may
+ * touch both. A name that holds a hash tag already (`orders:{3}`) is used as it is.
+ */
+export function slotName(stream: string): string {
+  const open = stream.indexOf('{');
+  const close = open === -1 ? -1 : stream.indexOf('}', open + 1);
+  return close > open + 1 ? stream : `{${stream}}`;
+}
+
+/**
+ * What a service puts into the name of a key that must change atomically with `stream`
+ * (`payment-service:payment:{payment-events}:<orderId>`): on a Redis Cluster, `stream`'s slot
+ * name and a colon; on one Redis nothing, so that keys keep the names they had before cluster
+ * mode existed and an upgrade finds its data where it left it.
+ */
+export function slotTag(redis: { readonly isCluster: boolean }, stream: string): string {
+  return redis.isCluster ? `${slotName(stream)}:` : '';
+}
+
 /** Where subscriptions to `stream` put what they give up on, unless told otherwise. */
 export function defaultDeadLetterStream(stream: StreamDefinition): string {
   return `${stream.name}:dlq`;

@@ -55,6 +55,8 @@ describe('the entry points of @msa/stream-kit', () => {
         'batchCalls',
         'defineScript',
         'livenessKey',
+        'slotName',
+        'slotTag',
         'maxIdAheadMs',
         'xaddArguments',
       ],

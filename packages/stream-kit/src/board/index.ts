@@ -8,7 +8,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import express, { Router, type NextFunction, type Request, type Response } from 'express';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../connection.ts';
 import { z } from 'zod';
 import { dropDeadLetters, replayDeadLetters } from '../dead-letters.ts';
 import { silentLogger, type Logger } from '../logger.ts';
@@ -42,7 +42,7 @@ export interface BoardOptions {
    * A request connection (`openRequestConnection`), as a Redis user allowed to read the streams
    * and groups, and for writes to replay and drop dead letters. The board does not close it.
    */
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   /** The streams it shows, each with its dead letters at `${name}:dlq`. */
   readonly streams: readonly StreamDefinition[];
   /**

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../connection.ts';
 import { inspectStreams, type Inspection } from '../inspect.ts';
 import type { Logger } from '../logger.ts';
 import type { Sample, StreamView } from './api.ts';
@@ -12,7 +12,7 @@ import { addRunsBetween, parseRunTimes, quantilesOf, type Buckets } from './run-
  */
 
 export interface SamplerOptions {
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   /** Stream name → its dead-letter stream. */
   readonly streams: ReadonlyMap<string, string>;
   readonly metrics: readonly { readonly name: string; readonly url: string }[];

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../connection.ts';
 import { toDeadLetter } from '../dead-letters.ts';
 import { idTimeMs } from '../stream.ts';
 import type { DeadLetterPage, DeadLetterView } from './api.ts';
@@ -27,7 +27,7 @@ export interface Search {
 
 /** One page of the dead letters of `stream` that match `search`, after the dead letter `after`. */
 export async function searchDeadLetters(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   deadLetterStream: string,
   search: Search,
@@ -39,7 +39,7 @@ export async function searchDeadLetters(
 
 /** The matches of one search call, where the next call goes on from, and how many it read. */
 async function readMatching(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   deadLetterStream: string,
   search: Search,
@@ -84,7 +84,7 @@ async function readMatching(
  * limit stopped it (the caller runs it again for the rest).
  */
 export async function allMatching(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   deadLetterStream: string,
   search: Search,

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../connection.ts';
 import { compareIds } from '../consumer/group.ts';
 import { groupPositions } from '../inspect.ts';
 import { fieldsFromReply, idTimeMs } from '../stream.ts';
@@ -25,7 +25,7 @@ export interface Lookup {
  * letters (a bounded search of each dead-letter stream). Undefined when nothing knows of it.
  */
 export async function timelineOf(
-  redis: Redis,
+  redis: RedisClient,
   id: string,
   found: Lookup | undefined,
   tick: Tick,

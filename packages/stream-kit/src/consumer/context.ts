@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../connection.ts';
 import type { Logger } from '../logger.ts';
 import type { StreamDefinition } from '../stream.ts';
 
@@ -7,7 +7,7 @@ import type { StreamDefinition } from '../stream.ts';
  * nothing else; the loop (loop.ts) passes them what they need.
  */
 export interface ConsumerContext {
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   readonly stream: StreamDefinition;
   readonly group: string;
   readonly consumer: string;
@@ -17,7 +17,7 @@ export interface ConsumerContext {
 }
 
 export function consumerContext(
-  redis: Redis,
+  redis: RedisClient,
   stream: StreamDefinition,
   group: string,
   consumer: string,

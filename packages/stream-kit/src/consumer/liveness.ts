@@ -1,8 +1,8 @@
 import { performance } from 'node:perf_hooks';
-import type { Redis } from 'ioredis';
-import { isRedisFault, openReaderConnection, reconnectIfStalled } from '../connection.ts';
+import { isRedisFault, openReaderConnection, reconnectIfStalled, type RedisClient } from '../connection.ts';
 import { silentLogger } from '../logger.ts';
 import { RENEW_LIVENESS, TAKE_FROM_DEAD } from '../scripts.ts';
+import { slotName } from '../stream.ts';
 import type { Settings } from './options.ts';
 import type { ConsumerContext } from './context.ts';
 import { sleep } from './waits.ts';
@@ -24,7 +24,8 @@ export const LIVENESS_CHECK_MS = LIVENESS_TTL_MS / 3;
  * when it has been without a gap. For scripts of handlers that read it: see `CONSUMER_DEAD`.
  */
 export function livenessKey(stream: string, group: string): string {
-  return `${stream}:alive:${group}`;
+  // In the stream's hash slot: scripts read it with the stream's consumers (see `slotName`).
+  return `${slotName(stream)}:alive:${group}`;
 }
 
 /**
@@ -39,7 +40,7 @@ export function livenessKey(stream: string, group: string): string {
  * - `onGap`: called when a renewal finds the mark had lapsed: the loop checks what it still holds.
  */
 export class Liveness {
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private readonly timer: NodeJS.Timeout;
   /** Renewals failed in a row. */
   private failures = 0;

@@ -1,4 +1,5 @@
 import { CLAIM_RUN, FORGET_RUNS_IF_ACKED, UNCOUNT_RUNS } from '../scripts.ts';
+import { slotName } from '../stream.ts';
 import type { ConsumerContext } from './context.ts';
 
 /**
@@ -16,7 +17,7 @@ interface RunCommands {
 /**
  * How many times the handler ran for each entry: what `DeliveryContext.deliveryCount` and
  * `maxDeliveries` count. The first run writes nothing (the hot path); a redelivery is claimed and
- * counted in Redis in one script, in `<stream>:runs:<group>:<id>`, so that any consumer that
+ * counted in Redis in one script, in `{<stream>}:runs:<group>:<id>` (the stream's slot), so that any consumer that
  * takes the entry over counts on. Runs that must not count (a Redis fault, `RetryLaterError`,
  * never started) are taken off again, in Redis too.
  */
@@ -39,7 +40,7 @@ export class RunCounts {
 
   /** Where the number of handler runs of entry `id` is kept. */
   key(id: string): string {
-    return `${this.ctx.stream.name}:runs:${this.ctx.group}:${id}`;
+    return `${slotName(this.ctx.stream.name)}:runs:${this.ctx.group}:${id}`;
   }
 
   /**

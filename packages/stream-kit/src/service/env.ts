@@ -9,6 +9,18 @@ import type { Drainable } from './shutdown.ts';
 /** The most HTTP connections a service keeps open at once, unless `MAX_CONNECTIONS` says otherwise. */
 export const DEFAULT_MAX_CONNECTIONS = 1_000;
 
+/** Where Redis is: what every process that connects to it reads (the services, the board, the CLIs). */
+export const redisEnv = {
+  REDIS_URL: z
+    .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
+    .default('redis://127.0.0.1:6379'),
+  /**
+   * `true`: `REDIS_URL` names a node of a Redis Cluster (any node; the client learns the rest),
+   * and every connection is a cluster client (see README, Redis Cluster).
+   */
+  REDIS_CLUSTER: z.stringbool({ error: 'must be true or false' }).default(false),
+};
+
 /** The variables every service reads; `extend()` it with a service's own. */
 export function serviceEnv(defaultPort: number) {
   return z.object({
@@ -19,9 +31,7 @@ export function serviceEnv(defaultPort: number) {
       .optional(),
     /** `listen()`'s `maxConnections`. */
     MAX_CONNECTIONS: z.coerce.number().int().min(1).max(1_000_000).default(DEFAULT_MAX_CONNECTIONS),
-    REDIS_URL: z
-      .url({ protocol: /^rediss?$/, error: 'must be a redis:// or rediss:// URL' })
-      .default('redis://127.0.0.1:6379'),
+    ...redisEnv,
     LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
     /**
      * This process's name, on `/healthz` and on every log line, so that a supervisor can tell its

@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../connection.ts';
 import { silentLogger, type Logger } from '../logger.ts';
 import { inspectStreams, type Inspection } from '../inspect.ts';
 import type { ConsumeOutcome, ConsumerIdentity, ConsumerMeter, MessagingMetrics } from '../metrics.ts';
@@ -7,7 +7,7 @@ import type { ConsumeOutcome, ConsumerIdentity, ConsumerMeter, MessagingMetrics 
 /** Options of `createMetrics`. */
 export interface MetricsOptions {
   /** A request connection (`openRequestConnection`): the stream gauges are read through it at scrape time. */
-  redis: Redis;
+  redis: RedisClient;
   /** Where a failed read of the stream gauges is told (once, until one succeeds again). @defaultValue silent */
   logger?: Logger;
   /**

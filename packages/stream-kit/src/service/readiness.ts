@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../connection.ts';
 
 export type Readiness = { status: 'ready' } | { status: 'not ready'; reason: string };
 
@@ -16,7 +16,7 @@ const READINESS_KEY_TTL_MS = 10_000;
  * `redis: OOM command not allowed ...` or `redis: READONLY ...`. Never throws, and never waits
  * longer, whatever state the connection is in.
  */
-export async function probeRedis(redis: Redis, service: string, timeoutMs = 1_000): Promise<Readiness> {
+export async function probeRedis(redis: RedisClient, service: string, timeoutMs = 1_000): Promise<Readiness> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<Readiness>((resolve) => {
     const reason = `redis: no answer within ${timeoutMs} ms`;
@@ -39,7 +39,7 @@ export async function probeRedis(redis: Redis, service: string, timeoutMs = 1_00
  * (`/healthz`) stays apart: a service without Redis is alive, and recovers by itself, but should
  * get no traffic.
  */
-export function readinessHandler(redis: Redis, service: string) {
+export function readinessHandler(redis: RedisClient, service: string) {
   return async (_req: unknown, res: { status(code: number): { json(body: unknown): unknown } }) => {
     const readiness = await probeRedis(redis, service);
     res.status(readiness.status === 'ready' ? 200 : 503).json(readiness);

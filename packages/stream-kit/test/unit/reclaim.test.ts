@@ -220,7 +220,7 @@ describe('takeOverIdle', () => {
   it('acks the entries trimmed while pending, deletes their run counts and warns', async () => {
     const part = await suite.part();
     const [trimmed1, kept, trimmed2] = (await pendingTo(part, 'dead', 3)) as [string, string, string];
-    const keyOf = (id: string) => `${part.stream.name}:runs:${part.group}:${id}`;
+    const keyOf = (id: string) => `{${part.stream.name}}:runs:${part.group}:${id}`;
     for (const id of [trimmed1, kept, trimmed2]) await suite.admin.set(keyOf(id), '2');
     await suite.admin.xdel(part.stream.name, trimmed1, trimmed2);
     await sleep(80);

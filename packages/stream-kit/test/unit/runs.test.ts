@@ -30,10 +30,10 @@ function text(fields: Buffer[]): string[] {
 }
 
 describe('RunCounts', () => {
-  it('keeps the count of entry <id> in <stream>:runs:<group>:<id>', async () => {
+  it("keeps the count of entry <id> in {<stream>}:runs:<group>:<id>, in the stream's hash slot", async () => {
     const { runs, stream, group } = await countsHoldingOne();
 
-    expect(runs.key('1-2')).toBe(`${stream.name}:runs:${group}:1-2`);
+    expect(runs.key('1-2')).toBe(`{${stream.name}}:runs:${group}:1-2`);
   });
 
   describe('claim', () => {

@@ -1,0 +1,111 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import { freePort } from './net.ts';
+import { startRedisServer, type RedisServer } from './redis-server.ts';
+
+const run = promisify(execFile);
+
+/**
+ * A private Redis Cluster of `redis-server` child processes, made the way an operator makes one:
+ * each node started with `--cluster-enabled yes`, then `redis-cli --cluster create`. For the
+ * tests and benches of cluster mode; never touches a shared Redis.
+ */
+export interface RedisCluster {
+  /** Every node, masters first as `redis-cli --cluster create` paired them. */
+  readonly nodes: readonly RedisServer[];
+  /** A URL naming one node: what `REDIS_URL` takes in cluster mode. */
+  readonly url: string;
+  /** The port of the master that serves `key`'s hash slot now. */
+  masterOf(key: string): Promise<number>;
+  /** Stops every node and removes their data. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+export interface RedisClusterOptions {
+  /** @defaultValue 3 */
+  masters?: number;
+  /** Replicas per master. @defaultValue 0 */
+  replicas?: number;
+  /** How long a node may not answer before the others call it failed (ms). @defaultValue 5000 */
+  nodeTimeoutMs?: number;
+  /** Extra `redis-server` arguments for every node. */
+  args?: string[];
+}
+
+export async function startRedisCluster(options: RedisClusterOptions = {}): Promise<RedisCluster> {
+  const { masters = 3, replicas = 0, nodeTimeoutMs = 5_000, args = [] } = options;
+  const nodes: RedisServer[] = [];
+  const stop = () => Promise.all(nodes.map((node) => node.stop())).then(() => {});
+  try {
+    for (let i = 0; i < masters * (1 + replicas); i += 1) {
+      // The cluster bus on a port of its own: port + 10000, its default, may be taken or past 65535.
+      const busPort = await freePort();
+      nodes.push(
+        await startRedisServer({
+          args: [
+            '--cluster-enabled',
+            'yes',
+            '--cluster-config-file',
+            'nodes.conf',
+            '--cluster-node-timeout',
+            String(nodeTimeoutMs),
+            '--cluster-port',
+            String(busPort),
+            ...args,
+          ],
+        }),
+      );
+    }
+    await run('redis-cli', [
+      '--cluster',
+      'create',
+      ...nodes.map((node) => `127.0.0.1:${node.port}`),
+      '--cluster-replicas',
+      String(replicas),
+      '--cluster-yes',
+    ]);
+    await untilClusterOk(nodes);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  let stopped: Promise<void> | undefined;
+  return {
+    nodes,
+    url: nodes[0]!.url,
+    async masterOf(key) {
+      const redis = new Redis(nodes[0]!.port, { lazyConnect: true, maxRetriesPerRequest: 1 });
+      try {
+        const slot = (await redis.call('CLUSTER', 'KEYSLOT', key)) as number;
+        const ranges = (await redis.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
+        const range = ranges.find(([first, last]) => slot >= first && slot <= last);
+        if (!range) throw new Error(`no master serves slot ${slot}`);
+        return range[2][1];
+      } finally {
+        redis.disconnect();
+      }
+    },
+    stop: () => (stopped ??= stop()),
+  };
+}
+
+async function cli(port: number, ...args: string[]): Promise<string> {
+  return (await run('redis-cli', ['-p', String(port), ...args])).stdout;
+}
+
+/** Waits until every node says the cluster is ok and agrees on the slots (`redis-cli --cluster check`). */
+async function untilClusterOk(nodes: readonly RedisServer[]): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const states = await Promise.all(nodes.map((node) => cli(node.port, 'cluster', 'info')));
+    if (states.every((state) => state.includes('cluster_state:ok'))) {
+      const check = await run('redis-cli', ['--cluster', 'check', `127.0.0.1:${nodes[0]!.port}`]).catch(
+        (err: { stdout?: string }) => ({ stdout: err.stdout ?? '' }),
+      );
+      if (check.stdout.includes('[OK] All nodes agree about slots configuration')) return;
+    }
+    if (Date.now() > deadline) throw new Error('the Redis Cluster did not become ok within 30 s');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
