@@ -31,10 +31,12 @@ export interface RedisClusterOptions {
   nodeTimeoutMs?: number;
   /** Extra `redis-server` arguments for every node. */
   args?: string[];
+  /** Each node in a process group of its own (see `RedisServerOptions.detached`). @defaultValue false */
+  detached?: boolean;
 }
 
 export async function startRedisCluster(options: RedisClusterOptions = {}): Promise<RedisCluster> {
-  const { masters = 3, replicas = 0, nodeTimeoutMs = 5_000, args = [] } = options;
+  const { masters = 3, replicas = 0, nodeTimeoutMs = 5_000, args = [], detached = false } = options;
   const nodes: RedisServer[] = [];
   const stop = () => Promise.all(nodes.map((node) => node.stop())).then(() => {});
   try {
@@ -43,6 +45,7 @@ export async function startRedisCluster(options: RedisClusterOptions = {}): Prom
       const busPort = await freePort();
       nodes.push(
         await startRedisServer({
+          detached,
           args: [
             '--cluster-enabled',
             'yes',

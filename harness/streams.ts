@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 
 export type { Fields } from '@msa/stream-kit';
 
@@ -10,7 +10,7 @@ export function fieldsFromReply(flat: readonly string[]): Record<string, string>
 }
 
 /** The fields of every entry of `stream`, oldest first, as `redis-cli XRANGE` shows them. */
-export async function entryFields(redis: Redis, stream: string): Promise<Record<string, string>[]> {
+export async function entryFields(redis: RedisClient, stream: string): Promise<Record<string, string>[]> {
   const entries = await redis.xrange(stream, '-', '+');
   return entries.map(([, flat]) => fieldsFromReply(flat));
 }

@@ -12,6 +12,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { isColorSupported, prettyFactory } from 'pino-pretty';
 import { canConnect } from '../harness/net.ts';
+import { startRedisCluster, type RedisCluster } from '../harness/redis-cluster.ts';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 import { portVariableOf, services } from '../services.ts';
 
@@ -50,7 +51,10 @@ interface Service {
 /** The Redis this session talks to; `stop()` is a no-op unless we started it. */
 interface SessionRedis {
   url: string;
-  /** Where the redis-server this run started listens; undefined for a Redis that was there. */
+  /**
+   * What this run started, as its stop is announced: `redis-server this run started on <host:port>`;
+   * undefined for a Redis that was there.
+   */
   started?: string;
   stop(): Promise<void>;
 }
@@ -242,6 +246,7 @@ async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
   if (!LOCAL_HOSTS.has(host) || !onPath('redis-server'))
     fail(`no Redis answers at ${redact(url)}: ${HOW_TO_GET_REDIS}`);
 
+  if (process.env.REDIS_CLUSTER === 'true') return startLocalCluster(url);
   let server: RedisServer;
   try {
     // Out of the terminal's process group: Ctrl-C stops the services first, and them only.
@@ -259,7 +264,35 @@ async function ensureRedis(rawUrl: string): Promise<SessionRedis> {
   say(
     `no Redis answered at ${redact(url)}; started redis-server on 127.0.0.1:${port} for this session (it keeps no data: everything is gone when pnpm dev stops)`,
   );
-  return { url: sessionUrl.href, started: `127.0.0.1:${port}`, stop: () => server.stop() };
+  return {
+    url: sessionUrl.href,
+    started: `redis-server this run started on 127.0.0.1:${port}`,
+    stop: () => server.stop(),
+  };
+}
+
+/**
+ * With REDIS_CLUSTER=true and no Redis at `url`: a throw-away Redis Cluster of three masters on
+ * free ports (the cluster bus needs a port per node besides), made as an operator makes one.
+ */
+async function startLocalCluster(url: URL): Promise<SessionRedis> {
+  let cluster: RedisCluster;
+  try {
+    cluster = await startRedisCluster({ masters: 3, detached: true });
+  } catch (err) {
+    fail(
+      `no Redis answered at ${redact(url)} and a local Redis Cluster would not start: ${(err as Error).message}`,
+    );
+  }
+  const ports = cluster.nodes.map((node) => node.port).join(', ');
+  say(
+    `no Redis answered at ${redact(url)}; started a Redis Cluster of three masters on 127.0.0.1 ports ${ports} for this session (it keeps no data)`,
+  );
+  return {
+    url: cluster.url,
+    started: `Redis Cluster this run started on 127.0.0.1 ports ${ports}`,
+    stop: () => cluster.stop(),
+  };
 }
 
 // ---- Services ---------------------------------------------------------------------------------
@@ -398,7 +431,7 @@ function shutdown(code: number): Promise<never> {
     try {
       // Awaiting the start too: a signal during it must not orphan a half-started redis-server.
       const redis = await session.redis;
-      if (redis?.started) say(`stopping the redis-server this run started on ${redis.started}`);
+      if (redis?.started) say(`stopping the ${redis.started}`);
       await redis?.stop();
     } catch (err) {
       process.stderr.write(`pnpm dev: could not stop redis-server: ${(err as Error).message}\n`);

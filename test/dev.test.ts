@@ -184,6 +184,55 @@ describe('pnpm dev', () => {
   );
 
   it(
+    'with REDIS_CLUSTER=true and no Redis, starts a Redis Cluster of three masters, carries an order through it, and stops it all on Ctrl-C',
+    { timeout: 90_000 },
+    async () => {
+      const { ports, env } = await servicePorts();
+      const dev = startDev({
+        REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
+        REDIS_CLUSTER: 'true',
+        ...env,
+      });
+
+      await untilBanner(dev);
+      const nodes =
+        /started a Redis Cluster of three masters on 127\.0\.0\.1 ports ([\d, ]+) for this session/.exec(
+          dev.output().stdout,
+        );
+      expect(nodes, dev.output().stdout).not.toBeNull();
+      const nodePorts = nodes![1]!.split(', ').map(Number);
+      redisPorts.push(...nodePorts);
+      expect(nodePorts).toHaveLength(3);
+      const orderPort = ports[services.findIndex((service) => service.name === 'order-service')]!;
+      const notificationPort =
+        ports[services.findIndex((service) => service.name === 'notification-service')]!;
+      const placed = await fetch(`http://127.0.0.1:${orderPort}/orders`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ userId: 'dev-cluster', productId: 'p', price: 5 }),
+      });
+      expect(placed.status).toBe(202);
+      await waitFor(
+        async () => {
+          const res = await fetch(`http://127.0.0.1:${notificationPort}/notifications?userId=dev-cluster`);
+          const { notifications } = (await res.json()) as { notifications: unknown[] };
+          return notifications.length === 2;
+        },
+        { timeoutMs: 15_000, what: 'mail and SMS through the cluster' },
+      );
+
+      process.kill(-dev.child.pid!, 'SIGINT');
+      expect(await dev.exit(20_000), dev.output().stderr).toBe(0);
+      expect(dev.output().stdout).toContain(
+        `stopping the Redis Cluster this run started on 127.0.0.1 ports ${nodes![1]}`,
+      );
+      for (const port of [...nodePorts, ...ports]) {
+        expect(await canConnect(port, '127.0.0.1'), `port ${port} still accepts connections`).toBe(false);
+      }
+    },
+  );
+
+  it(
     'reports in one line a service that is killed, stops the others, and stops the Redis it started',
     { timeout: 60_000 },
     async () => {

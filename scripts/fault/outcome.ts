@@ -1,7 +1,8 @@
 import { sentLogKey } from '@msa/notification-service';
 import { DEFAULT_PAYMENT_TIMEOUT_MS, liveReadModel } from '@msa/order-service';
 import { OrderEvents, PaymentEvents, streams } from '@msa/stream-kit/events';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
+import { slotTag } from '@msa/stream-kit/lua';
 import { entryFields } from '../../harness/streams.ts';
 import { groupOf } from '../../harness/services.ts';
 
@@ -31,7 +32,7 @@ export type Histogram = Record<number, number>;
 
 /** Pending entries per `stream/group` (XPENDING's count; -1 for a group that does not exist). */
 export async function pendingCounts(
-  redis: Redis,
+  redis: RedisClient,
   groups: readonly (readonly [string, string])[] = CONSUMER_GROUPS,
 ): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
@@ -42,7 +43,7 @@ export async function pendingCounts(
   return counts;
 }
 
-export async function deadLetterCounts(redis: Redis): Promise<Record<string, number>> {
+export async function deadLetterCounts(redis: RedisClient): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
   for (const stream of DEAD_LETTER_STREAMS) counts[stream] = await redis.xlen(stream);
   return counts;
@@ -58,7 +59,7 @@ export interface DeadLetterSeen {
 }
 
 /** Every dead letter of the services' streams, oldest first. */
-export async function deadLetters(redis: Redis): Promise<DeadLetterSeen[]> {
+export async function deadLetters(redis: RedisClient): Promise<DeadLetterSeen[]> {
   const all: DeadLetterSeen[] = [];
   for (const stream of DEAD_LETTER_STREAMS) {
     for (const fields of await entryFields(redis, stream)) {
@@ -81,21 +82,30 @@ interface SentNotification {
   orderId?: string;
 }
 
+/** The keys of the sent logs of `userIds`: one per user on one Redis, one per stream's slot on a cluster. */
+function sentLogKeys(redis: RedisClient, userIds: readonly string[]): string[] {
+  const tags = [...new Set(streams.map((stream) => slotTag(redis, stream.name)))];
+  return userIds.flatMap((userId) => tags.map((tag) => sentLogKey(userId, tag)));
+}
+
 /** What notification-service recorded as sent to `userIds` (its sent log: `sentLogKey(userId)`). */
 export async function sentNotifications(
-  redis: Redis,
+  redis: RedisClient,
   userIds: readonly string[],
 ): Promise<SentNotification[]> {
   const all: SentNotification[] = [];
-  for (const userId of userIds) {
-    const items = await redis.lrange(sentLogKey(userId), 0, -1);
+  for (const key of sentLogKeys(redis, userIds)) {
+    const items = await redis.lrange(key, 0, -1);
     all.push(...items.map((item) => JSON.parse(item) as SentNotification));
   }
   return all;
 }
 
 /** The status of each order in `orderIds`, from order-service's read model (`missing`: none). */
-export async function orderStates(redis: Redis, orderIds: Iterable<string>): Promise<Map<string, string>> {
+export async function orderStates(
+  redis: RedisClient,
+  orderIds: Iterable<string>,
+): Promise<Map<string, string>> {
   const ids = [...orderIds];
   const states = new Map<string, string>();
   const model = await liveReadModel(redis);
@@ -112,7 +122,7 @@ export async function orderStates(redis: Redis, orderIds: Iterable<string>): Pro
 }
 
 /** The ms of each order's `order-created` entry, from the first step of its history in the read model. */
-async function orderCreatedAt(redis: Redis, orderIds: Iterable<string>): Promise<Map<string, number>> {
+async function orderCreatedAt(redis: RedisClient, orderIds: Iterable<string>): Promise<Map<string, number>> {
   const ids = [...orderIds];
   const at = new Map<string, number>();
   const model = await liveReadModel(redis);
@@ -137,7 +147,7 @@ function pairs(flat: string[]): [string, string][] {
 
 /** See `Outcome.states` and `Outcome.mismatches`. */
 async function sagaOf(
-  redis: Redis,
+  redis: RedisClient,
   accepted: ReadonlySet<string>,
   notifications: readonly SentNotification[],
 ): Promise<Pick<Outcome, 'states' | 'mismatches'>> {
@@ -196,14 +206,14 @@ async function sagaOf(
   return { states: byState, mismatches };
 }
 
-export async function sentCount(redis: Redis, userIds: readonly string[]): Promise<number> {
+export async function sentCount(redis: RedisClient, userIds: readonly string[]): Promise<number> {
   let total = 0;
-  for (const userId of userIds) total += await redis.llen(sentLogKey(userId));
+  for (const key of sentLogKeys(redis, userIds)) total += await redis.llen(key);
   return total;
 }
 
 /** The `orderId` of every charge on `payment-events` (`payment-completed`, or no type: the tutorial's). */
-export async function paidOrderIds(redis: Redis): Promise<(string | undefined)[]> {
+export async function paidOrderIds(redis: RedisClient): Promise<(string | undefined)[]> {
   return (await entryFields(redis, PaymentEvents.name))
     .filter((fields) => (fields.type ?? 'payment-completed') === 'payment-completed')
     .map((fields) => fields.orderId);
@@ -259,7 +269,7 @@ export interface Outcome {
 
 /** The outcome of the orders in `accepted`, placed for `userIds`, in the `groups` given. */
 export async function outcomeOf(
-  redis: Redis,
+  redis: RedisClient,
   { accepted, userIds }: { accepted: ReadonlySet<string>; userIds: readonly string[] },
   groups: readonly (readonly [string, string])[] = CONSUMER_GROUPS,
 ): Promise<Outcome> {
@@ -301,7 +311,7 @@ export async function outcomeOf(
  * A system can settle short of its goal: entries dead-lettered, or acked and lost.
  */
 export async function quiescent(
-  redis: Redis,
+  redis: RedisClient,
   groups: readonly (readonly [string, string])[] = CONSUMER_GROUPS,
 ): Promise<boolean> {
   const first = await settledPass(redis, groups);
@@ -311,7 +321,7 @@ export async function quiescent(
 
 /** One pass of `quiescent`: the last entries of the streams, or undefined if a group is not settled. */
 async function settledPass(
-  redis: Redis,
+  redis: RedisClient,
   groups: readonly (readonly [string, string])[],
 ): Promise<string | undefined> {
   const lasts: string[] = [];
@@ -342,7 +352,7 @@ export function compareIds(a: string, b: string): number {
  * tells them apart.
  */
 export async function caughtUp(
-  redis: Redis,
+  redis: RedisClient,
   { accepted, userIds }: { accepted: ReadonlySet<string>; userIds: readonly string[] },
   {
     groups = CONSUMER_GROUPS,

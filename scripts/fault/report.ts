@@ -29,6 +29,8 @@ export interface FaultReport {
   redisRestarts: number;
   /** Whether the run had Redis trouble besides its restart. */
   redisTrouble: boolean;
+  /** Whether it ran on a Redis Cluster (three masters, a replica each), the services with REDIS_CLUSTER=true. */
+  cluster?: boolean;
   /** Out-of-memory windows in which Redis was seen refusing a write. */
   oomWindows: number;
   /** Stalls: DEBUG SLEEP and CLIENT PAUSE (WRITE, ALL). */
@@ -193,7 +195,7 @@ export function formatReport(report: FaultReport): string {
       ? `CLAIM_IDLE_MS the services' default (${DEFAULT_CLAIM_IDLE_MS})`
       : `CLAIM_IDLE_MS ${report.claimIdleMs}`;
   return [
-    `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s, ${claim}`,
+    `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s, ${claim}${report.cluster ? ', on a Redis Cluster of three masters with a replica each' : ''}`,
     `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)`,
     `faults: ${report.kills} SIGKILLs, ${report.terms} SIGTERMs and ${report.pauses} pauses (SIGSTOP, SIGCONT ${PAUSE_MS.min / 1000}-${PAUSE_MS.max / 1000} s later) of consumer instances, ${report.redisRestarts} Redis restart`,
     report.redisTrouble

@@ -1,7 +1,9 @@
 import { PaymentEvents } from '@msa/stream-kit/events';
-import { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
+import { Cluster, Redis } from 'ioredis';
 import { mulberry32 } from '../../harness/random.ts';
-import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
+import { startRedisCluster } from '../../harness/redis-cluster.ts';
+import { startRedisServer } from '../../harness/redis-server.ts';
 import { groupOf, startService, type RunningService } from '../../harness/services.ts';
 import { deferred, waitFor } from '../../harness/wait.ts';
 import { DEFAULT_CONCURRENCY as NOTIFICATION_CONCURRENCY } from '@msa/notification-service';
@@ -63,6 +65,12 @@ export interface FaultOptions {
    * pass. @defaultValue 120 s plus twice the claim time: 240 s at the default 60 s
    */
   settleTimeoutMs?: number;
+  /**
+   * Run on a Redis Cluster of three masters with a replica each (AOF, fsync always), the services
+   * with `REDIS_CLUSTER=true`; the restart restarts the master of order-events. Not with
+   * `redisTrouble`: its stalls and out-of-memory window act on one server. @defaultValue false
+   */
+  cluster?: boolean;
   log?: (line: string) => void;
 }
 
@@ -78,7 +86,10 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   // order the loops draw in, and a seed from before the pauses replays its kills.
   const random = mulberry32(seed);
   const pauseRandom = mulberry32(seed ^ 0x9a05e);
-  const redisTrouble = options.redisTrouble ?? true;
+  const cluster = options.cluster ?? false;
+  const redisTrouble = options.redisTrouble ?? !cluster;
+  if (cluster && redisTrouble)
+    throw new Error('a cluster run has no stalls or out-of-memory window: pass redisTrouble false');
   const concurrency = options.concurrency ?? 16;
   const schedule = troubleSchedule(
     mulberry32(seed ^ 0x5eed),
@@ -89,18 +100,28 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   const began = Date.now();
   const claim =
     options.claimIdleMs === undefined ? 'the default CLAIM_IDLE_MS' : `CLAIM_IDLE_MS ${options.claimIdleMs}`;
-  log(`fault run: ${options.orders} orders, seed ${seed}, ${claim}`);
+  log(`fault run: ${options.orders} orders, seed ${seed}, ${claim}${cluster ? ', on a Redis Cluster' : ''}`);
 
-  const server: RedisServer = await startRedisServer({
-    args: ['--appendonly', 'yes', '--appendfsync', 'always', ...TROUBLE_SERVER_ARGS],
-  });
+  const persistence = ['--appendonly', 'yes', '--appendfsync', 'always'];
+  const server = cluster
+    ? await clusterServer(persistence)
+    : await startRedisServer({ args: [...persistence, ...TROUBLE_SERVER_ARGS] }).then((one) =>
+        Object.assign(one, { name: 'Redis' }),
+      );
   // The run's admin connection: trouble and bookkeeping. It waits through the restart, and never
   // writes while Redis is out of memory.
-  const redis = new Redis(server.url, { maxRetriesPerRequest: null });
+  const connect = (): RedisClient =>
+    cluster
+      ? new Cluster([{ host: '127.0.0.1', port: server.port }], {
+          redisOptions: { maxRetriesPerRequest: null },
+        })
+      : new Redis(server.url, { maxRetriesPerRequest: null });
+  const redis = connect();
   redis.on('error', () => {});
   // At info, for the 'listening' and 'mail sent' lines the run watches.
   const env: { REDIS_URL: string } & Record<string, string> = {
     REDIS_URL: server.url,
+    ...(cluster ? { REDIS_CLUSTER: 'true' } : {}),
     LOG_LEVEL: 'info',
     ...(options.claimIdleMs === undefined ? {} : { CLAIM_IDLE_MS: String(options.claimIdleMs) }),
   };
@@ -140,7 +161,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     paused.set(timer, ended.promise);
   };
   // Its own connection: polling every 100 ms must not queue behind the trouble's commands.
-  const watchRedis = new Redis(server.url, { maxRetriesPerRequest: null });
+  const watchRedis = connect();
   watchRedis.on('error', () => {});
   const watch = new TakeoverWatch(watchRedis);
   const killsBy: Record<Naming, number> = { fixed: 0, perStart: 0 };
@@ -375,6 +396,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       finalAfterMs: finalAt === undefined ? undefined : Math.max(0, finalAt - faultsEndedAt),
       paymentTimeoutMs: DEFAULT_PAYMENT_TIMEOUT_MS,
       redisTrouble,
+      cluster,
       trouble,
       troubleFailures,
       payments: outcome.payments,
@@ -409,6 +431,24 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     redis.disconnect();
     await server.stop();
   }
+}
+
+/**
+ * A Redis Cluster for the run, as the run's single server looks: a node's port and URL to start
+ * from, what a restart restarts (the master of order-events, the stream every order starts on), and
+ * a stop for all of it.
+ */
+async function clusterServer(args: string[]) {
+  const cluster = await startRedisCluster({ masters: 3, replicas: 1, args });
+  const port = await cluster.masterOf('order-events');
+  const orders = cluster.nodes.find((node) => node.port === port)!;
+  return {
+    name: `the master of order-events (port ${port})`,
+    port: cluster.nodes[0]!.port,
+    url: cluster.url,
+    restart: (downMs: number) => orders.restart(downMs),
+    stop: () => cluster.stop(),
+  };
 }
 
 function sleep(ms: number): Promise<void> {

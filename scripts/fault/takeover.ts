@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
 import { compareIds } from './outcome.ts';
 
 /*
@@ -40,7 +40,7 @@ export class TakeoverWatch {
   private stopped = false;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly intervalMs = 100,
   ) {}
 

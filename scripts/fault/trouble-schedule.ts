@@ -1,5 +1,5 @@
-import type { Redis } from 'ioredis';
-import type { RedisServer } from '../../harness/redis-server.ts';
+import type { RedisClient } from '@msa/stream-kit';
+import { Redis } from 'ioredis';
 import { waitFor } from '../../harness/wait.ts';
 import {
   describeStall,
@@ -88,8 +88,10 @@ export async function cause(
     failures,
     consumers,
   }: {
-    redis: Redis;
-    server: RedisServer;
+    /** The run's admin connection: one Redis for stalls and out-of-memory windows. */
+    redis: RedisClient;
+    /** What a restart restarts: the Redis, or on a cluster the master of order-events. */
+    server: { restart(downMs: number): Promise<void>; readonly name: string };
     counts: { redisRestarts: number; oomWindows: number; stalls: number; outages: number };
     failures: string[];
     consumers: {
@@ -112,7 +114,11 @@ export async function cause(
     case 'restart':
       await server.restart(500);
       counts.redisRestarts += 1;
-      return 'Redis restarted (down 0.5 s), back from its AOF';
+      return `${server.name} restarted (down 0.5 s), back from its AOF`;
+  }
+  // Both act on one server through its own commands (CONFIG SET, DEBUG SLEEP, CLIENT PAUSE).
+  if (!(redis instanceof Redis)) throw new Error(`${what.kind} needs one Redis, not a cluster`);
+  switch (what.kind) {
     case 'stall': {
       const backlog = await consumers.hold();
       consumers.release();

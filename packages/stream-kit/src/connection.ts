@@ -39,12 +39,27 @@ export function openReaderConnection(
       ? new Redis(connection, options)
       : connection instanceof Cluster
         ? connection.duplicate(undefined, {
-            redisOptions: { ...connection.options.redisOptions, ...options },
+            redisOptions: { ...connection.options.redisOptions, ...withoutRetryStrategy(options) },
             clusterRetryStrategy: options.retryStrategy,
           })
         : connection.duplicate(options);
   logConnectionState(redis, logger);
   return redis;
+}
+
+/** Cluster clients take the retry strategy for the whole cluster, apart from the nodes' options. */
+function withoutRetryStrategy({ retryStrategy: _, ...options }: RedisOptions): RedisOptions {
+  return options;
+}
+
+/**
+ * Calls `listener` whenever a socket of `redis` closes: its one socket, or on a cluster the socket
+ * to any node (a node restarted, a failover, a slot moved), where a blocked read may have been
+ * served just as the socket died.
+ */
+export function onSocketClose(redis: RedisClient, listener: () => void): void {
+  redis.on('close', listener);
+  if (redis instanceof Cluster) redis.on('+node', (node: Redis) => node.on('close', listener));
 }
 
 /**
@@ -112,15 +127,14 @@ export function openRequestConnection(
  */
 export function openCluster(url: string, options: RedisOptions = {}): Cluster {
   const { hostname, port, username, password, protocol } = new URL(url);
-  const { retryStrategy, ...redisOptions } = options;
   return new Cluster([{ host: hostname, port: Number(port || 6379) }], {
     redisOptions: {
-      ...redisOptions,
+      ...withoutRetryStrategy(options),
       ...(username ? { username: decodeURIComponent(username) } : {}),
       ...(password ? { password: decodeURIComponent(password) } : {}),
       ...(protocol === 'rediss:' ? { tls: {} } : {}),
     },
-    ...(retryStrategy ? { clusterRetryStrategy: retryStrategy } : {}),
+    ...(options.retryStrategy ? { clusterRetryStrategy: options.retryStrategy } : {}),
   });
 }
 

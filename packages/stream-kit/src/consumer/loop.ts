@@ -1,5 +1,11 @@
 import { ServerClock } from '../clock.ts';
-import { isNoGroupError, isRedisFault, openReaderConnection, reconnectIfStalled } from '../connection.ts';
+import {
+  isNoGroupError,
+  isRedisFault,
+  onSocketClose,
+  openReaderConnection,
+  reconnectIfStalled,
+} from '../connection.ts';
 import type { ConsumeOutcome, ConsumerMeter } from '../metrics.ts';
 import { idTimeMs, maxIdAheadMs, type StreamDefinition } from '../stream.ts';
 import { AckBatcher } from './acks.ts';
@@ -85,7 +91,7 @@ export class ConsumerLoop {
     );
     // A read that Redis served just as the connection died delivered entries whose reply never
     // came: they sit in our pending list, and only a pass through it finds them.
-    redis.on('close', () => (this.ownPending = 'all'));
+    onSocketClose(redis, () => (this.ownPending = 'all'));
     this.ctx = consumerContext(redis, stream, group, consumer, settings.logger);
     this.clock = new ServerClock(redis);
     this.leases = new LeaseKeeper(this.ctx, settings.claimIdleMs, (id) => this.handling.has(id));
