@@ -233,6 +233,31 @@ describe('on a Redis Cluster (REDIS_CLUSTER=true)', () => {
     expect(left).toEqual([]);
   });
 
+  it("pages a user's notifications, kept in a log per stream's slot, one at a time, each once", async () => {
+    const orderIds = [];
+    for (let i = 0; i < 3; i += 1)
+      orderIds.push(await placeOrder({ userId: 'fay', productId: `p${i}`, price: 5 }));
+    for (const orderId of orderIds) await untilNotified('fay', orderId, 2);
+
+    const paged: Sent[] = [];
+    let cursor: string | null = null;
+    do {
+      const query = new URLSearchParams({ userId: 'fay', limit: '1', ...(cursor ? { cursor } : {}) });
+      const response = await fetch(`${notification.url}/notifications?${query}`);
+      expect(response.status).toBe(200);
+      const page = (await response.json()) as { notifications: Sent[]; nextCursor: string | null };
+      paged.push(...page.notifications);
+      cursor = page.nextCursor;
+    } while (cursor !== null && paged.length < 20);
+
+    // Mail from order-events' slot, SMS from payment-events': both logs, every notification once.
+    expect(paged.map((n) => `${n.channel} ${n.orderId}`).sort()).toEqual(
+      orderIds.flatMap((id) => [`mail ${id}`, `sms ${id}`]).sort(),
+    );
+    expect(await redis.llen('notification-service:sent:{order-events}:fay')).toBe(3);
+    expect(await redis.llen('notification-service:sent:{payment-events}:fay')).toBe(3);
+  });
+
   it('shows the groups on the board, read through the cluster', async () => {
     let board: RunningBoard | undefined;
     try {

@@ -403,7 +403,17 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     }
 
     const anySha = '0123456789abcdef0123456789abcdef01234567';
-    const everyone = [['PING'], ['INFO'], ['CLIENT', 'SETNAME', 'stream-kit:group:consumer'], ['TIME']];
+    // A Redis Cluster client learns the slots (CLUSTER SLOTS), checks the cluster is ok (CLUSTER
+    // INFO) and follows a slot on the move (ASKING).
+    const everyone = [
+      ['PING'],
+      ['INFO'],
+      ['CLIENT', 'SETNAME', 'stream-kit:group:consumer'],
+      ['TIME'],
+      ['CLUSTER', 'SLOTS'],
+      ['CLUSTER', 'INFO'],
+      ['ASKING'],
+    ];
     /** What `/readyz` writes: its own key, which expires. */
     const readyz = (name: ServiceName) => ['SET', `${name}:readyz`, '1795312027109', 'PX', '10000'];
     /** Keys stream-kit keeps per consumer run of a group (the other engineer's stream-kit change). */

@@ -60,7 +60,7 @@ export function createApp({ sentLog, redis, logger, instance, metrics, tracer }:
 
   /** What was sent to a user, oldest first: for people and tests to see the flow's outcome. */
   app.get('/notifications', async (req, res) => {
-    const { userId, limit = DEFAULT_PAGE_SIZE, cursor = 0 } = parseQuery(req);
+    const { userId, limit = DEFAULT_PAGE_SIZE, cursor } = parseQuery(req);
     const page = await sentLog.list(userId, { start: cursor, limit }).catch((err: unknown) => {
       throw new UnavailableError('notifications cannot be read right now, try again later', { cause: err });
     });

@@ -15,22 +15,25 @@ const LIMIT_MESSAGE = `must be a whole number from 1 to ${MAX_PAGE_SIZE}`;
 const CURSOR_MESSAGE = 'must be a nextCursor from an earlier answer';
 
 /**
- * A cursor is where the next page starts in the user's log (append-only, oldest first, so the
- * index of an entry never changes), written so that clients take it as it is: `i<index>` in
- * base64url.
+ * A cursor is where the next page starts in each of the user's logs (append-only, oldest first,
+ * so the index of an entry never changes; one log on one Redis, one per stream on a cluster),
+ * written so that clients take it as it is: `i<index>[.<index>]` in base64url.
  */
-export const encodeCursor = (index: number) => Buffer.from(`i${index}`).toString('base64url');
+export const encodeCursor = (indexes: readonly number[]) =>
+  Buffer.from(`i${indexes.join('.')}`).toString('base64url');
 
 const Cursor = z
   .string(CURSOR_MESSAGE)
   .transform((cursor, ctx) => {
-    const match = /^i(0|[1-9]\d{0,14})$/.exec(Buffer.from(cursor, 'base64url').toString('latin1'));
+    const text = Buffer.from(cursor, 'base64url').toString('latin1');
+    const match = /^i((0|[1-9]\d{0,14})(\.(0|[1-9]\d{0,14})){0,7})$/.exec(text);
+    const indexes = match ? match[1]!.split('.').map(Number) : [];
     // Buffer ignores what is not base64url: only the cursor's own spelling counts.
-    if (!match || encodeCursor(Number(match[1])) !== cursor) {
+    if (!match || encodeCursor(indexes) !== cursor) {
       ctx.addIssue({ code: 'custom', message: CURSOR_MESSAGE });
       return z.NEVER;
     }
-    return Number(match[1]);
+    return indexes;
   })
   .optional();
 

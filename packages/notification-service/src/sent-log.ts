@@ -55,8 +55,11 @@ export interface Once {
 export interface SentPage {
   /** Oldest first. */
   notifications: SentNotification[];
-  /** Where the next page starts, or `null` when there is nothing after this page (yet). */
-  next: number | null;
+  /**
+   * Where the next page starts in each of the user's logs (one on one Redis, one per stream on a
+   * cluster), or `null` when there is nothing after this page (yet).
+   */
+  next: number[] | null;
 }
 
 /**
@@ -83,8 +86,11 @@ export interface SentLog {
    * its own (`handlerAcks`).
    */
   sendOnce(once: Once, send: () => Promise<void>): Promise<boolean>;
-  /** Up to `limit` notifications from index `start` (0, the oldest, by default), oldest first. */
-  list(userId: string, page?: { start?: number; limit?: number }): Promise<SentPage>;
+  /**
+   * Up to `limit` notifications from `start` (an index per log, an earlier page's `next`; the
+   * oldest by default), oldest first.
+   */
+  list(userId: string, page?: { start?: readonly number[]; limit?: number }): Promise<SentPage>;
 }
 
 /** How many notifications `list` returns when not told. */
@@ -290,26 +296,32 @@ export function redisSentLog(
         inHand.delete(marker);
       }
     },
-    async list(userId, { start = 0, limit = DEFAULT_PAGE_SIZE } = {}) {
+    async list(userId, { start = [], limit = DEFAULT_PAGE_SIZE } = {}) {
       const logs = logsOf(userId);
-      // One more than asked: whether there is a next page.
-      if (logs.length === 1) {
-        const items = await redis.lrange(logs[0]!, start, start + limit);
-        return {
-          notifications: items.slice(0, limit).map((item) => JSON.parse(item) as SentNotification),
-          next: items.length > limit ? start + limit : null,
-        };
+      const at = logs.map((_, i) => start[i] ?? 0);
+      // One more than asked of each: whether there is a next page.
+      const heads = await Promise.all(
+        logs.map(async (log, i) =>
+          (await redis.lrange(log, at[i]!, at[i]! + limit)).map((item) => JSON.parse(item) as SentNotification),
+        ),
+      );
+      // Merged by when they were sent, each log's entries in their own order: a page takes the
+      // earliest head until it is full, and the next starts after what each log gave, so no
+      // notification is shown twice or left out, whatever is appended meanwhile.
+      const notifications: SentNotification[] = [];
+      const taken = logs.map(() => 0);
+      while (notifications.length < limit) {
+        let from = -1;
+        for (let i = 0; i < heads.length; i += 1) {
+          const head = heads[i]![taken[i]!];
+          if (head && (from === -1 || head.time < heads[from]![taken[from]!]!.time)) from = i;
+        }
+        if (from === -1) break;
+        notifications.push(heads[from]![taken[from]!]!);
+        taken[from]! += 1;
       }
-      // A log per stream (a cluster): the first start + limit + 1 of each, merged by when they were sent.
-      const lists = await Promise.all(logs.map((log) => redis.lrange(log, 0, start + limit)));
-      const merged = lists
-        .flat()
-        .map((item) => JSON.parse(item) as SentNotification)
-        .sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.entryId < b.entryId ? -1 : 1));
-      return {
-        notifications: merged.slice(start, start + limit),
-        next: merged.length > start + limit ? start + limit : null,
-      };
+      const more = heads.some((head, i) => head.length > taken[i]!);
+      return { notifications, next: more ? at.map((index, i) => index + taken[i]!) : null };
     },
   };
 }

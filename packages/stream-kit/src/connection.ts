@@ -41,6 +41,8 @@ export function openReaderConnection(
         ? connection.duplicate(undefined, {
             redisOptions: { ...connection.options.redisOptions, ...withoutRetryStrategy(options) },
             clusterRetryStrategy: options.retryStrategy,
+            // A reader waits for the cluster, however long (see openRequestConnection).
+            enableOfflineQueue: true,
           })
         : connection.duplicate(options);
   logConnectionState(redis, logger);
@@ -59,7 +61,9 @@ function withoutRetryStrategy({ retryStrategy: _, ...options }: RedisOptions): R
  */
 export function onSocketClose(redis: RedisClient, listener: () => void): void {
   redis.on('close', listener);
-  if (redis instanceof Cluster) redis.on('+node', (node: Redis) => node.on('close', listener));
+  if (!(redis instanceof Cluster)) return;
+  redis.on('+node', (node: Redis) => node.on('close', listener));
+  redis.on('-node', listener);
 }
 
 /**
@@ -116,6 +120,10 @@ export function openRequestConnection(
     connectTimeout: REQUEST_TIMEOUT_MS,
   };
   const redis = cluster ? openCluster(url, options) : new Redis(url, options);
+  // A cluster client queues a command while it reconnects, with no timeout of its own. Queued until
+  // it is first ready (a process starting), then failed at once while it reconnects, as a request
+  // to one Redis fails after a retry.
+  if (redis instanceof Cluster) redis.once('ready', () => (redis.options.enableOfflineQueue = false));
   logConnectionState(redis, logger);
   return redis;
 }

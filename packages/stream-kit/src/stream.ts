@@ -63,6 +63,10 @@ export function defineStream<Schema extends z.ZodType>(
     if (!Number.isInteger(value) || value < 1)
       throw new RangeError(`retention.${key} must be a positive integer, got ${value}`);
   }
+  // Braces are a hash tag's (see `slotName`): only as one, else a key tagged with the stream's name
+  // would hash elsewhere than the stream.
+  if (/[{}]/.test(definition.name) && slotName(definition.name) !== definition.name)
+    throw new RangeError(`stream name ${definition.name} holds braces that are no hash tag ({<non-empty>})`);
   const maxIdAheadMs = definition.maxIdAheadMs ?? DEFAULT_MAX_ID_AHEAD_MS;
   if (!Number.isInteger(maxIdAheadMs) || maxIdAheadMs < 0)
     throw new RangeError(`maxIdAheadMs must be a non-negative integer, got ${maxIdAheadMs}`);
