@@ -302,7 +302,9 @@ export function redisSentLog(
       // One more than asked of each: whether there is a next page.
       const heads = await Promise.all(
         logs.map(async (log, i) =>
-          (await redis.lrange(log, at[i]!, at[i]! + limit)).map((item) => JSON.parse(item) as SentNotification),
+          (await redis.lrange(log, at[i]!, at[i]! + limit)).map(
+            (item) => JSON.parse(item) as SentNotification,
+          ),
         ),
       );
       // Merged by when they were sent, each log's entries in their own order: a page takes the
