@@ -18,6 +18,12 @@ export interface RedisCluster {
   readonly url: string;
   /** The port of the master that serves `key`'s hash slot now. */
   masterOf(key: string): Promise<number>;
+  /**
+   * Kills (SIGKILL) the master of `key`'s slot, waits until its replica has taken over and the
+   * cluster is ok again, then starts the killed node again (it comes back as a replica). Resolves
+   * to the ports of the old and the new master.
+   */
+  failover(key: string): Promise<{ from: number; to: number }>;
   /** Stops every node and removes their data. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -74,23 +80,52 @@ export async function startRedisCluster(options: RedisClusterOptions = {}): Prom
     throw err;
   }
   let stopped: Promise<void> | undefined;
+  const masterOf = async (key: string) => {
+    for (const node of nodes) {
+      const port = await masterOfVia(node.port, key).catch(() => undefined);
+      if (port !== undefined) return port;
+    }
+    throw new Error(`no node of the cluster answers`);
+  };
   return {
     nodes,
     url: nodes[0]!.url,
-    async masterOf(key) {
-      const redis = new Redis(nodes[0]!.port, { lazyConnect: true, maxRetriesPerRequest: 1 });
-      try {
-        const slot = (await redis.call('CLUSTER', 'KEYSLOT', key)) as number;
-        const ranges = (await redis.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
-        const range = ranges.find(([first, last]) => slot >= first && slot <= last);
-        if (!range) throw new Error(`no master serves slot ${slot}`);
-        return range[2][1];
-      } finally {
-        redis.disconnect();
+    masterOf,
+    async failover(key) {
+      const from = await masterOf(key);
+      const node = nodes.find((candidate) => candidate.port === from)!;
+      const others = nodes.filter((candidate) => candidate !== node);
+      await node.kill('SIGKILL');
+      // The others call it failed after the node timeout, and its replica takes its slots.
+      let to = from;
+      const deadline = Date.now() + 60_000;
+      while (to === from) {
+        if (Date.now() > deadline) throw new Error(`no replica took over from ${from} within 60 s`);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        to = await masterOfVia(others[0]!.port, key).catch(() => from);
       }
+      await untilClusterOk(others);
+      await node.start();
+      await untilClusterOk(nodes);
+      return { from, to };
     },
     stop: () => (stopped ??= stop()),
   };
+}
+
+/** The port of the master of `key`'s slot, as the node on `port` sees it. */
+async function masterOfVia(port: number, key: string): Promise<number> {
+  const redis = new Redis(port, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null });
+  redis.on('error', () => {});
+  try {
+    const slot = (await redis.call('CLUSTER', 'KEYSLOT', key)) as number;
+    const ranges = (await redis.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
+    const range = ranges.find(([first, last]) => slot >= first && slot <= last);
+    if (!range) throw new Error(`no master serves slot ${slot}`);
+    return range[2][1];
+  } finally {
+    redis.disconnect();
+  }
 }
 
 async function cli(port: number, ...args: string[]): Promise<string> {

@@ -12,10 +12,14 @@ export interface RedisServer {
   readonly port: number;
   readonly url: string;
   /**
-   * Stops the server and starts it again on the same port, after `downMs` (its data is lost
-   * unless AOF is on).
+   * Stops the server (SIGTERM, or `signal`: SIGKILL for a crash) and starts it again on the same
+   * port, after `downMs` (its data is lost unless AOF is on).
    */
-  restart(downMs?: number): Promise<void>;
+  restart(downMs?: number, signal?: NodeJS.Signals): Promise<void>;
+  /** Ends the server with `signal` (a crash: SIGKILL), keeping its data directory for `start()`. */
+  kill(signal: NodeJS.Signals): Promise<void>;
+  /** Starts a server ended by `kill()` again, on the same port and directory. */
+  start(): Promise<void>;
   /** Stops the server and removes its data directory. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -78,12 +82,12 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
     await Promise.race([waitForPort(port, 10_000), exited]);
   }
 
-  async function halt() {
+  async function halt(signal: NodeJS.Signals = 'SIGTERM') {
     const proc = child;
     child = undefined;
     if (!proc || proc.exitCode !== null) return;
     const exited = new Promise((resolve) => proc.once('exit', resolve));
-    proc.kill('SIGTERM');
+    proc.kill(signal);
     const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
     await exited;
     clearTimeout(timer);
@@ -93,8 +97,10 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
-    async restart(downMs = 0) {
-      await halt();
+    kill: (signal) => halt(signal),
+    start: () => launch(),
+    async restart(downMs = 0, signal: NodeJS.Signals = 'SIGTERM') {
+      await halt(signal);
       await new Promise((resolve) => setTimeout(resolve, downMs));
       await launch();
     },

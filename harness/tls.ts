@@ -78,10 +78,5 @@ export async function startTlsRedisServer(
       ...args,
     ],
   });
-  return {
-    port,
-    url: `rediss://127.0.0.1:${port}`,
-    restart: (downMs) => server.restart(downMs),
-    stop: () => server.stop(),
-  };
+  return { ...server, port, url: `rediss://127.0.0.1:${port}` };
 }

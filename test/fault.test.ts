@@ -38,6 +38,7 @@ function reportWith(overrides: Partial<FaultReport>): FaultReport {
     sms: { 1: 10 },
     states: { PAID: 10 },
     mismatches: [],
+    lost: 0,
     strays: 0,
     sends: { 1: 20 },
     notificationKills: 0,

@@ -1,10 +1,12 @@
 /**
- * `pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--cluster] [--kill-every-ms MS] [--takeover-bound-ms MS]`: the fault test
+ * `pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--cluster [--durable-replicas N]] [--kill-every-ms MS] [--takeover-bound-ms MS]`: the fault test
  * at any size (the suite runs one of 3,000 orders at the services' default CLAIM_IDLE_MS).
  * `--claim-idle-ms 1000` makes a quick run: a crashed instance's entries are taken over after a
  * second instead of a minute. `--no-redis-trouble` leaves out the out-of-memory window and the
  * stalls (Redis still restarts once). `--cluster` runs on a Redis Cluster of three masters with a
- * replica each (no out-of-memory window or stalls; the master of order-events restarts once).
+ * replica each (no out-of-memory window or stalls; the master of order-events restarts once, then
+ * is killed and replaced by its replica); `--durable-replicas 0` counts the accepted orders that
+ * failover loses when a 202 does not wait for a replica (order-service's DURABLE_REPLICAS, 1 by default there).
  * `--takeover-bound-ms 5000` fails a run whose per-start
  * instances' entries took longer than that to be taken over after a SIGKILL (p99). Exit code 0
  * when every accepted order was paid, mailed and texted exactly once, with nothing left pending and
@@ -15,14 +17,16 @@ import { DEFAULT_CLAIM_IDLE_MS } from './instance.ts';
 import { formatReport, problemsOf } from './report.ts';
 import { runFault } from './run.ts';
 
-const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--cluster] [--kill-every-ms MS] [--takeover-bound-ms MS]
+const USAGE = `usage: pnpm fault [--orders N] [--seed S] [--claim-idle-ms MS] [--no-redis-trouble] [--cluster [--durable-replicas N]] [--kill-every-ms MS] [--takeover-bound-ms MS]
   --orders N              orders to place (default 5000)
   --seed S                replay the kill and trouble schedules of an earlier run
   --claim-idle-ms MS      the consumers' CLAIM_IDLE_MS (default: the services' own, ${DEFAULT_CLAIM_IDLE_MS})
   --no-redis-trouble      no out-of-memory window and no stalls (Redis still restarts once)
   --cluster               on a Redis Cluster of three masters with a replica each, the services
                           with REDIS_CLUSTER=true (implies --no-redis-trouble; the master of
-                          order-events restarts once)
+                          order-events restarts once, then is killed and its replica takes over)
+  --durable-replicas N    with --cluster: order-service's DURABLE_REPLICAS (default 1); 0 counts
+                          the accepted orders the failover loses
   --kill-every-ms MS      mean time between two kills or stops (default 700); pauses come about
                           one in four. Calmer runs leave each service a live peer to take over
   --takeover-bound-ms MS  fail the run if the p99 of the per-start instances' takeover times
@@ -38,6 +42,7 @@ const { values } = (() => {
         'claim-idle-ms': { type: 'string' },
         'no-redis-trouble': { type: 'boolean', default: false },
         cluster: { type: 'boolean', default: false },
+        'durable-replicas': { type: 'string' },
         'kill-every-ms': { type: 'string' },
         'takeover-bound-ms': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
@@ -72,6 +77,9 @@ const report = await runFault({
   ...(claimIdleMs !== undefined ? { claimIdleMs: number('claim-idle-ms', claimIdleMs, 100) } : {}),
   redisTrouble: !values['no-redis-trouble'] && !values.cluster,
   cluster: values.cluster,
+  ...(values['durable-replicas'] !== undefined
+    ? { durableReplicas: number('durable-replicas', values['durable-replicas']) }
+    : {}),
   ...(killEvery !== undefined ? { killEveryMs: number('kill-every-ms', killEvery, 50) } : {}),
   settleTimeoutMs: 600_000,
   log: (line) => console.log(line),

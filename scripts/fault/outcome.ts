@@ -265,6 +265,8 @@ export interface Outcome {
    * group that gave up and how often, e.g. `3x payment-service-group: failed 5 deliveries: ...`.
    */
   deadLetterReasons: string[];
+  /** Orders answered 202 whose order-created is not on order-events: lost by Redis (a failover). */
+  lost: number;
 }
 
 /** The outcome of the orders in `accepted`, placed for `userIds`, in the `groups` given. */
@@ -289,7 +291,11 @@ export async function outcomeOf(
     const text = `${group}: ${reason.replace(UUID, '<uuid>')}`;
     reasons.set(text, (reasons.get(text) ?? 0) + 1);
   }
+  const written = new Set(
+    (await entryFields(redis, OrderEvents.name)).map((fields) => fields.orderId).filter(Boolean),
+  );
   return {
+    lost: [...accepted].filter((orderId) => !written.has(orderId)).length,
     payments: payments.histogram,
     mails: mails.histogram,
     sms: sms.histogram,

@@ -31,6 +31,12 @@ export interface FaultReport {
   redisTrouble: boolean;
   /** Whether it ran on a Redis Cluster (three masters, a replica each), the services with REDIS_CLUSTER=true. */
   cluster?: boolean;
+  /** order-service's DURABLE_REPLICAS: a 202 waited for that many replicas. */
+  durableReplicas?: number;
+  /** Masters killed (SIGKILL) and replaced by their replica. */
+  failovers?: number;
+  /** Orders answered 202 that order-events does not hold at the end: lost in a failover. */
+  lost: number;
   /** Out-of-memory windows in which Redis was seen refusing a write. */
   oomWindows: number;
   /** Stalls: DEBUG SLEEP and CLIENT PAUSE (WRITE, ALL). */
@@ -120,6 +126,10 @@ export function problemsOf(report: FaultReport, options: ProblemOptions = {}): s
     problems.push(`orders whose effects do not match where they ended: ${report.mismatches.join('; ')}`);
   if (report.badStops.length > 0) problems.push(`graceful stops that failed: ${report.badStops.join(', ')}`);
   if (report.strays > 0) problems.push(`${report.strays} effects for orders nobody placed`);
+  if (report.lost > 0)
+    problems.push(
+      `${report.lost} accepted orders lost (DURABLE_REPLICAS ${report.durableReplicas ?? 0}): answered 202, not on order-events`,
+    );
   // The sends are counted from the sender's log lines. A service writes each line to stdout at once
   // while the pipe has room, but when this run's reading lags behind, lines wait in the process's
   // memory, and a SIGKILL takes them with it. So a notification recorded as sent but not seen in
@@ -196,7 +206,7 @@ export function formatReport(report: FaultReport): string {
       : `CLAIM_IDLE_MS ${report.claimIdleMs}`;
   return [
     `seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s, ${claim}${report.cluster ? ', on a Redis Cluster of three masters with a replica each' : ''}`,
-    `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)`,
+    `orders accepted: ${report.ordersAccepted} (${report.retriedRequests} requests retried with their Idempotency-Key)${report.cluster ? `; DURABLE_REPLICAS ${report.durableReplicas ?? 0}; lost: ${report.lost}` : ''}`,
     `faults: ${report.kills} SIGKILLs, ${report.terms} SIGTERMs and ${report.pauses} pauses (SIGSTOP, SIGCONT ${PAUSE_MS.min / 1000}-${PAUSE_MS.max / 1000} s later) of consumer instances, ${report.redisRestarts} Redis restart`,
     report.redisTrouble
       ? `redis trouble: ${plural(report.oomWindows, 'out-of-memory window')}, ${plural(report.stalls, 'stall')}`

@@ -71,6 +71,11 @@ export interface FaultOptions {
    * `redisTrouble`: its stalls and out-of-memory window act on one server. @defaultValue false
    */
   cluster?: boolean;
+  /**
+   * On a cluster: order-service's DURABLE_REPLICAS, how many replicas hold an order before its
+   * 202. 0 counts the orders a failover loses. @defaultValue 1
+   */
+  durableReplicas?: number;
   log?: (line: string) => void;
 }
 
@@ -96,7 +101,9 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
     options.orders,
     redisTrouble,
     DEFAULT_PAYMENT_TIMEOUT_MS,
+    cluster,
   );
+  const durableReplicas = cluster ? (options.durableReplicas ?? 1) : 0;
   const began = Date.now();
   const claim =
     options.claimIdleMs === undefined ? 'the default CLAIM_IDLE_MS' : `CLAIM_IDLE_MS ${options.claimIdleMs}`;
@@ -121,7 +128,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   // At info, for the 'listening' and 'mail sent' lines the run watches.
   const env: { REDIS_URL: string } & Record<string, string> = {
     REDIS_URL: server.url,
-    ...(cluster ? { REDIS_CLUSTER: 'true' } : {}),
+    ...(cluster ? { REDIS_CLUSTER: 'true', DURABLE_REPLICAS: String(durableReplicas) } : {}),
     LOG_LEVEL: 'info',
     ...(options.claimIdleMs === undefined ? {} : { CLAIM_IDLE_MS: String(options.claimIdleMs) }),
   };
@@ -142,7 +149,7 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
   let chaos = true;
   let kills = 0;
   let terms = 0;
-  const counts = { redisRestarts: 0, oomWindows: 0, stalls: 0, outages: 0 };
+  const counts = { redisRestarts: 0, oomWindows: 0, stalls: 0, outages: 0, failovers: 0 };
   const trouble: string[] = [];
   const troubleFailures: string[] = [];
   // While the consumers are held the kill loop waits; holding waits for a kill under way. During
@@ -397,6 +404,8 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
       paymentTimeoutMs: DEFAULT_PAYMENT_TIMEOUT_MS,
       redisTrouble,
       cluster,
+      durableReplicas,
+      lost: outcome.lost,
       trouble,
       troubleFailures,
       payments: outcome.payments,
@@ -435,18 +444,28 @@ export async function runFault(options: FaultOptions): Promise<FaultReport> {
 
 /**
  * A Redis Cluster for the run, as the run's single server looks: a node's port and URL to start
- * from, what a restart restarts (the master of order-events, the stream every order starts on), and
- * a stop for all of it.
+ * from, what a restart restarts (the master of order-events, the stream every order starts on),
+ * its failover, and a stop for all of it.
  */
 async function clusterServer(args: string[]) {
   const cluster = await startRedisCluster({ masters: 3, replicas: 1, args });
-  const port = await cluster.masterOf('order-events');
-  const orders = cluster.nodes.find((node) => node.port === port)!;
+  // The node the processes start from: one that is neither restarted nor killed (a process that
+  // starts while the one node REDIS_URL names is down waits for it).
+  const orders = await cluster.masterOf('order-events');
+  const entry = cluster.nodes.find((node) => node.port !== orders)!;
   return {
-    name: `the master of order-events (port ${port})`,
-    port: cluster.nodes[0]!.port,
-    url: cluster.url,
-    restart: (downMs: number) => orders.restart(downMs),
+    name: 'the master of order-events',
+    port: entry.port,
+    url: entry.url,
+    restart: async (downMs: number) => {
+      // The master of order-events now: a failover may have moved it.
+      const now = await cluster.masterOf('order-events');
+      await cluster.nodes.find((node) => node.port === now)!.restart(downMs);
+    },
+    async failover() {
+      const { from, to } = await cluster.failover('order-events');
+      return `the master of order-events (port ${from}) killed (SIGKILL): its replica (port ${to}) took over, and it came back as a replica`;
+    },
     stop: () => cluster.stop(),
   };
 }

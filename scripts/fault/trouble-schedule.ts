@@ -14,6 +14,8 @@ import {
 /** One kind of Redis trouble. */
 export type Trouble =
   | { kind: 'restart' }
+  /** A Redis Cluster's master killed (SIGKILL): its replica takes over, and it comes back as a replica. */
+  | { kind: 'failover' }
   | {
       kind: 'out of memory';
       holdMs: number;
@@ -47,11 +49,18 @@ export function troubleSchedule(
   orders: number,
   redisTrouble: boolean,
   paymentTimeoutMs: number,
+  cluster = false,
 ): { afterOrders: number; what: Trouble }[] {
   const outage: Trouble = {
     kind: 'payment-service down',
     downMs: paymentTimeoutMs + OUTAGE_BEYOND_TIMEOUT_MS,
   };
+  if (cluster)
+    return [
+      { afterOrders: Math.ceil(orders / 4), what: { kind: 'restart' } },
+      { afterOrders: Math.ceil(orders / 2), what: { kind: 'failover' } },
+      { afterOrders: Math.ceil((3 * orders) / 4), what: outage },
+    ];
   if (!redisTrouble)
     return [
       { afterOrders: Math.ceil(orders / 3), what: { kind: 'restart' } },
@@ -91,8 +100,13 @@ export async function cause(
     /** The run's admin connection: one Redis for stalls and out-of-memory windows. */
     redis: RedisClient;
     /** What a restart restarts: the Redis, or on a cluster the master of order-events. */
-    server: { restart(downMs: number): Promise<void>; readonly name: string };
-    counts: { redisRestarts: number; oomWindows: number; stalls: number; outages: number };
+    server: {
+      restart(downMs: number): Promise<void>;
+      readonly name: string;
+      /** On a cluster: kills the master of order-events and waits for its replica to take over. */
+      failover?(): Promise<string>;
+    };
+    counts: { redisRestarts: number; oomWindows: number; stalls: number; outages: number; failovers: number };
     failures: string[];
     consumers: {
       /** Holds the consumer instances (SIGSTOP) until orders wait for them; resolves to how many do. */
@@ -115,6 +129,12 @@ export async function cause(
       await server.restart(500);
       counts.redisRestarts += 1;
       return `${server.name} restarted (down 0.5 s), back from its AOF`;
+    case 'failover': {
+      if (!server.failover) throw new Error('a failover needs a Redis Cluster');
+      const line = await server.failover();
+      counts.failovers += 1;
+      return line;
+    }
   }
   // Both act on one server through its own commands (CONFIG SET, DEBUG SLEEP, CLIENT PAUSE).
   if (!(redis instanceof Redis)) throw new Error(`${what.kind} needs one Redis, not a cluster`);

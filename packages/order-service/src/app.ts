@@ -1,5 +1,6 @@
 import express, { type Request, type Response } from 'express';
-import type { Publisher } from '@msa/stream-kit';
+import type { Durability, Publisher } from '@msa/stream-kit';
+import { waitForReplicas } from '@msa/stream-kit/lua';
 import {
   accessLog,
   type AccessLogLocals,
@@ -28,8 +29,13 @@ import { IDEMPOTENCY_HEADER, placeOrder, type OrderInput } from './place-order.t
 export interface AppDeps {
   /** Publishes orders placed without an idempotency key. */
   publisher: Publisher;
-  /** A request connection (`openRequestConnection`): idempotent orders and `/readyz`. */
+  /**
+   * A request connection (`openRequestConnection`): idempotent orders and `/readyz`; with
+   * `durability`, one of its own (a `WAIT` holds it until the replicas answer), the publisher's.
+   */
   redis: RedisClient;
+  /** Answer 202 only once the order is on this many replicas (`DURABLE_REPLICAS`). @defaultValue none */
+  durability?: Durability | undefined;
   logger: Logger;
   /** This process's `INSTANCE_ID`, which `/healthz` answers with. */
   instance: string;
@@ -67,7 +73,17 @@ export interface AppDeps {
  * line (`accessLog`); an order's is `order accepted` (or `order replayed for its idempotency key`)
  * with its `orderId` and `entryId`.
  */
-export function createApp({ publisher, redis, logger, instance, orders, metrics, tracer }: AppDeps) {
+export function createApp({
+  publisher,
+  redis,
+  logger,
+  instance,
+  orders,
+  metrics,
+  tracer,
+  durability,
+}: AppDeps) {
+  const replicated = durability ? waitForReplicas(redis, durability) : undefined;
   // For the access lines, one per request, which carry the request's method, route, status and
   // IDs and nothing else: the redaction's wildcard paths would cost 7 µs a line, 4% of a request.
   // Everything else keeps them.
@@ -96,7 +112,7 @@ export function createApp({ publisher, redis, logger, instance, orders, metrics,
   async function accept(res: Response, input: OrderInput, idempotencyKey?: string) {
     const { orderId, entryId, replayed } = await placeOrder(
       input,
-      { publisher, redis, metrics },
+      { publisher, redis, metrics, replicated },
       idempotencyKey,
     );
     const message = replayed ? 'order replayed for its idempotency key' : 'order accepted';

@@ -12,6 +12,14 @@ const Config = consumerEnv(8080).extend({
    * `CLAIM_IDLE_MS` for consumers that keep no liveness mark), so that a crash alone never cancels.
    */
   PAYMENT_TIMEOUT_MS: z.coerce.number().int().min(1_000).default(DEFAULT_PAYMENT_TIMEOUT_MS),
+  /**
+   * How many replicas must hold an order before `POST /orders` answers 202 (`WAIT`): then a 202
+   * survives the loss of the order's master. 0, the default: the master's acknowledgement is
+   * enough (see README, Redis Cluster).
+   */
+  DURABLE_REPLICAS: z.coerce.number().int().min(0).max(16).default(0),
+  /** How long `POST /orders` waits for those replicas before it answers 503 (the order is written: retry with its key). */
+  DURABLE_TIMEOUT_MS: z.coerce.number().int().min(1).max(60_000).default(1_000),
 });
 export type Config = z.infer<typeof Config>;
 

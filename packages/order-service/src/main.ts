@@ -44,11 +44,23 @@ const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 
 // Counts of the publisher, the projection and the saga, HTTP timings, and the streams' state read
 // from Redis at scrape time.
 const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
+// With DURABLE_REPLICAS, a 202 waits for the replicas (WAIT), which holds its connection until they
+// answer: orders are written on a connection of their own, so reads never queue behind a WAIT.
+const durability =
+  config.DURABLE_REPLICAS > 0
+    ? { replicas: config.DURABLE_REPLICAS, timeoutMs: config.DURABLE_TIMEOUT_MS }
+    : undefined;
+const writes = durability
+  ? openRequestConnection(config.REDIS_URL, logger.child({ component: 'redis' }), 'order-service:writes', {
+      cluster: config.REDIS_CLUSTER,
+    })
+  : redis;
 const publisher = createPublisher({
-  connection: redis,
+  connection: writes,
   logger: logger.child({ component: 'publisher' }),
   metrics,
   tracer,
+  durability,
 });
 // The read model comes in generations (a rebuild makes a new one live): which one is live is read
 // once Redis answers, and only then do its projection and timeouts start. Until then a read of
@@ -109,7 +121,8 @@ function startReadModel(model: ReadModel) {
 const unavailable = () => Promise.reject(new Error('the live read model generation is not known yet'));
 const app = createApp({
   publisher,
-  redis,
+  redis: writes,
+  durability,
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,
   metrics,
@@ -143,6 +156,7 @@ const shutdown = gracefulShutdown(
     },
     () => publisher.close(),
     () => redis.quit().catch(() => redis.disconnect()),
+    () => (writes === redis ? Promise.resolve() : writes.quit().catch(() => writes.disconnect())),
     // The spans still buffered, last: the shutdown's own come too.
     () => tracing.close(),
   ],

@@ -26,6 +26,11 @@ export interface PlaceOrderDeps {
   redis: RedisClient;
   /** Counts the orders the script publishes (the publisher counts its own). */
   metrics?: Pick<MessagingMetrics, 'sent'> | undefined;
+  /**
+   * With `DURABLE_REPLICAS`: resolves once the replicas hold what `redis` wrote to order-events
+   * (`waitForReplicas`); the publisher waits for its own.
+   */
+  replicated?: ((stream: string) => Promise<void>) | undefined;
 }
 
 /** The request header that carries a client's idempotency key. */
@@ -80,6 +85,8 @@ export async function placeOrder(
     }
     const placed = await placeOnce(event, input, idempotencyKey, deps.redis);
     if (!placed.replayed) deps.metrics?.sent(OrderEvents.name, 1);
+    // A replayed key too: the first call may have answered 503 for want of replicas.
+    await deps.replicated?.(OrderEvents.name);
     return placed;
   } catch (err) {
     if (err instanceof IdempotencyConflictError) throw err;

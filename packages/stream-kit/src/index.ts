@@ -6,6 +6,8 @@
  */
 export type { Connection, RedisClient } from './connection.ts';
 export { EventValidationError, NonRetryableError, PublisherClosedError, RetryLaterError } from './errors.ts';
+export { NotReplicatedError } from './durability.ts';
+export type { Durability } from './durability.ts';
 export { compareIds } from './consumer/group.ts';
 export { byType } from './handlers.ts';
 export type { Logger } from './logger.ts';

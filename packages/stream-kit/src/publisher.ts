@@ -1,6 +1,7 @@
 import type { Tracer } from '@opentelemetry/api';
 import { PublisherClosedError } from './errors.ts';
 import { openRequestConnection, type Connection } from './connection.ts';
+import { waitForReplicas, type Durability } from './durability.ts';
 import { silentLogger, type Logger } from './logger.ts';
 import type { MessagingMetrics } from './metrics.ts';
 import { defineScript, PUBLISH, PUBLISH_MANY } from './scripts.ts';
@@ -31,6 +32,14 @@ export interface PublisherOptions {
    * @defaultValue none: no span, no trace fields
    */
   tracer?: Tracer;
+  /**
+   * Resolve only once `replicas` replicas hold the write (`WAIT`, one per tick for every write of
+   * the tick), so that a resolved publish survives the loss of its master; reject with
+   * `NotReplicatedError` (the entry is written) if they do not confirm it within `timeoutMs`.
+   * Give such a publisher a connection of its own (a URL): a `WAIT` holds its connection until the
+   * replicas answer. See README, Redis Cluster. @defaultValue none: resolve once the master has it
+   */
+  durability?: Durability;
 }
 
 /** Appends typed events to streams. */
@@ -75,6 +84,7 @@ export function createPublisher(options: PublisherOptions): Publisher {
   let closing: Promise<void> | undefined;
 
   const publishOne = defineScript<string>(redis, 'streamKitPublish', 1, PUBLISH);
+  const replicated = options.durability ? waitForReplicas(redis, options.durability) : undefined;
 
   async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
     if (closing) throw new PublisherClosedError();
@@ -82,11 +92,14 @@ export function createPublisher(options: PublisherOptions): Publisher {
     const args = xaddArguments(stream, event, []);
     const send = tracer ? startSend(tracer, stream.name) : undefined;
     if (send) args.push(...send.fields);
-    const write = publishOne(stream.name, maxIdAheadMs(stream), args);
+    const write = publishOne(stream.name, maxIdAheadMs(stream), args).then(async (id) => {
+      metrics?.sent(stream.name, 1);
+      await replicated?.(stream.name);
+      return id;
+    });
     inFlight.add(write);
     try {
       const id = await write;
-      metrics?.sent(stream.name, 1);
       if (send) endSend(send.span, { ids: [id] });
       return id;
     } catch (err) {
@@ -112,11 +125,14 @@ export function createPublisher(options: PublisherOptions): Publisher {
       if (send) fields.push(...send.fields);
       args.push(String(fields.length), ...fields);
     }
-    const write = publishBatch(stream.name, args);
+    const write = publishBatch(stream.name, args).then(async (ids) => {
+      metrics?.sent(stream.name, ids.length);
+      await replicated?.(stream.name);
+      return ids;
+    });
     inFlight.add(write);
     try {
       const ids = await write;
-      metrics?.sent(stream.name, ids.length);
       if (send) endSend(send.span, { ids });
       return ids;
     } catch (err) {
