@@ -12,8 +12,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Agent } from 'node:http';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
+import type { RedisClient } from '@msa/stream-kit';
+import { Cluster, Redis } from 'ioredis';
 import { freePort, waitForPort } from '../../harness/net.ts';
+import { startRedisCluster, type RedisCluster } from '../../harness/redis-cluster.ts';
 import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
 import { exitOf, startService, type RunningService, type ServiceName } from '../../harness/services.ts';
 import { waitFor } from '../../harness/wait.ts';
@@ -24,6 +26,7 @@ import { now, offer, order, sleep, type BenchOptions, type Row } from './support
 const SECTION = '7. chain CPU per order';
 const BARE = 'bare ioredis chain: CPU per order (3 processes + Redis)';
 const SERVICES = 'services: CPU per order (3 services + Redis)';
+const CLUSTER = 'services on a Redis Cluster of 3 masters: CPU per order (3 services + 3 masters)';
 
 /** The processes of a chain, by role; both chains name them alike, so that they can be compared. */
 const ROLES = ['order', 'payment', 'notification'] as const;
@@ -49,8 +52,12 @@ interface Member {
 interface Chain {
   post: Services['post'];
   members: Member[];
-  /** A connection to the chain's own redis-server, for `INFO cpu` and the checks. */
-  admin: Redis;
+  /** A connection to the chain's own redis-server (or cluster), for the checks. */
+  admin: RedisClient;
+  /** Where `INFO cpu` is read: the redis-server, or each master of the cluster, by name. */
+  redisNodes: { name: string; redis: Redis }[];
+  /** The sent logs' key of user `user`: one on one Redis, one per stream's slot on a cluster. */
+  sentLogs(user: number): string[];
   /** Orders answered 202 so far, the warm-up's included: what the streams must hold. */
   placed: number;
   /**
@@ -119,15 +126,30 @@ async function startAll(starts: Promise<Member>[]): Promise<Member[]> {
   return members;
 }
 
-/** A chain's HTTP client, its admin connection and a stop() that ends every process of it. */
-function chainOf(members: Member[], redisUrl: string): Chain {
+/**
+ * A chain's HTTP client, its admin connection and a stop() that ends every process of it; on
+ * `cluster`, a cluster client, and each master read for its CPU.
+ */
+function chainOf(members: Member[], redisUrl: string, cluster?: RedisCluster): Chain {
   const agent = new Agent({ keepAlive: true });
-  const admin = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const admin: RedisClient = cluster
+    ? new Cluster([{ host: '127.0.0.1', port: cluster.nodes[0]!.port }], {
+        redisOptions: { maxRetriesPerRequest: 1 },
+      })
+    : new Redis(redisUrl, { maxRetriesPerRequest: 1 });
   admin.on('error', () => {});
+  const redisNodes = cluster
+    ? cluster.nodes.map((node) => ({ name: `redis :${node.port}`, redis: new Redis(node.port) }))
+    : [{ name: 'redis', redis: admin as Redis }];
   return {
     post: poster(`${members[0]!.url}/orders`, agent),
     members,
     admin,
+    redisNodes,
+    sentLogs: (user) =>
+      cluster
+        ? ['{order-events}', '{payment-events}'].map((tag) => `notification-service:sent:${tag}:user-${user}`)
+        : [`notification-service:sent:user-${user}`],
     placed: 0,
     // No request is in flight between windows (each starts on a drained chain): every socket is idle.
     hangUpIdle: () => agent.destroy(),
@@ -135,17 +157,21 @@ function chainOf(members: Member[], redisUrl: string): Chain {
       agent.destroy();
       await Promise.all(members.map((member) => member.stop()));
       admin.disconnect();
+      for (const { redis } of redisNodes) redis.disconnect();
     },
   };
 }
 
-async function startServicesChain(redisUrl: string): Promise<Chain> {
+async function startServicesChain(redisUrl: string, cluster?: RedisCluster): Promise<Chain> {
   const start = (role: Role): Promise<Member> => {
     const name: ServiceName = `${role}-service`;
     // As shipped and deployed (the Dockerfile's NODE_ENV, the default LOG_LEVEL info: a line per
     // order in order-service and payment-service, one per mail and SMS in notification-service):
     // logging is part of what an order costs in production.
-    return startService(name, { REDIS_URL: redisUrl, LOG_LEVEL: 'info', NODE_ENV: 'production' }).then(
+    // prettier-ignore
+    return startService(name, {
+      REDIS_URL: redisUrl, LOG_LEVEL: 'info', NODE_ENV: 'production', ...(cluster ? { REDIS_CLUSTER: 'true' } : {}),
+    }).then(
       (service: RunningService) => ({
         role,
         label: name,
@@ -156,7 +182,7 @@ async function startServicesChain(redisUrl: string): Promise<Chain> {
       }),
     );
   };
-  return chainOf(await startAll(ROLES.map(start)), redisUrl);
+  return chainOf(await startAll(ROLES.map(start)), redisUrl, cluster);
 }
 
 async function startBareChain(redisUrl: string): Promise<Chain> {
@@ -188,10 +214,15 @@ async function startBareChain(redisUrl: string): Promise<Chain> {
   return chainOf(await startAll(ROLES.map(start)), redisUrl);
 }
 
-/** The CPU ms each process of the chain has used so far, by role, and its Redis's as `redis`. */
+/** The CPU ms each process of the chain has used so far, by role, and its Redis's (each master's) by name. */
 async function readCpu(chain: Chain): Promise<Record<string, number>> {
-  const redis = await redisCpuMs(chain.admin);
-  return { ...Object.fromEntries(chain.members.map((m) => [m.role, processCpuMs(m.process.pid!)])), redis };
+  const redis = await Promise.all(
+    chain.redisNodes.map(async (node) => [node.name, await redisCpuMs(node.redis)]),
+  );
+  return {
+    ...Object.fromEntries(chain.members.map((m) => [m.role, processCpuMs(m.process.pid!)])),
+    ...Object.fromEntries(redis),
+  };
 }
 
 /** Flat `[key, value, …]` replies (XINFO) as an object. */
@@ -306,24 +337,30 @@ async function measure(chain: Chain, tally: Tally, rate: number, seconds: number
 
 /** Throws unless the chain recorded both notifications of every order and dead-lettered nothing. */
 async function checkRecorded(chain: Chain): Promise<void> {
-  const pipeline = chain.admin.pipeline();
-  for (let user = 0; user < 100; user += 1) pipeline.llen(`notification-service:sent:user-${user}`);
-  const recorded = (await pipeline.exec())!.reduce((sum, [err, count]) => {
-    if (err) throw err;
-    return sum + Number(count);
-  }, 0);
+  // One key a command: on a cluster the keys live in different slots.
+  let recorded = 0;
+  for (let user = 0; user < 100; user += 1)
+    for (const key of chain.sentLogs(user)) recorded += await chain.admin.llen(key);
   if (recorded !== 2 * chain.placed)
     throw new Error(`chain: ${recorded} notifications recorded for ${chain.placed} orders (2 each)`);
-  const dead = await chain.admin.exists('order-events:dlq', 'payment-events:dlq');
-  if (dead > 0) throw new Error('chain: the services dead-lettered some entries');
+  for (const dlq of ['order-events:dlq', 'payment-events:dlq'])
+    if ((await chain.admin.exists(dlq)) > 0)
+      throw new Error('chain: the services dead-lettered some entries');
 }
 
-/** `order 0.123 ms (31%) · …`, each process's CPU per order and part of the whole; `than`: ratio to the other chain's. */
-export function sharesNote(shares: readonly CpuShare[], than?: readonly CpuShare[]): string {
+/**
+ * `order 0.123 ms (31%) · …`, each process's CPU per order and part of the whole; `than`: ratio to
+ * the other chain's (`thanName`).
+ */
+export function sharesNote(
+  shares: readonly CpuShare[],
+  than?: readonly CpuShare[],
+  thanName = 'bare',
+): string {
   return shares
     .map(({ name, perOrder, share }) => {
       const other = than?.find((process) => process.name === name)?.perOrder;
-      const ratio = other ? `, ${(perOrder / other).toFixed(1)}x bare` : '';
+      const ratio = other ? `, ${(perOrder / other).toFixed(1)}x ${thanName}` : '';
       return `${name} ${perOrder.toFixed(3)} ms (${(share * 100).toFixed(0)}%${ratio})`;
     })
     .join(' · ');
@@ -338,30 +375,36 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
   const turns = quick ? 1 : 4;
   const seconds = quick ? 1.5 : 8;
   const bareServer = await startRedisServer();
+  // Three masters, no replicas: the masters' CPU is the cluster's cost.
+  const cluster = await startRedisCluster({ masters: 3 });
   let services: Chain | undefined;
   let bare: Chain | undefined;
+  let clustered: Chain | undefined;
   try {
-    const [servicesStart, bareStart] = await Promise.allSettled([
+    const [servicesStart, bareStart, clusterStart] = await Promise.allSettled([
       startServicesChain(server.url),
       startBareChain(bareServer.url),
+      startServicesChain(cluster.url, cluster),
     ]);
     if (servicesStart.status === 'fulfilled') services = servicesStart.value;
     if (bareStart.status === 'fulfilled') bare = bareStart.value;
-    if (servicesStart.status === 'rejected') throw servicesStart.reason;
-    if (bareStart.status === 'rejected') throw bareStart.reason;
-    const chains = [services!, bare!];
+    if (clusterStart.status === 'fulfilled') clustered = clusterStart.value;
+    for (const start of [servicesStart, bareStart, clusterStart])
+      if (start.status === 'rejected') throw start.reason;
+    const chains = [services!, bare!, clustered!];
     // The services make their groups as they start; the drain checks read them.
-    await waitFor(
-      async () => {
-        for (const [stream, groups] of Object.entries(GROUPS)) {
-          const have = (await services!.admin.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
-          const names = have.map((reply) => String(fieldsOf(reply).name));
-          if (!groups.every((group) => names.includes(group))) return false;
-        }
-        return true;
-      },
-      { timeoutMs: 20_000, what: "the services' consumer groups" },
-    );
+    for (const chain of [services!, clustered!])
+      await waitFor(
+        async () => {
+          for (const [stream, groups] of Object.entries(GROUPS)) {
+            const have = (await chain.admin.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
+            const names = have.map((reply) => String(fieldsOf(reply).name));
+            if (!groups.every((group) => names.includes(group))) return false;
+          }
+          return true;
+        },
+        { timeoutMs: 20_000, what: "the services' consumer groups" },
+      );
 
     // The JIT counts calls: the first thousands of orders run slower and are not counted.
     for (const chain of chains) await drive(chain, rate, warmUp);
@@ -377,7 +420,7 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
       for (const [i, chain] of chains.entries()) await measure(chain, tallies[i]!, rate, seconds);
     for (const chain of chains) await checkRecorded(chain);
 
-    const [servicesCpu, bareCpu] = tallies.map((tally) => cpuShares(tally.spent, tally.orders));
+    const [servicesCpu, bareCpu, clusterCpu] = tallies.map((tally) => cpuShares(tally.spent, tally.orders));
     const load = (tally: Tally) => {
       const cores = Object.values(tally.spent).reduce((sum, ms) => sum + ms, 0) / tally.ms;
       const short =
@@ -392,6 +435,12 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
     };
     // A turn of each chain, side by side: how far the ratio moves between turns on this machine.
     const ratios = tallies[0]!.windows.map((ms, turn) => ms / tallies[1]!.windows[turn]!);
+    // What a core per master would give: the busiest master bounds the cluster's Redis, as the
+    // one redis-server bounds its chain's.
+    const masters = clusterCpu!.shares.filter(({ name }) => name.startsWith('redis'));
+    const busiest = masters.reduce((a, b) => (b.perOrder > a.perOrder ? b : a));
+    const clusterRedis = masters.reduce((sum, { perOrder }) => sum + perOrder, 0);
+    const oneRedis = servicesCpu!.shares.find(({ name }) => name === 'redis')!.perOrder;
     const spread =
       turns > 1
         ? `; turn by turn ${Math.min(...ratios).toFixed(2)}x to ${Math.max(...ratios).toFixed(2)}x the bare chain`
@@ -412,9 +461,23 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
         vs: [{ baseline: BARE, target: 1.5 }],
         note: `${sharesNote(servicesCpu!.shares, bareCpu!.shares)}; as shipped, LOG_LEVEL=info; ${load(tallies[0]!)}${spread}`,
       },
+      {
+        section: SECTION,
+        name: CLUSTER,
+        value: clusterCpu!.perOrder,
+        unit: 'ms',
+        vs: [{ baseline: SERVICES }],
+        note:
+          `${sharesNote(clusterCpu!.shares, servicesCpu!.shares, 'one Redis')}; the masters together ` +
+          `${clusterRedis.toFixed(3)} ms per order against ${oneRedis.toFixed(3)} ms for one Redis; the busiest ` +
+          `master does ${((busiest.perOrder / clusterRedis) * 100).toFixed(0)}% of it (order-events and ` +
+          `payment-events hash to slots 2609 and 312, one master's), so with a core per master Redis ` +
+          `would carry ${(oneRedis / busiest.perOrder).toFixed(1)}x the orders one Redis does; REDIS_CLUSTER=true, ` +
+          `otherwise as shipped; ${load(tallies[2]!)}`,
+      },
     ];
   } finally {
-    await Promise.all([services?.stop(), bare?.stop()]);
-    await bareServer.stop();
+    await Promise.all([services?.stop(), bare?.stop(), clustered?.stop()]);
+    await Promise.all([bareServer.stop(), cluster.stop()]);
   }
 }
