@@ -136,7 +136,8 @@ async function cli(port: number, ...args: string[]): Promise<string> {
 async function untilClusterOk(nodes: readonly RedisServer[]): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (;;) {
-    const states = await Promise.all(nodes.map((node) => cli(node.port, 'cluster', 'info')));
+    // A node still starting (LOADING) answers with an error: not ok yet.
+    const states = await Promise.all(nodes.map((node) => cli(node.port, 'cluster', 'info').catch(() => '')));
     if (states.every((state) => state.includes('cluster_state:ok'))) {
       const check = await run('redis-cli', ['--cluster', 'check', `127.0.0.1:${nodes[0]!.port}`]).catch(
         (err: { stdout?: string }) => ({ stdout: err.stdout ?? '' }),

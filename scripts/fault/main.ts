@@ -67,6 +67,10 @@ const number = (name: string, value: string, min = 0) => {
   }
   return parsed;
 };
+if (values['durable-replicas'] !== undefined && !values.cluster) {
+  console.error(`pnpm fault: --durable-replicas needs --cluster\n${USAGE}`);
+  process.exit(2);
+}
 const claimIdleMs = values['claim-idle-ms'];
 const killEvery = values['kill-every-ms'];
 const bound = values['takeover-bound-ms'];

@@ -29,11 +29,13 @@ import { IDEMPOTENCY_HEADER, placeOrder, type OrderInput } from './place-order.t
 export interface AppDeps {
   /** Publishes orders placed without an idempotency key. */
   publisher: Publisher;
-  /**
-   * A request connection (`openRequestConnection`): idempotent orders and `/readyz`; with
-   * `durability`, one of its own (a `WAIT` holds it until the replicas answer), the publisher's.
-   */
+  /** A request connection (`openRequestConnection`): `/readyz`, and idempotent orders unless `writes`. */
   redis: RedisClient;
+  /**
+   * Where idempotent orders are written, with `durability` a connection of their own (the
+   * publisher's): a `WAIT` holds it until the replicas answer. @defaultValue `redis`
+   */
+  writes?: RedisClient | undefined;
   /** Answer 202 only once the order is on this many replicas (`DURABLE_REPLICAS`). @defaultValue none */
   durability?: Durability | undefined;
   logger: Logger;
@@ -76,6 +78,7 @@ export interface AppDeps {
 export function createApp({
   publisher,
   redis,
+  writes = redis,
   logger,
   instance,
   orders,
@@ -83,7 +86,7 @@ export function createApp({
   tracer,
   durability,
 }: AppDeps) {
-  const replicated = durability ? waitForReplicas(redis, durability) : undefined;
+  const replicated = durability ? waitForReplicas(writes, durability) : undefined;
   // For the access lines, one per request, which carry the request's method, route, status and
   // IDs and nothing else: the redaction's wildcard paths would cost 7 µs a line, 4% of a request.
   // Everything else keeps them.
@@ -112,7 +115,7 @@ export function createApp({
   async function accept(res: Response, input: OrderInput, idempotencyKey?: string) {
     const { orderId, entryId, replayed } = await placeOrder(
       input,
-      { publisher, redis, metrics, replicated },
+      { publisher, redis: writes, metrics, replicated },
       idempotencyKey,
     );
     const message = replayed ? 'order replayed for its idempotency key' : 'order accepted';

@@ -18,8 +18,11 @@ const Config = consumerEnv(8080).extend({
    * enough (see README, Redis Cluster).
    */
   DURABLE_REPLICAS: z.coerce.number().int().min(0).max(16).default(0),
-  /** How long `POST /orders` waits for those replicas before it answers 503 (the order is written: retry with its key). */
-  DURABLE_TIMEOUT_MS: z.coerce.number().int().min(1).max(60_000).default(1_000),
+  /**
+   * How long `POST /orders` waits for those replicas before it answers 503 (the order is written:
+   * retry with its key). Below the 2 s a request connection gives a command, the WAIT's included.
+   */
+  DURABLE_TIMEOUT_MS: z.coerce.number().int().min(1).max(1_500).default(1_000),
 });
 export type Config = z.infer<typeof Config>;
 

@@ -45,7 +45,8 @@ const redis = openRequestConnection(config.REDIS_URL, logger.child({ component: 
 // from Redis at scrape time.
 const metrics = createMetrics({ redis, logger: logger.child({ component: 'metrics' }) });
 // With DURABLE_REPLICAS, a 202 waits for the replicas (WAIT), which holds its connection until they
-// answer: orders are written on a connection of their own, so reads never queue behind a WAIT.
+// answer: orders are written on a connection of their own, so reads and /readyz never queue behind
+// a WAIT.
 const durability =
   config.DURABLE_REPLICAS > 0
     ? { replicas: config.DURABLE_REPLICAS, timeoutMs: config.DURABLE_TIMEOUT_MS }
@@ -121,7 +122,8 @@ function startReadModel(model: ReadModel) {
 const unavailable = () => Promise.reject(new Error('the live read model generation is not known yet'));
 const app = createApp({
   publisher,
-  redis: writes,
+  redis,
+  writes,
   durability,
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,

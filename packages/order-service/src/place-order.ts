@@ -1,7 +1,14 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { EventValidationError, type MessagingMetrics, type Publisher } from '@msa/stream-kit';
 import { OrderEvents, type OrderCreated } from '@msa/stream-kit/events';
-import { defineScript, maxIdAheadMs, slotTag, XADD_CHECKED, xaddArguments } from '@msa/stream-kit/lua';
+import {
+  defineScript,
+  maxIdAheadMs,
+  slotTag,
+  XADD_CHECKED,
+  xaddArguments,
+  type ReplicatedWrite,
+} from '@msa/stream-kit/lua';
 import { ConflictError, UnavailableError, ValidationError } from '@msa/stream-kit/service';
 import type { RedisClient } from '@msa/stream-kit';
 
@@ -27,10 +34,10 @@ export interface PlaceOrderDeps {
   /** Counts the orders the script publishes (the publisher counts its own). */
   metrics?: Pick<MessagingMetrics, 'sent'> | undefined;
   /**
-   * With `DURABLE_REPLICAS`: resolves once the replicas hold what `redis` wrote to order-events
-   * (`waitForReplicas`); the publisher waits for its own.
+   * With `DURABLE_REPLICAS`: runs the placement script on `redis`, then waits for the replicas to
+   * hold it (`waitForReplicas`); the publisher waits for its own.
    */
-  replicated?: ((stream: string) => Promise<void>) | undefined;
+  replicated?: ReplicatedWrite | undefined;
 }
 
 /** The request header that carries a client's idempotency key. */
@@ -83,10 +90,10 @@ export async function placeOrder(
       const entryId = await deps.publisher.publish(OrderEvents, event);
       return { orderId: event.orderId, entryId, replayed: false };
     }
-    const placed = await placeOnce(event, input, idempotencyKey, deps.redis);
-    if (!placed.replayed) deps.metrics?.sent(OrderEvents.name, 1);
+    const place = () => placeOnce(event, input, idempotencyKey, deps.redis, deps.replicated !== undefined);
     // A replayed key too: the first call may have answered 503 for want of replicas.
-    await deps.replicated?.(OrderEvents.name);
+    const placed = await (deps.replicated ? deps.replicated(OrderEvents.name, place) : place());
+    if (!placed.replayed) deps.metrics?.sent(OrderEvents.name, 1);
     return placed;
   } catch (err) {
     if (err instanceof IdempotencyConflictError) throw err;
@@ -102,6 +109,7 @@ async function placeOnce(
   input: OrderInput,
   idempotencyKey: string,
   redis: RedisClient,
+  durable: boolean,
 ): Promise<PlacedOrder> {
   const placeOrderOnce = defineScript<['replayed' | 'created', string, string] | ['conflict']>(
     redis,
@@ -116,6 +124,7 @@ async function placeOnce(
     event.orderId,
     IDEMPOTENCY_TTL_SECONDS,
     maxIdAheadMs(OrderEvents),
+    durable ? 1 : 0,
     ...xaddArguments(OrderEvents, event),
   );
   const [outcome, orderId, entryId] = reply;
@@ -132,18 +141,24 @@ function bodyHash({ userId, productId, price }: OrderInput): string {
 
 /*
  * KEYS[1] the idempotency key, KEYS[2] the stream; ARGV[1] body hash, ARGV[2] the new order's ID,
- * ARGV[3] TTL in seconds, ARGV[4] how far an entry ID may run ahead of the clock, ARGV[5..] the
- * XADD arguments after the key. The XADD comes before the key is stored: if it fails (out of
- * memory, IDs ahead of the clock), nothing is.
+ * ARGV[3] TTL in seconds, ARGV[4] how far an entry ID may run ahead of the clock, ARGV[5] 1 to
+ * write on a replay too (`DURABLE_REPLICAS`: the `WAIT` after it covers only this connection's
+ * writes, and the first placement may have come through another), ARGV[6..] the XADD arguments
+ * after the key. The XADD comes before the key is stored: if it fails (out of memory, IDs ahead
+ * of the clock), nothing is.
  * Returns {'replayed', orderId, entryId}, {'conflict'} or {'created', orderId, entryId}.
  */
 const PLACE_ORDER_ONCE = `${XADD_CHECKED}
 local stored = redis.call('HMGET', KEYS[1], 'bodyHash', 'orderId', 'entryId')
 if stored[1] then
-  if stored[1] == ARGV[1] then return {'replayed', stored[2], stored[3]} end
+  if stored[1] == ARGV[1] then
+    -- The same value again: a write that changes nothing, which the WAIT after it covers.
+    if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'bodyHash', stored[1]) end
+    return {'replayed', stored[2], stored[3]}
+  end
   return {'conflict'}
 end
-local entryId = xadd_checked(KEYS[2], ARGV[4], unpack(ARGV, 5))
+local entryId = xadd_checked(KEYS[2], ARGV[4], unpack(ARGV, 6))
 redis.call('HSET', KEYS[1], 'bodyHash', ARGV[1], 'orderId', ARGV[2], 'entryId', entryId)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {'created', ARGV[2], entryId}

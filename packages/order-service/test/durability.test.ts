@@ -22,6 +22,7 @@ let master: RedisServer;
 let replica: RedisServer;
 let replicaAdmin: Redis;
 let writes: Redis;
+let reads: Redis;
 let publisher: Publisher;
 let app: ReturnType<typeof createApp>;
 
@@ -45,21 +46,24 @@ beforeAll(async () => {
   replicaAdmin.on('error', () => {});
   await untilReplicating();
   // As main.ts wires DURABLE_REPLICAS=1: a connection of its own for the writes and their WAITs.
-  const durability = { replicas: 1, timeoutMs: 300 };
+  const durability = { replicas: 1, timeoutMs: 1_000 };
   writes = openRequestConnection(master.url, logger, 'order-service:writes');
   publisher = createPublisher({ connection: writes, durability });
+  reads = openRequestConnection(master.url, logger, 'order-service');
   app = createApp({
     publisher,
-    redis: writes,
+    redis: reads,
+    writes,
     durability,
     logger,
     instance: 'test',
-    orders: ordersOn(writes),
+    orders: ordersOn(reads),
   });
 });
 afterAll(async () => {
   await publisher?.close();
   writes?.disconnect();
+  reads?.disconnect();
   replicaAdmin?.disconnect();
   await replica?.stop();
   await master?.stop();
@@ -90,9 +94,18 @@ describe('POST /orders with DURABLE_REPLICAS=1', () => {
       args: ['--replicaof', '127.0.0.1', String(master.port)],
     });
     await untilReplicating();
-    const retried = await request(app).post('/orders').set('Idempotency-Key', key).send(order);
-    expect(retried.status).toBe(202);
+    // As a client retries: until it gets its answer (the new replica may still be catching up).
+    const retried = await waitFor(
+      async () => {
+        const answer = await request(app).post('/orders').set('Idempotency-Key', key).send(order);
+        return answer.status === 202 && answer;
+      },
+      { timeoutMs: 15_000, what: 'a 202 for the retry' },
+    );
     expect(await onReplica(retried.body.orderId)).toBe(1);
+    // The first attempt wrote it; the retries replayed it: one order, not one per request.
+    const placed = (await reads.xrange('order-events', '-', '+')).filter(([, f]) => f.includes(order.userId));
+    expect(placed).toHaveLength(1);
   });
 });
 

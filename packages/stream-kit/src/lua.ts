@@ -6,5 +6,5 @@
 export { batchCalls, type BatchFunction, type BatchOptions } from './batch.ts';
 export { LIVENESS_TTL_MS, livenessKey } from './consumer/liveness.ts';
 export { CONSUMER_DEAD, defineScript } from './scripts.ts';
-export { waitForReplicas } from './durability.ts';
+export { waitForReplicas, type ReplicatedWrite } from './durability.ts';
 export { maxIdAheadMs, slotName, slotTag, XADD_CHECKED, xaddArguments } from './stream.ts';

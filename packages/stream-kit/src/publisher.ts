@@ -85,6 +85,8 @@ export function createPublisher(options: PublisherOptions): Publisher {
 
   const publishOne = defineScript<string>(redis, 'streamKitPublish', 1, PUBLISH);
   const replicated = options.durability ? waitForReplicas(redis, options.durability) : undefined;
+  const durably = <T>(key: string, write: () => Promise<T>) =>
+    replicated ? replicated(key, write) : write();
 
   async function publish<D extends StreamDefinition>(stream: D, event: EventOf<D>) {
     if (closing) throw new PublisherClosedError();
@@ -92,11 +94,12 @@ export function createPublisher(options: PublisherOptions): Publisher {
     const args = xaddArguments(stream, event, []);
     const send = tracer ? startSend(tracer, stream.name) : undefined;
     if (send) args.push(...send.fields);
-    const write = publishOne(stream.name, maxIdAheadMs(stream), args).then(async (id) => {
-      metrics?.sent(stream.name, 1);
-      await replicated?.(stream.name);
-      return id;
-    });
+    const write = durably(stream.name, () =>
+      publishOne(stream.name, maxIdAheadMs(stream), args).then((id) => {
+        metrics?.sent(stream.name, 1);
+        return id;
+      }),
+    );
     inFlight.add(write);
     try {
       const id = await write;
@@ -125,11 +128,12 @@ export function createPublisher(options: PublisherOptions): Publisher {
       if (send) fields.push(...send.fields);
       args.push(String(fields.length), ...fields);
     }
-    const write = publishBatch(stream.name, args).then(async (ids) => {
-      metrics?.sent(stream.name, ids.length);
-      await replicated?.(stream.name);
-      return ids;
-    });
+    const write = durably(stream.name, () =>
+      publishBatch(stream.name, args).then((ids) => {
+        metrics?.sent(stream.name, ids.length);
+        return ids;
+      }),
+    );
     inFlight.add(write);
     try {
       const ids = await write;
