@@ -75,6 +75,7 @@ export async function startRedisCluster(options: RedisClusterOptions = {}): Prom
       '--cluster-yes',
     ]);
     await untilClusterOk(nodes);
+    await untilReplicasSynced(nodes);
   } catch (err) {
     await stop();
     throw err;
@@ -107,10 +108,25 @@ export async function startRedisCluster(options: RedisClusterOptions = {}): Prom
       await untilClusterOk(others);
       await node.start();
       await untilClusterOk(nodes);
+      await untilReplicasSynced(nodes);
       return { from, to };
     },
     stop: () => (stopped ??= stop()),
   };
+}
+
+/** Waits until every replica has loaded its master's data and follows it (`master_link_status:up`). */
+async function untilReplicasSynced(nodes: readonly RedisServer[]): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const states = await Promise.all(
+      nodes.map((node) => cli(node.port, 'info', 'replication').catch(() => '')),
+    );
+    if (states.every((state) => state.includes('role:master') || state.includes('master_link_status:up')))
+      return;
+    if (Date.now() > deadline) throw new Error("the Redis Cluster's replicas did not sync within 30 s");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }
 
 /** The port of the master of `key`'s slot, as the node on `port` sees it. */
