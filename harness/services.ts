@@ -33,7 +33,7 @@ export function spawnService(name: ServiceName, env: Record<string, string>): Ch
 }
 
 /** Spawns `node --import tsx <entry>` in `cwd`, killed when the test run exits. */
-function spawnEntry(cwd: string, entry: string, env: Record<string, string>): ChildProcess {
+export function spawnEntry(cwd: string, entry: string, env: Record<string, string>): ChildProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', entry], {
     cwd,
     env: { ...process.env, LOG_LEVEL: 'info', ...env },

@@ -1,4 +1,5 @@
 import type { RedisClient } from './connection.ts';
+import { compareIds } from './consumer/group.ts';
 import { idTimeMs } from './stream.ts';
 
 /*
@@ -131,6 +132,52 @@ export async function inspectStreams(
     }),
   );
   return { at, streams: states };
+}
+
+/**
+ * A partitioned stream as one: `base` (its own name, read as a stream with its dead-letter
+ * streams, holding no entries itself) with its `partitions`' states added up, each group's by
+ * name. Lengths, lag, pending and entries read add up (lag and entries read are unknown if any
+ * partition's is); the ages are the oldest partition's; the last delivered ID is the latest. What
+ * an autoscaler wants: one number per stream and group, however many partitions.
+ */
+export function sumPartitions(base: StreamState, partitions: readonly StreamState[]): StreamState {
+  const groups = new Map<string, GroupState>();
+  const add = (a: number | null, b: number | null) => (a === null || b === null ? null : a + b);
+  for (const state of partitions)
+    for (const g of state.groups) {
+      const sum = groups.get(g.group);
+      groups.set(
+        g.group,
+        sum
+          ? {
+              stream: base.stream,
+              group: g.group,
+              lag: add(sum.lag, g.lag),
+              lagSeconds: Math.max(sum.lagSeconds, g.lagSeconds),
+              pending: sum.pending + g.pending,
+              oldestPendingSeconds: Math.max(sum.oldestPendingSeconds, g.oldestPendingSeconds),
+              lastDeliveredId:
+                compareIds(g.lastDeliveredId, sum.lastDeliveredId) > 0
+                  ? g.lastDeliveredId
+                  : sum.lastDeliveredId,
+              entriesRead: add(sum.entriesRead, g.entriesRead),
+              ...(sum.consumers || g.consumers
+                ? { consumers: [...(sum.consumers ?? []), ...(g.consumers ?? [])] }
+                : {}),
+            }
+          : { ...g, stream: base.stream },
+      );
+    }
+  return {
+    ...base,
+    length: partitions.reduce((total, state) => total + state.length, base.length),
+    deadLetters: partitions.reduce((total, state) => total + state.deadLetters, base.deadLetters),
+    ...(base.entriesAdded === undefined
+      ? {}
+      : { entriesAdded: partitions.reduce((total, state) => total + (state.entriesAdded ?? 0), 0) }),
+    groups: [...groups.values()],
+  };
 }
 
 /** Each group of `stream` and the last entry delivered to it, as XINFO GROUPS says now (none for a stream not created yet). */

@@ -24,6 +24,8 @@ export interface ConsumerIdentity {
   readonly group: string;
   /** Where its dead letters go (`deadLetterStream`). */
   readonly deadLetterStream: string;
+  /** The keys of its partitions (`<stream>:{0}` …), when the stream is partitioned. */
+  readonly partitions?: readonly string[];
 }
 
 /**

@@ -9,6 +9,7 @@ import { endSend, startSend } from './tracing.ts';
 import {
   fieldArguments,
   maxIdAheadMs,
+  streamKeyOf,
   trimArguments,
   xaddArguments,
   type EventOf,
@@ -57,7 +58,8 @@ export interface Publisher {
   /**
    * Appends `events` in order, all or none, in one command (a Lua script that XADDs each, trimming
    * as `publish()` does): for batches, where one `publish()` each would cost a command and a
-   * round trip per event. Resolves to their entry
+   * round trip per event. On a partitioned stream, one command per partition the events go to:
+   * all or none within each partition, in order within each. Resolves to their entry
    * IDs, in order. Validates every event first: if one does not match, throws
    * `EventValidationError` and writes nothing. Throws the Redis error if the write failed.
    */
@@ -92,10 +94,11 @@ export function createPublisher(options: PublisherOptions): Publisher {
     if (closing) throw new PublisherClosedError();
     // Checked first: an event refused never opens a span.
     const args = xaddArguments(stream, event, []);
+    const key = streamKeyOf(stream, event);
     const send = tracer ? startSend(tracer, stream.name) : undefined;
     if (send) args.push(...send.fields);
-    const write = durably(stream.name, () =>
-      publishOne(stream.name, maxIdAheadMs(stream), args).then((id) => {
+    const write = durably(key, () =>
+      publishOne(key, maxIdAheadMs(stream), args).then((id) => {
         metrics?.sent(stream.name, 1);
         return id;
       }),
@@ -119,21 +122,34 @@ export function createPublisher(options: PublisherOptions): Publisher {
     if (closing) throw new PublisherClosedError();
     if (events.length === 0) return [];
     const trim = trimArguments(stream);
-    const args: string[] = [String(maxIdAheadMs(stream)), String(trim.length), ...trim];
     // Every event is checked before anything is sent: one invalid event writes none.
     const checked = events.map((event) => fieldArguments(stream, event));
     // One span for the call; each of its entries carries it.
     const send = tracer ? startSend(tracer, stream.name) : undefined;
-    for (const fields of checked) {
+    // One script per partition (its own slot), each all or none; events keep their order in each.
+    const byKey = new Map<string, { args: string[]; at: number[] }>();
+    checked.forEach((fields, i) => {
+      const key = streamKeyOf(stream, events[i]!);
+      let batch = byKey.get(key);
+      if (!batch)
+        byKey.set(
+          key,
+          (batch = { args: [String(maxIdAheadMs(stream)), String(trim.length), ...trim], at: [] }),
+        );
       if (send) fields.push(...send.fields);
-      args.push(String(fields.length), ...fields);
-    }
-    const write = durably(stream.name, () =>
-      publishBatch(stream.name, args).then((ids) => {
-        metrics?.sent(stream.name, ids.length);
-        return ids;
-      }),
-    );
+      batch.args.push(String(fields.length), ...fields);
+      batch.at.push(i);
+    });
+    const write = Promise.all(
+      [...byKey].map(([key, batch]) =>
+        durably(key, () => publishBatch(key, batch.args)).then((ids) => ({ ids, at: batch.at })),
+      ),
+    ).then((written) => {
+      const ids: string[] = new Array<string>(events.length);
+      for (const batch of written) batch.ids.forEach((id, j) => (ids[batch.at[j]!] = id));
+      metrics?.sent(stream.name, ids.length);
+      return ids;
+    });
     inFlight.add(write);
     try {
       const ids = await write;

@@ -243,3 +243,44 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
 end
 return 0
 `;
+
+/**
+ * KEYS[1] the members hash of a partitioned stream's group (`membersKey`); ARGV this consumer,
+ * how long its mark lasts (ms). Renews the consumer's mark (its deadline, on Redis's clock),
+ * drops the marks that have lapsed, and returns the live members: every consumer of the group
+ * assigns the partitions from this list (see partitions.ts). `allow-oom`: a live consumer stays a
+ * member while Redis is out of memory.
+ */
+export const RENEW_MEMBERSHIP = `#!lua flags=allow-oom
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+local live = {}
+local marks = redis.call('HGETALL', KEYS[1])
+for i = 1, #marks, 2 do
+  if tonumber(marks[i + 1]) < now then redis.call('HDEL', KEYS[1], marks[i]) else live[#live + 1] = marks[i] end
+end
+return live
+`;
+
+/**
+ * KEYS[1] a partition's lease for a group (`leaseKey`); ARGV this consumer, the lease's life
+ * (ms). Takes the lease if nobody holds it (2) or renews it if this consumer does (1); held by
+ * another, leaves it (0). One owner at a time: the key names it until it expires or is released.
+ */
+export const TAKE_LEASE = `#!lua flags=allow-oom
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+`;
+
+/** KEYS[1] a partition's lease; ARGV this consumer. Releases the lease if this consumer holds it. */
+export const RELEASE_LEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`;

@@ -34,6 +34,21 @@ export interface StreamDefinition<Schema extends z.ZodType = z.ZodType> {
    * @defaultValue 300000 (5 minutes)
    */
   readonly maxIdAheadMs?: number;
+  /**
+   * How many streams the logical stream is split over: 1 keeps the one key `name`; K writes each
+   * event to `<name>:{0}` … `<name>:{K-1}` by its `partitionKey`, each key in a hash slot of its
+   * own, so that a Redis Cluster spreads them over its masters. A subscription then owns whole
+   * partitions (one consumer of a group per partition at a time) and handles each one's entries in
+   * order: entries with the same key are handled in the order they were written. See README,
+   * Partitions. @defaultValue 1
+   */
+  readonly partitions?: number;
+  /**
+   * The field whose value picks an event's partition (FNV-1a of its UTF-8 bytes, modulo
+   * `partitions`; see `partitionOf`): events with the same value keep their order. Required with
+   * more than one partition.
+   */
+  readonly partitionKey?: string;
 }
 
 /**
@@ -70,7 +85,67 @@ export function defineStream<Schema extends z.ZodType>(
   const maxIdAheadMs = definition.maxIdAheadMs ?? DEFAULT_MAX_ID_AHEAD_MS;
   if (!Number.isInteger(maxIdAheadMs) || maxIdAheadMs < 0)
     throw new RangeError(`maxIdAheadMs must be a non-negative integer, got ${maxIdAheadMs}`);
-  return Object.freeze({ ...definition, retention, maxIdAheadMs });
+  const partitions = definition.partitions ?? 1;
+  if (!Number.isInteger(partitions) || partitions < 1 || partitions > MAX_PARTITIONS)
+    throw new RangeError(`partitions must be an integer from 1 to ${MAX_PARTITIONS}, got ${partitions}`);
+  if (partitions > 1) {
+    if (!definition.partitionKey)
+      throw new RangeError('partitionKey is required with more than one partition');
+    // Each partition's tag must be its own: a tag in the name would put them all in one slot.
+    if (/[{}]/.test(definition.name))
+      throw new RangeError(`a partitioned stream's name may hold no braces, got ${definition.name}`);
+  }
+  return Object.freeze({ ...definition, retention, maxIdAheadMs, partitions });
+}
+
+/** The most partitions a stream may have: each owned partition costs its consumer two connections. */
+export const MAX_PARTITIONS = 256;
+
+/**
+ * The keys a stream's entries live in: its name alone, or with partitions `<name>:{0}` …
+ * `<name>:{K-1}` (the partition number is the hash tag, so each lands in a slot of its own).
+ */
+export function partitionNames(stream: StreamDefinition): string[] {
+  const count = stream.partitions ?? 1;
+  if (count === 1) return [stream.name];
+  return Array.from({ length: count }, (_, k) => `${stream.name}:{${k}}`);
+}
+
+/**
+ * Partition `k` of `stream` as a stream of its own, which the consumer loop reads as any other.
+ * With one partition, the stream itself.
+ */
+export function partitionStream<D extends StreamDefinition>(stream: D, k: number): D {
+  if ((stream.partitions ?? 1) === 1) return stream;
+  return Object.freeze({
+    ...stream,
+    name: partitionNames(stream)[k]!,
+    partitions: 1,
+    partitionKey: undefined,
+  });
+}
+
+/**
+ * Which partition an event with these fields goes to: FNV-1a (32 bits) of the partition key's
+ * value in UTF-8, modulo the partition count. Written out so that a producer in another language
+ * can route the same way. 0 with one partition; throws `EventValidationError` when the key's field
+ * is missing.
+ */
+export function partitionOf(stream: StreamDefinition, fields: Fields): number {
+  const count = stream.partitions ?? 1;
+  if (count === 1) return 0;
+  const value = fields[stream.partitionKey!];
+  if (value === undefined)
+    throw new EventValidationError(stream.name, [`${stream.partitionKey}: the partition key is missing`]);
+  let hash = 0x811c9dc5;
+  for (const byte of Buffer.from(value, 'utf8')) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  return hash % count;
+}
+
+/** The key `event` is appended to: its stream's name, or the partition its key picks. */
+export function streamKeyOf<D extends StreamDefinition>(stream: D, event: EventOf<D>): string {
+  if ((stream.partitions ?? 1) === 1) return stream.name;
+  return partitionNames(stream)[partitionOf(stream, encode(event as object))]!;
 }
 
 /**

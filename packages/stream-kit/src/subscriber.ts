@@ -1,4 +1,5 @@
 import { ConsumerLoop } from './consumer/loop.ts';
+import { PartitionedSubscription } from './consumer/partitions.ts';
 import { withDefaults } from './consumer/options.ts';
 import type { Handler } from './consumer/delivery.ts';
 import type { SubscribeOptions } from './consumer/options.ts';
@@ -34,6 +35,11 @@ export interface Subscription {
  * consumers have left pending longer than `claimIdleMs` are taken over. Entries that fail the
  * stream's schema go to the dead-letter stream at once. The loop rides out Redis restarts and
  * recreates a lost group.
+ *
+ * A partitioned stream (`partitions` > 1) is shared out among the group's consumers a partition at
+ * a time, each partition read by one consumer, in order: a failed entry holds back the entries
+ * after it in its partition until it is handled or dead-lettered (`concurrency` must be 1). See
+ * README, Partitions.
  */
 export function subscribe<D extends StreamDefinition>(
   group: string,
@@ -42,12 +48,10 @@ export function subscribe<D extends StreamDefinition>(
   handler: Handler<EventOf<D>>,
   options: SubscribeOptions,
 ): Subscription {
-  const loop = new ConsumerLoop(
-    group,
-    consumer,
-    stream,
-    handler as Handler<unknown>,
-    withDefaults(stream, options),
-  );
-  return { close: () => loop.close() };
+  const settings = withDefaults(stream, options);
+  const subscription =
+    (stream.partitions ?? 1) > 1
+      ? new PartitionedSubscription(group, consumer, stream, handler as Handler<unknown>, settings)
+      : new ConsumerLoop(group, consumer, stream, handler as Handler<unknown>, settings);
+  return { close: () => subscription.close() };
 }

@@ -7,7 +7,7 @@ import {
   reconnectIfStalled,
 } from '../connection.ts';
 import type { ConsumeOutcome, ConsumerMeter } from '../metrics.ts';
-import { idTimeMs, maxIdAheadMs, type StreamDefinition } from '../stream.ts';
+import { idTimeMs, maxIdAheadMs, partitionNames, type StreamDefinition } from '../stream.ts';
 import { AckBatcher } from './acks.ts';
 import { consumerContext, type ConsumerContext, type Entry } from './context.ts';
 import { Delivery, type Handler, type Outcome } from './delivery.ts';
@@ -35,6 +35,19 @@ const REPORTED: Record<Outcome['kind'], ConsumeOutcome> = {
   retry: 'retried',
   'dead-letter': 'dead-lettered',
 };
+
+/**
+ * What a loop that reads one partition of a stream is told by the subscription that owns it (see
+ * partitions.ts). Such a loop keeps its entries in order: a failed entry holds back everything
+ * after it until it is done with, and it first takes over whatever the partition's earlier owners
+ * left pending.
+ */
+export interface PartitionTenancy {
+  /** The stream the partition belongs to: metrics count under its name. */
+  readonly logical: StreamDefinition;
+  /** Whether the subscription holds the partition's lease now; the loop starts nothing without it. */
+  holds(): boolean;
+}
 
 /**
  * One subscription's loop: start, then round after round (see `nextStep`) read, handle and apply
@@ -73,6 +86,8 @@ export class ConsumerLoop {
   private claimAt = 0;
   /** When the group is next checked for dead consumers; the first check runs at start. */
   private livenessAt = 0;
+  /** Whatever the partition's earlier owners left pending is still to be taken over (see `PartitionTenancy`). */
+  private adopt: boolean;
 
   constructor(
     group: string,
@@ -80,7 +95,9 @@ export class ConsumerLoop {
     stream: StreamDefinition,
     handler: Handler<unknown>,
     private readonly settings: Settings,
+    private readonly tenancy?: PartitionTenancy,
   ) {
+    this.adopt = tenancy !== undefined;
     // Named so that CLIENT LIST tells which subscription a connection serves. The watchdog (see
     // `reconnectIfStalled`): the longest command, a blocked read, answers within BLOCK.
     const redis = openReaderConnection(
@@ -117,16 +134,18 @@ export class ConsumerLoop {
       this.clock,
       {
         epoch: () => this.liveness.epoch,
-        holds: (id, epoch) => this.leases.holds(id) && this.liveness.holdsSince(epoch),
+        holds: (id, epoch) => this.leases.holds(id) && this.liveness.holdsSince(epoch) && this.tenant(),
       },
       settings.tracer,
     );
     this.parts = { leases: this.leases, acks: this.acks, runs: this.runs, retries: this.retries };
     this.outcomes = new OutcomeApplier(this.ctx, this.parts, settings);
+    const logical = tenancy?.logical ?? stream;
     this.meter = settings.metrics?.consumer({
-      stream: stream.name,
+      stream: logical.name,
       group,
       deadLetterStream: settings.deadLetterStream,
+      ...(tenancy ? { partitions: partitionNames(logical) } : {}),
     });
     this.running = this.run();
   }
@@ -234,8 +253,19 @@ export class ConsumerLoop {
     await this.group.markRecreatePoint().catch(() => {});
   }
 
+  /** Whether the partition this loop reads is still the subscription's (always, without partitions). */
+  private tenant(): boolean {
+    return this.tenancy === undefined || this.tenancy.holds();
+  }
+
+  /** Whether new entries wait: the loop keeps order, and a failed entry waits for its retry. */
+  private holdsBack(): boolean {
+    return this.tenancy !== undefined && this.retries.nextAt !== 0;
+  }
+
   private state(): LoopState {
     return {
+      holdNew: this.holdsBack(),
       readAhead: this.readAhead !== undefined,
       ownPending: this.ownPending,
       retryAt: this.retries.nextAt,
@@ -245,13 +275,22 @@ export class ConsumerLoop {
   }
 
   private async step() {
-    if (this.liveness.lapsed()) {
+    if (this.liveness.lapsed() || !this.tenant()) {
       // Others may be taking our entries for a dead consumer's right now: read and start nothing
       // until a renewal gets through (the gap callback then sends us through what is still ours).
       await this.sleep(LIVENESS_CHECK_MS / 4);
       return;
     }
     if (this.runs.hasUncounted) await this.runs.writeBack();
+    if (this.adopt) {
+      // The partition is ours now: what its earlier owners left pending comes first, in order.
+      const { count } = this.settings;
+      const runsKey = (id: string) => this.runs.key(id);
+      await takeOverIdle(this.ctx, { claimIdleMs: 0, count, isStopping: () => this.stopping, runsKey });
+      this.adopt = false;
+      this.ownPending = 'all';
+      return;
+    }
     const step = nextStep(this.state(), Date.now(), this.settings.blockMs);
     switch (step.kind) {
       case 'read-ahead': {
@@ -268,9 +307,10 @@ export class ConsumerLoop {
             mode: step.mode,
             count: this.settings.count,
             concurrency: this.settings.concurrency,
+            ordered: this.tenancy !== undefined,
             retries: this.retries,
             // Lapsed: what it would claim may be another consumer's by now; the gap sends it back.
-            isStopping: () => this.stopping || this.liveness.lapsed(),
+            isStopping: () => this.stopping || this.liveness.lapsed() || this.holdsBack(),
           },
           (id, idleMs) =>
             redeliver(this.ctx, this.parts, id, idleMs, (fields, run) =>
@@ -305,6 +345,8 @@ export class ConsumerLoop {
       }
       case 'read':
         return this.handleNew(await this.read(step.blockMs));
+      case 'pause':
+        return this.sleep(step.ms);
     }
   }
 
@@ -352,15 +394,15 @@ export class ConsumerLoop {
       entries,
       this.settings.concurrency,
       ([id, fields]) => (this.leases.holds(id) ? this.handleEntry(id, fields, 1, mayBeAhead) : undefined),
-      () => this.stopping,
+      // Held back behind a failed entry: the rest come after its retry, through the pending list.
+      () => this.stopping || this.holdsBack(),
     );
     for (const [id] of entries) this.leases.untrack(id);
-    if (error !== undefined) {
-      // The entries never started come back through the pending list, where their first real
-      // run must count as the first.
+    // The entries never started come back through the pending list, where their first real run
+    // must count as the first. (At close, handing them back took their runs off already.)
+    if (error !== undefined || !this.stopping)
       for (const [id] of entries.slice(started)) this.runs.uncount(id);
-      throw error;
-    }
+    if (error !== undefined) throw error;
     await this.acks.flush();
   }
 
@@ -378,7 +420,7 @@ export class ConsumerLoop {
     // close() may have come while we were reading or claiming: its connection is gone, so a
     // handler started now could not be acked and its entry would be handled again elsewhere.
     if (this.stopping) return;
-    if (this.liveness.lapsed()) {
+    if (this.liveness.lapsed() || !this.tenant()) {
       // Paused long enough (SIGSTOP, a long GC pause, Redis stalled) that others may have taken
       // this entry for a dead consumer's: start nothing until a renewal gets through, then go
       // through what is still ours (see the gap callback). This run never happened; untracked, so

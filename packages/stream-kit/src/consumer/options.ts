@@ -136,6 +136,11 @@ export function withDefaults(stream: StreamDefinition, options: SubscribeOptions
     if (!Number.isFinite(settings[key]) || settings[key] < 0)
       throw new RangeError(`${key} must be a non-negative number, got ${settings[key]}`);
   }
+  // Handlers side by side would break the order a partition keeps.
+  if ((stream.partitions ?? 1) > 1 && settings.concurrency !== 1)
+    throw new RangeError(
+      `concurrency must be 1 on a partitioned stream (its order is kept), got ${settings.concurrency}`,
+    );
   if (settings.deadLetterStream === stream.name)
     throw new RangeError('deadLetterStream must differ from the stream itself');
   return settings;

@@ -15,9 +15,10 @@ import type { RetrySchedule } from './retry-policy.ts';
  * Goes through this consumer's own pending list (XPENDING, a page of `count` at a time) and calls
  * `redeliver` for each entry due: all of them (`'all'`), or those whose retry time has come
  * (`'due'`; the others set the schedule's next wake-up), up to `concurrency` at once, in the list's
- * order (one at a time keeps it, as new entries do). `endOfPage` runs after each page (the acks of
- * its entries go out there). Stops early once `isStopping()`; throws the first error `redeliver`
- * threw, once those under way have ended.
+ * order (one at a time keeps it, as new entries do). `ordered`: the pass ends at the first entry
+ * not due yet, as nothing after it may run before it. `endOfPage` runs after each page (the acks
+ * of its entries go out there). Stops early once `isStopping()`; throws the first error
+ * `redeliver` threw, once those under way have ended.
  */
 export async function walkOwnPending(
   ctx: ConsumerContext,
@@ -25,10 +26,12 @@ export async function walkOwnPending(
     mode,
     count,
     concurrency = 1,
+    ordered = false,
     retries,
     isStopping,
   }: {
     mode: 'all' | 'due';
+    ordered?: boolean;
     count: number;
     /** How many entries are redelivered at once: the subscription's `concurrency`. */
     concurrency?: number;
@@ -46,11 +49,17 @@ export async function walkOwnPending(
     const page = (await redis.xpending(stream.name, group, start, '+', count, consumer)) as PendingInfo[];
     const fetchedAt = Date.now();
     const dueNow: [id: string, idleMs: number][] = [];
+    let waiting = false;
     for (const [id, , idleMs, deliveries] of page) {
       listed.add(id);
-      const due = retries.dueAt(id, deliveries, idleMs + Date.now() - fetchedAt);
-      if (mode === 'due' && due > Date.now()) retries.wakeAt(due);
-      else dueNow.push([id, idleMs]);
+      if (waiting) continue;
+      const due = ordered
+        ? retries.dueInOrder(id)
+        : retries.dueAt(id, deliveries, idleMs + Date.now() - fetchedAt);
+      if (mode === 'due' && due > Date.now()) {
+        retries.wakeAt(due);
+        waiting = ordered;
+      } else dueNow.push([id, idleMs]);
     }
     if (isStopping()) return;
     const { error } = await runPool(
@@ -63,6 +72,7 @@ export async function walkOwnPending(
     if (error !== undefined) throw error;
     if (isStopping()) return;
     await endOfPage();
+    if (waiting) return;
     if (page.length < count) break;
     start = `(${page.at(-1)![0]}`;
   }

@@ -58,6 +58,16 @@ export class RetrySchedule {
   }
 
   /**
+   * When pending entry `id` is due in a subscription that keeps order: as noted when it failed
+   * here, else now. An entry it did not see fail (the rest of a batch stopped at a failure, what an
+   * earlier owner of the partition left) must not wait out a backoff its delivery count suggests:
+   * everything after it waits too.
+   */
+  dueInOrder(id: string, now = Date.now()): number {
+    return this.due.get(id) ?? now;
+  }
+
+  /**
    * Entries taken from a dead consumer: due now. They did not fail; their consumer died (the few
    * that had failed there lose the rest of their wait, which is no harm).
    */

@@ -18,6 +18,11 @@ export interface LoopState {
   readonly claimAt: number;
   /** When the group is next checked for dead consumers (see liveness.ts). */
   readonly livenessAt: number;
+  /**
+   * New entries wait: the subscription keeps its entries in order (a partition's) and a failed
+   * entry waits for its retry, which must come before anything written after it.
+   */
+  readonly holdNew?: boolean;
 }
 
 export type Step =
@@ -30,7 +35,9 @@ export type Step =
   /** Take over what other consumers left idle, and tidy the group. */
   | { readonly kind: 'reclaim' }
   /** Read new entries, waiting up to `blockMs` for the first. */
-  | { readonly kind: 'read'; readonly blockMs: number };
+  | { readonly kind: 'read'; readonly blockMs: number }
+  /** Wait `ms` and read nothing (new entries are held back: see `LoopState.holdNew`). */
+  | { readonly kind: 'pause'; readonly ms: number };
 
 const READ_AHEAD: Step = { kind: 'read-ahead' };
 const RECLAIM: Step = { kind: 'reclaim' };
@@ -40,7 +47,7 @@ const TAKE_FROM_DEAD: Step = { kind: 'take-from-dead' };
  * One round: a batch read ahead; else this consumer's own pending entries when a pass is called
  * for or a retry is due; else the check for dead consumers when due; else a reclaim pass when
  * due; else new entries, blocking no longer than `maxBlockMs` and waking in time for the next
- * retry, check and reclaim.
+ * retry, check and reclaim (or, while new entries are held back, a pause as long).
  */
 export function nextStep(state: LoopState, now: number, maxBlockMs: number): Step {
   if (state.readAhead) return READ_AHEAD;
@@ -51,7 +58,8 @@ export function nextStep(state: LoopState, now: number, maxBlockMs: number): Ste
   if (now >= state.livenessAt) return TAKE_FROM_DEAD;
   if (now >= state.claimAt) return RECLAIM;
   const wakeAt = Math.min(state.claimAt, state.livenessAt, state.retryAt || Infinity);
-  return { kind: 'read', blockMs: Math.max(1, Math.min(maxBlockMs, wakeAt - now)) };
+  const ms = Math.max(1, Math.min(maxBlockMs, wakeAt - now));
+  return state.holdNew ? { kind: 'pause', ms } : { kind: 'read', blockMs: ms };
 }
 
 /**
@@ -60,7 +68,7 @@ export function nextStep(state: LoopState, now: number, maxBlockMs: number): Ste
  * wait behind it.
  */
 export function readsAhead(state: LoopState, now: number, batchSize: number, count: number): boolean {
-  if (batchSize !== count) return false;
+  if (batchSize !== count || state.holdNew) return false;
   const due =
     state.ownPending !== undefined ||
     now >= state.claimAt ||

@@ -1,7 +1,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { RedisClient } from '../connection.ts';
 import { silentLogger, type Logger } from '../logger.ts';
-import { inspectStreams, type Inspection } from '../inspect.ts';
+import { inspectStreams, sumPartitions, type Inspection } from '../inspect.ts';
 import type { ConsumeOutcome, ConsumerIdentity, ConsumerMeter, MessagingMetrics } from '../metrics.ts';
 
 /** Options of `createMetrics`. */
@@ -147,10 +147,14 @@ class CountedHistogram {
   reset() {}
 }
 
-/** One read of the stream gauges: the streams, and the groups of all of them. */
+/**
+ * One read of the stream gauges: the streams (a partitioned one summed over its partitions), the
+ * groups of all of them, and each partition's groups.
+ */
 interface Snapshot {
   streams: Inspection['streams'];
   groups: Inspection['streams'][number]['groups'];
+  partitions: { stream: string; partition: string; groups: Inspection['streams'][number]['groups'] }[];
 }
 
 /**
@@ -172,6 +176,8 @@ export function createMetrics({
   const meters = new Map<string, Meter>();
   /** The streams consumed here, and where their dead letters go. */
   const streams = new Map<string, Set<string>>();
+  /** The partitions of those that are partitioned, by stream. */
+  const partitionsOf = new Map<string, readonly string[]>();
 
   registry.registerMetric(
     new CountedHistogram(
@@ -224,8 +230,22 @@ export function createMetrics({
   let failing = false;
   const snapshot = () => {
     if (cached && Date.now() - cached.at < cacheMs) return cached.snapshot;
-    const read = inspectStreams(redis, streams)
-      .then(({ streams: states }) => ({ streams: states, groups: states.flatMap((state) => state.groups) }))
+    // The partitions are read as streams of their own, then summed under their stream's name.
+    const keys = new Map(streams);
+    for (const names of partitionsOf.values()) for (const name of names) keys.set(name, new Set());
+    const read = inspectStreams(redis, keys)
+      .then(({ streams: read }): Snapshot => {
+        const byKey = new Map(read.map((state) => [state.stream, state]));
+        const partitions: Snapshot['partitions'] = [];
+        const states = [...streams.keys()].map((stream) => {
+          const names = partitionsOf.get(stream);
+          if (!names) return byKey.get(stream)!;
+          const parts = names.map((name) => byKey.get(name)!);
+          for (const part of parts) partitions.push({ stream, partition: part.stream, groups: part.groups });
+          return sumPartitions(byKey.get(stream)!, parts);
+        });
+        return { streams: states, groups: states.flatMap((state) => state.groups), partitions };
+      })
       .then(
         (state) => {
           if (failing) logger.info({}, 'stream metrics are read from redis again');
@@ -280,10 +300,19 @@ export function createMetrics({
   );
   fromRedis(
     'stream_group_lag',
-    'Entries of the stream not yet delivered to the group (XINFO GROUPS lag; left out when Redis cannot tell).',
+    'Entries of the stream not yet delivered to the group, summed over its partitions (XINFO GROUPS lag; left out when Redis cannot tell).',
     ['stream', 'group'],
     (gauge, state) => {
       for (const { stream, group, lag } of state.groups) if (lag !== null) gauge.set({ stream, group }, lag);
+    },
+  );
+  fromRedis(
+    'stream_partition_group_lag',
+    'Entries of one partition of a partitioned stream not yet delivered to the group (stream_group_lag sums them).',
+    ['stream', 'partition', 'group'],
+    (gauge, state) => {
+      for (const { stream, partition, groups } of state.partitions)
+        for (const { group, lag } of groups) if (lag !== null) gauge.set({ stream, partition, group }, lag);
     },
   );
   fromRedis(
@@ -314,7 +343,8 @@ export function createMetrics({
 
   return {
     registry,
-    consumer({ stream, group, deadLetterStream }: ConsumerIdentity): ConsumerMeter {
+    consumer({ stream, group, deadLetterStream, partitions }: ConsumerIdentity): ConsumerMeter {
+      if (partitions) partitionsOf.set(stream, partitions);
       let deadLetters = streams.get(stream);
       if (!deadLetters) streams.set(stream, (deadLetters = new Set()));
       deadLetters.add(deadLetterStream);
