@@ -5,6 +5,8 @@ import {
   slotName,
   defaultDeadLetterStream,
   fieldsFromReply,
+  partitionNames,
+  streamKeyOf,
   textFields,
   trimArguments,
   xaddArguments,
@@ -158,7 +160,7 @@ export async function replayDeadLetters(
   { deadLetterStream = defaultDeadLetterStream(stream) }: DeadLetterOptions = {},
 ): Promise<Replayed[]> {
   /** Dead letters by the entry they came from; one without `dlq:id` (written by hand?) stands alone. */
-  const byEntry = new Map<string, { ids: string[]; raw: Buffer[]; originalId: string }>();
+  const byEntry = new Map<string, { ids: string[]; raw: Buffer[]; originalId: string; from: string }>();
   const missing: string[] = [];
   for (const id of new Set(ids)) {
     const [found] = await redis.xrangeBuffer(deadLetterStream, id, id);
@@ -169,30 +171,40 @@ export async function replayDeadLetters(
     // The entry's own fields as bytes, apart from the dlq:* ones.
     const raw: Buffer[] = [];
     let entryId = '';
+    let from = '';
     const flat = found[1];
     for (let i = 0; i + 1 < flat.length; i += 2) {
       const name = flat[i]!.toString();
       if (name === 'dlq:id') entryId = flat[i + 1]!.toString();
+      else if (name === 'dlq:stream') from = flat[i + 1]!.toString();
       else if (!name.startsWith(META)) raw.push(flat[i]!, flat[i + 1]!);
     }
     const entryKey = entryId || `letter:${id}`;
-    const group = byEntry.get(entryKey) ?? { ids: [], raw, originalId: entryId };
+    const group = byEntry.get(entryKey) ?? { ids: [], raw, originalId: entryId, from };
     group.ids.push(id);
     byEntry.set(entryKey, group);
   }
   const replayed: Replayed[] = missing.map((id) => ({ id, entryId: undefined }));
-  for (const [entryKey, { ids: letterIds, raw, originalId }] of byEntry) {
+  const partitions = partitionNames(stream);
+  for (const [entryKey, { ids: letterIds, raw, originalId, from }] of byEntry) {
     const fields = textFields(raw);
     const decoded = typeof fields === 'number' ? undefined : decode(stream, originalId, fields);
     const args = decoded?.ok ? xaddArguments(stream, decoded.event) : [...trimArguments(stream), '*', ...raw];
+    // A partitioned stream's entry goes back to the partition its key picks (the end of it: after
+    // the entries of its key written since); one that does not read, where it came from.
+    const key = decoded?.ok
+      ? streamKeyOf(stream, decoded.event)
+      : partitions.includes(from)
+        ? from
+        : partitions[0]!;
     // The entry first, then its dead letters: a crash in between leaves dead letters whose replay
     // finds the mark and only deletes them. Two steps, as the mark lives in the stream's slot
     // and the dead letters in their own (Redis Cluster: atomic within a slot, idempotent across).
-    const mark = `${slotName(stream.name)}:replayed:${deadLetterStream}:${entryKey}`;
+    const mark = `${slotName(key)}:replayed:${deadLetterStream}:${entryKey}`;
     const entryId = (await redis.eval(
       PUT_BACK_ONCE,
       2,
-      stream.name,
+      key,
       mark,
       REPLAY_MARK_SECONDS,
       ...args,

@@ -7,4 +7,12 @@ export { batchCalls, type BatchFunction, type BatchOptions } from './batch.ts';
 export { LIVENESS_TTL_MS, livenessKey } from './consumer/liveness.ts';
 export { CONSUMER_DEAD, defineScript } from './scripts.ts';
 export { waitForReplicas, type ReplicatedWrite } from './durability.ts';
-export { maxIdAheadMs, slotName, slotTag, XADD_CHECKED, xaddArguments } from './stream.ts';
+export {
+  maxIdAheadMs,
+  partitionNames,
+  slotName,
+  slotTag,
+  streamKeyOf,
+  XADD_CHECKED,
+  xaddArguments,
+} from './stream.ts';
