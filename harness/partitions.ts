@@ -60,6 +60,7 @@ export function spawnLedgerConsumer(env: {
   STREAM: string;
   PARTITIONS: string;
   CONSUMER: string;
+  LOG_LEVEL?: string;
   /** How long each handler takes, in ms. @defaultValue 0 */
   WORK_MS?: string;
 }): ChildProcess {
@@ -84,4 +85,14 @@ export async function ledgerReport(
     pending += summary[0];
   }
   return { violations, last, pending, stream: stream.name };
+}
+
+/** Who holds each partition's lease for the ledger's group (null: nobody). */
+export function leaseOwners(
+  redis: Redis | Cluster,
+  partitions: readonly string[],
+): Promise<(string | null)[]> {
+  return Promise.all(
+    partitions.map((partition) => redis.get(`${slotName(partition)}:owner:${LEDGER_GROUP}`)),
+  );
 }

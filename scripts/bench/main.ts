@@ -12,6 +12,7 @@ import { chainRows } from './chain.ts';
 import { growthRows } from './growth.ts';
 import { httpRows } from './http.ts';
 import { latencyRows } from './latency.ts';
+import { partitionRows } from './partitions.ts';
 import { benchmarksMarkdown, CHART_PATH, latencyChart, machine, textTable } from './report.ts';
 import type { BenchOptions, Row } from './support.ts';
 import { throughputRows } from './throughput.ts';
@@ -19,7 +20,7 @@ import { throughputRows } from './throughput.ts';
 const USAGE = `usage: pnpm bench [--quick] [--only <module>[,<module>…]]
   --quick   a smoke run: every row, in a fraction of the time, writing no files; its ratios are
             noisy and may flip a target either way (only a full run's figures count)
-  --only    run these modules alone (throughput, latency, http, growth, chain, board), writing no files`;
+  --only    run these modules alone (throughput, latency, http, growth, chain, board, partitions), writing no files`;
 
 const { values } = (() => {
   try {
@@ -48,6 +49,7 @@ const all: [string, (server: RedisServer, options: BenchOptions) => Promise<Row[
   ['growth', growthRows],
   ['chain', chainRows],
   ['board', boardRows],
+  ['partitions', partitionRows],
 ];
 const only = values.only?.split(',').map((name) => name.trim());
 const unknown = only?.filter((name) => !all.some(([what]) => what === name));

@@ -176,6 +176,14 @@ export function sumPartitions(base: StreamState, partitions: readonly StreamStat
     ...(base.entriesAdded === undefined
       ? {}
       : { entriesAdded: partitions.reduce((total, state) => total + (state.entriesAdded ?? 0), 0) }),
+    ...(base.lastId === undefined
+      ? {}
+      : {
+          lastId: partitions.reduce(
+            (last, state) => (state.lastId && compareIds(state.lastId, last) > 0 ? state.lastId : last),
+            base.lastId,
+          ),
+        }),
     groups: [...groups.values()],
   };
 }

@@ -57,7 +57,21 @@ export interface StreamView {
   readonly entriesAdded: number;
   readonly deadLetterStream: string;
   readonly deadLetters: number;
+  /** Summed over its partitions, for a partitioned stream. */
   readonly groups: readonly GroupView[];
+  /** Each partition of a partitioned stream (`<name>:{k}`), with its groups' lag and pending. */
+  readonly partitions?: readonly PartitionView[];
+}
+
+/** One partition of a partitioned stream, at one read. */
+export interface PartitionView {
+  readonly name: string;
+  readonly length: number;
+  readonly groups: readonly {
+    readonly name: string;
+    readonly lag: number | null;
+    readonly pending: number;
+  }[];
 }
 
 /** What `GET /api/overview` answers and each `sample` event carries as `overview`. */

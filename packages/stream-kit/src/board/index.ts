@@ -12,7 +12,7 @@ import type { RedisClient } from '../connection.ts';
 import { z } from 'zod';
 import { dropDeadLetters, replayDeadLetters } from '../dead-letters.ts';
 import { silentLogger, type Logger } from '../logger.ts';
-import { defaultDeadLetterStream, type StreamDefinition } from '../stream.ts';
+import { defaultDeadLetterStream, partitionNames, type StreamDefinition } from '../stream.ts';
 import type { Overview } from './api.ts';
 import { startSampler, type Tick } from './sampler.ts';
 import { allMatching, searchDeadLetters, type Search } from './search.ts';
@@ -162,6 +162,11 @@ export function createBoard(options: BoardOptions): Board {
   const sampler = startSampler({
     redis,
     streams: deadLetterStreams,
+    partitions: new Map(
+      options.streams
+        .filter((stream) => (stream.partitions ?? 1) > 1)
+        .map((stream) => [stream.name, partitionNames(stream)]),
+    ),
     metrics: options.metrics ?? [],
     intervalMs: options.intervalMs ?? 1_000,
     historyMs: options.historyMs ?? 15 * 60 * 1_000,

@@ -1,7 +1,7 @@
 import type { RedisClient } from '../connection.ts';
-import { inspectStreams, type Inspection } from '../inspect.ts';
+import { inspectStreams, sumPartitions, type Inspection } from '../inspect.ts';
 import type { Logger } from '../logger.ts';
-import type { Sample, StreamView } from './api.ts';
+import type { PartitionView, Sample, StreamView } from './api.ts';
 import { addRunsBetween, parseRunTimes, quantilesOf, type Buckets } from './run-times.ts';
 
 /*
@@ -15,6 +15,8 @@ export interface SamplerOptions {
   readonly redis: RedisClient;
   /** Stream name → its dead-letter stream. */
   readonly streams: ReadonlyMap<string, string>;
+  /** Stream name → its partitions' keys, for the partitioned ones: shown summed, and each. */
+  readonly partitions?: ReadonlyMap<string, readonly string[]>;
   readonly metrics: readonly { readonly name: string; readonly url: string }[];
   readonly intervalMs: number;
   readonly historyMs: number;
@@ -44,7 +46,29 @@ export interface Sampler {
 
 export function startSampler(options: SamplerOptions): Sampler {
   const { redis, streams, metrics, intervalMs, historyMs, logger } = options;
+  const partitions: ReadonlyMap<string, readonly string[]> = options.partitions ?? new Map();
   const inspected = new Map([...streams].map(([name, deadLetters]) => [name, new Set([deadLetters])]));
+  for (const names of partitions.values()) for (const name of names) inspected.set(name, new Set());
+  /** A read with each partitioned stream summed over its partitions, and the partitions apart. */
+  const merge = (read: Inspection) => {
+    const byKey = new Map(read.streams.map((state) => [state.stream, state]));
+    const parts = new Map<string, PartitionView[]>();
+    const states = [...streams.keys()].map((name) => {
+      const names = partitions.get(name);
+      if (!names) return byKey.get(name)!;
+      const states = names.map((key) => byKey.get(key)!);
+      parts.set(
+        name,
+        states.map((state) => ({
+          name: state.stream,
+          length: state.length,
+          groups: state.groups.map(({ group, lag, pending }) => ({ name: group, lag, pending })),
+        })),
+      );
+      return sumPartitions(byKey.get(name)!, states);
+    });
+    return { inspection: { at: read.at, streams: states }, parts };
+  };
   const listeners = new Set<(tick: Tick) => void>();
   const samples: Sample[] = [];
   let previous: { inspection: Inspection; scrapes: (Buckets | undefined)[] } | undefined;
@@ -67,12 +91,12 @@ export function startSampler(options: SamplerOptions): Sampler {
   }
 
   async function tick(): Promise<void> {
-    const [inspection, scrapes] = await Promise.all([
+    const [read, scrapes] = await Promise.all([
       inspectStreams(redis, inspected, { detail: true }).then(
         (read) => {
           if (failing) logger.info({}, 'board: reading redis again');
           failing = false;
-          return read;
+          return merge(read);
         },
         (err: unknown) => {
           if (!failing) logger.warn({ err }, 'board: cannot read the streams from redis');
@@ -83,9 +107,10 @@ export function startSampler(options: SamplerOptions): Sampler {
       Promise.all(metrics.map(({ url }) => scrape(url))),
     ]);
     const services = metrics.map(({ name }, i) => ({ name, up: scrapes[i] !== undefined }));
-    if (!inspection) {
+    if (!read) {
       last = { at: Date.now(), redisUp: false, streams: last?.streams ?? [], services };
     } else {
+      const { inspection, parts } = read;
       const sample = previous && sampleBetween(previous, { inspection, scrapes });
       if (sample) {
         samples.push(sample);
@@ -95,7 +120,9 @@ export function startSampler(options: SamplerOptions): Sampler {
       last = {
         at: inspection.at,
         redisUp: true,
-        streams: inspection.streams.map((state) => view(state, streams.get(state.stream)!)),
+        streams: inspection.streams.map((state) =>
+          view(state, streams.get(state.stream)!, parts.get(state.stream)),
+        ),
         services,
         ...(sample ? { sample } : {}),
       };
@@ -134,8 +161,13 @@ export function startSampler(options: SamplerOptions): Sampler {
   };
 }
 
-function view(state: Inspection['streams'][number], deadLetterStream: string): StreamView {
+function view(
+  state: Inspection['streams'][number],
+  deadLetterStream: string,
+  partitions: readonly PartitionView[] | undefined,
+): StreamView {
   return {
+    ...(partitions ? { partitions } : {}),
     name: state.stream,
     length: state.length,
     lastId: state.lastId ?? '0-0',

@@ -1,4 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import express from 'express';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -15,6 +18,7 @@ import {
   type Handler,
   type SubscribeOptions,
 } from '../../src/index.ts';
+import { createBoard, type Overview } from '../../src/board/index.ts';
 import { createMetrics } from '../../src/service.ts';
 import { partitionNames, streamKeyOf } from '../../src/stream.ts';
 import { contractSuite, settle } from './setup.ts';
@@ -254,5 +258,47 @@ describe('metrics of a partitioned stream', () => {
     expect(sampleValue(samples, 'stream_length', { stream: stream.name })).toBe(20);
     gate.resolve();
     redis.disconnect();
+  });
+});
+
+describe('the board over a partitioned stream', () => {
+  it('shows the stream once, its groups summed over the partitions, and each partition under it', async () => {
+    const stream = partitioned(4);
+    const redis = new Redis(suite.url);
+    const board = createBoard({ redis, streams: [stream], intervalMs: 100 });
+    const app = express().use('/board', board.router);
+    const server = app.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    try {
+      await suite.redis.xgroup('CREATE', partitionNames(stream)[0]!, 'g', '0', 'MKSTREAM');
+      await suite.redis.xgroup('CREATE', partitionNames(stream)[1]!, 'g', '0', 'MKSTREAM');
+      const events = Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, seq: 1 }));
+      await suite.publisher.publishMany(stream, events);
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/board/api/overview`;
+      const lagIn = (name: string) => events.filter((event) => streamKeyOf(stream, event) === name).length;
+
+      const overview = await waitFor(
+        async () => {
+          const overview = (await (await fetch(url)).json()) as Overview;
+          return overview.streams[0]?.length === 20 && overview;
+        },
+        { what: 'the 20 entries on the board' },
+      );
+
+      const [view] = overview.streams;
+      expect(overview.streams).toHaveLength(1);
+      expect(view!.name).toBe(stream.name);
+      expect(view!.entriesAdded).toBe(20);
+      expect(view!.groups.map((g) => [g.name, g.lag])).toEqual([
+        ['g', lagIn(partitionNames(stream)[0]!) + lagIn(partitionNames(stream)[1]!)],
+      ]);
+      expect(view!.partitions!.map((p) => [p.name, p.length])).toEqual(
+        partitionNames(stream).map((name) => [name, lagIn(name)]),
+      );
+    } finally {
+      await board.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      redis.disconnect();
+    }
   });
 });

@@ -444,17 +444,36 @@ function flowSummary(/** @type {Overview} */ { streams }, /** @type {Sample | un
 // ---- Streams and groups -------------------------------------------------------------------------
 
 function renderStreams(/** @type {readonly StreamView[]} */ streams) {
-  const rows = streams.map((stream) =>
+  const rows = streams.flatMap((stream) => [
     h(
       'tr',
       { 'data-stream': stream.name },
-      td(stream.name, 'name'),
+      td(
+        stream.partitions ? `${stream.name} (${plural(stream.partitions.length, 'partition')})` : stream.name,
+        'name',
+      ),
       td(stream.length, 'num', 'length'),
       td(stream.deadLetters, `num ${stream.deadLetters > 0 ? 'has-dead' : ''}`, 'dead-letters'),
       td(stream.entriesAdded, 'num', 'entries-added'),
       td(stream.lastId, 'mono', 'last-id'),
     ),
-  );
+    // A partitioned stream's row sums its partitions; each follows, with its groups' lag and pending.
+    ...(stream.partitions ?? []).map((partition) =>
+      h(
+        'tr',
+        { 'data-partition': partition.name, class: 'partition' },
+        td(partition.name, 'name'),
+        td(partition.length, 'num', 'length'),
+        td('', 'num'),
+        td('', 'num'),
+        td(
+          partition.groups.map((g) => `${g.name}: lag ${g.lag ?? '?'}, pending ${g.pending}`).join(' · '),
+          '',
+          'partition-groups',
+        ),
+      ),
+    ),
+  ]);
   $('streams-body').replaceChildren(...(rows.length ? rows : [emptyRow(5, 'no streams read yet')]));
 }
 
