@@ -6,7 +6,7 @@ import {
   defaultDeadLetterStream,
   fieldsFromReply,
   partitionNames,
-  streamKeyOf,
+  partitionOf,
   textFields,
   trimArguments,
   xaddArguments,
@@ -190,25 +190,19 @@ export async function replayDeadLetters(
     const fields = textFields(raw);
     const decoded = typeof fields === 'number' ? undefined : decode(stream, originalId, fields);
     const args = decoded?.ok ? xaddArguments(stream, decoded.event) : [...trimArguments(stream), '*', ...raw];
-    // A partitioned stream's entry goes back to the partition its key picks (the end of it: after
-    // the entries of its key written since); one that does not read, where it came from.
-    const key = decoded?.ok
-      ? streamKeyOf(stream, decoded.event)
-      : partitions.includes(from)
-        ? from
-        : partitions[0]!;
+    // A partitioned stream's entry goes back to the partition its key's stored value picks, as
+    // publish() routed it (the end of it: after the entries of its key written since); one that
+    // lacks the key, where it came from.
+    const routed =
+      partitions.length > 1 && typeof fields !== 'number' && fields[stream.partitionKey!] !== undefined
+        ? partitions[partitionOf(stream, fields)]!
+        : undefined;
+    const key = routed ?? (partitions.includes(from) ? from : partitions[0]!);
     // The entry first, then its dead letters: a crash in between leaves dead letters whose replay
     // finds the mark and only deletes them. Two steps, as the mark lives in the stream's slot
     // and the dead letters in their own (Redis Cluster: atomic within a slot, idempotent across).
     const mark = `${slotName(key)}:replayed:${deadLetterStream}:${entryKey}`;
-    const entryId = (await redis.eval(
-      PUT_BACK_ONCE,
-      2,
-      key,
-      mark,
-      REPLAY_MARK_SECONDS,
-      ...args,
-    )) as string;
+    const entryId = (await redis.eval(PUT_BACK_ONCE, 2, key, mark, REPLAY_MARK_SECONDS, ...args)) as string;
     await redis.xdel(deadLetterStream, ...letterIds);
     for (const id of letterIds) replayed.push({ id, entryId });
   }

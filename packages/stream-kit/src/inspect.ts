@@ -145,7 +145,11 @@ export function sumPartitions(base: StreamState, partitions: readonly StreamStat
   const groups = new Map<string, GroupState>();
   const add = (a: number | null, b: number | null) => (a === null || b === null ? null : a + b);
   for (const state of partitions)
-    for (const g of state.groups) {
+    for (const read of state.groups) {
+      // A partition's group that has read nothing yet may not say so (no `entries-read` until its
+      // first read): it has read none, which must not make the whole stream's count unknown.
+      const g =
+        read.entriesRead === null && read.lastDeliveredId === '0-0' ? { ...read, entriesRead: 0 } : read;
       const sum = groups.get(g.group);
       groups.set(
         g.group,

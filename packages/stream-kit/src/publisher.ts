@@ -126,30 +126,12 @@ export function createPublisher(options: PublisherOptions): Publisher {
     const checked = events.map((event) => fieldArguments(stream, event));
     // One span for the call; each of its entries carries it.
     const send = tracer ? startSend(tracer, stream.name) : undefined;
-    // One script per partition (its own slot), each all or none; events keep their order in each.
-    const byKey = new Map<string, { args: string[]; at: number[] }>();
-    checked.forEach((fields, i) => {
-      const key = streamKeyOf(stream, events[i]!);
-      let batch = byKey.get(key);
-      if (!batch)
-        byKey.set(
-          key,
-          (batch = { args: [String(maxIdAheadMs(stream)), String(trim.length), ...trim], at: [] }),
-        );
-      if (send) fields.push(...send.fields);
-      batch.args.push(String(fields.length), ...fields);
-      batch.at.push(i);
-    });
-    const write = Promise.all(
-      [...byKey].map(([key, batch]) =>
-        durably(key, () => publishBatch(key, batch.args)).then((ids) => ({ ids, at: batch.at })),
-      ),
-    ).then((written) => {
-      const ids: string[] = new Array<string>(events.length);
-      for (const batch of written) batch.ids.forEach((id, j) => (ids[batch.at[j]!] = id));
-      metrics?.sent(stream.name, ids.length);
-      return ids;
-    });
+    const head = [String(maxIdAheadMs(stream)), String(trim.length), ...trim];
+    for (const fields of checked) if (send) fields.push(...send.fields);
+    const write =
+      (stream.partitions ?? 1) === 1
+        ? writeBatch(stream, stream.name, batchArguments(head, checked))
+        : publishPartitioned(stream, events, head, checked);
     inFlight.add(write);
     try {
       const ids = await write;
@@ -163,6 +145,43 @@ export function createPublisher(options: PublisherOptions): Publisher {
     }
   }
 
+  /** One PUBLISH_MANY to `key`, counted as written to `stream` once Redis has it. */
+  function writeBatch(stream: StreamDefinition, key: string, args: string[]): Promise<string[]> {
+    return durably(key, () =>
+      publishBatch(key, args).then((ids) => {
+        metrics?.sent(stream.name, ids.length);
+        return ids;
+      }),
+    );
+  }
+
+  /**
+   * One script per partition the events go to (its own slot), each all or none, events in order
+   * within each; the IDs come back in the order of `events`.
+   */
+  async function publishPartitioned<D extends StreamDefinition>(
+    stream: D,
+    events: readonly EventOf<D>[],
+    head: readonly string[],
+    checked: readonly string[][],
+  ): Promise<string[]> {
+    const byKey = new Map<string, { fields: string[][]; at: number[] }>();
+    events.forEach((event, i) => {
+      const key = streamKeyOf(stream, event);
+      const batch = byKey.get(key) ?? byKey.set(key, { fields: [], at: [] }).get(key)!;
+      batch.fields.push(checked[i]!);
+      batch.at.push(i);
+    });
+    const ids = new Array<string>(events.length);
+    await Promise.all(
+      [...byKey].map(async ([key, { fields, at }]) => {
+        const written = await writeBatch(stream, key, batchArguments(head, fields));
+        written.forEach((id, j) => (ids[at[j]!] = id));
+      }),
+    );
+    return ids;
+  }
+
   async function shutdown() {
     await Promise.allSettled(inFlight);
     if (owned) await redis.quit().catch(() => redis.disconnect());
@@ -173,4 +192,11 @@ export function createPublisher(options: PublisherOptions): Publisher {
     publishMany,
     close: () => (closing ??= shutdown()),
   };
+}
+
+/** PUBLISH_MANY's arguments: `head` (the ID check and the trim), then each event's fields, counted. */
+function batchArguments(head: readonly string[], events: readonly string[][]): string[] {
+  const args = [...head];
+  for (const fields of events) args.push(String(fields.length), ...fields);
+  return args;
 }

@@ -154,6 +154,14 @@ export class ConsumerLoop {
     return (this.closing ??= this.shutdown());
   }
 
+  /**
+   * Resolves once no handler runs: after `close()`, also those that outlived `closeTimeoutMs`
+   * (never, for one that never ends). What a partition's owner waits for before it lets go.
+   */
+  handlersDone(): Promise<void> {
+    return Promise.allSettled([...this.handling.values()]).then(() => {});
+  }
+
   private async shutdown() {
     this.stopping = true;
     this.stop.abort();
@@ -258,9 +266,17 @@ export class ConsumerLoop {
     return this.tenancy === undefined || this.tenancy.holds();
   }
 
-  /** Whether new entries wait: the loop keeps order, and a failed entry waits for its retry. */
+  /**
+   * Whether the loop keeps order (a partition's) and must start nothing more of what it holds now:
+   * a failed entry waits for its retry, or an entry was skipped (the lease or the liveness mark
+   * not surely ours) and waits for the pass through the pending list; whatever comes after either
+   * must wait for it.
+   */
   private holdsBack(): boolean {
-    return this.tenancy !== undefined && this.retries.nextAt !== 0;
+    return (
+      this.tenancy !== undefined &&
+      (this.retries.nextAt !== 0 || this.ownPending !== undefined || !this.tenant() || this.liveness.lapsed())
+    );
   }
 
   private state(): LoopState {

@@ -115,16 +115,19 @@ export class PartitionedSubscription {
   /** One round: renew the membership, then take, keep or let go of each partition. */
   private async share() {
     const { logger } = this.settings;
-    let members: string[];
+    let mine: Set<number>;
     try {
-      members = await this.renewMembership(membersKey(this.stream.name, this.group), this.consumer, LEASE_MS);
+      const key = membersKey(this.stream.name, this.group);
+      const members = await this.renewMembership(key, this.consumer, LEASE_MS);
+      mine = new Set(partitionsOf(this.consumer, members, this.names.length));
     } catch (err) {
-      // The leases lapse here as in Redis: the loops start nothing until a renewal gets through.
+      // The members' hash lives in one slot, each lease in its partition's: a failover of that
+      // one master must not stop every partition. Keep what is ours (the leases alone keep one
+      // owner per partition), and share out again once the members can be read.
       reconnectIfStalled(this.redis, err, logger, this.where);
       logger.debug({ ...this.where, err }, 'cannot renew the membership of the partitioned group');
-      return;
+      mine = new Set([...this.owned].filter(([, o]) => o.state === 'running').map(([k]) => k));
     }
-    const mine = new Set(partitionsOf(this.consumer, members, this.names.length));
     await Promise.all(
       this.names.map((_, k) =>
         this.keep(k, mine.has(k)).catch((err: unknown) => {
@@ -142,7 +145,11 @@ export class PartitionedSubscription {
     if (!owned && !wanted) return;
     const sentAt = performance.now();
     const taken = await this.takeLease(leaseKey(this.names[k]!, this.group), this.consumer, LEASE_MS);
-    if (this.closing) return;
+    if (this.closing) {
+      // Taken as close() came: let it go at once, rather than make the next owner wait it out.
+      if (taken === 2) await this.releaseLease(leaseKey(this.names[k]!, this.group), this.consumer);
+      return;
+    }
     const { logger } = this.settings;
     const where = { ...this.where, partition: this.names[k] };
     if (taken === 0) {
@@ -168,8 +175,6 @@ export class PartitionedSubscription {
     }
     logger.info(where, 'took a partition');
     this.owned.set(k, { loop: this.start(k), until, state: 'running' });
-    // Shared out again meanwhile (a consumer joined): hand it over at once.
-    if (!wanted) this.release(k, this.owned.get(k)!);
   }
 
   private start(k: number): ConsumerLoop {
@@ -186,29 +191,45 @@ export class PartitionedSubscription {
     );
   }
 
-  /** Hands partition `k` over: closes its loop (its lease renewed meanwhile), then releases the lease. */
+  /**
+   * Hands partition `k` over: closes its loop and waits for its handlers, even one that outlived
+   * `closeTimeoutMs` (its lease is renewed meanwhile: nobody else may run the partition's entries
+   * while one runs here), then releases the lease.
+   */
   private release(k: number, owned: Owned) {
     owned.state = 'releasing';
     void owned.loop
       .close()
+      .then(() => owned.loop.handlersDone())
       .then(() => this.releaseLease(leaseKey(this.names[k]!, this.group), this.consumer))
       .then(
         () =>
           this.settings.logger.info({ ...this.where, partition: this.names[k] }, 'handed a partition over'),
         () => {}, // it lapses by itself
       )
-      .finally(() => this.owned.delete(k));
+      .finally(() => this.forget(k, owned));
   }
 
-  /** Lets go of partition `k` without releasing its lease: its loop stops starting anything now. */
+  /**
+   * Lets go of partition `k` without releasing its lease: its loop starts nothing from now on. It
+   * is started again (if the partition comes back) only once its handlers have ended.
+   */
   private drop(k: number, owned: Owned) {
     owned.state = 'dropping';
-    void owned.loop.close().finally(() => this.owned.delete(k));
+    void owned.loop
+      .close()
+      .then(() => owned.loop.handlersDone())
+      .finally(() => this.forget(k, owned));
+  }
+
+  private forget(k: number, owned: Owned) {
+    if (this.owned.get(k) === owned) this.owned.delete(k);
   }
 
   private async shutdown() {
     clearInterval(this.timer);
-    await this.ticking;
+    // On a cluster whose every node is gone, a command waits in the offline queue with no timeout.
+    await Promise.race([this.ticking, sleep(LEASE_MS, { unref: true })]);
     const owned = [...this.owned];
     // The leases are kept while the loops close (their handlers end first), then released.
     const renewing = setInterval(() => {
@@ -220,11 +241,18 @@ export class PartitionedSubscription {
           );
     }, LEASE_CHECK_MS);
     await Promise.all(owned.map(([, o]) => o.loop.close()));
+    // A handler that outlived closeTimeoutMs keeps its partition's lease from being released: it
+    // lapses once the renewals stop, as a dead consumer's would.
+    const done = new Set<number>();
+    await Promise.race([
+      Promise.all(owned.map(([k, o]) => o.loop.handlersDone().then(() => done.add(k)))),
+      sleep(this.settings.closeTimeoutMs, { unref: true }),
+    ]);
     clearInterval(renewing);
     if (this.redis.status === 'ready') {
       const released = Promise.all([
         ...owned
-          .filter(([, o]) => o.state !== 'dropping')
+          .filter(([k, o]) => o.state !== 'dropping' && done.has(k))
           .map(([k]) => this.releaseLease(leaseKey(this.names[k]!, this.group), this.consumer)),
         this.redis.hdel(membersKey(this.stream.name, this.group), this.consumer),
       ]).catch(() => {});

@@ -172,3 +172,29 @@ describe('sumPartitions', () => {
     expect(sumPartitions(state('o', 0, []), parts).groups[0]!.lag).toBeNull();
   });
 });
+
+describe('sumPartitions, entries read', () => {
+  it('counts a partition whose group has read nothing yet as none read, not as unknown', () => {
+    const idle: GroupState = {
+      stream: 'o:{0}',
+      group: 'g',
+      lag: 0,
+      lagSeconds: 0,
+      pending: 0,
+      oldestPendingSeconds: 0,
+      lastDeliveredId: '0-0',
+      entriesRead: null,
+    };
+    const busy: GroupState = { ...idle, stream: 'o:{1}', lastDeliveredId: '7-0', entriesRead: 5 };
+    const state = (stream: string, groups: GroupState[]): StreamState => ({
+      stream,
+      length: 0,
+      deadLetters: 0,
+      groups,
+    });
+
+    expect(
+      sumPartitions(state('o', []), [state('o:{0}', [idle]), state('o:{1}', [busy])]).groups[0]!.entriesRead,
+    ).toBe(5);
+  });
+});
