@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { partitionsOf } from '../../src/consumer/partitions.ts';
-import { nextStep, readsAhead, type LoopState } from '../../src/consumer/schedule.ts';
 import { RetrySchedule } from '../../src/consumer/retry-policy.ts';
 import { sumPartitions, type GroupState, type StreamState } from '../../src/inspect.ts';
 import { defineStream, partitionNames, partitionOf, partitionStream, streamKeyOf } from '../../src/stream.ts';
@@ -89,30 +88,8 @@ describe('partitionsOf', () => {
   });
 });
 
-describe("a partition's loop", () => {
+describe("a partition's retry schedule", () => {
   const NOW = 1_000_000;
-  const idle: LoopState = {
-    readAhead: false,
-    ownPending: undefined,
-    retryAt: 0,
-    claimAt: NOW + 10_000,
-    livenessAt: NOW + 10_000,
-  };
-
-  it('reads nothing new while a failed entry waits for its retry: it pauses until the retry is due', () => {
-    const state = { ...idle, retryAt: NOW + 300, holdNew: true };
-
-    expect(nextStep(state, NOW, 2_000)).toEqual({ kind: 'pause', ms: 300 });
-    expect(readsAhead(state, NOW, 10, 10)).toBe(false);
-  });
-
-  it('takes the retry when it is due, before anything written after it', () => {
-    expect(nextStep({ ...idle, retryAt: NOW - 1, holdNew: true }, NOW, 2_000)).toEqual({
-      kind: 'own-pending',
-      mode: 'due',
-      retryTime: true,
-    });
-  });
 
   it('counts an entry it never saw fail as due now, whatever its delivery count suggests', () => {
     const retries = new RetrySchedule(1_000);
@@ -123,25 +100,25 @@ describe("a partition's loop", () => {
   });
 });
 
-describe('sumPartitions', () => {
-  const group = (stream: string, g: Partial<GroupState>): GroupState => ({
-    stream,
-    group: 'g',
-    lag: 0,
-    lagSeconds: 0,
-    pending: 0,
-    oldestPendingSeconds: 0,
-    lastDeliveredId: '0-0',
-    entriesRead: 0,
-    ...g,
-  });
-  const state = (stream: string, length: number, groups: GroupState[]): StreamState => ({
-    stream,
-    length,
-    deadLetters: 0,
-    groups,
-  });
+const group = (stream: string, g: Partial<GroupState>): GroupState => ({
+  stream,
+  group: 'g',
+  lag: 0,
+  lagSeconds: 0,
+  pending: 0,
+  oldestPendingSeconds: 0,
+  lastDeliveredId: '0-0',
+  entriesRead: 0,
+  ...g,
+});
+const state = (stream: string, length: number, groups: GroupState[]): StreamState => ({
+  stream,
+  length,
+  deadLetters: 0,
+  groups,
+});
 
+describe('sumPartitions', () => {
   it("adds each group's lag and pending up over the partitions, under the stream's name, and keeps the oldest ages", () => {
     const base = { ...state('orders', 0, []), deadLetters: 4 };
     const parts = [
@@ -175,26 +152,12 @@ describe('sumPartitions', () => {
 
 describe('sumPartitions, entries read', () => {
   it('counts a partition whose group has read nothing yet as none read, not as unknown', () => {
-    const idle: GroupState = {
-      stream: 'o:{0}',
-      group: 'g',
-      lag: 0,
-      lagSeconds: 0,
-      pending: 0,
-      oldestPendingSeconds: 0,
-      lastDeliveredId: '0-0',
-      entriesRead: null,
-    };
-    const busy: GroupState = { ...idle, stream: 'o:{1}', lastDeliveredId: '7-0', entriesRead: 5 };
-    const state = (stream: string, groups: GroupState[]): StreamState => ({
-      stream,
-      length: 0,
-      deadLetters: 0,
-      groups,
-    });
+    const idle = group('o:{0}', { entriesRead: null });
+    const busy = group('o:{1}', { lastDeliveredId: '7-0', entriesRead: 5 });
 
     expect(
-      sumPartitions(state('o', []), [state('o:{0}', [idle]), state('o:{1}', [busy])]).groups[0]!.entriesRead,
+      sumPartitions(state('o', 0, []), [state('o:{0}', 0, [idle]), state('o:{1}', 0, [busy])]).groups[0]!
+        .entriesRead,
     ).toBe(5);
   });
 });

@@ -101,3 +101,20 @@ describe('reclaimIntervalMs', () => {
     },
   );
 });
+
+describe("nextStep in a loop that keeps order (a partition's)", () => {
+  it('reads nothing new while a failed entry waits for its retry: it pauses until the retry is due', () => {
+    const state = { ...idle, retryAt: NOW + 300, holdNew: true };
+
+    expect(nextStep(state, NOW, 2_000)).toEqual({ kind: 'pause', ms: 300 });
+    expect(readsAhead(state, NOW, 10, 10)).toBe(false);
+  });
+
+  it('takes the retry when it is due, before anything written after it', () => {
+    expect(nextStep({ ...idle, retryAt: NOW - 1, holdNew: true }, NOW, 2_000)).toEqual({
+      kind: 'own-pending',
+      mode: 'due',
+      retryTime: true,
+    });
+  });
+});
