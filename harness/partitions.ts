@@ -45,7 +45,7 @@ export const APPLY = `
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
 local seq = tonumber(ARGV[4])
 if seq <= last then
-  redis.call('RPUSH', KEYS[3], 'twice: ' .. ARGV[3] .. ' #' .. seq .. ' after #' .. last)
+  redis.call('RPUSH', KEYS[3], 'twice or late: ' .. ARGV[3] .. ' #' .. seq .. ' after #' .. last)
 elseif seq ~= last + 1 then
   redis.call('RPUSH', KEYS[3], 'out of order: ' .. ARGV[3] .. ' #' .. seq .. ' after #' .. last)
 end

@@ -28,8 +28,11 @@ const SECTION = '9. one stream, 1 vs 8 partitions';
 const ONE = 'one key (1 partition) on a 3-master cluster, 3 consumers: entries applied per second';
 const EIGHT = '8 partitions on a 3-master cluster, 3 consumers: entries applied per second';
 const CONSUMERS = ['c1', 'c2', 'c3'];
-/** Keys of the entries: many more than partitions, so that every partition gets its share. */
-const KEYS = 1_000;
+/**
+ * Keys of the entries: enough that every partition gets its share, few enough that one key's
+ * entries are in flight together, which three consumers of one key reorder.
+ */
+const KEYS = 30;
 
 interface Tally {
   entries: number;
