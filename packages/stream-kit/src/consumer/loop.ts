@@ -45,8 +45,11 @@ const REPORTED: Record<Outcome['kind'], ConsumeOutcome> = {
 export interface PartitionTenancy {
   /** The stream the partition belongs to: metrics count under its name. */
   readonly logical: StreamDefinition;
-  /** Whether the subscription holds the partition's lease now; the loop starts nothing without it. */
-  holds(): boolean;
+  /**
+   * For how long (ms) the partition's lease is surely the subscription's: 0 once it may not be.
+   * The loop starts nothing without it, and blocks no longer in a read.
+   */
+  heldForMs(): number;
 }
 
 /**
@@ -263,7 +266,7 @@ export class ConsumerLoop {
 
   /** Whether the partition this loop reads is still the subscription's (always, without partitions). */
   private tenant(): boolean {
-    return this.tenancy === undefined || this.tenancy.holds();
+    return this.tenancy === undefined || this.tenancy.heldForMs() > 0;
   }
 
   /**
@@ -360,7 +363,13 @@ export class ConsumerLoop {
         return;
       }
       case 'read':
-        return this.handleNew(await this.read(step.blockMs));
+        // A partition's read is not served after its lease may have passed to another consumer,
+        // which would take over its entries behind newer ones.
+        return this.handleNew(
+          await this.read(
+            this.tenancy ? Math.max(1, Math.min(step.blockMs, this.tenancy.heldForMs())) : step.blockMs,
+          ),
+        );
       case 'pause':
         return this.sleep(step.ms);
     }

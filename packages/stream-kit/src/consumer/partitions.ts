@@ -13,8 +13,9 @@ import { sleep } from './waits.ts';
  * A subscription to a partitioned stream (`StreamDefinition.partitions`): the group's consumers
  * share out the partitions, and each partition is read by one consumer at a time, through a lease,
  * so that its entries are handled in order. Every `LEASE_CHECK_MS` each consumer renews its
- * membership, works out from the live members which partitions are its own (`partitionsOf`: the
- * same answer everywhere), and takes, renews or lets go of each partition's lease. A consumer that
+ * membership, works out from the live members and the leases' holders which partitions are its
+ * own (`partitionsOf`: the same answer everywhere, balanced and sticky), and takes, renews or lets
+ * go of each partition's lease. A consumer that
  * dies stops renewing: its membership and leases lapse within `LEASE_MS`, and the others take its
  * partitions. A consumer that joins makes the others hand over partitions: each first closes its
  * loop for the partition (its running handler ends, its acks land), then releases the lease.
@@ -36,17 +37,36 @@ export function leaseKey(partition: string, group: string): string {
 }
 
 /**
- * The partitions `consumer` should own, given the group's live `members`: partition k goes to the
- * (k mod n)-th member by name, so every member works out the same split, even within one
- * partition of each other. None for a consumer that is not a member.
+ * The partitions `consumer` should own, given the group's live `members` and who holds each
+ * partition's lease now (`owners`, by partition; null for none). Balanced (each member gets
+ * `floor(K/n)` or one more) and sticky: a member keeps what it holds up to its share, so a join
+ * moves only the partitions the newcomer needs and a departure only the ones it held. A pure
+ * function of its inputs, so members that read the same owners work out the same split. None for
+ * a consumer that is not a member.
  */
-export function partitionsOf(consumer: string, members: readonly string[], partitions: number): number[] {
-  const sorted = [...new Set(members)].sort();
-  const at = sorted.indexOf(consumer);
-  if (at === -1) return [];
-  const mine: number[] = [];
-  for (let k = at; k < partitions; k += sorted.length) mine.push(k);
-  return mine;
+export function partitionsOf(
+  consumer: string,
+  members: readonly string[],
+  owners: readonly (string | null)[],
+): number[] {
+  const names = [...new Set(members)].sort();
+  if (!names.includes(consumer)) return [];
+  const held = new Map(names.map((name) => [name, [] as number[]]));
+  owners.forEach((owner, k) => owner !== null && held.get(owner)?.push(k));
+  // The larger shares go to those holding the most already (then by name): fewer moves.
+  const base = Math.floor(owners.length / names.length);
+  const byHeld = [...names].sort((a, b) => held.get(b)!.length - held.get(a)!.length || (a < b ? -1 : 1));
+  const quota = new Map(byHeld.map((name, i) => [name, base + (i < owners.length % names.length ? 1 : 0)]));
+  const share = new Map(names.map((name) => [name, held.get(name)!.slice(0, quota.get(name))]));
+  const taken = new Set([...share.values()].flat());
+  // The rest (nobody's, a departed member's, over a share) fill the shares still open, in order.
+  let next = 0;
+  for (let k = 0; k < owners.length; k += 1) {
+    if (taken.has(k)) continue;
+    while (share.get(names[next]!)!.length >= quota.get(names[next]!)!) next += 1;
+    share.get(names[next]!)!.push(k);
+  }
+  return share.get(consumer)!.sort((a, b) => a - b);
 }
 
 interface Owned {
@@ -118,8 +138,11 @@ export class PartitionedSubscription {
     let mine: Set<number>;
     try {
       const key = membersKey(this.stream.name, this.group);
-      const members = await this.renewMembership(key, this.consumer, LEASE_MS);
-      mine = new Set(partitionsOf(this.consumer, members, this.names.length));
+      const [members, owners] = await Promise.all([
+        this.renewMembership(key, this.consumer, LEASE_MS),
+        Promise.all(this.names.map((name) => this.redis.get(leaseKey(name, this.group)))),
+      ]);
+      mine = new Set(partitionsOf(this.consumer, members, owners));
     } catch (err) {
       // The members' hash lives in one slot, each lease in its partition's: a failover of that
       // one master must not stop every partition. Keep what is ours (the leases alone keep one
@@ -180,9 +203,11 @@ export class PartitionedSubscription {
   private start(k: number): ConsumerLoop {
     const tenancy = {
       logical: this.stream,
-      holds: () => {
+      heldForMs: () => {
         const owned = this.owned.get(k);
-        return owned !== undefined && owned.state !== 'dropping' && performance.now() < owned.until;
+        return owned === undefined || owned.state === 'dropping'
+          ? 0
+          : Math.max(0, owned.until - performance.now());
       },
     };
     // prettier-ignore

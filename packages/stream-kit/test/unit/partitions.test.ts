@@ -71,20 +71,59 @@ describe('partitionOf', () => {
 });
 
 describe('partitionsOf', () => {
+  const none = (k: number) => new Array<string | null>(k).fill(null);
+  /** Each member's share, with the leases held as `owners` says. */
+  const split = (members: string[], owners: (string | null)[]) =>
+    Object.fromEntries(members.map((m) => [m, partitionsOf(m, members, owners)]));
+  /** The owners once every member holds its share. */
+  const settled = (members: string[], owners: (string | null)[]) => {
+    const next = [...owners].fill(null);
+    for (const [m, ks] of Object.entries(split(members, owners))) for (const k of ks) next[k] = m;
+    return next;
+  };
+
   it('gives every partition to exactly one live member, within one partition of an even split', () => {
     const members = ['c2', 'c1', 'c3'];
-    const shares = members.map((m) => partitionsOf(m, members, 8));
+    const shares = Object.values(split(members, none(8)));
 
     expect(shares.flat().sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
     expect(shares.map((s) => s.length).sort()).toEqual([2, 3, 3]);
   });
 
   it('works out the same split whatever order the members are listed in', () => {
-    expect(partitionsOf('b', ['c', 'a', 'b'], 8)).toEqual(partitionsOf('b', ['a', 'b', 'c'], 8));
+    const owners = ['a', null, 'c', 'c', 'c', null, 'a', 'b'];
+
+    expect(partitionsOf('b', ['c', 'a', 'b'], owners)).toEqual(partitionsOf('b', ['a', 'b', 'c'], owners));
+  });
+
+  it('keeps the split as it is once every member holds its share', () => {
+    const members = ['a', 'b', 'c'];
+    const owners = settled(members, none(8));
+
+    expect(settled(members, owners)).toEqual(owners);
+  });
+
+  it('moves only the partitions a joining member needs', () => {
+    const before = settled(['a', 'b', 'c'], none(8));
+
+    const after = settled(['a', 'b', 'c', 'd'], before);
+
+    expect(after.filter((owner, k) => owner !== before[k])).toEqual(['d', 'd']);
+  });
+
+  it("moves only a departed member's partitions, to the members left", () => {
+    const before = settled(['a', 'b', 'c'], none(8));
+
+    const after = settled(['a', 'c'], before);
+
+    expect(after.filter((owner, k) => owner !== before[k]).length).toBe(
+      before.filter((o) => o === 'b').length,
+    );
+    expect(after.filter((o) => o === 'a').length + after.filter((o) => o === 'c').length).toBe(8);
   });
 
   it('gives nothing to a consumer that is not a member (its membership lapsed)', () => {
-    expect(partitionsOf('gone', ['a', 'b'], 8)).toEqual([]);
+    expect(partitionsOf('gone', ['a', 'b'], none(8))).toEqual([]);
   });
 });
 
