@@ -80,6 +80,20 @@ async function all(): Promise<DeadLetter[]> {
   return letters;
 }
 
+/**
+ * A dead letter that was not there to replay or drop. Named by ID, that is an error (exit 1). With
+ * --all it was listed a moment ago and another operator's replay or drop took it since: what
+ * --all asked for is done, so it is only told.
+ */
+function gone(id: string, hint: string) {
+  if (values.all) {
+    console.error(`${id} gone since it was listed (another replay or drop took it)`);
+    return;
+  }
+  console.error(`${id} not found in ${stream!.name}'s dead letters${hint ? ` ${hint}` : ''}`);
+  process.exitCode = 1;
+}
+
 /** Asks on a terminal; refuses (exit 2) without one, where nobody could answer. */
 async function confirmed(question: string): Promise<boolean> {
   if (values.yes) return true;
@@ -103,18 +117,12 @@ try {
   } else if (command === 'replay') {
     for (const { id, entryId } of await replayDeadLetters(redis, stream, targets)) {
       if (entryId) console.log(`${id} replayed as ${stream.name} ${entryId}`);
-      else {
-        console.error(`${id} not found in ${stream.name}'s dead letters (already replayed or dropped?)`);
-        process.exitCode = 1;
-      }
+      else gone(id, '(already replayed or dropped?)');
     }
   } else if (await confirmed(`drop ${targets.length} dead letter(s) of ${stream.name} for good?`)) {
     for (const { id, dropped } of await dropDeadLetters(redis, stream, targets)) {
       if (dropped) console.log(`${id} dropped`);
-      else {
-        console.error(`${id} not found in ${stream.name}'s dead letters`);
-        process.exitCode = 1;
-      }
+      else gone(id, '');
     }
   } else {
     console.error('nothing dropped');
