@@ -29,7 +29,12 @@ export function packageDir(name: ServiceName): string {
 
 /** Spawns `node --import tsx src/main.ts` in the service's package; resolves once it exits. */
 export function spawnService(name: ServiceName, env: Record<string, string>): ChildProcess {
-  return spawnEntry(packageDir(name), 'src/main.ts', env);
+  // Tests place orders by the hundred from one address: no rate limits unless a test sets them.
+  return spawnEntry(packageDir(name), 'src/main.ts', {
+    RATE_LIMIT_PER_USER: '0',
+    RATE_LIMIT_PER_ADDRESS: '0',
+    ...env,
+  });
 }
 
 /** Spawns `node --import tsx <entry>` in `cwd`, killed when the test run exits. */

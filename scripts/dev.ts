@@ -15,6 +15,7 @@ import { canConnect } from '../harness/net.ts';
 import { startRedisCluster, type RedisCluster } from '../harness/redis-cluster.ts';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
 import { portVariableOf, services } from '../services.ts';
+import { devSecret } from './dev-secret.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
@@ -322,10 +323,26 @@ function pipeLines(input: Readable, output: NodeJS.WritableStream, tag: string, 
   );
 }
 
+/**
+ * The services' auth: the identity provider's keys if AUTH_JWKS_URL is set, else the development
+ * secret (AUTH_SECRET, or the one kept in .dev/auth-secret, made on the first run), which `pnpm
+ * token` signs with. The board gets it too: it signs the tokens of the orders it looks up and places.
+ */
+function authEnvironment(env: NodeJS.ProcessEnv): Record<string, string> {
+  if (env.AUTH_JWKS_URL) return {};
+  return { AUTH_SECRET: devSecret(env, { create: true })! };
+}
+
 function startService(spec: ServiceSpec, redisUrl: string, prettify: Prettify): Service {
   const child = spawn(process.execPath, ['--import', 'tsx', spec.entry], {
     cwd: join(ROOT, spec.dir),
-    env: { ...process.env, REDIS_URL: redisUrl, INSTANCE_ID: spec.instance, ...spec.env },
+    env: {
+      ...process.env,
+      ...authEnvironment(process.env),
+      REDIS_URL: redisUrl,
+      INSTANCE_ID: spec.instance,
+      ...spec.env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const tag = prefix(spec.name, spec.color);
@@ -411,8 +428,12 @@ function banner(specs: ServiceSpec[], redisUrl: string): string {
         `  ${spec.name.padEnd(width)} http://localhost:${spec.port}${spec.name === BOARD ? `/${boardNote()}` : ''}`,
     ),
     `  ${'redis'.padEnd(width)} ${redact(new URL(redisUrl))}`,
-    'try:',
-    `  curl -X POST localhost:${order.port}/orders -H 'content-type: application/json' -d '{"userId":"u1","productId":"p1","price":1000}'`,
+    process.env.AUTH_JWKS_URL
+      ? 'try, with a token of your identity provider (AUTH_JWKS_URL) in TOKEN:'
+      : 'try (`pnpm token <userId>` signs a token with the development secret):',
+    ...(process.env.AUTH_JWKS_URL ? [] : ['  TOKEN=$(pnpm -s token u1)']),
+    `  curl -X POST localhost:${order.port}/orders -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{"productId":"p1","price":1000}'`,
+    `  curl localhost:${order.port}/orders -H "authorization: Bearer $TOKEN"`,
     'Ctrl-C stops everything.',
   ].join(`\n${DEV_PREFIX} `);
 }

@@ -14,6 +14,7 @@ import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { sentLogKey } from '@msa/notification-service';
+import { signToken } from '@msa/stream-kit/service';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFailed } from 'vitest';
 import { parse } from 'yaml';
@@ -47,6 +48,11 @@ const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8')) as
 };
 const appServices = ['order-service', 'payment-service', 'notification-service'] as const;
 type AppService = (typeof appServices)[number];
+
+/** A value of compose's `environment`, as compose gives it when the variable is unset: `${X:-default}` is `default`. */
+function composeValue(value: string | number): string {
+  return String(value).replace(/\$\{\w+:-([^}]*)\}/g, (_, fallback: string) => fallback);
+}
 
 function composeService(name: string): ComposeService {
   const found = compose.services[name];
@@ -294,7 +300,12 @@ function exitOf(child: ChildProcess): Promise<number | null> {
  * compose environment with its REDIS_URL pointed at this file's redis-server and a free PORT, and
  * nothing else from this process (no NODE_PATH, no NODE_OPTIONS). Resolves once /healthz answers.
  */
-async function startFromImage(name: string, argv: string[], service: AppService): Promise<Started> {
+async function startFromImage(
+  name: string,
+  argv: string[],
+  service: AppService,
+  { without = [] }: { without?: string[] } = {},
+): Promise<Started> {
   const port = await freePort();
   const redisUrl = new URL(String(composeService(service).environment?.REDIS_URL));
   redisUrl.host = `127.0.0.1:${redisServer!.port}`;
@@ -302,7 +313,9 @@ async function startFromImage(name: string, argv: string[], service: AppService)
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     ...image.env,
     ...Object.fromEntries(
-      Object.entries(composeService(service).environment ?? {}).map(([k, v]) => [k, String(v)]),
+      Object.entries(composeService(service).environment ?? {})
+        .filter(([k]) => !without.includes(k))
+        .map(([k, v]) => [k, composeValue(v)]),
     ),
     REDIS_URL: redisUrl.href,
     PORT: String(port),
@@ -435,11 +448,16 @@ describe('the production image, replayed without Docker', () => {
     const [order] = await Promise.all(appServices.map(startService));
 
     const userId = `image-${Date.now()}`;
-    const response = await fetch(`http://127.0.0.1:${order!.port}/orders`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ userId, productId: 'book-1', price: 1000 }),
-    });
+    const place = (headers: Record<string, string>) =>
+      fetch(`http://127.0.0.1:${order!.port}/orders`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body: JSON.stringify({ userId, productId: 'book-1', price: 1000 }),
+      });
+    // NODE_ENV=production, with compose's development secret: a token is needed, and one it signed does.
+    expect((await place({})).status).toBe(401);
+    const secret = composeValue(composeService('order-service').environment!.AUTH_SECRET!);
+    const response = await place({ authorization: `Bearer ${await signToken(secret, { userId })}` });
     expect(response.status).toBe(202);
     const { orderId } = (await response.json()) as { orderId: string };
 
@@ -466,6 +484,17 @@ describe('the production image, replayed without Docker', () => {
       { channel: 'mail', event: 'order-created', id: orderId },
       { channel: 'sms', event: 'payment-completed', id: orderId },
     ]);
+  });
+
+  it("refuses to start under the image's NODE_ENV=production without auth, naming the variable to set", async () => {
+    for (const service of ['order-service', 'notification-service'] as const) {
+      const failed = startFromImage(service, composeService(service).command ?? [], service, {
+        without: ['AUTH_SECRET'],
+      });
+      await expect(failed).rejects.toThrow(
+        /exited with 1:[\s\S]*AUTH_JWKS_URL: required with NODE_ENV=production/,
+      );
+    }
   });
 
   it("passes compose's health checks and stops with exit code 0 on SIGTERM, the image's default CMD too", async () => {

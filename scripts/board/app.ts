@@ -1,6 +1,7 @@
 import { BoardError, createBoard, type Board, type Lookup } from '@msa/stream-kit/board';
 import type { Logger } from '@msa/stream-kit';
 import { streams } from '@msa/stream-kit/events';
+import { READ_ALL_SCOPE, signToken } from '@msa/stream-kit/service';
 import express, { type Express } from 'express';
 import type { RedisClient } from '@msa/stream-kit';
 import type { BoardConfig } from './config.ts';
@@ -37,7 +38,16 @@ export interface BoardAppDeps {
   readonly redis: RedisClient;
   readonly config: Pick<
     BoardConfig,
-    'BOARD_HOST' | 'BOARD_TOKEN' | 'ORDER_SERVICE_URL' | 'BOARD_METRICS' | 'BOARD_INTERVAL_MS' | 'INSTANCE_ID'
+    | 'BOARD_HOST'
+    | 'BOARD_TOKEN'
+    | 'ORDER_SERVICE_URL'
+    | 'BOARD_METRICS'
+    | 'BOARD_INTERVAL_MS'
+    | 'INSTANCE_ID'
+    | 'AUTH_SECRET'
+    | 'AUTH_ISSUER'
+    | 'AUTH_AUDIENCE'
+    | 'ORDER_SERVICE_TOKEN'
   >;
   readonly logger: Logger;
 }
@@ -47,6 +57,25 @@ export function createBoardApp({ redis, config, logger }: BoardAppDeps): { app: 
   const orderService = config.ORDER_SERVICE_URL.replace(/\/$/, '');
   const unreachable = () =>
     new BoardError(503, `order-service cannot be reached at ${orderService}: is it running?`);
+  /**
+   * The Authorization header of a call, if order-service wants one: to place an order of `userId`,
+   * or (`'support'`) to look any order up.
+   */
+  async function authorization(as: { userId: unknown } | 'support'): Promise<Record<string, string>> {
+    const { AUTH_SECRET: secret, ORDER_SERVICE_TOKEN: token } = config;
+    if (secret === undefined) return token === undefined ? {} : { authorization: `Bearer ${token}` };
+    // An order without a user goes without a token: order-service says what is missing.
+    if (as !== 'support' && typeof as.userId !== 'string') return {};
+    const claims =
+      as === 'support' ? { userId: 'board', scopes: [READ_ALL_SCOPE] } : { userId: as.userId as string };
+    const signed = await signToken(secret, {
+      ...claims,
+      ttlS: 60,
+      issuer: config.AUTH_ISSUER,
+      audience: config.AUTH_AUDIENCE,
+    });
+    return { authorization: `Bearer ${signed}` };
+  }
   const board = createBoard({
     redis,
     streams,
@@ -59,6 +88,7 @@ export function createBoardApp({ redis, config, logger }: BoardAppDeps): { app: 
       field: 'orderId',
       async lookup(id): Promise<Lookup | undefined> {
         const res = await fetch(`${orderService}/orders/${encodeURIComponent(id)}`, {
+          headers: await authorization('support'),
           signal: AbortSignal.timeout(ORDER_SERVICE_TIMEOUT_MS),
         }).catch(() => {
           throw unreachable();
@@ -81,7 +111,10 @@ export function createBoardApp({ redis, config, logger }: BoardAppDeps): { app: 
       async place(body) {
         const res = await fetch(`${orderService}/orders`, {
           method: 'POST',
-          headers: { 'content-type': 'application/json' },
+          headers: {
+            'content-type': 'application/json',
+            ...(await authorization(body as { userId: unknown })),
+          },
           body: JSON.stringify(body),
           signal: AbortSignal.timeout(ORDER_SERVICE_TIMEOUT_MS),
         }).catch(() => {

@@ -38,6 +38,19 @@ export const BoardEnv = z.object({
   ORDER_SERVICE_URL: z
     .url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' })
     .default(`http://127.0.0.1:${orderService.port}`),
+  /**
+   * How the board is known to order-service when its auth is on. With the services' AUTH_SECRET
+   * (development: `pnpm dev` gives it), the board signs its own tokens: a support token
+   * (`orders:read-all`) to look orders up, and the order's user's to place one. Else
+   * ORDER_SERVICE_TOKEN, a token from the identity provider, goes with every call.
+   */
+  AUTH_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 wants 256 bits)').optional(),
+  AUTH_ISSUER: z.string().optional(),
+  AUTH_AUDIENCE: z.string().optional(),
+  ORDER_SERVICE_TOKEN: z
+    .string()
+    .regex(/^[A-Za-z0-9\-._~+/]+=*$/, 'must be a bearer token')
+    .optional(),
   /** The services' /metrics, for the run-time chart; unset, each service of the registry on its own port here. */
   BOARD_METRICS: MetricsList.default(() =>
     services.map((service) => ({ name: service.name, url: `http://127.0.0.1:${service.port}/metrics` })),

@@ -1,10 +1,11 @@
-import express, { type Request } from 'express';
+import express, { type Request, type Response } from 'express';
 import {
   accessLog,
+  callerOf,
+  mayRead,
   errorMiddleware,
-  healthzHandler,
+  internalRoutes,
   malformedQueryParameter,
-  readinessHandler,
   UnavailableError,
   ValidationError,
   traceRequests,
@@ -28,13 +29,24 @@ export interface AppDeps {
   metrics?: Pick<ServiceMetrics, 'http' | 'handler'>;
   /** Its tracer (`startTracing`): a span per request, continuing the client's `traceparent`. */
   tracer?: Tracing['tracer'];
+  /**
+   * Verifies the caller of `GET /notifications` (`authenticate` of stream-kit's service API).
+   * @defaultValue none: auth off, anyone reads any user's (development only)
+   */
+  authenticate?: ((req: Request, res: Response, next: (err?: unknown) => void) => void) | undefined;
+  /**
+   * Serve `/healthz`, `/readyz` and `/metrics` here; false when INTERNAL_PORT serves them
+   * (`internalApp`). @defaultValue true
+   */
+  serveInternal?: boolean | undefined;
 }
 
 /**
  * The notification-service HTTP API:
  *
  * - `GET /notifications?userId=&limit=&cursor=` → 200 `{notifications, nextCursor}`: what was
- *   sent to the user, oldest first, `limit` at a time (100 unless told, at most 1000). While
+ *   sent to the user (with `authenticate`: the token's user if left out; another user's answer
+ *   404 unless the token has the `orders:read-all` scope; 401 without a valid token), oldest first, `limit` at a time (100 unless told, at most 1000). While
  *   `nextCursor` is not null, pass it as `cursor` for the next page. Bad input gets 400
  *   `{error, field}`; Redis unreachable or too slow gets 503 `{error}` (`errorMiddleware`, the
  *   one place that turns errors into answers).
@@ -45,7 +57,16 @@ export interface AppDeps {
  *
  * Every request gets one access line (`accessLog`).
  */
-export function createApp({ sentLog, redis, logger, instance, metrics, tracer }: AppDeps) {
+export function createApp({
+  sentLog,
+  redis,
+  logger,
+  instance,
+  metrics,
+  tracer,
+  authenticate,
+  serveInternal = true,
+}: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
   if (tracer) app.use(traceRequests(tracer));
@@ -53,14 +74,20 @@ export function createApp({ sentLog, redis, logger, instance, metrics, tracer }:
   // The access lines carry no secret: no redaction, whose wildcard paths cost 7 µs a line.
   app.use(accessLog(logger.child({}, { redact: [] })));
 
-  app.get('/healthz', healthzHandler(instance));
-  if (metrics) app.get('/metrics', metrics.handler);
-
-  app.get('/readyz', readinessHandler(redis, 'notification-service'));
+  if (serveInternal) app.use(internalRoutes({ service: 'notification-service', instance, redis, metrics }));
 
   /** What was sent to a user, oldest first: for people and tests to see the flow's outcome. */
-  app.get('/notifications', async (req, res) => {
-    const { userId, limit = DEFAULT_PAGE_SIZE, cursor } = parseQuery(req);
+  app.get('/notifications', ...(authenticate ? [authenticate] : []), async (req, res) => {
+    const query = parseQuery(req);
+    const { limit = DEFAULT_PAGE_SIZE, cursor } = query;
+    const caller = callerOf(res);
+    const userId = query.userId ?? caller?.userId;
+    if (userId === undefined) throw new ValidationError('userId is required', { field: 'userId' });
+    // Not found, rather than forbidden: what another user was sent stays theirs, even whether anything was.
+    if (!mayRead(caller, userId)) {
+      res.status(404).json({ error: `no notifications of user ${userId} to show`, field: 'userId' });
+      return;
+    }
     const page = await sentLog.list(userId, { start: cursor, limit }).catch((err: unknown) => {
       throw new UnavailableError('notifications cannot be read right now, try again later', { cause: err });
     });

@@ -1,4 +1,4 @@
-import { consumerEnv, parseEnv } from '@msa/stream-kit/service';
+import { authEnv, checkAuthEnv, consumerEnv, internalEnv, parseEnv } from '@msa/stream-kit/service';
 import type { z } from 'zod';
 
 /**
@@ -7,7 +7,10 @@ import type { z } from 'zod';
  */
 export const DEFAULT_CONCURRENCY = 64;
 
-const Config = consumerEnv(8082, { concurrency: DEFAULT_CONCURRENCY });
+// Who may call GET /notifications (see README, Security).
+const Config = consumerEnv(8082, { concurrency: DEFAULT_CONCURRENCY })
+  .extend({ ...authEnv, ...internalEnv })
+  .superRefine(checkAuthEnv);
 export type Config = z.infer<typeof Config>;
 
 /** Parses the environment once, at start-up; throws naming each bad variable. */

@@ -1,5 +1,5 @@
 import { OrderCreated } from '@msa/stream-kit/events';
-import { chassisRoutes, ErrorBody, type HttpRoute } from '@msa/stream-kit/service';
+import { authAnswers, chassisRoutes, ErrorBody, type HttpRoute } from '@msa/stream-kit/service';
 import { z } from 'zod';
 
 /*
@@ -38,7 +38,8 @@ const Cursor = z
   .optional();
 
 export const Query = z.object({
-  userId: OrderCreated.shape.userId,
+  // The token's user, if left out (with auth on).
+  userId: OrderCreated.shape.userId.optional(),
   limit: z
     .string(LIMIT_MESSAGE)
     .regex(/^\d{1,7}$/, LIMIT_MESSAGE)
@@ -65,13 +66,17 @@ export const routes: readonly HttpRoute[] = [
     method: 'get',
     path: '/notifications',
     summary: 'What was sent to a user, oldest first, a page at a time.',
+    description: "`userId` left out: the token's user. Another user's need the `orders:read-all` scope.",
     query: Query,
+    auth: true,
     answers: {
       200: {
         description: 'A page; while `nextCursor` is not null, pass it as `cursor` for the next one.',
         body: z.object({ notifications: z.array(SentNotificationView), nextCursor: z.string().nullable() }),
       },
       400: { description: 'A parameter is invalid; `field` names it.', body: ErrorBody },
+      ...authAnswers,
+      404: { description: "Another user's, without the `orders:read-all` scope.", body: ErrorBody },
       503: {
         description: 'Redis cannot be reached or answers too slowly: try again later.',
         body: ErrorBody,

@@ -1,11 +1,13 @@
 import { subscribe } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import {
+  authenticate,
   closeServer,
   createMetrics,
   drained,
   gracefulShutdown,
   listen,
+  listenInternal,
   logDestination,
   logOptions,
   openRequestConnection,
@@ -66,13 +68,20 @@ const subscriptions = [
   subscribe(GROUP, config.CONSUMER_NAME, OrderEvents, orderMailHandler(deps), consumerOptions),
   subscribe(GROUP, config.CONSUMER_NAME, PaymentEvents, paymentSmsHandler(deps), consumerOptions),
 ];
+const auth = authenticate(config, 'notification-service');
+if (auth === undefined)
+  logger.warn(
+    'AUTH_JWKS_URL and AUTH_SECRET are unset: GET /notifications is open, anyone may read any user (development only; NODE_ENV=production refuses to start so)',
+  );
 const app = createApp({
+  authenticate: auth,
   sentLog: deps.sentLog,
   redis,
   logger: logger.child({ component: 'http' }),
   instance: config.INSTANCE_ID,
   metrics,
   tracer,
+  serveInternal: config.INTERNAL_PORT === undefined,
 });
 const server = await listen(app, {
   port: config.PORT,
@@ -81,6 +90,17 @@ const server = await listen(app, {
   logger: logger.child({ component: 'http' }),
 }).catch((err: unknown) => {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
+  return drained(logs).then(() => process.exit(1));
+});
+// With INTERNAL_PORT, /healthz, /readyz and /metrics are served there alone.
+const internal = await listenInternal(config, {
+  service: 'notification-service',
+  instance: config.INSTANCE_ID,
+  redis,
+  metrics,
+  logger: logger.child({ component: 'http' }),
+}).catch((err: unknown) => {
+  logger.fatal({ err, host: config.INTERNAL_HOST, port: config.INTERNAL_PORT }, 'cannot listen');
   return drained(logs).then(() => process.exit(1));
 });
 logger.info(
@@ -92,7 +112,7 @@ logger.info(
 const shutdown = gracefulShutdown(
   logger,
   [
-    () => closeServer(server),
+    () => Promise.all([closeServer(server), internal && closeServer(internal)]),
     () => Promise.all(subscriptions.map((subscription) => subscription.close())),
     () => redis.quit().catch(() => redis.disconnect()),
     // The spans still buffered, last: the shutdown's own come too.

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { NonRetryableError, RetryLaterError, type DeliveryContext } from '@msa/stream-kit';
 import { livenessKey } from '@msa/stream-kit/lua';
-import { openRequestConnection } from '@msa/stream-kit/service';
+import { authenticate, openRequestConnection, READ_ALL_SCOPE, signToken } from '@msa/stream-kit/service';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import request from 'supertest';
@@ -564,6 +564,81 @@ describe('GET /notifications', () => {
     expect(response.status).toBe(200);
     expect(response.body.notifications.map((n: { channel: string }) => n.channel)).toEqual(['mail', 'sms']);
     expect(response.body.nextCursor).toBeNull();
+  });
+
+  describe('with auth on (AUTH_SECRET)', () => {
+    const SECRET = 'notification-service-test-secret-0123456789';
+    const app = () =>
+      createApp({
+        sentLog,
+        redis,
+        logger,
+        instance: 'test',
+        authenticate: authenticate({ AUTH_SECRET: SECRET }, 'notification-service'),
+      });
+    const bearer = async (userId: string, scopes: string[] = []) =>
+      `Bearer ${await signToken(SECRET, { userId, scopes })}`;
+    /** A new user with one mail sent. */
+    async function userWithMail(): Promise<string> {
+      const userId = `user-${randomUUID()}`;
+      await orderMailHandler({ sender: recordingSender(), sentLog })(order(userId), await delivered());
+      return userId;
+    }
+
+    it("lists the token's user's notifications, with or without their userId in the query", async () => {
+      const userId = await userWithMail();
+
+      for (const query of [{}, { userId }]) {
+        const response = await request(app())
+          .get('/notifications')
+          .query(query)
+          .set('authorization', await bearer(userId));
+        expect(response.status).toBe(200);
+        expect(response.body.notifications).toHaveLength(1);
+      }
+    });
+
+    it("answers 404 for another user's notifications, whether any were sent or not", async () => {
+      const userId = await userWithMail();
+
+      for (const asked of [userId, `user-${randomUUID()}`]) {
+        const response = await request(app())
+          .get('/notifications')
+          .query({ userId: asked })
+          .set('authorization', await bearer('someone-else'));
+        expect([response.status, response.body]).toEqual([
+          404,
+          { error: `no notifications of user ${asked} to show`, field: 'userId' },
+        ]);
+      }
+    });
+
+    it("lists another user's notifications to a support token (scope orders:read-all)", async () => {
+      const userId = await userWithMail();
+
+      const response = await request(app())
+        .get('/notifications')
+        .query({ userId })
+        .set('authorization', await bearer('support-1', [READ_ALL_SCOPE]));
+
+      expect([response.status, response.body.notifications.length]).toEqual([200, 1]);
+    });
+
+    it('answers 401 with WWW-Authenticate and its reason, without a valid token', async () => {
+      const missing = await request(app()).get('/notifications');
+      const expired = await request(app())
+        .get('/notifications')
+        .set('authorization', `Bearer ${await signToken(SECRET, { userId: 'u1', ttlS: -120 })}`);
+
+      expect([missing.status, missing.headers['www-authenticate']]).toEqual([
+        401,
+        'Bearer realm="notification-service"',
+      ]);
+      expect(expired.status).toBe(401);
+      expect(expired.headers['www-authenticate']).toBe(
+        'Bearer realm="notification-service", error="invalid_token", error_description="the token has expired"',
+      );
+    });
   });
 
   describe('in pages', () => {

@@ -4,12 +4,15 @@ import { waitForReplicas } from '@msa/stream-kit/lua';
 import {
   accessLog,
   type AccessLogLocals,
+  callerOf,
+  type Caller,
   errorMiddleware,
-  healthzHandler,
+  ForbiddenError,
+  internalRoutes,
   jsonBody,
   malformedQueryParameter,
+  mayRead,
   methodNotAllowed,
-  readinessHandler,
   UnavailableError,
   ValidationError,
   traceRequests,
@@ -25,6 +28,7 @@ import openapi from '../../../docs/contracts/openapi.json' with { type: 'json' }
 import { IDEMPOTENCY_KEY, OrderBody, OrderIdParams, OrderQuery, OrdersQuery } from './contract.ts';
 import { docsPage } from './docs-page.ts';
 import { IDEMPOTENCY_HEADER, placeOrder, type OrderInput } from './place-order.ts';
+import type { OrderRateLimits } from './rate-limit.ts';
 
 export interface AppDeps {
   /** Publishes orders placed without an idempotency key. */
@@ -50,17 +54,42 @@ export interface AppDeps {
   tracer?: Tracing['tracer'];
   /** The order read model, which `GET /orders` reads. */
   orders: Pick<Orders, 'get' | 'ofUser'>;
+  /**
+   * Verifies the caller of the customer-facing routes (`authenticate` of stream-kit's service
+   * API). @defaultValue none: auth off, every caller acts as the user it names (development only)
+   */
+  authenticate?: Middleware | undefined;
+  /** Counts the orders placed per user and per client address (`orderRateLimits`). @defaultValue none */
+  limits?: OrderRateLimits | undefined;
+  /** Serve the tutorial's open `GET /order` (`TUTORIAL_ENDPOINT`). @defaultValue true */
+  tutorialEndpoint?: boolean | undefined;
+  /** Express's `trust proxy` (`TRUST_PROXY`): whose `X-Forwarded-For` names the client. @defaultValue none */
+  trustProxy?: number | string | undefined;
+  /**
+   * Serve `/healthz`, `/readyz` and `/metrics` here; false when INTERNAL_PORT serves them
+   * (`internalApp`). @defaultValue true
+   */
+  serveInternal?: boolean | undefined;
 }
+
+type Middleware = (req: Request, res: Response, next: (err?: unknown) => void) => void;
 
 /**
  * The order-service HTTP API:
  *
- * - `POST /orders` (JSON `userId`, `productId`, `price`) → 202 `{orderId}`. With an
+ * With `authenticate`, the customer-facing routes (`/orders...`) want `Authorization: Bearer
+ * <JWT>` (401 without a valid one): the user is the token's subject, and reads of another user's
+ * orders answer 404 unless the token has the `orders:read-all` scope.
+ *
+ * - `POST /orders` (JSON `productId`, `price`, and `userId`: the token's user if left out, 403 if
+ *   another) → 202 `{orderId}`; 429 with `Retry-After` over a rate limit (`limits`). With an
  *   `Idempotency-Key` header (1 to 255 printable ASCII characters, else 400), the order is placed
  *   once per key: the same key with the same order (after validation) answers 202 with the same
  *   `orderId` and publishes nothing more, for 24 h after the first request; the same key with
  *   another order answers 409 `{error, field: 'Idempotency-Key'}`.
- * - `GET /order?userId=&productId=&price=` → 200 `ok` (the tutorial's endpoint).
+ * - `GET /order?userId=&productId=&price=` → 200 `ok` (the tutorial's endpoint, open to anyone,
+ *   unless `tutorialEndpoint` is false).
+ * - `GET /orders?userId=` (the token's user if left out) and `GET /orders/<orderId>`: the read model.
  *
  * `userId` and `productId` are the catalogue's IDs: 1 to 128 characters after trimming, valid
  * Unicode (a lone surrogate, or a query's percent-escape that is not UTF-8, is a 400 naming the
@@ -85,6 +114,11 @@ export function createApp({
   metrics,
   tracer,
   durability,
+  authenticate,
+  limits,
+  tutorialEndpoint = true,
+  trustProxy,
+  serveInternal = true,
 }: AppDeps) {
   const replicated = durability ? waitForReplicas(writes, durability) : undefined;
   // For the access lines, one per request, which carry the request's method, route, status and
@@ -93,14 +127,12 @@ export function createApp({
   const accessLogger = logger.child({}, { redact: [] });
   const app = express();
   app.disable('x-powered-by');
+  if (trustProxy !== undefined) app.set('trust proxy', trustProxy);
   if (tracer) app.use(traceRequests(tracer));
   if (metrics) app.use(metrics.http);
   app.use(accessLog(accessLogger));
 
-  app.get('/healthz', healthzHandler(instance));
-  if (metrics) app.get('/metrics', metrics.handler);
-
-  app.get('/readyz', readinessHandler(redis, 'order-service'));
+  if (serveInternal) app.use(internalRoutes({ service: 'order-service', instance, redis, metrics }));
 
   // The contracts, as `pnpm contracts` wrote them (docs/contracts/): the bundle carries them.
   const page = docsPage(openapi, asyncapi);
@@ -112,7 +144,8 @@ export function createApp({
    * Places the order. Its IDs go on the request's access line, so that an order is one line; a
    * client that left before the answer has had its line already, and the order gets its own.
    */
-  async function accept(res: Response, input: OrderInput, idempotencyKey?: string) {
+  async function accept(req: Request, res: Response, input: OrderInput, idempotencyKey?: string) {
+    await limits?.check(input.userId, req.ip);
     const { orderId, entryId, replayed } = await placeOrder(
       input,
       { publisher, redis: writes, metrics, replicated },
@@ -129,14 +162,20 @@ export function createApp({
     return orderId;
   }
 
-  app.get('/order', async (req, res) => {
-    await accept(res, parseQuery(OrderQuery, req));
-    res.type('text/plain').send('ok');
-  });
+  if (tutorialEndpoint)
+    app.get('/order', async (req, res) => {
+      await accept(req, res, parseQuery(OrderQuery, req));
+      res.type('text/plain').send('ok');
+    });
 
-  app.post('/orders', express.json({ limit: '16kb' }), async (req: Request, res) => {
+  // The customer-facing routes: after the caller is known, when auth is on.
+  const customer = authenticate ? [authenticate] : [];
+
+  app.post('/orders', ...customer, express.json({ limit: '16kb' }), async (req: Request, res) => {
     const idempotencyKey = idempotencyKeyOf(req);
-    const orderId = await accept(res, parse(OrderBody, jsonBody(req), 'body'), idempotencyKey);
+    const { userId, ...order } = parse(OrderBody, jsonBody(req), 'body');
+    const input = { ...order, userId: orderingUser(callerOf(res), userId) };
+    const orderId = await accept(req, res, input, idempotencyKey);
     res
       .status(202)
       .location(`/orders/${encodeURIComponent(orderId)}`)
@@ -150,27 +189,51 @@ export function createApp({
       throw new UnavailableError('the order read model cannot be read now', { cause: err });
     });
 
-  app.get('/orders', async (req, res) => {
-    const { userId, limit, cursor } = parseQuery(OrdersQuery, req);
-    res.json(await read(() => orders.ofUser(userId, limit, cursor)));
+  app.get('/orders', ...customer, async (req, res) => {
+    const query = parseQuery(OrdersQuery, req);
+    const caller = callerOf(res);
+    const userId = query.userId ?? caller?.userId;
+    if (userId === undefined) throw new ValidationError('userId is required', { field: 'userId' });
+    // Another user's orders are not found, rather than forbidden: whether a user has any stays theirs.
+    if (!mayRead(caller, userId))
+      res.status(404).json({ error: `no orders of user ${userId} to show`, field: 'userId' });
+    else res.json(await read(() => orders.ofUser(userId, query.limit, query.cursor)));
   });
 
-  app.get('/orders/:orderId', async (req, res) => {
+  app.get('/orders/:orderId', ...customer, async (req, res) => {
     const { orderId } = parse(OrderIdParams, req.params, 'query');
     const order = await read(() => orders.get(orderId));
-    if (order === undefined) res.status(404).json({ error: `no order ${orderId}`, field: 'orderId' });
+    // Another user's order is not found, as an order that does not exist: IDs cannot be probed.
+    if (order === undefined || !mayRead(callerOf(res), order.userId))
+      res.status(404).json({ error: `no order ${orderId}`, field: 'orderId' });
     else res.json(order);
   });
 
   app.all('/orders', methodNotAllowed('GET, HEAD, POST'));
   app.all('/orders/:orderId', methodNotAllowed('GET, HEAD'));
-  for (const path of ['/order', '/healthz', '/readyz', '/openapi.json', '/asyncapi.json', '/docs'])
+  for (const path of [...(tutorialEndpoint ? ['/order'] : []), '/openapi.json', '/asyncapi.json', '/docs'])
     app.all(path, methodNotAllowed('GET, HEAD'));
   app.use((_req, res) => {
     res.status(404).json({ error: 'not found' });
   });
   app.use(errorMiddleware(logger));
   return app;
+}
+
+/**
+ * Whose order it is: the token's user (`caller`), which a body's `userId` may repeat but not
+ * change (403); with auth off, the body's, which it must then name.
+ */
+function orderingUser(caller: Caller | undefined, userId: string | undefined): string {
+  if (caller === undefined) {
+    if (userId === undefined) throw new ValidationError('userId is required', { field: 'userId' });
+    return userId;
+  }
+  if (userId !== undefined && userId !== caller.userId)
+    throw new ForbiddenError("userId must be the token's own user: orders are placed for the caller only", {
+      field: 'userId',
+    });
+  return caller.userId;
 }
 
 function parse<S extends z.ZodType>(schema: S, value: unknown, where: 'body' | 'query'): z.output<S> {

@@ -1,5 +1,5 @@
 import { OrderCreated } from '@msa/stream-kit/events';
-import { chassisRoutes, ErrorBody, type HttpRoute } from '@msa/stream-kit/service';
+import { authAnswers, chassisRoutes, ErrorBody, type HttpRoute } from '@msa/stream-kit/service';
 import { z } from 'zod';
 
 /*
@@ -13,9 +13,12 @@ const DECIMAL = /^\d+(\.\d{1,2})?$/;
 const PRICE_MESSAGE = 'must be a positive number with at most 2 decimals';
 const PRICE_LIMIT = 'must be at most 1000000000000';
 
-/** An order as `POST /orders` takes it: these three fields, and no other. */
+/**
+ * An order as `POST /orders` takes it: these three fields, and no other. `userId` may be left out
+ * when the caller has a token: the order is its user's.
+ */
 export const OrderBody = z.strictObject({
-  userId: OrderCreated.shape.userId,
+  userId: OrderCreated.shape.userId.optional(),
   productId: OrderCreated.shape.productId,
   price: z
     .number(PRICE_MESSAGE)
@@ -27,6 +30,7 @@ export const OrderBody = z.strictObject({
 /** The tutorial's `GET /order`: every value arrives as a string; other parameters are ignored. */
 export const OrderQuery = z.object({
   ...OrderBody.shape,
+  userId: OrderCreated.shape.userId,
   price: z
     .string(PRICE_MESSAGE)
     .trim()
@@ -38,9 +42,9 @@ export const OrderQuery = z.object({
 /** Printable ASCII, as the header may carry it: a UUID or any other client-chosen token. */
 export const IDEMPOTENCY_KEY = /^[\x20-\x7e]{1,255}$/;
 
-/** `GET /orders?userId=`: a user's orders, a page at a time. */
+/** `GET /orders?userId=`: a user's orders (the token's user's, if left out), a page at a time. */
 export const OrdersQuery = z.object({
-  userId: OrderCreated.shape.userId,
+  userId: OrderCreated.shape.userId.optional(),
   limit: z.coerce
     .number('must be a whole number from 1 to 100')
     .int('must be a whole number from 1 to 100')
@@ -91,15 +95,21 @@ export const routes: readonly HttpRoute[] = [
       'Idempotency-Key': z.string().regex(IDEMPOTENCY_KEY).optional(),
     }),
     body: OrderBody,
+    auth: true,
     answers: {
       202: {
         description: 'Accepted: published; `Location` is `/orders/{orderId}`.',
         body: z.object({ orderId: z.string() }),
       },
       400: refused('A field, the body or the Idempotency-Key is invalid; `field` names it.'),
+      ...authAnswers,
+      403: refused("The body's userId is not the token's user."),
       409: refused('The Idempotency-Key was used for another order.'),
       413: refused('The body is over 16 kB.'),
       415: refused('The body is not JSON.'),
+      429: refused(
+        'Over a rate limit (RATE_LIMIT_PER_USER, RATE_LIMIT_PER_ADDRESS): `Retry-After` says in how many seconds to try again.',
+      ),
       503: unavailable,
     },
   },
@@ -107,10 +117,13 @@ export const routes: readonly HttpRoute[] = [
     method: 'get',
     path: '/order',
     summary: "The tutorial's way to place an order: its fields as query parameters.",
+    description:
+      'Open to anyone, for wire compatibility with the Java tutorial: it places orders for any user. Off with TUTORIAL_ENDPOINT=false.',
     query: OrderQuery,
     answers: {
       200: { description: 'Accepted: published.', contentType: 'text/plain' },
       400: refused('A parameter is invalid; `field` names it.'),
+      429: refused('Over a rate limit: `Retry-After` says in how many seconds to try again.'),
       503: unavailable,
     },
   },
@@ -118,13 +131,18 @@ export const routes: readonly HttpRoute[] = [
     method: 'get',
     path: '/orders',
     summary: "A user's orders, newest first, a page at a time.",
+    description:
+      "`userId` left out: the token's user. Another user's orders need the `orders:read-all` scope.",
     query: OrdersQuery,
+    auth: true,
     answers: {
       200: {
         description: 'A page; pass `nextCursor` as `cursor` for the next one.',
         body: z.object({ orders: z.array(OrderView), nextCursor: z.string().optional() }),
       },
       400: refused('A parameter is invalid; `field` names it.'),
+      ...authAnswers,
+      404: refused("Another user's, without the `orders:read-all` scope."),
       503: unavailable,
     },
   },
@@ -133,10 +151,14 @@ export const routes: readonly HttpRoute[] = [
     path: '/orders/{orderId}',
     summary: 'An order: its status and the history of its steps.',
     params: OrderIdParams,
+    auth: true,
     answers: {
       200: { description: 'The order.', body: OrderView },
       400: refused('The orderId is invalid.'),
-      404: refused('No such order (yet: the read model follows order-events within milliseconds).'),
+      ...authAnswers,
+      404: refused(
+        "No such order (yet: the read model follows order-events within milliseconds), or another user's without the `orders:read-all` scope.",
+      ),
       503: unavailable,
     },
   },

@@ -1,11 +1,13 @@
 import { createPublisher, subscribe } from '@msa/stream-kit';
 import { OrderEvents, PaymentEvents } from '@msa/stream-kit/events';
 import {
+  authenticate,
   closeServer,
   createMetrics,
   drained,
   gracefulShutdown,
   listen,
+  listenInternal,
   logDestination,
   logOptions,
   openRequestConnection,
@@ -16,6 +18,7 @@ import { createApp } from './app.ts';
 import { loadConfig, type Config } from './config.ts';
 import { orderMetrics } from './metrics.ts';
 import { redisOrders, type Orders } from './orders.ts';
+import { orderRateLimits } from './rate-limit.ts';
 import { liveReadModel, type ReadModel } from './read-model.ts';
 import { startPaymentTimeouts } from './timeouts.ts';
 
@@ -119,6 +122,11 @@ function startReadModel(model: ReadModel) {
   };
 }
 
+const auth = authenticate(config, 'order-service');
+if (auth === undefined)
+  logger.warn(
+    'AUTH_JWKS_URL and AUTH_SECRET are unset: the customer-facing routes are open, anyone may act as any user (development only; NODE_ENV=production refuses to start so)',
+  );
 const unavailable = () => Promise.reject(new Error('the live read model generation is not known yet'));
 const app = createApp({
   publisher,
@@ -133,6 +141,11 @@ const app = createApp({
     get: (orderId) => readModel?.orders.get(orderId) ?? unavailable(),
     ofUser: (...args) => readModel?.orders.ofUser(...args) ?? unavailable(),
   },
+  authenticate: auth,
+  limits: orderRateLimits(redis, config, logger.child({ component: 'rate-limit' })),
+  tutorialEndpoint: config.TUTORIAL_ENDPOINT,
+  trustProxy: config.TRUST_PROXY,
+  serveInternal: config.INTERNAL_PORT === undefined,
 });
 const server = await listen(app, {
   port: config.PORT,
@@ -143,6 +156,17 @@ const server = await listen(app, {
   logger.fatal({ err, host: config.HOST, port: config.PORT }, 'cannot listen');
   return drained(logs).then(() => process.exit(1));
 });
+// With INTERNAL_PORT, /healthz, /readyz and /metrics are served there alone.
+const internal = await listenInternal(config, {
+  service: 'order-service',
+  instance: config.INSTANCE_ID,
+  redis,
+  metrics,
+  logger: logger.child({ component: 'http' }),
+}).catch((err: unknown) => {
+  logger.fatal({ err, host: config.INTERNAL_HOST, port: config.INTERNAL_PORT }, 'cannot listen');
+  return drained(logs).then(() => process.exit(1));
+});
 logger.info({ host: config.HOST, port: config.PORT }, 'order-service listening');
 
 // HTTP first, so no request arrives to find the publisher closed; then the read model (timeouts
@@ -151,7 +175,7 @@ logger.info({ host: config.HOST, port: config.PORT }, 'order-service listening')
 const shutdown = gracefulShutdown(
   logger,
   [
-    () => closeServer(server),
+    () => Promise.all([closeServer(server), internal && closeServer(internal)]),
     async () => {
       stopping = true;
       await (await readModelStarted)?.close();

@@ -1,7 +1,8 @@
 import { createServer, type Server } from 'node:http';
 import { deflateSync, gzipSync } from 'node:zlib';
 import { createPublisher, type Publisher } from '@msa/stream-kit';
-import { openRequestConnection } from '@msa/stream-kit/service';
+import { authenticate, openRequestConnection, READ_ALL_SCOPE, signToken } from '@msa/stream-kit/service';
+import { SignJWT } from 'jose';
 import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -23,7 +24,11 @@ let appRedis: Redis;
 let publisher: Publisher;
 let server: Server;
 let baseUrl: string;
+/** The same app with auth on (AUTH_SECRET), for the properties of tokens. */
+let authServer: Server;
+let authBaseUrl: string;
 const logger = pino({ level: 'silent' });
+const SECRET = 'the-property-test-secret-of-32-characters';
 
 beforeAll(async () => {
   redisServer = await startRedisServer();
@@ -35,10 +40,24 @@ beforeAll(async () => {
   );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   baseUrl = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  authServer = createServer(
+    createApp({
+      publisher,
+      redis: appRedis,
+      logger,
+      instance: 'test-auth',
+      orders: ordersOn(appRedis),
+      authenticate: authenticate({ AUTH_SECRET: SECRET }, 'order-service'),
+    }),
+  );
+  await new Promise<void>((resolve) => authServer.listen(0, '127.0.0.1', resolve));
+  authBaseUrl = `http://127.0.0.1:${(authServer.address() as { port: number }).port}`;
 });
 afterAll(async () => {
-  server?.closeAllConnections();
-  await new Promise((resolve) => server?.close(resolve));
+  for (const open of [server, authServer]) {
+    open?.closeAllConnections();
+    await new Promise((resolve) => open?.close(resolve));
+  }
   await publisher?.close();
   await appRedis?.quit();
   await redis?.quit();
@@ -458,6 +477,192 @@ describe('the HTTP API, under generated requests', () => {
         else expect(result.status).toBe(409);
       }),
       { numRuns: 500 },
+    );
+  });
+});
+
+describe('the HTTP API with auth on, under generated tokens and headers', () => {
+  const USERS = ['alice', 'bob', 'carol'] as const;
+  /** An Authorization header, and whom it verifiably speaks for (none: it must be refused). */
+  interface Credential {
+    what: string;
+    header?: string;
+    user?: string;
+    readAll?: boolean;
+  }
+  const credentials: Credential[] = [];
+  /** An order of alice's and one of bob's, projected into the read model. */
+  const orderOf = new Map<string, string>();
+
+  beforeAll(async () => {
+    const part = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
+    const now = Math.floor(Date.now() / 1000);
+    for (const user of USERS) {
+      const token = await signToken(SECRET, { userId: user });
+      credentials.push({ what: `${user}'s token`, header: `Bearer ${token}`, user });
+      credentials.push({ what: `${user}'s token, lowercase scheme`, header: `bearer ${token}`, user });
+      credentials.push({
+        what: `${user}'s support token`,
+        header: `Bearer ${await signToken(SECRET, { userId: user, scopes: [READ_ALL_SCOPE] })}`,
+        user,
+        readAll: true,
+      });
+      credentials.push({
+        what: `${user}'s token with another scope`,
+        header: `Bearer ${await signToken(SECRET, { userId: user, scopes: ['orders:read'] })}`,
+        user,
+      });
+      const [head, , signature] = token.split('.');
+      for (const other of USERS.filter((u) => u !== user))
+        credentials.push({
+          what: `${user}'s signature under ${other}'s claims`,
+          header: `Bearer ${head}.${part({ sub: other, exp: now + 3_600, scope: READ_ALL_SCOPE })}.${signature}`,
+        });
+      credentials.push({
+        what: `${user}'s token signed with another secret`,
+        header: `Bearer ${await signToken(`${SECRET}-other`, { userId: user })}`,
+      });
+      credentials.push({
+        what: `${user}'s expired token`,
+        header: `Bearer ${await new SignJWT({ sub: user, exp: now - 600 })
+          .setProtectedHeader({ alg: 'HS256' })
+          .sign(new TextEncoder().encode(SECRET))}`,
+      });
+      credentials.push({
+        what: `${user}'s unsigned token`,
+        header: `Bearer ${part({ alg: 'none' })}.${part({ sub: user, exp: now + 3_600 })}.`,
+      });
+      credentials.push({ what: `${user}'s token, Basic`, header: `Basic ${token}` });
+    }
+    credentials.push({ what: 'no header' });
+    // Both users' orders, placed with their tokens and projected as the read model's projection would.
+    for (const user of ['alice', 'bob']) {
+      const res = await fetch(`${authBaseUrl}/orders`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Bearer ${await signToken(SECRET, { userId: user })}`,
+        },
+        body: JSON.stringify({ productId: 'p1', price: 10 }),
+      });
+      const { orderId } = (await res.json()) as { orderId: string };
+      const [entry] = (await newEntries()).filter((fields) => fields.orderId === orderId);
+      const [stored] = (await redis.xrange('order-events', '-', '+')).filter(([, flat]) =>
+        flat.includes(orderId),
+      );
+      const id = stored![0];
+      expect(entry?.userId).toBe(user);
+      await ordersOn(appRedis).orderEventsHandler(
+        { type: 'order-created', orderId, userId: user, productId: 'p1', price: 10 },
+        { id, stream: 'order-events', group: 'g', consumer: 'c', deliveryCount: 1, stillHeld: () => true },
+      );
+      orderOf.set(user, orderId);
+    }
+  });
+
+  const credential = fc.oneof(
+    {
+      weight: 6,
+      arbitrary: fc.integer({ min: 0, max: 1_000 }).map((i) => credentials[i % credentials.length]!),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .string({ unit: headerChar, maxLength: 60 })
+        .map((text): Credential => ({ what: 'a generated header', header: text })),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .stringMatching(/^[A-Za-z0-9_-]{0,40}(\.[A-Za-z0-9_-]{0,40}){0,3}$/)
+        .map((text): Credential => ({ what: 'a generated bearer', header: `Bearer ${text}` })),
+    },
+  );
+  const named = fc.constantFrom<string | undefined>(undefined, 'alice', 'bob', 'carol', ' alice ', 'mallory');
+  const request = fc.oneof(
+    fc.record({
+      method: fc.constant('POST' as const),
+      userId: named,
+      body: fc.oneof(
+        { weight: 4, arbitrary: fc.constant(undefined) },
+        { weight: 1, arbitrary: nearValidBody },
+      ),
+    }),
+    fc.record({ method: fc.constant('GET' as const), userId: named, list: fc.constant(true) }),
+    fc.record({
+      method: fc.constant('GET' as const),
+      orderOfUser: fc.constantFrom('alice', 'bob', 'nobody'),
+      list: fc.constant(false),
+    }),
+  );
+
+  it('never answers 5xx, never accepts an unverified token, and never lets a caller act as or read another user', async () => {
+    await fc.assert(
+      fc.asyncProperty(credential, request, async (cred, req) => {
+        const headers: Record<string, string> =
+          cred.header === undefined ? {} : { authorization: cred.header };
+        let path: string;
+        let body: string | undefined;
+        if (req.method === 'POST') {
+          path = '/orders';
+          headers['content-type'] = 'application/json';
+          body =
+            req.body ??
+            JSON.stringify(
+              req.userId === undefined
+                ? { productId: 'p', price: 5 }
+                : { userId: req.userId, productId: 'p', price: 5 },
+            );
+        } else if ('list' in req && req.list && 'userId' in req) {
+          path = req.userId === undefined ? '/orders' : `/orders?userId=${encodeURIComponent(req.userId)}`;
+        } else {
+          const owner = (req as { orderOfUser: string }).orderOfUser;
+          path = `/orders/${orderOf.get(owner) ?? 'no-such-order'}`;
+        }
+        let response: Response;
+        try {
+          response = await fetch(`${authBaseUrl}${path}`, { method: req.method, headers, body });
+        } catch (err) {
+          // A header fetch itself will not send (a character it refuses): nothing to check.
+          if (
+            err instanceof TypeError &&
+            /header/i.test(String((err as { cause?: unknown }).cause ?? err.message))
+          )
+            return;
+          throw err;
+        }
+        const text = await response.text();
+        const entries = await newEntries();
+        const context = `${cred.what} ${req.method} ${path} ${body ?? ''} → ${response.status} ${text.slice(0, 200)}`;
+
+        expect(response.status, context).toBeLessThan(500);
+        if (cred.user === undefined) {
+          expect(response.status, context).toBe(401);
+          expect(response.headers.get('www-authenticate'), context).toMatch(/^Bearer realm="order-service"/);
+          expect(entries, context).toEqual([]);
+          return;
+        }
+        if (response.status >= 300) {
+          expect(entries, context).toEqual([]);
+          return;
+        }
+        if (req.method === 'POST') {
+          // Placed: for the token's user, whatever the body said.
+          expect(
+            entries.map((entry) => entry.userId),
+            context,
+          ).toEqual([cred.user]);
+        } else if (path.startsWith('/orders?') || path === '/orders') {
+          const { orders } = JSON.parse(text) as { orders: { userId: string }[] };
+          const asked = 'userId' in req && req.userId !== undefined ? req.userId.trim() : cred.user;
+          expect(asked === cred.user || cred.readAll, context).toBe(true);
+          for (const order of orders) expect(order.userId, context).toBe(asked);
+        } else {
+          const order = JSON.parse(text) as { userId: string };
+          expect(order.userId === cred.user || cred.readAll, context).toBe(true);
+        }
+      }),
+      { numRuns: 800 },
     );
   });
 });

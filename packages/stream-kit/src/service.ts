@@ -19,8 +19,21 @@ export {
 } from './service/env.ts';
 export type { LogDestination } from './service/env.ts';
 export {
+  authenticate,
+  authEnv,
+  callerOf,
+  checkAuthEnv,
+  mayRead,
+  READ_ALL_SCOPE,
+  signToken,
+} from './service/auth.ts';
+export type { AuthEnv, Caller, TokenClaims } from './service/auth.ts';
+export {
   ConflictError,
   errorMiddleware,
+  ForbiddenError,
+  TooManyRequestsError,
+  UnauthorizedError,
   jsonBody,
   methodNotAllowed,
   UnavailableError,
@@ -29,9 +42,11 @@ export {
 export { closeServer, listen, malformedQueryParameter } from './service/http.ts';
 export type { ListenOptions } from './service/http.ts';
 export { healthzHandler, readinessHandler } from './service/readiness.ts';
+export { internalEnv, internalRoutes, listenInternal } from './service/internal.ts';
+export type { InternalDeps } from './service/internal.ts';
 export { drained, gracefulShutdown } from './service/shutdown.ts';
 export { createMetrics } from './service/metrics.ts';
-export { chassisRoutes, ErrorBody } from './service/contract.ts';
+export { authAnswers, chassisRoutes, ErrorBody } from './service/contract.ts';
 export { startTracing, traceRequests } from './service/tracing.ts';
 export type { Tracing } from './service/tracing.ts';
 export type { HttpAnswer, HttpRoute } from './service/contract.ts';

@@ -31,6 +31,8 @@ export interface HttpRoute {
   /** The JSON body: the schema the route parses it with. */
   readonly body?: z.ZodType;
   readonly answers: Readonly<Record<number, HttpAnswer>>;
+  /** It wants `Authorization: Bearer <JWT>` when auth is on (`authenticate`). */
+  readonly auth?: boolean;
 }
 
 /** What `errorMiddleware` and the routes answer a request they refuse with. */
@@ -38,6 +40,15 @@ export const ErrorBody = z.object({
   error: z.string().meta({ description: 'What is wrong, for a person to read.' }),
   field: z.string().optional().meta({ description: 'The field, parameter or header at fault.' }),
 });
+
+/** The answers of a route that wants a token (`auth: true`), besides its own. */
+export const authAnswers = {
+  401: {
+    description:
+      'No valid token: missing, malformed, expired, not yet valid, badly signed, or for another issuer or audience. `WWW-Authenticate: Bearer` says why.',
+    body: ErrorBody,
+  },
+} as const satisfies Record<number, HttpAnswer>;
 
 const Readiness = z.discriminatedUnion('status', [
   z.object({ status: z.literal('ready') }),

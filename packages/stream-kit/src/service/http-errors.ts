@@ -29,6 +29,40 @@ export class ValidationError extends InputError {}
  */
 export class ConflictError extends InputError {}
 
+/**
+ * The caller may not do this, whoever it is (a body naming another user than the token's):
+ * `errorMiddleware` answers 403 `{error: message, field}`. Nothing is logged. A read of another
+ * user's data is a 404 instead, so that IDs cannot be probed.
+ */
+export class ForbiddenError extends InputError {}
+
+/**
+ * No verified caller (`authenticate`): `errorMiddleware` answers 401 `{error: message, field:
+ * 'Authorization'}` with `WWW-Authenticate: challenge`. `message` is a fixed phrase: never the token.
+ */
+export class UnauthorizedError extends Error {
+  constructor(
+    message: string,
+    /** The `WWW-Authenticate` header: `Bearer realm="...", error="invalid_token", ...`. */
+    readonly challenge: string,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** Over a rate limit: `errorMiddleware` answers 429 `{error: message}` with `Retry-After`. */
+export class TooManyRequestsError extends Error {
+  constructor(
+    message: string,
+    /** Whole seconds until a request may succeed: `Retry-After`. */
+    readonly retryAfterS: number,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
 /** A request body in a format the route does not read: `errorMiddleware` answers 415. */
 class UnsupportedMediaTypeError extends InputError {}
 
@@ -131,6 +165,8 @@ export interface ErrorResponse {
  * pass to `next`) the named errors above, and this alone decides the answer.
  *
  * - `ValidationError` → 400 `{error, field}`; `ConflictError` → 409 `{error, field}`;
+ * - `UnauthorizedError` → 401 `{error, field: 'Authorization'}` with `WWW-Authenticate`;
+ *   `ForbiddenError` → 403 `{error, field}`; `TooManyRequestsError` → 429 `{error}` with `Retry-After`;
  * - a body that is not JSON where `jsonBody()` wants it → 415 `{error, field: 'content-type'}`;
  * - a method a known path does not serve (`methodNotAllowed`) → 405 `{error}` with `Allow`;
  * - a body that Express's body parser could not read (malformed JSON, too large, a bad
@@ -153,6 +189,14 @@ export function errorMiddleware(logger: Logger) {
     const bodyError = bodyParserError(err);
     if (err instanceof ValidationError) {
       res.status(400).json({ error: err.message, field: err.field });
+    } else if (err instanceof UnauthorizedError) {
+      res.setHeader('WWW-Authenticate', err.challenge);
+      res.status(401).json({ error: err.message, field: 'Authorization' });
+    } else if (err instanceof ForbiddenError) {
+      res.status(403).json({ error: err.message, field: err.field });
+    } else if (err instanceof TooManyRequestsError) {
+      res.setHeader('Retry-After', String(err.retryAfterS));
+      res.status(429).json({ error: err.message });
     } else if (err instanceof ConflictError) {
       res.status(409).json({ error: err.message, field: err.field });
     } else if (err instanceof UnsupportedMediaTypeError) {
