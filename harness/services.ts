@@ -28,8 +28,9 @@ export function packageDir(name: ServiceName): string {
 }
 
 /** Spawns `node --import tsx src/main.ts` in the service's package; resolves once it exits. */
-export function spawnService(name: ServiceName, env: Record<string, string>): ChildProcess {
-  // Tests place orders by the hundred from one address: no rate limits unless a test sets them.
+export function spawnService(name: ServiceName, env: ServiceEnv): ChildProcess {
+  // Tests place orders by the hundred from one address: no rate limits unless a test sets them
+  // (undefined: as shipped).
   return spawnEntry(packageDir(name), 'src/main.ts', {
     RATE_LIMIT_PER_USER: '0',
     RATE_LIMIT_PER_ADDRESS: '0',
@@ -37,11 +38,16 @@ export function spawnService(name: ServiceName, env: Record<string, string>): Ch
   });
 }
 
+/** A process's environment over this one's; a variable set to undefined is left unset. */
+export type ServiceEnv = Record<string, string | undefined>;
+
 /** Spawns `node --import tsx <entry>` in `cwd`, killed when the test run exits. */
-export function spawnEntry(cwd: string, entry: string, env: Record<string, string>): ChildProcess {
+export function spawnEntry(cwd: string, entry: string, env: ServiceEnv): ChildProcess {
+  const merged: ServiceEnv = { ...process.env, LOG_LEVEL: 'info', ...env };
+  for (const [name, value] of Object.entries(merged)) if (value === undefined) delete merged[name];
   const child = spawn(process.execPath, ['--import', 'tsx', entry], {
     cwd,
-    env: { ...process.env, LOG_LEVEL: 'info', ...env },
+    env: merged,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.add(child);
@@ -56,11 +62,15 @@ export function exitOf(child: ChildProcess): Promise<number | null> {
 
 export async function startService(
   name: ServiceName,
-  env: { REDIS_URL: string } & Record<string, string>,
+  env: { REDIS_URL: string } & ServiceEnv,
+  { healthPort }: { healthPort?: number } = {},
 ): Promise<RunningService> {
   // A PORT given in env (a service started again where it was) is waited on there.
   const port = Number(env.PORT) || (await freePort());
-  return { name, ...(await untilHealthy(spawnService(name, { ...env, PORT: String(port) }), port, name)) };
+  const child = spawnService(name, { ...env, PORT: String(port) });
+  // With INTERNAL_PORT, /healthz answers there: `healthPort`.
+  const handle = await untilHealthy(child, healthPort ?? port, name);
+  return { name, ...handle, url: `http://127.0.0.1:${port}` };
 }
 
 /** The handle of a process that listens on `port`, once its /healthz answers; stopped if it never does. */

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -26,11 +26,19 @@ export function devSecret(env: NodeJS.ProcessEnv, { create }: { create: boolean 
   const known = read();
   if (known !== undefined || !create) return known;
   mkdirSync(dirname(DEV_SECRET_FILE), { recursive: true });
+  // Written whole to a file of its own, then linked into place: two sessions starting at once
+  // keep one secret, the first linked, and neither reads a file half written.
+  const draft = `${DEV_SECRET_FILE}.${process.pid}`;
+  writeFileSync(draft, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
   try {
-    // `wx`: two sessions starting at once keep one secret, the first one written.
-    writeFileSync(DEV_SECRET_FILE, `${randomBytes(32).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 });
+    linkSync(draft, DEV_SECRET_FILE);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  } finally {
+    rmSync(draft, { force: true });
   }
-  return read();
+  const secret = read();
+  if (secret === undefined)
+    throw new Error(`${DEV_SECRET_FILE} is empty: delete it, and pnpm dev makes another`);
+  return secret;
 }

@@ -9,6 +9,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { launchBrowser } from '../harness/browser.ts';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
+import { READ_ALL_SCOPE, signToken } from '@msa/stream-kit/service';
 import { startBoard, startService, type RunningBoard, type RunningService } from '../harness/services.ts';
 import { waitFor } from '../harness/wait.ts';
 import { consumersOf, services, streams } from '../services.ts';
@@ -21,6 +22,8 @@ import { consumersOf, services, streams } from '../services.ts';
  */
 
 const TOKEN = 'a-token-for-the-browser-test';
+/** The services' AUTH_SECRET, which the board is given too. */
+const AUTH_SECRET = 'the-board-test-auth-secret-of-32-characters';
 const SHOTS = process.env.UPDATE_SCREENSHOTS
   ? fileURLToPath(new URL('../docs/board/', import.meta.url))
   : mkdtempSync(join(tmpdir(), 'board-shots-'));
@@ -38,10 +41,12 @@ beforeAll(async () => {
   mkdirSync(SHOTS, { recursive: true });
   redisServer = await startRedisServer();
   admin = new Redis(redisServer.url);
+  // With auth on, as pnpm dev runs them: the board signs its calls to order-service with the secret.
   for (const { name } of services)
-    running.set(name, await startService(name, { REDIS_URL: redisServer.url }));
+    running.set(name, await startService(name, { REDIS_URL: redisServer.url, AUTH_SECRET }));
   board = await startBoard({
     REDIS_URL: redisServer.url,
+    AUTH_SECRET,
     BOARD_TOKEN: TOKEN,
     ORDER_SERVICE_URL: running.get('order-service')!.url,
     BOARD_METRICS: [...running.values()].map((service) => `${service.name}=${service.url}/metrics`).join(','),
@@ -88,7 +93,10 @@ const groupCell = (stream: string, group: string, field: string) =>
 async function placeOrder(userId: string): Promise<string> {
   const res = await fetch(`${running.get('order-service')!.url}/orders`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: {
+      'content-type': 'application/json',
+      authorization: `Bearer ${await signToken(AUTH_SECRET, { userId })}`,
+    },
     body: JSON.stringify({ userId, productId: 'p-board', price: 12.5 }),
   });
   expect(res.status).toBe(202);
@@ -121,7 +129,7 @@ describe('the board in a browser', () => {
     const { port } = new URL(running.get('payment-service')!.url);
     running.set(
       'payment-service',
-      await startService('payment-service', { REDIS_URL: redisServer.url, PORT: port }),
+      await startService('payment-service', { REDIS_URL: redisServer.url, PORT: port, AUTH_SECRET }),
     );
 
     await waitFor(async () => (await groupCell(ORDERS, PAYMENT_GROUP, 'lag').textContent())?.trim() === '0', {
@@ -234,7 +242,12 @@ describe('the board in a browser', () => {
     // The overview after all of the above: rates, lag and run times in the charts.
     await page.mouse.wheel(0, -100_000);
     await page.screenshot({ path: join(SHOTS, 'overview.png') });
-    const order = (await (await fetch(`${running.get('order-service')!.url}/orders/${placed}`)).json()) as {
+    const support = await signToken(AUTH_SECRET, { userId: 'test', scopes: [READ_ALL_SCOPE] });
+    const order = (await (
+      await fetch(`${running.get('order-service')!.url}/orders/${placed}`, {
+        headers: { authorization: `Bearer ${support}` },
+      })
+    ).json()) as {
       status: string;
     };
     expect(order.status).toBe('PAID');

@@ -1,9 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { canConnect, freePort } from '../harness/net.ts';
 import { startRedisServer } from '../harness/redis-server.ts';
@@ -206,15 +207,27 @@ describe('pnpm dev', () => {
       const orderPort = ports[services.findIndex((service) => service.name === 'order-service')]!;
       const notificationPort =
         ports[services.findIndex((service) => service.name === 'notification-service')]!;
-      const placed = await fetch(`http://127.0.0.1:${orderPort}/orders`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ userId: 'dev-cluster', productId: 'p', price: 5 }),
-      });
-      expect(placed.status).toBe(202);
+      // As the banner says: a token from `pnpm token`, signed with the secret pnpm dev made or found.
+      expect(dev.output().stdout).toContain('TOKEN=$(pnpm -s token u1)');
+      const place = (headers: Record<string, string>) =>
+        fetch(`http://127.0.0.1:${orderPort}/orders`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...headers },
+          body: JSON.stringify({ productId: 'p', price: 5 }),
+        });
+      expect((await place({})).status).toBe(401);
+      const { stdout: token } = await promisify(execFile)(
+        process.execPath,
+        ['--import', 'tsx', 'scripts/token.ts', 'dev-cluster'],
+        { cwd: ROOT, env: { ...process.env, AUTH_SECRET: '' } },
+      );
+      const authorization = `Bearer ${token.trim()}`;
+      expect((await place({ authorization })).status).toBe(202);
       await waitFor(
         async () => {
-          const res = await fetch(`http://127.0.0.1:${notificationPort}/notifications?userId=dev-cluster`);
+          const res = await fetch(`http://127.0.0.1:${notificationPort}/notifications`, {
+            headers: { authorization },
+          });
           const { notifications } = (await res.json()) as { notifications: unknown[] };
           return notifications.length === 2;
         },

@@ -49,9 +49,25 @@ const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8')) as
 const appServices = ['order-service', 'payment-service', 'notification-service'] as const;
 type AppService = (typeof appServices)[number];
 
-/** A value of compose's `environment`, as compose gives it when the variable is unset: `${X:-default}` is `default`. */
+/** What this test sets in the shell compose runs from: the variables compose requires (`${X:?...}`). */
+const COMPOSE_SHELL: Record<string, string> = {
+  AUTH_SECRET: 'the-image-test-secret-of-32-characters-or-more',
+};
+
+/**
+ * A value of compose's `environment` as compose interpolates it from `COMPOSE_SHELL`: `${X:-default}`
+ * is X or `default`, `${X:?message}` is X (compose refuses to start without it).
+ */
 function composeValue(value: string | number): string {
-  return String(value).replace(/\$\{\w+:-([^}]*)\}/g, (_, fallback: string) => fallback);
+  return String(value).replace(
+    /\$\{(\w+):([-?])((?:\$\([^)]*\)|[^}])*)\}/g,
+    (_, name: string, kind: string, rest: string) => {
+      const set = COMPOSE_SHELL[name];
+      if (set !== undefined) return set;
+      if (kind === '-') return rest;
+      throw new Error(`compose would refuse to start: ${name} is unset (${rest})`);
+    },
+  );
 }
 
 function composeService(name: string): ComposeService {
@@ -456,7 +472,7 @@ describe('the production image, replayed without Docker', () => {
       });
     // NODE_ENV=production, with compose's development secret: a token is needed, and one it signed does.
     expect((await place({})).status).toBe(401);
-    const secret = composeValue(composeService('order-service').environment!.AUTH_SECRET!);
+    const secret = COMPOSE_SHELL.AUTH_SECRET!;
     const response = await place({ authorization: `Bearer ${await signToken(secret, { userId })}` });
     expect(response.status).toBe(202);
     const { orderId } = (await response.json()) as { orderId: string };

@@ -9,7 +9,13 @@ import express from 'express';
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { startRedisServer, type RedisServer } from '../harness/redis-server.ts';
-import { groupOf, startService, type RunningService, type ServiceName } from '../harness/services.ts';
+import {
+  groupOf,
+  startService,
+  type RunningService,
+  type ServiceEnv,
+  type ServiceName,
+} from '../harness/services.ts';
 import { entryFields } from '../harness/streams.ts';
 import { createTestCertificates, startTlsRedisServer, type TestCertificates } from '../harness/tls.ts';
 import { parseSamples, sampleValue } from '../harness/metrics.ts';
@@ -76,7 +82,7 @@ function useStack(): Stack {
 /** Starts the three services, each with the environment `envOf` gives it, after stopping any running. */
 async function startServices(
   stack: Stack,
-  envOf: (name: ServiceName) => { REDIS_URL: string } & Record<string, string>,
+  envOf: (name: ServiceName) => { REDIS_URL: string } & ServiceEnv,
 ): Promise<void> {
   await stopServices(stack);
   const results = await Promise.allSettled(
@@ -211,7 +217,13 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
     await stack.admin.call('ACL', 'LOG', 'RESET');
     // A short claimIdleMs runs stream-kit's reclaim pass (XAUTOCLAIM, the idle-consumer script)
     // every 250 ms, so the flow below uses it too (ACL DRYRUN checks the rest, XCLAIM included).
-    await startServices(stack, (name) => ({ REDIS_URL: urlAs(name), CLAIM_IDLE_MS: '500' }));
+    // The rate limits as shipped (undefined), so that the flow counts orders in Redis too.
+    await startServices(stack, (name) => ({
+      REDIS_URL: urlAs(name),
+      CLAIM_IDLE_MS: '500',
+      RATE_LIMIT_PER_USER: undefined,
+      RATE_LIMIT_PER_ADDRESS: undefined,
+    }));
   });
 
   it('stores each password as a SHA-256 hash only, and keeps the default user off', () => {
@@ -466,6 +478,13 @@ describe('under redis/users.acl, each service logged in as its own user', () => 
         ['HMGET', 'order-service:idempotency:k1', 'bodyHash', 'orderId', 'entryId'],
         ['HSET', 'order-service:idempotency:k1', 'bodyHash', 'h', 'orderId', 'o1', 'entryId', '1-0'],
         ['EXPIRE', 'order-service:idempotency:k1', '86400'],
+        // The rate limits of orders (rate-limiter-flexible's script, and the commands in it).
+        ['EVALSHA', anySha, '1', 'order-service:rate:user:u1', '1', '60', '30', '60'],
+        ['EVAL', 'return 1', '1', 'order-service:rate:address:::1'],
+        ['SET', 'order-service:rate:user:u1', '0', 'EX', '60', 'NX'],
+        ['INCRBY', 'order-service:rate:address:127.0.0.1', '1'],
+        ['PTTL', 'order-service:rate:user:u1'],
+        ['EXPIRE', 'order-service:rate:user:u1', '60'],
         // The order read model: a projection of both streams, and the payment timeouts.
         ...consumer(ORDERS, ORDER_GROUP),
         ...consumer(PAYMENTS, ORDER_GROUP),

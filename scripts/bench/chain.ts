@@ -7,7 +7,8 @@
  * streams → record (RPUSH + SET) + XACK. Each chain has a redis-server of its
  * own, so that `INFO cpu` is its alone, and both carry the same open-loop HTTP load, taking turns.
  * Each process's part is printed beside the total, so that the next bottleneck is visible. The
- * load generator (this process, which also reads the services' logs) is not counted.
+ * load generator (this process, which also reads the services' logs) is not counted. Every order
+ * carries its user's bearer token, to both chains alike (the bare one ignores it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Agent } from 'node:http';
@@ -20,7 +21,7 @@ import { startRedisServer, type RedisServer } from '../../harness/redis-server.t
 import { exitOf, startService, type RunningService, type ServiceName } from '../../harness/services.ts';
 import { waitFor } from '../../harness/wait.ts';
 import { assertNodeProcess, cpuShares, cpuSpent, processCpuMs, redisCpuMs, type CpuShare } from './cpu.ts';
-import { poster, type Services } from './services-load.ts';
+import { BENCH_AUTH_ENV, bearerOf, poster, type Services } from './services-load.ts';
 import { now, offer, order, sleep, type BenchOptions, type Row } from './support.ts';
 
 const SECTION = '7. chain CPU per order';
@@ -167,10 +168,13 @@ async function startServicesChain(redisUrl: string, cluster?: RedisCluster): Pro
     const name: ServiceName = `${role}-service`;
     // As shipped and deployed (the Dockerfile's NODE_ENV, the default LOG_LEVEL info: a line per
     // order in order-service and payment-service, one per mail and SMS in notification-service):
-    // logging is part of what an order costs in production.
+    // logging is part of what an order costs in production. With NODE_ENV=production a service
+    // starts only with auth: the bench's secret, so order-service verifies each order's token. No
+    // rate limits: 400 orders a second from one address are far over the default ones.
     // prettier-ignore
     return startService(name, {
-      REDIS_URL: redisUrl, LOG_LEVEL: 'info', NODE_ENV: 'production', ...(cluster ? { REDIS_CLUSTER: 'true' } : {}),
+      REDIS_URL: redisUrl, LOG_LEVEL: 'info', NODE_ENV: 'production', ...BENCH_AUTH_ENV,
+      RATE_LIMIT_PER_USER: '0', RATE_LIMIT_PER_ADDRESS: '0', ...(cluster ? { REDIS_CLUSTER: 'true' } : {}),
     }).then(
       (service: RunningService) => ({
         role,
@@ -268,12 +272,28 @@ async function drain(chain: Chain, ms: number): Promise<void> {
   }
 }
 
+/** The 100 users of the orders (`order(n)`) and each one's `Bearer <token>`, signed with the bench's secret. */
+const bearersOfUsers = async (): Promise<ReadonlyMap<string, string>> =>
+  new Map(
+    await Promise.all(
+      Array.from({ length: 100 }, async (_, n) => {
+        const { userId } = order(n);
+        return [userId, await bearerOf(userId)] as const;
+      }),
+    ),
+  );
+
 /**
  * POSTs `rate × seconds` orders at `rate` a second (an open loop: each on its schedule, whatever
- * became of the ones before), and waits for every answer. Throws unless each was a 202. Resolves
- * to the rate achieved.
+ * became of the ones before), each with its user's token from `bearers`, and waits for every
+ * answer. Throws unless each was a 202. Resolves to the rate achieved.
  */
-async function drive(chain: Chain, rate: number, seconds: number): Promise<number> {
+async function drive(
+  chain: Chain,
+  bearers: ReadonlyMap<string, string>,
+  rate: number,
+  seconds: number,
+): Promise<number> {
   const total = Math.round(rate * seconds);
   const first = chain.placed;
   let answered = 0;
@@ -281,7 +301,7 @@ async function drive(chain: Chain, rate: number, seconds: number): Promise<numbe
   const achieved = await offer(rate, seconds, (n) => {
     // One of 100 users per order, as the other rows' orders: each user's sent log grows alike.
     const { userId, productId, price } = order(first + n);
-    chain.post(JSON.stringify({ userId, productId, price })).then(
+    chain.post(JSON.stringify({ userId, productId, price }), bearers.get(userId)).then(
       ({ status, text }) => {
         answered += 1;
         if (status !== 202) errors.push(`HTTP ${status} ${text}`);
@@ -319,12 +339,18 @@ interface Tally {
  * was drained before it began. The cost is the few ms of tail and idle polling after the last
  * send, which is the same for both chains.
  */
-async function measure(chain: Chain, tally: Tally, rate: number, seconds: number): Promise<void> {
+async function measure(
+  chain: Chain,
+  bearers: ReadonlyMap<string, string>,
+  tally: Tally,
+  rate: number,
+  seconds: number,
+): Promise<void> {
   await drain(chain, 15_000);
   chain.hangUpIdle();
   const before = await readCpu(chain);
   const began = now();
-  const achieved = await drive(chain, rate, seconds);
+  const achieved = await drive(chain, bearers, rate, seconds);
   await drain(chain, 15_000);
   const ms = now() - began;
   const spent = cpuSpent(before, await readCpu(chain));
@@ -406,8 +432,9 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
         { timeoutMs: 20_000, what: "the services' consumer groups" },
       );
 
+    const bearers = await bearersOfUsers();
     // The JIT counts calls: the first thousands of orders run slower and are not counted.
-    for (const chain of chains) await drive(chain, rate, warmUp);
+    for (const chain of chains) await drive(chain, bearers, rate, warmUp);
     // The two chains take turns, so that whatever else this shared machine does weighs on both.
     const tallies = chains.map((): Tally => ({
       orders: 0,
@@ -417,7 +444,7 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
       windows: [],
     }));
     for (let turn = 0; turn < turns; turn += 1)
-      for (const [i, chain] of chains.entries()) await measure(chain, tallies[i]!, rate, seconds);
+      for (const [i, chain] of chains.entries()) await measure(chain, bearers, tallies[i]!, rate, seconds);
     for (const chain of chains) await checkRecorded(chain);
 
     const [servicesCpu, bareCpu, clusterCpu] = tallies.map((tally) => cpuShares(tally.spent, tally.orders));
@@ -451,7 +478,7 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
         name: BARE,
         value: bareCpu!.perOrder,
         unit: 'ms',
-        note: `${sharesNote(bareCpu!.shares)}; Express 5 + ioredis, no guarantees, no logs; ${load(tallies[1]!)}`,
+        note: `${sharesNote(bareCpu!.shares)}; Express 5 + ioredis, no guarantees, no logs, no auth (the token sent, not read); ${load(tallies[1]!)}`,
       },
       {
         section: SECTION,
@@ -459,7 +486,7 @@ export async function chainRows(server: RedisServer, { quick }: BenchOptions): P
         value: servicesCpu!.perOrder,
         unit: 'ms',
         vs: [{ baseline: BARE, target: 1.5 }],
-        note: `${sharesNote(servicesCpu!.shares, bareCpu!.shares)}; as shipped, LOG_LEVEL=info; ${load(tallies[0]!)}${spread}`,
+        note: `${sharesNote(servicesCpu!.shares, bareCpu!.shares)}; as shipped, LOG_LEVEL=info, each order's HS256 JWT verified (AUTH_SECRET), rate limits off; ${load(tallies[0]!)}${spread}`,
       },
       {
         section: SECTION,

@@ -1,8 +1,10 @@
 /**
  * HTTP rows (section 5 of the issue): order-service's `POST /orders` under autocannon, beside a
  * bare Express 5 endpoint (`bare-express.ts`) that parses the same JSON and answers the same way
- * without touching Redis. Both are processes of their own, loaded alike: same body, same
- * connections, the same time in all.
+ * without touching Redis. Both are processes of their own, loaded alike: same body, same bearer
+ * token (order-service verifies it, as in production; the bare endpoint ignores it), same
+ * connections, the same time in all. A second order-service, on a Redis of its own, has its rate
+ * limits on but too high ever to refuse: the limiter's cost, beside the first one's figure.
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -10,12 +12,16 @@ import autocannon from 'autocannon';
 import { Redis } from 'ioredis';
 import { exitOf, startService, type RunningService } from '../../harness/services.ts';
 import { freePort, waitForPort } from '../../harness/net.ts';
-import type { RedisServer } from '../../harness/redis-server.ts';
+import { startRedisServer, type RedisServer } from '../../harness/redis-server.ts';
+import { BENCH_AUTH_ENV, bearerOf } from './services-load.ts';
 import { now, order, percentiles, type BenchOptions, type Row } from './support.ts';
 
 const SECTION = '5. HTTP';
 const BARE = 'bare Express 5 JSON POST (no Redis)';
 const ORDERS = 'order-service POST /orders';
+const LIMITED = 'order-service POST /orders, rate limits on (never reached)';
+/** The limited order-service's RATE_LIMIT_PER_USER and RATE_LIMIT_PER_ADDRESS: counted, never over. */
+const HIGH_LIMIT = 100_000_000;
 const CONNECTIONS = 50;
 /** The fewest requests in one run of autocannon: enough that its set-up and ending weigh little. */
 const SMALLEST_RUN = CONNECTIONS * 20;
@@ -39,11 +45,12 @@ const perSecond = (load: Load) => load.answered / (load.ms / 1_000);
 const running = new Set<autocannon.Instance>();
 
 /**
- * `amount` POSTs of BODY over CONNECTIONS connections. A fixed amount, not a duration: autocannon
- * then waits for every answer, so that none is cut off in flight and the answers can be counted
- * against what the server wrote. Throws if any answer was not a 2xx or any request failed.
+ * `amount` POSTs of BODY over CONNECTIONS connections, each with `authorization`. A fixed amount,
+ * not a duration: autocannon then waits for every answer, so that none is cut off in flight and
+ * the answers can be counted against what the server wrote. Throws if any answer was not a 2xx or
+ * any request failed.
  */
-function cannon(url: string, amount: number): Promise<Load> {
+function cannon(url: string, authorization: string, amount: number): Promise<Load> {
   return new Promise((resolve, reject) => {
     // autocannon's own histogram keeps whole milliseconds, one per run; these merge across runs.
     const latencies: number[] = [];
@@ -55,7 +62,7 @@ function cannon(url: string, amount: number): Promise<Load> {
       {
         url: `${url}/orders`,
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', authorization },
         body: BODY,
         connections: CONNECTIONS,
         amount,
@@ -89,7 +96,7 @@ function cannon(url: string, amount: number): Promise<Load> {
  * of the run before, and makes up for the time the runs before it fell short of (the first is
  * sized by the warm-up, when the JIT was still cold).
  */
-function endpoint(url: string, seconds: number, rounds: number) {
+function endpoint(url: string, authorization: string, seconds: number, rounds: number) {
   const total: Load = { answered: 0, ms: 0, latencies: [] };
   let rate = 0;
   let left = rounds;
@@ -97,12 +104,14 @@ function endpoint(url: string, seconds: number, rounds: number) {
     total,
     /** `runs` small runs; resolves to the requests they made, which `total` does not count. */
     async warmUp(runs: number): Promise<number> {
-      for (let run = 0; run < runs; run += 1) rate = perSecond(await cannon(url, SMALLEST_RUN));
+      for (let run = 0; run < runs; run += 1)
+        rate = perSecond(await cannon(url, authorization, SMALLEST_RUN));
       return runs * SMALLEST_RUN;
     },
     async round(): Promise<void> {
       const ms = (seconds * 1_000 - total.ms) / left;
-      const load = await cannon(url, Math.max(SMALLEST_RUN, Math.round((rate * ms) / 1_000)));
+      const amount = Math.max(SMALLEST_RUN, Math.round((rate * ms) / 1_000));
+      const load = await cannon(url, authorization, amount);
       left -= 1;
       rate = perSecond(load);
       total.answered += load.answered;
@@ -161,47 +170,82 @@ const latencyRow = (name: string, load: Load, more: Partial<Row> = {}): Row => {
 };
 
 export async function httpRows(server: RedisServer, options: BenchOptions): Promise<Row[]> {
-  // The two endpoints take turns, a few seconds each, so that whatever else this shared machine is
-  // doing weighs on both alike: only their ratio means anything.
+  // The endpoints take turns, a few seconds each, so that whatever else this shared machine is
+  // doing weighs on all alike: only their ratios mean anything.
   const rounds = options.quick ? 2 : 5;
   const seconds = options.quick ? 3.5 : 15;
+  // The rate-limited order-service has a Redis of its own, as the other one has: each projects its
+  // own orders alone, as one order-service would.
+  const limitedServer = await startRedisServer();
   // Bounded retries: if Redis is gone, the XLEN below fails at once and says why.
-  const redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
-  redis.on('error', () => {});
+  const redises = [server, limitedServer].map((each) => {
+    const redis = new Redis(each.url, { maxRetriesPerRequest: 1 });
+    redis.on('error', () => {});
+    return redis;
+  });
   let bare: Bare | undefined;
   let service: RunningService | undefined;
+  let limited: RunningService | undefined;
   try {
-    const [bareStart, serviceStart] = await Promise.allSettled([
+    // As deployed (docker-compose.yml, the Dockerfile): LOG_LEVEL info, the default, writes one
+    // `order accepted` line per order, and that cost belongs to what a real order costs. With
+    // NODE_ENV=production it starts only with auth: the bench's secret, and a token on every
+    // request. The rate limits given, as the defaults would refuse most of thousands of orders a
+    // second from one address: 0 (off), or HIGH_LIMIT (counted, never over).
+    const asDeployed = (redisUrl: string, limit: number) =>
+      startService('order-service', {
+        REDIS_URL: redisUrl,
+        LOG_LEVEL: 'info',
+        NODE_ENV: 'production',
+        ...BENCH_AUTH_ENV,
+        RATE_LIMIT_PER_USER: String(limit),
+        RATE_LIMIT_PER_ADDRESS: String(limit),
+      });
+    const [bareStart, serviceStart, limitedStart] = await Promise.allSettled([
       startBare(),
-      // As deployed (docker-compose.yml, the Dockerfile): LOG_LEVEL info, the default, writes one
-      // `order accepted` line per order, and that cost belongs to what a real order costs.
-      startService('order-service', { REDIS_URL: server.url, LOG_LEVEL: 'info', NODE_ENV: 'production' }),
+      asDeployed(server.url, 0),
+      asDeployed(limitedServer.url, HIGH_LIMIT),
     ]);
     if (bareStart.status === 'fulfilled') bare = bareStart.value;
     if (serviceStart.status === 'fulfilled') service = serviceStart.value;
-    if (bareStart.status === 'rejected') throw bareStart.reason;
-    if (serviceStart.status === 'rejected') throw serviceStart.reason;
+    if (limitedStart.status === 'fulfilled') limited = limitedStart.value;
+    for (const start of [bareStart, serviceStart, limitedStart])
+      if (start.status === 'rejected') throw start.reason;
 
-    const baseline = endpoint(bare!.url, seconds, rounds);
-    const orders = endpoint(service!.url, seconds, rounds);
-    const [last] = await redis.xrevrange('order-events', '+', '-', 'COUNT', 1);
-    const before = last?.[0] ?? '0-0';
-    // The JIT counts calls, not seconds: both servers' rates climb over their first few thousand
+    // One user's token for every request, the body's user: the bare endpoint gets it too, so
+    // that all three read requests of the same size.
+    const authorization = await bearerOf(userId);
+    const baseline = endpoint(bare!.url, authorization, seconds, rounds);
+    const orders = endpoint(service!.url, authorization, seconds, rounds);
+    const limitedOrders = endpoint(limited!.url, authorization, seconds, rounds);
+    const before = await Promise.all(
+      redises.map(
+        async (redis) => (await redis.xrevrange('order-events', '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0',
+      ),
+    );
+    // The JIT counts calls, not seconds: the servers' rates climb over their first few thousand
     // requests. Side by side, to save time: the warm-ups only warm and size the first round.
     const warmUpRuns = options.quick ? 3 : 10;
-    let [, accepted] = await Promise.all([baseline.warmUp(warmUpRuns), orders.warmUp(warmUpRuns)]);
+    const [, warmedUp, warmedUpLimited] = await Promise.all(
+      [baseline, orders, limitedOrders].map((each) => each.warmUp(warmUpRuns)),
+    );
     for (let round = 0; round < rounds; round += 1) {
       await baseline.round();
       await orders.round();
+      await limitedOrders.round();
     }
-    accepted += orders.total.answered;
+    const accepted = warmedUp! + orders.total.answered;
+    const acceptedLimited = warmedUpLimited! + limitedOrders.total.answered;
     // Every 202 says the order is in the stream: none may be missing, and none there twice. Only
     // order-created entries count: order-service cancels the orders nobody pays (no payment-service
     // runs here) once they time out, with an order-cancelled each.
-    const written = await ordersCreatedAfter(redis, before);
-    if (written !== accepted) {
-      throw new Error(`order-service answered 202 to ${accepted} orders, but order-events got ${written}`);
-    }
+    const written = await Promise.all(redises.map((redis, i) => ordersCreatedAfter(redis, before[i]!)));
+    if (written[0] !== accepted)
+      throw new Error(`${ORDERS} answered 202 to ${accepted} orders, but order-events got ${written[0]}`);
+    if (written[1] !== acceptedLimited)
+      throw new Error(
+        `${LIMITED} answered 202 to ${acceptedLimited} orders, but order-events got ${written[1]}`,
+      );
 
     const load = `${CONNECTIONS} connections, ${seconds} s in ${rounds} turns`;
     // A closed loop: each connection sends its next request once answered, so the wait in the
@@ -213,7 +257,7 @@ export async function httpRows(server: RedisServer, options: BenchOptions): Prom
         name: BARE,
         value: perSecond(baseline.total),
         unit: 'per second',
-        note: `${load}, alternating with order-service`,
+        note: `${load}, alternating with both order-services; the same bearer token sent, not read`,
       },
       {
         section: SECTION,
@@ -221,15 +265,29 @@ export async function httpRows(server: RedisServer, options: BenchOptions): Prom
         value: perSecond(orders.total),
         unit: 'per second',
         vs: [{ baseline: BARE, target: 0.8 }],
-        note: `${load}; LOG_LEVEL=info; all ${accepted} orders found in order-events`,
+        note:
+          `${load}; LOG_LEVEL=info; NODE_ENV=production, each request's HS256 JWT verified (AUTH_SECRET); ` +
+          `rate limits off; all ${accepted} orders found in order-events`,
+      },
+      {
+        section: SECTION,
+        name: LIMITED,
+        value: perSecond(limitedOrders.total),
+        unit: 'per second',
+        vs: [{ baseline: ORDERS }, { baseline: BARE }],
+        note:
+          `as "${ORDERS}", but RATE_LIMIT_PER_USER and RATE_LIMIT_PER_ADDRESS ${HIGH_LIMIT.toLocaleString('en')} ` +
+          `per 60 s: each order counted for its user and its address in Redis, none refused; on a Redis ` +
+          `of its own; all ${acceptedLimited} orders found in order-events`,
       },
       latencyRow(`${BARE}, latency`, baseline.total, { note: busy }),
       latencyRow(`${ORDERS}, latency`, orders.total, { vs: [{ baseline: `${BARE}, latency` }], note: busy }),
     ];
   } finally {
     for (const instance of running) instance.stop();
-    await Promise.all([bare?.stop(), service?.stop()]);
-    redis.disconnect();
+    await Promise.all([bare?.stop(), service?.stop(), limited?.stop()]);
+    for (const redis of redises) redis.disconnect();
+    await limitedServer.stop();
   }
 }
 

@@ -6,11 +6,30 @@ import { Agent, request as httpRequest } from 'node:http';
 import { Redis } from 'ioredis';
 import { sentLogKey } from '@msa/notification-service';
 import { paymentKey } from '@msa/payment-service';
+import { signToken } from '@msa/stream-kit/service';
 import { startService, type RunningService } from '../../harness/services.ts';
 import { now, offer, percentiles, sleep } from './support.ts';
 
 const SENT_KEY = sentLogKey('');
 const PAYMENT_KEY = paymentKey('');
+
+/**
+ * Auth for the services a bench starts with NODE_ENV=production, as deployed: without a secret
+ * (or a JWKS URL) order-service and notification-service refuse to start, and with one every
+ * `POST /orders` needs a bearer token (`bearerOf`). A fixed HS256 secret of the bench's own; the
+ * JWKS URL, issuer and audience set empty (unset, to the services), so that none from the shell
+ * changes what is measured.
+ */
+export const BENCH_AUTH_ENV = {
+  AUTH_SECRET: 'pnpm-bench-hs256-secret-not-for-production',
+  AUTH_JWKS_URL: '',
+  AUTH_ISSUER: '',
+  AUTH_AUDIENCE: '',
+};
+
+/** `Bearer <token>` for `userId`, signed with the bench's secret: valid for an hour, longer than a full run. */
+export const bearerOf = async (userId: string) =>
+  `Bearer ${await signToken(BENCH_AUTH_ENV.AUTH_SECRET, { userId })}`;
 
 /**
  * One run of orders at a rate. Each order has a user of its own, `<tag>:<n>`, so that a write to
@@ -86,8 +105,11 @@ export class Probe {
 }
 
 export interface Services {
-  /** POST /orders; `at` is when the answer's head arrived. */
-  post(body: string): Promise<{ status: number; at: number; text: string }>;
+  /**
+   * POST /orders, with an `Authorization` header when `authorization` is given; `at` is when the
+   * answer's head arrived.
+   */
+  post(body: string, authorization?: string): Promise<{ status: number; at: number; text: string }>;
   all: RunningService[];
   /** Stops every service and drops the client's connections. */
   stop(): Promise<void>;
@@ -102,9 +124,17 @@ export interface Services {
  * (`request.reusedSocket`).
  */
 export function poster(url: string, agent: Agent): Services['post'] {
-  const post = (body: string, retried: boolean): ReturnType<Services['post']> =>
+  const post = (
+    body: string,
+    authorization: string | undefined,
+    retried: boolean,
+  ): ReturnType<Services['post']> =>
     new Promise((resolve, reject) => {
-      const headers = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+      const headers = {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(body),
+        ...(authorization === undefined ? {} : { authorization }),
+      };
       const request = httpRequest(url, { method: 'POST', agent, headers }, (response) => {
         const at = now();
         let text = '';
@@ -114,17 +144,19 @@ export function poster(url: string, agent: Agent): Services['post'] {
         response.on('error', reject);
       });
       request.on('error', (err: NodeJS.ErrnoException) => {
-        if (!retried && request.reusedSocket && err.code === 'ECONNRESET') resolve(post(body, true));
+        if (!retried && request.reusedSocket && err.code === 'ECONNRESET')
+          resolve(post(body, authorization, true));
         else reject(err);
       });
       request.end(body);
     });
-  return (body) => post(body, false);
+  return (body, authorization) => post(body, authorization, false);
 }
 
 export async function startServices(url: string): Promise<Services> {
   // LOG_LEVEL info, as startService sets it: the services' own default, so each order is logged
-  // as it would be in production.
+  // as it would be in production. Neither NODE_ENV=production nor AUTH_SECRET: auth is off, and
+  // the orders go without a token.
   const started = await Promise.allSettled(
     (['order-service', 'payment-service', 'notification-service'] as const).map((name) =>
       startService(name, { REDIS_URL: url, LOG_LEVEL: 'info' }),

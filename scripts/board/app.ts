@@ -98,6 +98,11 @@ export function createBoardApp({ redis, config, logger }: BoardAppDeps): { app: 
           const { error } = (await res.json()) as { error?: string };
           throw new BoardError(400, error ?? 'not an order id', 'id');
         }
+        if (res.status === 401 || res.status === 403)
+          throw new BoardError(
+            502,
+            "order-service refused the board's token: give the board the services' AUTH_SECRET, or an ORDER_SERVICE_TOKEN with the orders:read-all scope",
+          );
         if (!res.ok) throw unreachable();
         const { history, ...order } = (await res.json()) as OrderAnswer;
         return {

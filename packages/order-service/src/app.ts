@@ -144,8 +144,15 @@ export function createApp({
    * Places the order. Its IDs go on the request's access line, so that an order is one line; a
    * client that left before the answer has had its line already, and the order gets its own.
    */
-  async function accept(req: Request, res: Response, input: OrderInput, idempotencyKey?: string) {
-    await limits?.check(input.userId, req.ip);
+  async function accept(
+    req: Request,
+    res: Response,
+    input: OrderInput,
+    { idempotencyKey, open = false }: { idempotencyKey?: string | undefined; open?: boolean } = {},
+  ) {
+    // An open route's user is whoever the query names: its orders count for the address only, or
+    // anyone could spend another user's limit.
+    await limits?.check(open ? undefined : input.userId, req.ip);
     const { orderId, entryId, replayed } = await placeOrder(
       input,
       { publisher, redis: writes, metrics, replicated },
@@ -164,7 +171,7 @@ export function createApp({
 
   if (tutorialEndpoint)
     app.get('/order', async (req, res) => {
-      await accept(req, res, parseQuery(OrderQuery, req));
+      await accept(req, res, parseQuery(OrderQuery, req), { open: true });
       res.type('text/plain').send('ok');
     });
 
@@ -175,7 +182,7 @@ export function createApp({
     const idempotencyKey = idempotencyKeyOf(req);
     const { userId, ...order } = parse(OrderBody, jsonBody(req), 'body');
     const input = { ...order, userId: orderingUser(callerOf(res), userId) };
-    const orderId = await accept(req, res, input, idempotencyKey);
+    const orderId = await accept(req, res, input, { idempotencyKey });
     res
       .status(202)
       .location(`/orders/${encodeURIComponent(orderId)}`)

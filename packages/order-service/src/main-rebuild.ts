@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { logOptions, openRequestConnection } from '@msa/stream-kit/service';
 import { pino } from 'pino';
-import { loadConfig } from './config.ts';
+import { loadRebuildConfig } from './config.ts';
 import { rebuildReadModel } from './rebuild.ts';
 
 const USAGE = `usage: pnpm orders:rebuild [--no-switch] [--force]
@@ -27,7 +27,7 @@ try {
       help: { type: 'boolean', short: 'h' },
     },
   }));
-  config = loadConfig(process.env);
+  config = loadRebuildConfig(process.env);
 } catch (err) {
   console.error(`pnpm orders:rebuild: ${(err as Error).message}\n${USAGE}`);
   process.exit(2);

@@ -20,11 +20,12 @@ export interface RateLimitConfig {
 
 export interface OrderRateLimits {
   /**
-   * Counts an order of `userId` from `address` (Express's `req.ip`); throws `TooManyRequestsError`
+   * Counts an order of `userId` (undefined: a user nobody verified, not counted) from `address`
+   * (Express's `req.ip`); throws `TooManyRequestsError`
    * if either is over its limit. When Redis cannot count (away, too slow), the order goes on
    * uncounted: its publish, on the same Redis, decides; a limit must not turn a blip into an outage.
    */
-  check(userId: string, address: string | undefined): Promise<void>;
+  check(userId: string | undefined, address: string | undefined): Promise<void>;
 }
 
 /** How often a Redis that cannot count is logged, at most: it may be every request. */
@@ -52,7 +53,7 @@ export function orderRateLimits(
   return {
     async check(userId, address) {
       const [user, client] = await Promise.allSettled([
-        byUser?.consume(userId),
+        userId === undefined ? undefined : byUser?.consume(userId),
         address === undefined ? undefined : byAddress?.consume(clientOf(address)),
       ]);
       let retryMs = 0;

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startRedisServer, type RedisServer } from '../../../harness/redis-server.ts';
 import { entryFields } from '../../../harness/streams.ts';
 import { createApp } from '../src/app.ts';
+import { loadConfig } from '../src/config.ts';
 import { orderRateLimits } from '../src/rate-limit.ts';
 import { ordersOn } from './read-model.ts';
 
@@ -326,10 +327,18 @@ describe('the rate limits of orders, counted in Redis', () => {
     await request(two).post('/orders').set('authorization', alice).send(order).expect(202);
   });
 
-  it("counts the tutorial's GET /order too", async () => {
-    const limitedApp = limited(1, 0);
-    await request(limitedApp).get('/order?userId=u1&productId=p1&price=10').expect(200);
-    await request(limitedApp).get('/order?userId=u1&productId=p1&price=10').expect(429);
+  it("counts the tutorial's open GET /order for its address, but not against the user it names (anyone may name anyone)", async () => {
+    const limitedApp = limited(1, 2);
+    await request(limitedApp).get('/order?userId=alice&productId=p1&price=10').expect(200);
+    await request(limitedApp).get('/order?userId=alice&productId=p1&price=10').expect(200);
+    await request(limitedApp).get('/order?userId=alice&productId=p1&price=10').expect(429);
+
+    // alice's own limit is whole: only the address's is spent.
+    await request(limited(1, 0))
+      .post('/orders')
+      .set('authorization', await bearer('alice'))
+      .send(order)
+      .expect(202);
   });
 
   it('lets orders through, uncounted, when Redis cannot count: the publish decides', async () => {
@@ -361,5 +370,57 @@ describe('clientOf: the client an address stands for in the per-address limit', 
     expect(clientOf('2001:db8:1:2:3:4:5:6')).toBe('2001:db8:1:2::/64');
     expect(clientOf('2001:db8:1:2::ffff')).toBe(clientOf('2001:db8:1:2:3:4:5:6'));
     expect(clientOf('2001:db8:1:3::1')).not.toBe(clientOf('2001:db8:1:2::1'));
+  });
+});
+
+describe("order-service's auth and limit variables (loadConfig)", () => {
+  const production = { NODE_ENV: 'production' };
+  const jwks = { AUTH_JWKS_URL: 'https://id.example/.well-known/jwks.json' };
+  const refusal = (env: NodeJS.ProcessEnv) => {
+    try {
+      loadConfig(env);
+    } catch (err) {
+      return (err as Error).message;
+    }
+    return undefined;
+  };
+
+  it('refuses production without auth, naming AUTH_JWKS_URL', () => {
+    expect(refusal(production)).toMatch(/AUTH_JWKS_URL: required with NODE_ENV=production/);
+  });
+
+  it("refuses a JWKS in production without https, issuer and audience: a provider signs every application's tokens", () => {
+    expect(refusal({ ...production, AUTH_JWKS_URL: 'http://id.example/jwks' })).toMatch(
+      /AUTH_JWKS_URL: must be an https:\/\/ URL with NODE_ENV=production/,
+    );
+    const message = refusal({ ...production, ...jwks });
+    expect(message).toMatch(/AUTH_ISSUER: required with AUTH_JWKS_URL/);
+    expect(message).toMatch(/AUTH_AUDIENCE: required with AUTH_JWKS_URL/);
+    expect(
+      refusal({ ...production, ...jwks, AUTH_ISSUER: 'https://id.example/', AUTH_AUDIENCE: 'shop' }),
+    ).toBeUndefined();
+  });
+
+  it('takes an empty variable as unset for auth, but refuses an empty rate limit rather than read it as 0 (no limit)', () => {
+    expect(refusal({ ...production, AUTH_SECRET: '', AUTH_JWKS_URL: '' })).toMatch(/AUTH_JWKS_URL: required/);
+    expect(refusal({ RATE_LIMIT_PER_USER: '' })).toMatch(/RATE_LIMIT_PER_USER: must be a whole number/);
+    expect(refusal({ RATE_LIMIT_PER_ADDRESS: ' ' })).toMatch(
+      /RATE_LIMIT_PER_ADDRESS: must be a whole number/,
+    );
+    expect(loadConfig({ INTERNAL_PORT: '' }).INTERNAL_PORT).toBeUndefined();
+    expect(loadConfig({})).toMatchObject({
+      RATE_LIMIT_PER_USER: 30,
+      RATE_LIMIT_PER_ADDRESS: 300,
+      RATE_LIMIT_WINDOW_S: 60,
+    });
+  });
+
+  it('takes TRUST_PROXY as hops, addresses, subnets or names, and refuses true or a typo by name', () => {
+    expect(loadConfig({ TRUST_PROXY: '1' }).TRUST_PROXY).toBe(1);
+    expect(loadConfig({ TRUST_PROXY: 'loopback, 10.0.0.0/8, 2001:db8::1' }).TRUST_PROXY).toBe(
+      'loopback, 10.0.0.0/8, 2001:db8::1',
+    );
+    for (const value of ['true', 'TRUE', 'foo', '10.0.0.0/99', ''])
+      expect(refusal({ TRUST_PROXY: value }), value).toMatch(/TRUST_PROXY: must be a number of hops/);
   });
 });

@@ -642,6 +642,19 @@ describe('the HTTP API with auth on, under generated tokens and headers', () => 
           expect(entries, context).toEqual([]);
           return;
         }
+        // A verified caller gets what is theirs, and only that: the answer is known in advance,
+        // except for a generated body (its own rules are the other properties').
+        const readAll = cred.readAll === true;
+        const named = 'userId' in req && req.userId !== undefined ? req.userId.trim() : cred.user;
+        let expected: number | undefined;
+        if (req.method === 'POST')
+          expected = req.body === undefined ? (named === cred.user ? 202 : 403) : undefined;
+        else if ('list' in req && req.list) expected = named === cred.user || readAll ? 200 : 404;
+        else {
+          const owner = (req as { orderOfUser: string }).orderOfUser;
+          expected = owner !== 'nobody' && (owner === cred.user || readAll) ? 200 : 404;
+        }
+        if (expected !== undefined) expect(response.status, context).toBe(expected);
         if (response.status >= 300) {
           expect(entries, context).toEqual([]);
           return;

@@ -1,6 +1,7 @@
 import { webcrypto } from 'node:crypto';
 import { createRemoteJWKSet, errors, jwtVerify, SignJWT, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { z } from 'zod';
+import { unsetIfEmpty } from './env.ts';
 import { UnauthorizedError, UnavailableError } from './http-errors.ts';
 
 /*
@@ -31,10 +32,6 @@ const JWKS_ALGORITHMS = [
   'EdDSA',
   'Ed25519',
 ];
-
-/** An unset variable, or one set to the empty string (as compose files often leave them). */
-const unsetIfEmpty = <S extends z.ZodType>(schema: S) =>
-  z.preprocess((value) => (value === '' ? undefined : value), schema.optional());
 
 /** The variables of a service with customer-facing routes; check them with `checkAuthEnv`. */
 export const authEnv = {
@@ -69,6 +66,24 @@ export function checkAuthEnv(env: AuthEnv, ctx: z.RefinementCtx): void {
       message:
         "required with NODE_ENV=production (your identity provider's JWKS URL; or AUTH_SECRET, a shared HS256 secret): without either, anyone could act as any user",
     });
+  else if (env.NODE_ENV === 'production' && env.AUTH_JWKS_URL !== undefined) {
+    // A provider's keys sign the tokens of all its applications: in production, only those
+    // issued for this one, by the expected issuer, fetched where nobody can swap the keys.
+    if (!env.AUTH_JWKS_URL.startsWith('https:'))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['AUTH_JWKS_URL'],
+        message: 'must be an https:// URL with NODE_ENV=production',
+      });
+    for (const name of ['AUTH_ISSUER', 'AUTH_AUDIENCE'] as const)
+      if (env[name] === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: [name],
+          message:
+            'required with AUTH_JWKS_URL and NODE_ENV=production: else a token the provider issued for any other application would do',
+        });
+  }
 }
 
 /** Who a verified token says the caller is. */
@@ -102,7 +117,12 @@ interface AuthResponse {
  */
 export function authenticate(env: AuthEnv, realm: string) {
   const verify = verifier(env);
-  if (verify === undefined) return undefined;
+  if (verify === undefined) {
+    // `checkAuthEnv` refuses this at start already; a service that forgot it must not run open.
+    if (env.NODE_ENV === 'production')
+      throw new Error('AUTH_JWKS_URL or AUTH_SECRET is required with NODE_ENV=production');
+    return undefined;
+  }
   const refuse = (reason: string, error?: 'invalid_token' | 'invalid_request') =>
     new UnauthorizedError(
       reason,
@@ -177,14 +197,11 @@ function reasonOf(err: unknown): string | undefined {
   if (
     err instanceof errors.JWSInvalid ||
     err instanceof errors.JWTInvalid ||
-    err instanceof errors.JOSENotSupported ||
-    err instanceof errors.JWKInvalid ||
-    // A header or payload that is not base64url JSON: jose lets the decoder's error through.
-    err instanceof TypeError ||
-    err instanceof SyntaxError
+    err instanceof errors.JOSENotSupported
   )
     return 'the token is malformed';
-  // The JWKS: unreachable, too slow, or not a key set. Not the caller's fault.
+  // The key set: unreachable (fetch's own TypeError), too slow, not a key set, a key in it that
+  // does not import. Not the caller's fault.
   return undefined;
 }
 
@@ -201,8 +218,24 @@ function verifier(env: AuthEnv): ((token: string) => Promise<JWTPayload>) | unde
     // Cached; fetched again when a token names a `kid` the set lacks (at most every 30 s: jose's
     // cooldown, so a flood of made-up kids costs the provider nothing) and every 10 minutes.
     const keys: JWTVerifyGetKey = createRemoteJWKSet(new URL(env.AUTH_JWKS_URL));
-    return async (token) =>
-      (await jwtVerify(token, keys, { ...options, algorithms: JWKS_ALGORITHMS })).payload;
+    const jwks = { ...options, algorithms: JWKS_ALGORITHMS };
+    return async (token) => {
+      try {
+        return (await jwtVerify(token, keys, jwks)).payload;
+      } catch (err) {
+        // A token without `kid` that several keys of the set could have signed (during a
+        // rotation, old and new): jose leaves trying the candidates to us.
+        if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err;
+        for await (const key of err as unknown as AsyncIterable<webcrypto.CryptoKey>) {
+          try {
+            return (await jwtVerify(token, key, jwks)).payload;
+          } catch (tried) {
+            if (!(tried instanceof errors.JWSSignatureVerificationFailed)) throw tried;
+          }
+        }
+        throw new errors.JWSSignatureVerificationFailed();
+      }
+    };
   }
   if (env.AUTH_SECRET !== undefined) {
     // Imported once: jose would import a raw secret on every call.

@@ -164,6 +164,10 @@ export function consumerEnv(defaultPort: number, { concurrency = 400 }: { concur
   });
 }
 
+/** An unset variable, or one set to the empty string (as compose files often leave them). */
+export const unsetIfEmpty = <S extends z.ZodType>(schema: S) =>
+  z.preprocess((value) => (value === '' ? undefined : value), schema.optional());
+
 /** Parses `env` with `schema`; the error names every bad variable. */
 export function parseEnv<S extends z.ZodType>(schema: S, env: NodeJS.ProcessEnv): z.output<S> {
   const result = schema.safeParse(env);

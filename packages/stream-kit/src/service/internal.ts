@@ -5,6 +5,7 @@ import type { RedisClient } from '../connection.ts';
 import type { Logger } from '../logger.ts';
 import { errorMiddleware, methodNotAllowed } from './http-errors.ts';
 import type { ServiceMetrics } from './metrics.ts';
+import { unsetIfEmpty } from './env.ts';
 import { listen } from './http.ts';
 import { healthzHandler, readinessHandler } from './readiness.ts';
 
@@ -18,11 +19,11 @@ import { healthzHandler, readinessHandler } from './readiness.ts';
 /** The variables that move the internal endpoints to a listener of their own. */
 export const internalEnv = {
   /** A port for `/healthz`, `/readyz` and `/metrics` alone; unset, they are served on PORT. */
-  INTERNAL_PORT: z.coerce.number().int().min(0).max(65_535).optional(),
+  INTERNAL_PORT: unsetIfEmpty(z.coerce.number().int().min(1).max(65_535)),
   /** The address INTERNAL_PORT listens on; unset, every address of the host. */
-  INTERNAL_HOST: z
-    .union([z.ipv4(), z.ipv6(), z.hostname()], { error: 'must be an IP address or a host name' })
-    .optional(),
+  INTERNAL_HOST: unsetIfEmpty(
+    z.union([z.ipv4(), z.ipv6(), z.hostname()], { error: 'must be an IP address or a host name' }),
+  ),
 };
 
 export interface InternalDeps {

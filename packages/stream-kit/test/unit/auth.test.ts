@@ -246,6 +246,33 @@ describe('authenticate with a JWKS (AUTH_JWKS_URL)', () => {
     expectRefused(await call(base, `Bearer ${oldToken}`), "the token's key (kid) is not known", oldToken);
   });
 
+  it('verifies a token without kid against a set of two keys that could have signed it (mid-rotation), with the one that did', async () => {
+    const second = await rsa('key-2b');
+    jwks.keys = [first.jwk, second.jwk];
+    try {
+      const other = await serve({ AUTH_JWKS_URL: jwksUrl });
+      for (const signer of [first, second]) {
+        const signed = await token(signer.privateKey, { sub: signer.kid }, { alg: 'RS256' });
+        expect(await call(other, `Bearer ${signed}`)).toMatchObject({
+          status: 200,
+          body: { userId: signer.kid },
+        });
+      }
+      const stranger = await rsa('key-x');
+      const unknown = await token(stranger.privateKey, {}, { alg: 'RS256' });
+      expectRefused(await call(other, `Bearer ${unknown}`), "the token's signature does not verify", unknown);
+    } finally {
+      jwks.keys = [first.jwk];
+    }
+  });
+
+  it("answers 503, not 401, when the key set's host refuses connections", async () => {
+    const other = await serve({ AUTH_JWKS_URL: 'http://127.0.0.1:1/jwks.json' });
+    const signed = await token(first.privateKey, {}, { alg: 'RS256', kid: first.kid });
+
+    expect((await call(other, `Bearer ${signed}`)).status).toBe(503);
+  });
+
   it('answers 503, not 401, when the key set cannot be fetched: the caller is not at fault', async () => {
     jwks.down = true;
     try {
@@ -265,5 +292,11 @@ describe('authenticate with a JWKS (AUTH_JWKS_URL)', () => {
 describe('authenticate without AUTH_SECRET or AUTH_JWKS_URL', () => {
   it('is off: no middleware', () => {
     expect(authenticate({}, 'test-service')).toBeUndefined();
+  });
+
+  it('refuses to be off under NODE_ENV=production, even in a service that did not check its config', () => {
+    expect(() => authenticate({ NODE_ENV: 'production' }, 'test-service')).toThrow(
+      /AUTH_JWKS_URL or AUTH_SECRET/,
+    );
   });
 });
