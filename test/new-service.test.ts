@@ -208,9 +208,15 @@ describe('recipe 2 of docs/recipes.md, adding a shipping-service', () => {
     });
     expect(devOutput).toMatch(new RegExp(`shipping-service +http://localhost:${ports[services.length]}`));
 
+    // A token as the banner says, signed with the secret pnpm dev made in the copy.
+    const { stdout: token } = await promisify(execFile)(
+      process.execPath,
+      ['--import', 'tsx', 'scripts/token.ts', 'newcomer'],
+      { cwd: copy, env: { ...process.env, AUTH_SECRET: '' } },
+    );
     const response = await fetch(`http://127.0.0.1:${ports[0]}/orders`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token.trim()}` },
       body: JSON.stringify({ userId: 'newcomer', productId: 'p-1', price: 1200 }),
     });
     expect(response.status).toBe(202);
