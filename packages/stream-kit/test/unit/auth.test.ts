@@ -164,6 +164,19 @@ describe('authenticate with a shared secret (AUTH_SECRET, HS256)', () => {
     });
   }
 
+  it('takes a token it verified again only until its expiry (with the 30 s of tolerance), however recently verified', async () => {
+    // Expired 25 s ago: within the tolerance for 5 s more, then refused, remembered or not.
+    const signed = await token(secretKey, { ...claims, sub: 'remembered', exp: now() - 25 });
+    expect((await call(base, `Bearer ${signed}`)).status).toBe(200);
+
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + 6_000 });
+    try {
+      expectRefused(await call(base, `Bearer ${signed}`), 'the token has expired', signed);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('forgives a clock 30 s apart: a token expired 10 s ago, or valid in 10 s, is taken', async () => {
     expect(
       (await call(base, `Bearer ${await token(secretKey, { ...claims, exp: now() - 10 })}`)).status,
