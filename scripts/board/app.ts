@@ -64,7 +64,7 @@ export function createBoardApp({ redis, config, logger }: BoardAppDeps): { app: 
   async function authorization(as: { userId: unknown } | 'support'): Promise<Record<string, string>> {
     const { AUTH_SECRET: secret, ORDER_SERVICE_TOKEN: token } = config;
     if (secret === undefined) return token === undefined ? {} : { authorization: `Bearer ${token}` };
-    // An order without a user goes without a token: order-service says what is missing.
+    // An order without a user goes without a token: order-service answers 401, which the form shows.
     if (as !== 'support' && typeof as.userId !== 'string') return {};
     const claims =
       as === 'support' ? { userId: 'board', scopes: [READ_ALL_SCOPE] } : { userId: as.userId as string };

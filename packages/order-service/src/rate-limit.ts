@@ -31,6 +31,12 @@ export interface OrderRateLimits {
 /** How often a Redis that cannot count is logged, at most: it may be every request. */
 const WARN_EVERY_MS = 10_000;
 
+/**
+ * How long an order waits for its counts: a Redis that does not answer would otherwise hold it for
+ * the request connection's 2 s before the publish waits as long again.
+ */
+export const COUNT_TIMEOUT_MS = 200;
+
 export function orderRateLimits(
   redis: RedisClient,
   config: RateLimitConfig,
@@ -45,6 +51,8 @@ export function orderRateLimits(
           duration: windowS,
           // Keys order-service:rate:user:<userId>, order-service:rate:address:<address>.
           keyPrefix: `order-service:rate:${what}`,
+          // Not connected: uncounted at once, rather than after the connection's timeout.
+          rejectIfRedisNotReady: true,
         })
       : undefined;
   const byUser = limiter(config.RATE_LIMIT_PER_USER, 'user');
@@ -52,17 +60,30 @@ export function orderRateLimits(
   let warnedAt = -Infinity;
   return {
     async check(userId, address) {
-      const [user, client] = await Promise.allSettled([
+      const counts = [
         userId === undefined ? undefined : byUser?.consume(userId),
         address === undefined ? undefined : byAddress?.consume(clientOf(address)),
-      ]);
+      ];
+      if (counts.every((count) => count === undefined)) return;
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`no count within ${COUNT_TIMEOUT_MS} ms`)),
+          COUNT_TIMEOUT_MS,
+        );
+      });
+      late.catch(() => {}); // handled below, through the races
+      const [user, client] = await Promise.allSettled(
+        counts.map((count) => (count === undefined ? undefined : Promise.race([count, late]))),
+      );
+      clearTimeout(timer);
       let retryMs = 0;
       let over: string | undefined;
       for (const [result, what, points] of [
         [user, 'user', config.RATE_LIMIT_PER_USER],
         [client, 'client address', config.RATE_LIMIT_PER_ADDRESS],
       ] as const) {
-        if (result.status === 'fulfilled') continue;
+        if (result === undefined || result.status === 'fulfilled') continue;
         if (result.reason instanceof RateLimiterRes) {
           retryMs = Math.max(retryMs, result.reason.msBeforeNext);
           over ??= `at most ${points} orders every ${windowS} s per ${what}`;

@@ -1,3 +1,4 @@
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { createPublisher, type Publisher } from '@msa/stream-kit';
 import { authenticate, openRequestConnection, READ_ALL_SCOPE, signToken } from '@msa/stream-kit/service';
@@ -339,6 +340,46 @@ describe('the rate limits of orders, counted in Redis', () => {
       .set('authorization', await bearer('alice'))
       .send(order)
       .expect(202);
+  });
+
+  it('lets an order through after 200 ms, uncounted, when Redis stalls (CLIENT PAUSE)', async () => {
+    const limits = orderRateLimits(
+      appRedis,
+      { RATE_LIMIT_PER_USER: 1, RATE_LIMIT_PER_ADDRESS: 1, RATE_LIMIT_WINDOW_S: 60 },
+      logger,
+    );
+    await appRedis.ping();
+    await redis.call('CLIENT', 'PAUSE', '1500', 'ALL');
+
+    const started = performance.now();
+    await expect(limits.check('alice', '127.0.0.1')).resolves.toBeUndefined();
+    const waited = performance.now() - started;
+
+    expect(waited).toBeGreaterThanOrEqual(150);
+    expect(waited).toBeLessThan(1_000);
+    await redis.call('CLIENT', 'UNPAUSE');
+  });
+
+  it('lets an order through at once when the connection to Redis is not ready (a server that never answers)', async () => {
+    // A server that accepts the connection and says nothing: a Redis stalled mid-command.
+    const silent = createNetServer((socket) => socket.on('data', () => {}));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const stalled = new Redis({ port: (silent.address() as AddressInfo).port, maxRetriesPerRequest: 1 });
+    stalled.on('error', () => {});
+    try {
+      // ioredis does not wait for a reply to consider the connection ready (no ready check here).
+      const limits = orderRateLimits(
+        stalled,
+        { RATE_LIMIT_PER_USER: 1, RATE_LIMIT_PER_ADDRESS: 1, RATE_LIMIT_WINDOW_S: 60 },
+        logger,
+      );
+      const started = performance.now();
+      await expect(limits.check('alice', '127.0.0.1')).resolves.toBeUndefined();
+      expect(performance.now() - started).toBeLessThan(1_000);
+    } finally {
+      stalled.disconnect();
+      silent.close();
+    }
   });
 
   it('lets orders through, uncounted, when Redis cannot count: the publish decides', async () => {

@@ -29,6 +29,7 @@ const JWKS_ALGORITHMS = [
   'PS512',
   'ES256',
   'ES384',
+  'ES512',
   'EdDSA',
   'Ed25519',
 ];
@@ -185,6 +186,8 @@ function scopesOf(payload: JWTPayload): ReadonlySet<string> {
 function reasonOf(err: unknown): string | undefined {
   if (err instanceof errors.JWTExpired) return 'the token has expired';
   if (err instanceof errors.JWTClaimValidationFailed) {
+    // A claim of the wrong type (`exp: "soon"`), as against one that is absent or does not match.
+    if (err.reason === 'invalid') return 'the token has an invalid claim';
     if (err.claim === 'nbf' || err.claim === 'iat') return 'the token is not valid yet';
     if (err.claim === 'aud') return "the token's audience is not this service";
     if (err.claim === 'iss') return "the token's issuer is not trusted";
@@ -251,24 +254,31 @@ function verifier(env: AuthEnv): ((token: string) => Promise<JWTPayload>) | unde
  * How long a token, once verified, is taken again without verifying it: a client sends its token
  * with every request, and jose's verification (WebCrypto) costs 40 to 90 µs of CPU here, a fifth of
  * what an order costs order-service. Short, so that a key the provider withdraws stops working
- * within seconds of jose's next fetch of the key set; never past the token's own expiry.
+ * within seconds of jose's next fetch of the key set; never past the expiry jose grants (`exp` and
+ * the clock tolerance).
  */
 export const VERIFIED_FOR_MS = 10_000;
-/** The most tokens remembered at once (the oldest go first): a few MB at most. */
-const REMEMBERED_TOKENS = 10_000;
+/** The most tokens remembered at once (the oldest go first), ... */
+const REMEMBERED_TOKENS = 5_000;
+/** ... of at most this many characters (a bigger one is verified each time): 20 MB or so at worst. */
+const REMEMBERED_TOKEN_LENGTH = 2_048;
 
 /** `verify`, remembering what it accepted for `VERIFIED_FOR_MS`, keyed by the whole token. */
 function remembering(verify: (token: string) => Promise<JWTPayload>): (token: string) => Promise<JWTPayload> {
-  const verified = new Map<string, { payload: JWTPayload; until: number }>();
+  // `fresh` on the monotonic clock (a wall clock set back must not stretch it), `expires` on the
+  // wall clock, as jose reads `exp`.
+  const verified = new Map<string, { payload: JWTPayload; fresh: number; expires: number }>();
   return async (token) => {
     const known = verified.get(token);
-    if (known !== undefined && Date.now() < known.until) return known.payload;
+    if (known !== undefined && performance.now() < known.fresh && Date.now() < known.expires)
+      return known.payload;
     const payload = await verify(token);
+    if (token.length > REMEMBERED_TOKEN_LENGTH) return payload;
     verified.delete(token);
     if (verified.size >= REMEMBERED_TOKENS) verified.delete(verified.keys().next().value!);
-    // `exp` is required: jose has checked it is there, within the clock tolerance it grants.
+    // `exp` is required: jose has checked it is there, and a number.
     const expires = (payload.exp! + CLOCK_TOLERANCE_S) * 1_000;
-    verified.set(token, { payload, until: Math.min(Date.now() + VERIFIED_FOR_MS, expires) });
+    verified.set(token, { payload, fresh: performance.now() + VERIFIED_FOR_MS, expires });
     return payload;
   };
 }

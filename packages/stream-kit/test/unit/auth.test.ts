@@ -139,6 +139,11 @@ describe('authenticate with a shared secret (AUTH_SECRET, HS256)', () => {
       'the token has no subject (sub)',
     ],
     [
+      'an expiry that is not a number',
+      () => token(secretKey, { ...claims, exp: 'soon' as unknown as number }),
+      'the token has an invalid claim',
+    ],
+    [
       'a subject that is no user id',
       () => token(secretKey, { ...claims, sub: ' alice ' }),
       "the token's subject (sub) is not a user id",
@@ -230,6 +235,21 @@ describe('authenticate with a JWKS (AUTH_JWKS_URL)', () => {
     expect(jwks.fetched).toBe(1);
   });
 
+  it('takes the asymmetric algorithms providers sign with: ES512 and EdDSA as well as RS256', async () => {
+    for (const alg of ['ES512', 'EdDSA']) {
+      const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true });
+      const kid = `key-${alg}`;
+      jwks.keys = [first.jwk, { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' }];
+      const other = await serve({ AUTH_JWKS_URL: jwksUrl });
+      const signed = await token(privateKey, { sub: alg }, { alg, kid });
+      expect(await call(other, `Bearer ${signed}`), alg).toMatchObject({
+        status: 200,
+        body: { userId: alg },
+      });
+    }
+    jwks.keys = [first.jwk];
+  });
+
   it('refuses an HMAC token signed with the public key as its secret (algorithm confusion)', async () => {
     const pem = new TextEncoder().encode(await exportSPKI(first.publicKey));
     const forged = await token(pem, {}, { alg: 'HS256', kid: first.kid });
@@ -243,7 +263,8 @@ describe('authenticate with a JWKS (AUTH_JWKS_URL)', () => {
 
   it('after the provider rotates its keys, fetches the set again for the unknown kid (once 30 s passed since the last fetch) and refuses the retired key', async () => {
     const second = await rsa('key-2');
-    const oldToken = await token(first.privateKey, {}, { alg: 'RS256', kid: first.kid });
+    // A token of its own: one verified in the last 10 s (real time) would be taken from memory.
+    const oldToken = await token(first.privateKey, { jti: 'old' }, { alg: 'RS256', kid: first.kid });
     const newToken = await token(second.privateKey, {}, { alg: 'RS256', kid: second.kid });
     jwks.keys = [second.jwk];
     const fetchedBefore = jwks.fetched;
