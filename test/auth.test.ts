@@ -202,14 +202,14 @@ describe('the rate limits of orders, as shipped, shared by two order-service ins
 describe('a JWKS that rotates its keys (AUTH_JWKS_URL), at the shipped settings', () => {
   const keySet = { keys: [] as JWK[] };
   let jwksUrl: string;
-  const rsa = async (kid: string) => {
+  const provider = async (kid: string) => {
     const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
     const jwk = { ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' };
-    const sign = (sub: string) =>
+    const sign = (sub: string, { issuer = 'https://id.test', audience = 'shop' } = {}) =>
       new SignJWT({ sub })
         .setProtectedHeader({ alg: 'ES256', kid })
-        .setIssuer('https://id.test')
-        .setAudience('shop')
+        .setIssuer(issuer)
+        .setAudience(audience)
         .setExpirationTime('1h')
         .sign(privateKey);
     return { jwk, sign };
@@ -226,7 +226,7 @@ describe('a JWKS that rotates its keys (AUTH_JWKS_URL), at the shipped settings'
   });
 
   it('takes a token of a new key within about 30 s of the rotation, refuses the retired key, and checks issuer and audience', async () => {
-    const first = await rsa('2026-11-a');
+    const first = await provider('2026-11-a');
     keySet.keys = [first.jwk];
     const notification = await start('notification-service', {
       REDIS_URL: redisServer.url,
@@ -237,13 +237,22 @@ describe('a JWKS that rotates its keys (AUTH_JWKS_URL), at the shipped settings'
     const list = (token: string) => call(`${notification.url}/notifications`, token);
     const oldToken = await first.sign('carol');
     expect((await list(oldToken)).status).toBe(200);
-    const wrongAudience = await new SignJWT({ sub: 'carol' })
-      .setProtectedHeader({ alg: 'HS256' })
-      .setExpirationTime('1h')
-      .sign(new TextEncoder().encode(SECRET));
-    expect((await list(wrongAudience)).status).toBe(401);
+    // The provider's own keys, but a token it issued for another application, or another issuer's.
+    for (const [claims, reason] of [
+      [{ audience: 'blog' }, "the token's audience is not this service"],
+      [{ issuer: 'https://other.test' }, "the token's issuer is not trusted"],
+    ] as const) {
+      const refused = await list(await first.sign('carol', claims));
+      expect(refused.status).toBe(401);
+      expect(refused.headers.get('www-authenticate')).toContain(`error_description="${reason}"`);
+    }
+    // An HMAC token, whatever its secret: the key set's algorithms only.
+    const hmac = await signToken(SECRET, { userId: 'carol', issuer: 'https://id.test', audience: 'shop' });
+    expect((await list(hmac)).headers.get('www-authenticate')).toContain(
+      "the token's algorithm is not accepted",
+    );
 
-    const second = await rsa('2026-11-b');
+    const second = await provider('2026-11-b');
     keySet.keys = [second.jwk];
     const newToken = await second.sign('carol');
     const rotatedAt = Date.now();
